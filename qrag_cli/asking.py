@@ -1,0 +1,143 @@
+"""`qrag ask`: open the index, load the model once, run the episode, hand evidence to the LLM."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qrag_cli import render
+from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
+from qrag_cli.model import QModel, load_model
+from qrag_cli.store import IndexReader
+from qrag_cli.types import Episode, IndexMismatchError
+
+
+@dataclass
+class AskOptions:
+    steps: int = 4
+    threshold: float | None = None
+    no_stop: bool = False
+    exact: bool = False
+    explain: bool = False
+    answer: bool = False
+    llm: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    seed: int = 0
+    n_ctx: int = 4096
+    threads: int | None = None
+    gpu_layers: int = 0
+    order: str = "document"
+    verbose: bool = False
+
+
+@dataclass
+class AskResult:
+    question: str
+    model: str
+    index: str
+    episode: Episode
+    timings_ms: dict[str, float]
+    answer: object | None = None  # reader.Answer
+    alt_rows: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def to_json(self, explain: bool = False) -> dict:
+        obj = {
+            "question": self.question, "model": self.model, "index": self.index,
+            "evidence": [render.evidence_json(ev, explain) for ev in self.episode.evidence],
+            "stop": self.episode.stop, "answer": None,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+        if self.answer is not None:
+            ans = self.answer
+            obj["answer"] = ans.text.strip()
+            obj["citations"] = [
+                {"n": n, "chunk_id": ans.used[n - 1].chunk_id,
+                 "path": render.display_path(ans.used[n - 1].path),
+                 "start_line": ans.used[n - 1].start_line,
+                 "end_line": ans.used[n - 1].end_line} for n in ans.citations]
+            obj["trimmed"] = [ev.chunk_id for ev in ans.trimmed]
+        return obj
+
+    def print(self, show_text: bool, explain: bool, streamed: bool) -> None:
+        if self.answer is not None:
+            ans = self.answer
+            if not streamed:
+                render.out.print(ans.text.strip(), markup=False, highlight=False)
+            else:
+                render.out.print()
+            render.out.print()
+            for n, ev in enumerate(ans.used, start=1):
+                mark = "*" if n in ans.citations else " "
+                render.out.print(f"{mark}[{n}] {render.location(ev)}", markup=False,
+                                 highlight=False)
+            if ans.trimmed:
+                render.err.print(f"note: {len(ans.trimmed)} evidence chunk(s) did not fit "
+                                 f"--n-ctx and were left out of the prompt")
+            return
+        render.out.print(render.episode_table(self.episode, show_text, explain, self.alt_rows))
+        render.err.print(f"[dim]{render.stop_reason(self.episode)}; "
+                         f"{self.timings_ms.get('retrieval_ms', 0):.0f} ms[/dim]")
+
+
+class Asker:
+    """Holds the index snapshot, the model and the LLM across many questions."""
+
+    def __init__(self, index_dir: Path, model_spec: str | None, opts: AskOptions) -> None:
+        t0 = time.perf_counter()
+        self.opts = opts
+        self.reader_index = IndexReader(index_dir)  # first: "no index" fails fast
+        t1 = time.perf_counter()
+        self.model: QModel = load_model(model_spec)
+        t2 = time.perf_counter()
+        manifest = self.reader_index.manifest
+        if manifest["model_fingerprint"] != self.model.cfg.fingerprint:
+            self.reader_index.close()
+            raise IndexMismatchError(
+                f"index {index_dir} was built with model {manifest['model']!r} but "
+                f"{self.model.cfg.name!r} was asked for; re-index with "
+                f"`qrag index --index {index_dir} --model {model_spec or 'default'}` "
+                f"or pass the index's model with --model")
+        self.candidates = IndexCandidates(self.reader_index, exact=opts.exact)
+        self.llm = None
+        self.load_ms = {"open_index_ms": (t1 - t0) * 1000, "load_model_ms": (t2 - t1) * 1000}
+        if opts.answer:
+            from qrag_cli.reader import Reader, ReaderSettings
+
+            t3 = time.perf_counter()
+            self.llm = Reader(ReaderSettings(
+                llm=opts.llm, n_ctx=opts.n_ctx, max_tokens=opts.max_tokens,
+                temperature=opts.temperature, seed=opts.seed, threads=opts.threads,
+                gpu_layers=opts.gpu_layers, order=opts.order, verbose=opts.verbose))
+            self.load_ms["load_llm_ms"] = (time.perf_counter() - t3) * 1000
+
+    def __enter__(self) -> Asker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reader_index.close()
+
+    def ask(self, question: str, on_token=None) -> AskResult:
+        threshold = None if self.opts.no_stop else (
+            self.opts.threshold if self.opts.threshold is not None else self.model.cfg.threshold)
+        clock: dict[str, float] = {}
+        t0 = time.perf_counter()
+        episode = run_episodes(self.model, [question], [self.candidates],
+                               StopRule(self.opts.steps, threshold), timings=clock)[0]
+        timings = {**self.load_ms, "encode_ms": clock.get("encode_ms", 0.0),
+                   "search_ms": clock.get("search_ms", 0.0),
+                   "retrieval_ms": (time.perf_counter() - t0) * 1000}
+        result = AskResult(question, self.model.cfg.name, str(self.reader_index.index_dir),
+                           episode, timings)
+        if self.opts.explain:
+            alt_ids = sorted({c for ev in episode.evidence for c, _ in ev.alternatives})
+            result.alt_rows = {r.id: (f"{render.display_path(r.path)}:{r.start_line}-"
+                                      f"{r.end_line}", r.text)
+                               for r in self.candidates.rows(alt_ids)}
+        if self.llm is not None:
+            t1 = time.perf_counter()
+            result.answer = self.llm.answer(question, episode.evidence, on_token=on_token)
+            timings["answer_ms"] = (time.perf_counter() - t1) * 1000
+            timings.update({f"llm_{k}": v for k, v in result.answer.timings.items()})
+        return result

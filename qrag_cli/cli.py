@@ -1,0 +1,233 @@
+"""The `qrag` command: parse -> config -> one library call -> render.
+
+Library code raises QragError; only this module turns errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from qrag_cli import render
+from qrag_cli.config import ChunkConfig, qrag_home, resolve_index
+from qrag_cli.types import DataError, QragError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multi-step Q-value retrieval (Q-RAG) over your own files.")
+
+IndexOpt = Annotated[str | None, typer.Option(
+    "--index", "-i", help="Index name (under $QRAG_HOME/indexes) or folder.")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Model folder, 'base' (untrained all-MiniLM-L6-v2) or 'default'.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+
+def _progress_enabled() -> bool:
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Files or folders to index; none = refresh the folders already indexed.")] = None,
+    index: IndexOpt = None,
+    model: ModelOpt = None,
+    chunk_tokens: Annotated[int, typer.Option(help="Chunk size in cl100k tokens.")] = 128,
+    overlap: Annotated[int, typer.Option(help="Tokens shared by neighbouring chunks.")] = 16,
+    max_file_size: Annotated[str, typer.Option(help="Skip larger files (e.g. 10MB).")] = "10MB",
+    include_secrets: Annotated[bool, typer.Option(
+        help="Also index .env files and private keys (never by default).")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Chunk local files into an on-disk HNSW index (incremental)."""
+    from qrag_cli.indexer import build_index
+    from qrag_cli.model import load_model
+
+    if chunk_tokens < 16 or chunk_tokens > 2048:
+        raise UsageError("--chunk-tokens must be between 16 and 2048")
+    if not 0 <= overlap < chunk_tokens // 2:
+        raise UsageError("--overlap must be >= 0 and less than half of --chunk-tokens")
+    index_dir = resolve_index(index)
+    qmodel = load_model(model)
+    chunk_cfg = ChunkConfig(chunk_tokens=chunk_tokens, overlap=overlap)
+
+    def problem(path: str, why: str) -> None:
+        render.err.print(f"[yellow]skip[/yellow] {escape(path)}: {escape(why)}", markup=True,
+                         highlight=False, soft_wrap=True)
+
+    if _progress_enabled():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      MofNCompleteColumn(), TimeRemainingColumn(), console=render.err,
+                      transient=True) as bar:
+            task = bar.add_task("indexing", total=None)
+            summary = build_index(
+                paths or [], index_dir, qmodel, chunk_cfg,
+                max_file_size=_parse_size(max_file_size), include_secrets=include_secrets,
+                on_problem=problem,
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    else:
+        summary = build_index(paths or [], index_dir, qmodel, chunk_cfg,
+                              max_file_size=_parse_size(max_file_size),
+                              include_secrets=include_secrets, on_problem=problem)
+    if summary.rebuild:
+        render.err.print(f"full rebuild: {summary.rebuild}")
+    if as_json:
+        render.print_json(summary.to_dict())
+        return
+    rate = summary.tokens_embedded / summary.seconds if summary.seconds else 0.0
+    render.err.print(
+        f"{summary.new} new, {summary.changed} changed, {summary.removed} removed, "
+        f"{summary.unchanged} unchanged, {summary.failed} failed, {summary.skipped} skipped; "
+        f"{summary.chunks_embedded} chunks embedded ({rate:,.0f} tokens/s) in "
+        f"{summary.seconds:.1f}s; index {index_dir}: {summary.files_total} files, "
+        f"{summary.chunks_total} chunks")
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+             "G": 1 << 30, "GB": 1 << 30}
+    value = text.strip().upper()
+    number = value.rstrip("KMGB")
+    try:
+        return int(float(number) * units[value[len(number):]])
+    except (ValueError, KeyError):
+        raise UsageError(f"bad size {text!r}: use e.g. 500KB, 10MB, 1GB") from None
+
+
+@app.command()
+def status(index: IndexOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Show indexes: files, chunks, tokens, model, size on disk."""
+    from qrag_cli.store import list_indexes, open_reader
+
+    folders = [resolve_index(index)] if index else list_indexes(qrag_home())
+    if index is None and not folders:
+        raise QragError(f"no indexes under {qrag_home()}; run `qrag index PATH` first")
+    rows = []
+    for folder in folders:
+        with open_reader(folder) as reader:
+            rows.append({"index": str(folder), **reader.stats()})
+    if as_json:
+        render.print_json(rows[0] if index else rows)
+        return
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    for col in ("index", "files", "chunks", "tokens", "model", "size", "updated"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["index"], str(row["files"]), str(row["chunks"]), f"{row['tokens']:,}",
+                      str(row["model"]), f"{row['bytes_on_disk'] / 1e6:.1f} MB",
+                      str(row["updated"]))
+    render.out.print(table)
+
+
+def _read_questions(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(item, dict) or not str(item.get("question", "")).strip():
+            raise DataError(f'{path}:{number}: expected {{"question": "..."}}')
+        items.append(item)
+    if not items:
+        raise DataError(f"{path} has no questions")
+    return items
+
+
+@app.command()
+def ask(
+    question: Annotated[str | None, typer.Argument(help="The question.")] = None,
+    index: IndexOpt = None,
+    model: ModelOpt = None,
+    steps: Annotated[int, typer.Option("--steps", "-n", help="Most chunks to pick.")] = 4,
+    threshold: Annotated[float | None, typer.Option(
+        help="Stop when the best Q falls below this (default: the model's own).")] = None,
+    no_stop: Annotated[bool, typer.Option("--no-stop", help="Always use all --steps.")] = False,
+    exact: Annotated[bool, typer.Option(help="Score every chunk (no HNSW).")] = False,
+    show_text: Annotated[bool, typer.Option(help="Print whole chunks.")] = False,
+    explain: Annotated[bool, typer.Option(help="Show the top alternatives per step.")] = False,
+    questions: Annotated[Path | None, typer.Option(
+        help="JSONL file of {\"id\"?, \"question\"}: prints one JSON line per question.")] = None,
+    answer: Annotated[bool, typer.Option(help="Let a local LLM answer from the evidence.")] = False,
+    llm: Annotated[str | None, typer.Option(help="GGUF file of the reader LLM.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens the LLM generates.")] = 256,
+    temperature: Annotated[float, typer.Option(help="LLM sampling temperature.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="LLM sampling seed.")] = 0,
+    n_ctx: Annotated[int, typer.Option(help="LLM context size in tokens.")] = 4096,
+    threads: Annotated[int | None, typer.Option(help="LLM threads (default: all cores).")] = None,
+    gpu_layers: Annotated[int, typer.Option(help="Layers offloaded to a GPU.")] = 0,
+    order: Annotated[str, typer.Option(
+        help="Evidence order in the prompt: document|retrieval.")] = "document",
+    verbose: Annotated[bool, typer.Option(help="Show llama.cpp logs on stderr.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Multi-step Q-value retrieval: evidence with path:line, optionally an answer."""
+    from qrag_cli.asking import Asker, AskOptions
+
+    if (question is None) == (questions is None):
+        raise UsageError("give a question, or --questions FILE.jsonl")
+    if question is not None and not question.strip():
+        raise UsageError("the question is empty")
+    if steps < 1:
+        raise UsageError("--steps must be at least 1")
+    if order not in {"document", "retrieval"}:
+        raise UsageError("--order must be 'document' or 'retrieval'")
+    opts = AskOptions(steps=steps, threshold=threshold, no_stop=no_stop, exact=exact,
+                      explain=explain, answer=answer, llm=llm, max_tokens=max_tokens,
+                      temperature=temperature, seed=seed, n_ctx=n_ctx, threads=threads,
+                      gpu_layers=gpu_layers, order=order, verbose=verbose)
+    items = _read_questions(questions) if questions else [{"question": question}]
+    with Asker(resolve_index(index), model, opts) as asker:
+        for item in items:
+            stream = not as_json and questions is None
+            result = asker.ask(item["question"], on_token=_stream if stream else None)
+            if questions is not None:
+                render.print_json({"id": item.get("id"), **result.to_json(explain)})
+            elif as_json:
+                render.print_json(result.to_json(explain))
+            else:
+                result.print(show_text=show_text, explain=explain, streamed=stream)
+
+
+def _stream(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv or os.environ.get("QRAG_DEBUG") == "1"
+    started = time.perf_counter()
+    try:
+        app()
+    except QragError as exc:
+        if debug:
+            raise
+        render.err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True,
+                         highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        render.err.print("interrupted")
+        sys.exit(130)
+    finally:
+        if debug:
+            render.err.print(f"[dim]{time.perf_counter() - started:.2f}s[/dim]")

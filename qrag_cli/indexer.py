@@ -1,0 +1,181 @@
+"""`qrag index`: discover -> read -> chunk -> embed -> store, incremental and resumable."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qrag_cli.chunk import chunk_document
+from qrag_cli.config import ChunkConfig
+from qrag_cli.discover import FoundFile, discover, file_hash
+from qrag_cli.model import QModel
+from qrag_cli.readers import read_document
+from qrag_cli.store import IndexWriter
+from qrag_cli.types import Chunk, QragError, ReadError
+
+EMBED_GROUP = 512  # chunks embedded together: enough to length-sort into tight batches
+MIN_COMMIT_INTERVAL_S = 10.0
+
+
+@dataclass
+class IndexSummary:
+    index: str
+    model: str
+    new: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    skipped: int = 0
+    chunks_embedded: int = 0
+    tokens_embedded: int = 0
+    files_total: int = 0
+    chunks_total: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    rebuild: str | None = None
+    problems: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Pending:
+    found: FoundFile
+    hash: str
+    kind: str
+    chunks: list[Chunk]
+    replaces: int | None  # file id of the old version
+
+
+def _under(path: str, roots: Sequence[Path]) -> bool:
+    p = Path(path)
+    return any(p == r or r in p.parents for r in roots)
+
+
+def build_index(
+    roots: Sequence[Path],
+    index_dir: Path,
+    model: QModel,
+    chunk_cfg: ChunkConfig,
+    *,
+    max_file_size: int = 10 * 1024 * 1024,
+    include_secrets: bool = False,
+    on_problem: Callable[[str, str], None] = lambda path, why: None,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+) -> IndexSummary:
+    """Bring the index at `index_dir` up to date with `roots`.
+
+    Empty `roots` means "refresh the roots this index was built from". Changes are
+    committed every few seconds, so a killed run loses little and the next one resumes.
+    """
+    started = time.perf_counter()
+    manifest = {"model_name": model.cfg.name, "model_fingerprint": model.cfg.fingerprint,
+                "dim": model.cfg.dim, "chunking": chunk_cfg.to_dict()}
+    writer = IndexWriter(index_dir, manifest)
+    try:
+        summary = IndexSummary(index=str(index_dir), model=model.cfg.name,
+                               rebuild=writer.rebuild_reason)
+        known_roots = [Path(p) for p in json.loads(writer.meta_get("roots") or "[]")]
+        if writer.rebuild_reason:  # a rebuild must cover everything the old index held
+            known_roots = [Path(p) for p in json.loads(writer.old_roots or "[]")]
+        roots = [Path(r).expanduser().resolve() for r in roots] or known_roots
+        if not roots:
+            raise QragError("nothing to index: give a path, e.g. `qrag index ./docs`")
+        all_roots = sorted({*known_roots, *roots}, key=str)
+        if writer.rebuild_reason:
+            roots = all_roots
+        found = discover(roots, max_file_size=max_file_size, include_secrets=include_secrets)
+        for skip in found.skipped:
+            summary.skipped += 1
+            summary.problems.append({"path": skip.path, "reason": skip.reason})
+            on_problem(skip.path, skip.reason)
+
+        existing = writer.files()
+        seen: set[str] = set()
+        todo: list[tuple[FoundFile, str, int | None]] = []
+        for item in found.files:
+            key = str(item.path)
+            seen.add(key)
+            old = existing.get(key)
+            if old and old.size == item.size and old.mtime_ns == item.mtime_ns:
+                summary.unchanged += 1
+                continue
+            try:
+                digest = file_hash(item.path)
+            except OSError as exc:
+                summary.failed += 1
+                on_problem(item.rel, f"unreadable: {exc.strerror or exc}")
+                continue
+            if old and old.hash == digest:
+                writer.touch_file(old.id, item.size, item.mtime_ns)
+                summary.unchanged += 1
+                continue
+            todo.append((item, digest, old.id if old else None))
+        for path, old in existing.items():
+            if path not in seen and _under(path, roots):
+                writer.remove_file(old.id)
+                summary.removed += 1
+        writer.meta_set("roots", json.dumps([str(r) for r in all_roots]))
+
+        total = len(todo)
+        on_progress(0, total)
+        last_commit = time.perf_counter()
+        commit_cost = 0.0
+        group: list[_Pending] = []
+
+        def flush() -> None:
+            texts = [c.text for p in group for c in p.chunks]
+            t0 = time.perf_counter()
+            vectors = model.embed_chunks(texts)
+            summary.embed_seconds += time.perf_counter() - t0
+            offset = 0
+            for p in group:
+                n = len(p.chunks)
+                if p.replaces is not None:
+                    writer.remove_file(p.replaces)
+                    summary.changed += 1
+                else:
+                    summary.new += 1
+                writer.add_file(str(p.found.path), p.hash, p.found.size, p.found.mtime_ns,
+                                p.kind, p.chunks, vectors[offset:offset + n])
+                offset += n
+                summary.chunks_embedded += n
+                summary.tokens_embedded += sum(c.n_tokens for c in p.chunks)
+            group.clear()
+
+        for done, (item, digest, old_id) in enumerate(todo, start=1):
+            try:
+                doc = read_document(item.path)
+            except ReadError as exc:
+                summary.failed += 1
+                summary.problems.append({"path": item.rel, "reason": str(exc)})
+                on_problem(item.rel, str(exc).removeprefix(f"{item.path}: "))
+                continue
+            chunks = chunk_document(doc, chunk_cfg, fits=model.fits)
+            group.append(_Pending(item, digest, doc.kind, chunks, old_id))
+            if sum(len(p.chunks) for p in group) >= EMBED_GROUP:
+                flush()
+                # Commit often enough that a kill loses little, rarely enough that saving
+                # the graph stays a small share of the run.
+                now = time.perf_counter()
+                if now - last_commit > max(MIN_COMMIT_INTERVAL_S, 10 * commit_cost):
+                    writer.commit()
+                    commit_cost = time.perf_counter() - now
+                    last_commit = time.perf_counter()
+            on_progress(done, total)
+        if group:
+            flush()
+        writer.finish()
+        stats = writer.totals
+        summary.files_total, summary.chunks_total = stats
+    except BaseException:
+        writer.abort()
+        raise
+    summary.seconds = round(time.perf_counter() - started, 3)
+    summary.embed_seconds = round(summary.embed_seconds, 3)
+    return summary

@@ -1,0 +1,518 @@
+"""The on-disk index: SQLite + append-only exact vectors + hnswlib. No torch here.
+
+Layout of one index folder::
+
+    CURRENT          name of the live store folder (replaced atomically)
+    BUILDING         name of a store being rebuilt from scratch (resumable), if any
+    index.lock       held by the one writer
+    store-<id>/
+        index.sqlite   files, chunks, meta (WAL; one transaction per commit)
+        vectors.f32    float32 rows, row i = chunk id i; only the first meta.n_vectors
+                       rows are committed (a killed writer leaves a tail that is ignored)
+        hnsw-<gen>.bin the HNSW graph as of commit <gen> (written, then renamed)
+
+A commit appends vectors (fsync), saves hnsw-<gen+1>.bin (temp + rename), then one
+SQLite transaction switches meta.generation. Until that transaction commits, readers and
+a crashed writer's successor see generation <gen> exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+from qrag_cli.types import Chunk, CorruptIndexError, NoIndexError, QragError
+
+FORMAT_VERSION = 1
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 200
+
+MIGRATIONS = [
+    # 1: initial schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,      -- absolute path
+        hash TEXT NOT NULL,             -- sha256 of content
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        n_chunks INTEGER NOT NULL,
+        n_tokens INTEGER NOT NULL
+    );
+    CREATE TABLE chunks (
+        id INTEGER PRIMARY KEY,         -- = vector row = hnsw label
+        file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        ordinal INTEGER NOT NULL DEFAULT 0,  -- position in corpus order (path, seq)
+        start_line INTEGER NOT NULL,
+        end_line INTEGER NOT NULL,
+        start_byte INTEGER NOT NULL,
+        end_byte INTEGER NOT NULL,
+        n_tokens INTEGER NOT NULL,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX chunks_file ON chunks(file_id);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    id: int
+    path: str
+    seq: int
+    ordinal: int
+    start_line: int
+    end_line: int
+    n_tokens: int
+    text: str
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    path: str
+    hash: str
+    size: int
+    mtime_ns: int
+    n_chunks: int
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={number}")
+        conn.execute("COMMIT")
+
+
+def _read_pointer(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _meta(conn: sqlite3.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+
+def index_exists(index_dir: Path) -> bool:
+    return _read_pointer(index_dir / "CURRENT") is not None
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+class IndexReader:
+    """A consistent snapshot of the last committed index (one read transaction)."""
+
+    def __init__(self, index_dir: Path) -> None:
+        self.index_dir = index_dir
+        for attempt in range(3):  # a rebuild may swap CURRENT between our two reads
+            name = _read_pointer(index_dir / "CURRENT")
+            if name is None:
+                raise NoIndexError(f"no index at {index_dir}; run `qrag index PATH` first")
+            try:
+                self._open(index_dir / name)
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise CorruptIndexError(
+                        f"index files are missing in {index_dir}; rebuild it with "
+                        f"`qrag index PATH --index {index_dir}`") from None
+                time.sleep(0.05)
+
+    def _open(self, folder: Path) -> None:
+        db = folder / "index.sqlite"
+        if not db.is_file():
+            raise FileNotFoundError(db)
+        self.folder = folder
+        self.conn = _connect(db)
+        try:
+            self.conn.execute("BEGIN")  # snapshot: later commits stay invisible to us
+            self.meta = _meta(self.conn)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptIndexError(f"{db} is corrupt ({exc}); rebuild with `qrag index`") from exc
+        if int(self.meta.get("format_version", "0")) != FORMAT_VERSION:
+            raise CorruptIndexError(
+                f"index {self.index_dir} has format {self.meta.get('format_version')}, this qrag "
+                f"reads {FORMAT_VERSION}; rebuild it with `qrag index PATH --index ...`")
+        self.dim = int(self.meta["dim"])
+        self.n_vectors = int(self.meta["n_vectors"])
+        self.generation = int(self.meta["generation"])
+        self._hnsw: hnswlib.Index | None = None
+        vec_path = folder / "vectors.f32"
+        expected = self.n_vectors * self.dim * 4
+        size = vec_path.stat().st_size if vec_path.exists() else -1
+        if size < expected:
+            raise CorruptIndexError(f"{vec_path} is truncated; rebuild with `qrag index`")
+        self.vectors = (np.memmap(vec_path, dtype=np.float32, mode="r",
+                                  shape=(self.n_vectors, self.dim))
+                        if self.n_vectors else np.zeros((0, self.dim), np.float32))
+        self.n_chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+
+    @property
+    def hnsw(self) -> hnswlib.Index:
+        """Loaded on first use: `--exact` and tiny indexes never pay for it."""
+        if self._hnsw is None:
+            path = self.folder / f"hnsw-{self.generation}.bin"
+            index = hnswlib.Index(space="ip", dim=self.dim)
+            try:
+                index.load_index(str(path))
+            except (RuntimeError, OSError) as exc:
+                raise CorruptIndexError(f"{path} cannot be read ({exc}); rebuild with "
+                                        f"`qrag index`") from exc
+            index.set_num_threads(1)
+            self._hnsw = index
+        return self._hnsw
+
+    @property
+    def manifest(self) -> dict:
+        return {
+            "format_version": int(self.meta["format_version"]),
+            "model": self.meta.get("model_name"),
+            "model_fingerprint": self.meta.get("model_fingerprint"),
+            "dim": self.dim,
+            "chunking": json.loads(self.meta.get("chunking", "{}")),
+            "generation": self.generation,
+        }
+
+    def live_ids(self) -> np.ndarray:
+        rows = self.conn.execute("SELECT id FROM chunks ORDER BY id").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def ordinals(self, ids: Sequence[int]) -> dict[int, int]:
+        return {row.id: row.ordinal for row in self.chunks(ids)}
+
+    def chunks(self, ids: Iterable[int]) -> list[ChunkRow]:
+        ids = list(ids)
+        out: dict[int, ChunkRow] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for row in self.conn.execute(
+                "SELECT c.id, f.path, c.seq, c.ordinal, c.start_line, c.end_line, c.n_tokens, "
+                f"c.text FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.id IN ({marks})",
+                part,
+            ):
+                out[row[0]] = ChunkRow(*row)
+        missing = [i for i in ids if i not in out]
+        if missing:
+            raise CorruptIndexError(f"index {self.index_dir} refers to missing chunks "
+                                    f"{missing[:3]}; rebuild with `qrag index`")
+        return [out[i] for i in ids]
+
+    def stats(self) -> dict:
+        files, tokens = self.conn.execute(
+            "SELECT count(*), coalesce(sum(n_tokens), 0) FROM files").fetchone()
+        size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        return {"files": files, "chunks": self.n_chunks, "tokens": tokens,
+                "bytes_on_disk": size, "updated": self.meta.get("updated"), **self.manifest}
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+class IndexWriter:
+    """The one writer of an index folder. Changes become visible only at `commit()`."""
+
+    def __init__(self, index_dir: Path, manifest: dict) -> None:
+        """`manifest`: model_name, model_fingerprint, dim, chunking (dict)."""
+        self.index_dir = index_dir
+        index_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = (index_dir / "index.lock").open("a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise QragError(f"another `qrag index` is writing {index_dir}; wait for it") from None
+        self.manifest = manifest
+        self.rebuild_reason: str | None = None
+        self.old_roots: str | None = None
+        self.totals = (0, 0)
+        current = _read_pointer(index_dir / "CURRENT")
+        building = _read_pointer(index_dir / "BUILDING")
+        if current and (index_dir / current / "index.sqlite").is_file():
+            reason = self._mismatch(index_dir / current)
+            if reason is None:
+                self._open(index_dir / current)
+                self._drop_stale_build(building)
+                return
+            self.rebuild_reason = reason
+        # A fresh store: resume an interrupted rebuild for the same model, else start one.
+        if building and (index_dir / building / "index.sqlite").is_file() \
+                and self._mismatch(index_dir / building) is None:
+            self._open(index_dir / building)
+            return
+        self._drop_stale_build(building)
+        name = f"store-{uuid.uuid4().hex[:12]}"
+        (index_dir / name).mkdir()
+        self._open(index_dir / name, fresh=True)
+        # A first index goes live at once (each commit is then usable and a killed run
+        # resumes); a rebuild stays beside the live index until `finish()` swaps it in.
+        _write_atomic(index_dir / ("BUILDING" if current else "CURRENT"), name.encode())
+
+    # -- setup --
+    def _mismatch(self, folder: Path) -> str | None:
+        try:
+            conn = _connect(folder / "index.sqlite")
+            meta = _meta(conn)
+            conn.close()
+        except sqlite3.DatabaseError:
+            return "the existing index is unreadable"
+        want = self.manifest
+        self.old_roots = meta.get("roots")
+        if int(meta.get("format_version", 0)) != FORMAT_VERSION:
+            return "the index format changed"
+        if meta.get("model_fingerprint") != want["model_fingerprint"]:
+            return (f"the model changed ({meta.get('model_name')} -> {want['model_name']})")
+        if json.loads(meta.get("chunking", "{}")) != want["chunking"]:
+            return "the chunking settings changed"
+        return None
+
+    def _drop_stale_build(self, building: str | None) -> None:
+        if building:
+            shutil.rmtree(self.index_dir / building, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                (self.index_dir / "BUILDING").unlink()
+
+    def _open(self, folder: Path, fresh: bool = False) -> None:
+        self.folder = folder
+        self.conn = _connect(folder / "index.sqlite")
+        _migrate(self.conn)
+        meta = _meta(self.conn)
+        if fresh or "format_version" not in meta:
+            meta = {
+                "format_version": str(FORMAT_VERSION),
+                "model_name": self.manifest["model_name"],
+                "model_fingerprint": self.manifest["model_fingerprint"],
+                "dim": str(self.manifest["dim"]),
+                "chunking": json.dumps(self.manifest["chunking"], sort_keys=True),
+                "generation": "0",
+                "n_vectors": "0",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+            self.conn.execute("COMMIT")
+        self.dim = int(meta["dim"])
+        self.generation = int(meta["generation"])
+        self.n_vectors = int(meta["n_vectors"])
+        # Forget whatever a killed writer left beyond the committed state.
+        vec_path = folder / "vectors.f32"
+        with vec_path.open("ab") as fh:
+            fh.truncate(self.n_vectors * self.dim * 4)
+        for stale in folder.glob("hnsw-*.bin"):
+            gen = stale.stem.split("-")[-1]
+            if gen.isdigit() and int(gen) > self.generation:
+                stale.unlink()
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink()
+        self.hnsw = hnswlib.Index(space="ip", dim=self.dim)
+        hnsw_path = folder / f"hnsw-{self.generation}.bin"
+        if self.generation > 0 and hnsw_path.exists():
+            self.hnsw.load_index(str(hnsw_path), max_elements=max(self.n_vectors, 1024),
+                                 allow_replace_deleted=False)
+        else:
+            self.hnsw.init_index(max_elements=max(self.n_vectors, 1024), M=HNSW_M,
+                                 ef_construction=HNSW_EF_CONSTRUCTION)
+            if self.n_vectors:  # graph lost but vectors committed: rebuild the graph
+                ids = self._live_ids()
+                vecs = np.fromfile(vec_path, dtype=np.float32).reshape(-1, self.dim)
+                self.hnsw.add_items(vecs[ids], ids)
+        self._pending_vectors: list[np.ndarray] = []
+        self._dirty = False
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _live_ids(self) -> np.ndarray:
+        return np.array([r[0] for r in self.conn.execute("SELECT id FROM chunks")], np.int64)
+
+    # -- queries the indexer needs --
+    def meta_get(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def meta_set(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self._dirty = True
+
+    def files(self) -> dict[str, FileRow]:
+        rows = self.conn.execute(
+            "SELECT id, path, hash, size, mtime_ns, n_chunks FROM files").fetchall()
+        return {r[1]: FileRow(*r) for r in rows}
+
+    # -- changes (staged until commit) --
+    def remove_file(self, file_id: int) -> int:
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT id FROM chunks WHERE file_id = ?", (file_id,))]
+        for label in ids:
+            with contextlib.suppress(RuntimeError):  # already gone from the graph
+                self.hnsw.mark_deleted(label)
+        self.conn.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
+        self.conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+        self._dirty = True
+        return len(ids)
+
+    def touch_file(self, file_id: int, size: int, mtime_ns: int) -> None:
+        """Same content, new stat: remember it so the next run skips hashing."""
+        self.conn.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
+                          (size, mtime_ns, file_id))
+        self._dirty = True
+
+    def add_file(self, path: str, hash_: str, size: int, mtime_ns: int, kind: str,
+                 chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        cur = self.conn.execute(
+            "INSERT INTO files (path, hash, size, mtime_ns, kind, n_chunks, n_tokens) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (path, hash_, size, mtime_ns, kind, len(chunks), sum(c.n_tokens for c in chunks)))
+        file_id = cur.lastrowid
+        first = self.n_vectors + sum(len(v) for v in self._pending_vectors)
+        self.conn.executemany(
+            "INSERT INTO chunks (id, file_id, seq, start_line, end_line, start_byte, end_byte, "
+            "n_tokens, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(first + i, file_id, c.seq, c.start_line, c.end_line, c.start_byte, c.end_byte,
+              c.n_tokens, c.text) for i, c in enumerate(chunks)])
+        if len(vectors):
+            vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+            self._pending_vectors.append(vecs)
+            needed = first + len(vecs)
+            if needed > self.hnsw.get_max_elements():
+                self.hnsw.resize_index(max(needed, 2 * self.hnsw.get_max_elements()))
+            self.hnsw.add_items(vecs, np.arange(first, needed))
+        self._dirty = True
+
+    @property
+    def pending_chunks(self) -> int:
+        return sum(len(v) for v in self._pending_vectors)
+
+    def commit(self) -> None:
+        """Make every staged change durable and visible, all or nothing."""
+        if not self._dirty:
+            return
+        new_vectors = self.pending_chunks
+        if new_vectors:
+            with (self.folder / "vectors.f32").open("ab") as fh:
+                for block in self._pending_vectors:
+                    fh.write(block.tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+        gen = self.generation + 1
+        final = self.folder / f"hnsw-{gen}.bin"
+        tmp = self.folder / f".hnsw-{gen}.bin.tmp"
+        self.hnsw.save_index(str(tmp))
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        # Corpus order: path, then chunk position in the file.
+        self.conn.execute(
+            "UPDATE chunks SET ordinal = r.rn FROM (SELECT c.id AS id, row_number() OVER "
+            "(ORDER BY f.path, c.seq) - 1 AS rn FROM chunks c JOIN files f ON f.id = c.file_id)"
+            " AS r WHERE chunks.id = r.id AND chunks.ordinal != r.rn")
+        self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+            ("generation", str(gen)),
+            ("n_vectors", str(self.n_vectors + new_vectors)),
+            ("updated", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        ])
+        self.conn.execute("COMMIT")
+        self.generation = gen
+        self.n_vectors += new_vectors
+        self._pending_vectors = []
+        self._dirty = False
+        # Keep the previous graph for readers that read the old generation a moment ago.
+        for old in self.folder.glob("hnsw-*.bin"):
+            number = old.stem.split("-")[-1]
+            if number.isdigit() and int(number) < gen - 1:
+                old.unlink(missing_ok=True)
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def finish(self) -> None:
+        """Commit; if this was a rebuild beside a live index, make it the live one."""
+        self.commit()
+        self.totals = self.conn.execute(
+            "SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM chunks)").fetchone()
+        self.conn.execute("COMMIT")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.conn.close()
+        current = _read_pointer(self.index_dir / "CURRENT")
+        if current != self.folder.name:
+            _write_atomic(self.index_dir / "CURRENT", self.folder.name.encode())
+            with contextlib.suppress(FileNotFoundError):
+                (self.index_dir / "BUILDING").unlink()
+            if current:
+                shutil.rmtree(self.index_dir / current, ignore_errors=True)
+        self._release()
+
+    def abort(self) -> None:
+        """Drop uncommitted changes (the last commit stays)."""
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
+        self._release()
+
+    def _release(self) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+
+@contextlib.contextmanager
+def open_reader(index_dir: Path) -> Iterator[IndexReader]:
+    reader = IndexReader(index_dir)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def list_indexes(root: Path) -> list[Path]:
+    folder = root / "indexes"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if (p / "CURRENT").is_file())

@@ -1,0 +1,96 @@
+"""Plain data shared by every layer, and the error family. Standard library only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class QragError(Exception):
+    """A failure the user can act on. The message is one sentence that names the fix."""
+
+    exit_code = 1
+
+
+class UsageError(QragError):
+    """Bad arguments or input given on the command line."""
+
+    exit_code = 2
+
+
+class NoIndexError(QragError):
+    """The index asked for does not exist yet."""
+
+
+class IndexMismatchError(QragError):
+    """The index was built with another model or chunking than the one asked for."""
+
+
+class CorruptIndexError(QragError):
+    """Index files are missing, truncated or inconsistent."""
+
+
+class ModelError(QragError):
+    """A model folder cannot be found or loaded."""
+
+
+class ReadError(QragError):
+    """One file could not be read; the indexer reports it and carries on."""
+
+
+class DataError(QragError):
+    """A data file (questions, training JSONL) has a bad line."""
+
+
+class LLMError(QragError):
+    """The reader LLM cannot be loaded or cannot fit the evidence."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """Text extracted from one file, with a map back to source lines.
+
+    `line_map` is a sorted list of (char offset in `text`, source line number): the
+    character at that offset and those after it, up to the next entry, come from that
+    line. For PDFs the "line" is the page number.
+    """
+
+    text: str
+    kind: str
+    line_map: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A token-bounded piece of one file."""
+
+    text: str
+    seq: int  # position of the chunk inside its file (0, 1, ...)
+    start_line: int
+    end_line: int
+    start_byte: int  # UTF-8 byte offsets into the extracted text
+    end_byte: int
+    n_tokens: int  # cl100k_base tokens
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One picked chunk, as ask, the reader and evaluation see it."""
+
+    step: int
+    q: float
+    chunk_id: int
+    path: str
+    start_line: int
+    end_line: int
+    text: str
+    ordinal: int  # position in corpus (document) order
+    alternatives: tuple[tuple[int, float], ...] = field(default=())
+
+
+@dataclass
+class Episode:
+    """The outcome of one retrieval episode."""
+
+    question: str
+    evidence: list[Evidence]
+    stop: str  # "threshold" | "budget" | "exhausted"
