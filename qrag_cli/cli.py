@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -216,18 +215,29 @@ def _stream(piece: str) -> None:
 
 def main() -> None:
     debug = "--debug" in sys.argv or os.environ.get("QRAG_DEBUG") == "1"
-    started = time.perf_counter()
+
+    def fail(message: str, code: int) -> None:
+        render.err.print(f"[red]error:[/red] {escape(message)}", markup=True,
+                         highlight=False, soft_wrap=True)
+        sys.exit(code)
+
     try:
-        app()
+        code = app(standalone_mode=False)
     except QragError as exc:
         if debug:
             raise
-        render.err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True,
-                         highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         render.err.print("interrupted")
         sys.exit(130)
-    finally:
+    except BrokenPipeError:  # `qrag ask ... | head`
+        sys.stderr.close()
+        sys.exit(1)
+    except Exception as exc:
         if debug:
-            render.err.print(f"[dim]{time.perf_counter() - started:.2f}s[/dim]")
+            raise
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # usage errors
+            hint = " (see --help)" if exc.exit_code == 2 else ""
+            fail(f"{exc.format_message()}{hint}", exc.exit_code)
+        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", 1)
+    sys.exit(code if isinstance(code, int) else 0)

