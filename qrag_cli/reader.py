@@ -17,7 +17,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,11 @@ from qrag_cli.types import Evidence, LLMError, UsageError
 CONFIG_NAME = "config.toml"
 ORDERS = ("document", "retrieval")
 
+# Short and plain on purpose: the default reader is a 135M model, and longer instructions
+# measurably pulled its answers away from the evidence (towards its own prior knowledge).
 SYSTEM_PROMPT = (
-    "Answer the question using only the numbered evidence below. "
-    "Cite the evidence you use as [n]. "
-    "If the evidence does not contain the answer, say that you cannot tell from the evidence. "
-    "Be brief."
+    "Answer the question from the evidence. Cite evidence as [n]. "
+    "If the evidence does not contain the answer, say you cannot tell. Be brief."
 )
 
 _CITATION = re.compile(r"\[(\s*\d+\s*(?:,\s*\d+\s*)*)\]")
@@ -243,10 +243,8 @@ def _route_logs(llama_cpp: Any, verbose: bool) -> None:
 
         def on_log(level: int, text: bytes | None, user_data: Any) -> None:
             if _LOG["verbose"] and text:
-                try:
-                    os.write(2, text)  # fd 2 directly: never stdout, not even sys.stdout
-                except OSError:
-                    pass
+                with suppress(OSError):  # fd 2 directly: never stdout, not even sys.stdout
+                    os.write(2, text)
 
         _LOG["callback"] = llama_cpp.llama_log_callback(on_log)
         llama_cpp.llama_log_set(_LOG["callback"], ctypes.c_void_p(0))
@@ -257,10 +255,8 @@ def _native_output(verbose: bool) -> Iterator[None]:
     """Keep whatever native code prints (not all of it goes through the log callback) off
     stdout, which belongs to the answer: to stderr when verbose, else to /dev/null."""
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with suppress(AttributeError, OSError, ValueError):
             stream.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
     try:
         saved = (os.dup(1), os.dup(2))
     except OSError:  # no fds 1/2 (daemonized): nothing to protect
@@ -276,10 +272,8 @@ def _native_output(verbose: bool) -> Iterator[None]:
         yield
     finally:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with suppress(AttributeError, OSError, ValueError):
                 stream.flush()
-            except (AttributeError, OSError, ValueError):
-                pass
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in (*saved, devnull):
@@ -303,9 +297,7 @@ class Reader:
         try:
             import llama_cpp
         except ImportError as e:
-            raise LLMError(
-                "llama-cpp-python is not installed; pip install llama-cpp-python"
-            ) from e
+            raise LLMError("llama-cpp-python is not installed; pip install llama-cpp-python") from e
 
         _route_logs(llama_cpp, settings.verbose)
         threads = settings.threads or os.cpu_count() or 1
@@ -324,10 +316,8 @@ class Reader:
         except (ValueError, RuntimeError, OSError) as e:
             if "load model" in str(e):
                 arch = _gguf_architecture(self.path)
-                named = f" (architecture {arch!r} unsupported, or corrupt file)" if arch else (
-                    " (unsupported architecture or corrupt file)"
-                )
-                raise LLMError(f"llama.cpp cannot load {self.path}{named}") from e
+                why = f"unsupported architecture {arch!r}" if arch else "unsupported architecture"
+                raise LLMError(f"llama.cpp cannot load {self.path} ({why} or corrupt file)") from e
             raise LLMError(f"llama.cpp cannot start {self.path}: {e}") from e
         self.load_ms = (time.perf_counter() - start) * 1000
         self._formatter = self._chat_formatter(llama_cpp)
@@ -359,19 +349,23 @@ class Reader:
 
     # -- prompt -------------------------------------------------------------------------
 
-    def _user_message(self, question: str, evidence: Sequence[Evidence]) -> str:
+    @staticmethod
+    def _evidence_block(evidence: Sequence[Evidence]) -> str:
         items = [
             f"[{n}] {e.path}:{e.start_line}-{e.end_line}\n{e.text.strip()}"
             for n, e in enumerate(evidence, 1)
         ]
-        body = "\n\n".join(items) if items else "(no evidence found)"
-        return f"Evidence:\n{body}\n\nQuestion: {question.strip()}"
+        return "\n\n".join(items) if items else "(no evidence found)"
 
     def prompt(self, question: str, evidence: Sequence[Evidence]) -> tuple[str, list[str]]:
         """The full prompt text for this evidence (already ordered), and its stop strings."""
-        user = self._user_message(question, evidence)
+        block, question = self._evidence_block(evidence), question.strip()
         if self._formatter is None:
-            return f"{SYSTEM_PROMPT}\n\n{user}\nAnswer:", ["\nQuestion:"]
+            text = f"{SYSTEM_PROMPT}\n\nEvidence:\n{block}\n\nQuestion: {question}\nAnswer:"
+            return text, ["\nQuestion:"]
+        # Evidence first, bare question last: small models answer best with the question
+        # nearest to where they start writing (a "Question:" header did worse).
+        user = f"{block}\n\n{question}"
         result = self._formatter(
             messages=[
                 {"role": "system", "content": SYSTEM_PROMPT},
@@ -451,8 +445,11 @@ class Reader:
             stream=True,
             stopping_criteria=llama_cpp.StoppingCriteriaList([count]),
         )
+        finish = None
         for chunk in stream:
-            piece = chunk["choices"][0]["text"]
+            choice = chunk["choices"][0]
+            finish = choice.get("finish_reason") or finish
+            piece = choice["text"]
             if not piece:
                 continue
             if first is None:
@@ -461,8 +458,10 @@ class Reader:
             if on_token is not None:
                 on_token(piece)
         end = time.perf_counter()
-        # The criterion runs once per sampled token and once more after the loop.
-        generated = max(sampled - 1, 0)
+        # The criterion runs once per sampled token and once more after the loop; on "stop"
+        # the last sampled token (end of turn, or the one completing a stop string) is not
+        # part of the answer.
+        generated = max(sampled - 1 - (finish == "stop"), 0)
         if first is not None and generated > 1 and end > first:
             rate = (generated - 1) / (end - first)  # decode speed, prompt evaluation excluded
         else:

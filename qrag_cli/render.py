@@ -13,7 +13,8 @@ from rich.table import Table
 
 from qrag_cli.types import Episode, Evidence
 
-out = Console(soft_wrap=False, highlight=False)
+# Piped output is not cut to 80 columns: paths must survive intact for scripts.
+out = Console(soft_wrap=False, highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
 
 
@@ -53,7 +54,7 @@ def episode_table(episode: Episode, show_text: bool, explain: bool,
     table = Table(show_header=True, header_style="bold", expand=False)
     table.add_column("step", justify="right")
     table.add_column("Q", justify="right")
-    table.add_column("where", overflow="fold")
+    table.add_column("where", no_wrap=True)
     table.add_column("text", overflow="fold")
     for ev in episode.evidence:
         table.add_row(str(ev.step), f"{ev.q:.3f}", location(ev),

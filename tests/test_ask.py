@@ -1,0 +1,169 @@
+"""`qrag ask`: the episode, stop rules, ANN vs exact, JSON, batch mode and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import HOP_QUESTION, run_qrag
+from test_index import make_corpus
+
+from qrag_cli.config import ChunkConfig, resolve_index
+from qrag_cli.episode import (IndexCandidates, MemoryCandidates, StopRule, boltzmann,
+                              run_episodes)
+from qrag_cli.indexer import build_index
+from qrag_cli.model import load_model
+from qrag_cli.store import open_reader
+
+EVIDENCE_KEYS = {"step", "q", "chunk_id", "path", "start_line", "end_line", "text"}
+
+
+@pytest.fixture
+def hop_index(hop_corpus: Path, base_model) -> Path:
+    index_dir = resolve_index(None)
+    build_index([hop_corpus], index_dir, base_model, ChunkConfig())
+    return index_dir
+
+
+def test_each_step_is_conditioned_on_the_picked_chunks(base_model, hop_corpus) -> None:
+    """Step t's pick is argmax <E_s(question + picked, document order), E_a(chunk)>."""
+    from conftest import HOP_FILES
+
+    texts = list(HOP_FILES.values())
+    vectors = base_model.embed_chunks(texts)
+    source = MemoryCandidates(texts, vectors)
+    episode = run_episodes(base_model, [HOP_QUESTION], [source], StopRule(3))[0]
+    picked = [ev.chunk_id for ev in episode.evidence]
+    assert len(set(picked)) == 3
+    q_ids = base_model.chunk_ids([HOP_QUESTION], base_model.cfg.question_cap)[0]
+    for step, ev in enumerate(episode.evidence):
+        before = sorted(picked[:step])  # ordinal == index for in-memory chunks
+        state = base_model.state_ids(
+            q_ids, [base_model.chunk_ids([texts[i]], base_model.cfg.chunk_cap)[0] for i in before])
+        scores = vectors @ base_model.embed_states([state])[0]
+        scores[before] = -np.inf
+        assert int(np.argmax(scores)) == ev.chunk_id
+        assert ev.q == pytest.approx(float(scores.max()), abs=1e-5)
+    # Conditioning matters: the second pick's Q differs from its single-step score.
+    first_state = base_model.embed_states([base_model.state_ids(q_ids, [])])[0]
+    second = episode.evidence[1]
+    assert abs(float(vectors[second.chunk_id] @ first_state) - second.q) > 1e-4
+
+
+def test_picked_chunks_are_excluded_and_exhaustion_stops(hop_index: Path, base_model) -> None:
+    with open_reader(hop_index) as reader:
+        episode = run_episodes(base_model, [HOP_QUESTION], [IndexCandidates(reader)],
+                               StopRule(max_steps=20))[0]
+    ids = [ev.chunk_id for ev in episode.evidence]
+    assert len(ids) == len(set(ids)) == 8
+    assert episode.stop == "exhausted"
+    assert all(ev.chunk_id not in dict(ev.alternatives) for ev in episode.evidence)
+
+
+def test_threshold_and_budget_stops(hop_index: Path, base_model) -> None:
+    with open_reader(hop_index) as reader:
+        src = IndexCandidates(reader)
+        high = run_episodes(base_model, [HOP_QUESTION], [src], StopRule(4, threshold=10.0))[0]
+        low = run_episodes(base_model, [HOP_QUESTION], [src], StopRule(4, threshold=-10.0))[0]
+        mid_q = high.evidence[0].alternatives[1][1]
+        mid = run_episodes(base_model, [HOP_QUESTION], [src], StopRule(6, threshold=mid_q))[0]
+    assert len(high.evidence) == 1 and high.stop == "threshold"  # never before the first pick
+    assert len(low.evidence) == 4 and low.stop == "budget"
+    assert mid.stop == "threshold" and all(ev.q >= mid_q for ev in mid.evidence)
+
+
+def test_cli_threshold_flags(hop_index: Path) -> None:
+    stopped = json.loads(run_qrag("ask", HOP_QUESTION, "--json", "--threshold", "5",
+                                  check=True).stdout)
+    assert stopped["stop"] == "threshold" and len(stopped["evidence"]) == 1
+    full = json.loads(run_qrag("ask", HOP_QUESTION, "--json", "--threshold", "5", "--no-stop",
+                               "--steps", "3", check=True).stdout)
+    assert full["stop"] == "budget" and len(full["evidence"]) == 3
+
+
+def test_json_schema_and_explain(hop_index: Path) -> None:
+    proc = run_qrag("ask", HOP_QUESTION, "--json", "--steps", "2", "--explain", check=True)
+    out = json.loads(proc.stdout)
+    assert set(out) >= {"question", "model", "index", "evidence", "stop", "answer", "timings_ms"}
+    assert out["question"] == HOP_QUESTION and out["answer"] is None
+    assert out["stop"] in {"threshold", "budget", "exhausted"}
+    assert [ev["step"] for ev in out["evidence"]] == [1, 2]
+    for ev in out["evidence"]:
+        assert set(ev) >= EVIDENCE_KEYS
+        assert ev["path"].endswith(".txt") and ev["start_line"] == ev["end_line"] == 1
+        assert len(ev["alternatives"]) == 4
+    assert out["evidence"][0]["q"] >= out["evidence"][0]["alternatives"][0]["q"]
+    assert {"encode_ms", "search_ms", "load_model_ms"} <= set(out["timings_ms"])
+
+
+def test_terminal_table(hop_index: Path) -> None:
+    proc = run_qrag("ask", HOP_QUESTION, "--steps", "2", check=True)
+    assert "a.txt:1-1" in proc.stdout and "step" in proc.stdout
+    assert "stopped" in proc.stderr and "stopped" not in proc.stdout
+
+
+def test_batch_mode_jsonl(hop_index: Path, tmp_path: Path) -> None:
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text(json.dumps({"id": "q1", "question": HOP_QUESTION}) + "\n\n"
+                     + json.dumps({"question": "Where was Emil Strand born?"}) + "\n")
+    proc = run_qrag("ask", "--questions", str(qfile), "--steps", "2", check=True)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["id"] for line in lines] == ["q1", None]
+    assert all(len(line["evidence"]) == 2 for line in lines)
+    assert "Emil Strand was born" in lines[1]["evidence"][0]["text"]
+
+
+def test_ann_agrees_with_exact(tmp_path: Path, base_model) -> None:
+    corpus = make_corpus(tmp_path / "c", 150, paragraphs=4)
+    index_dir = resolve_index("agree")
+    build_index([corpus], index_dir, base_model, ChunkConfig(chunk_tokens=48, overlap=0))
+    questions = [f"what is the code for item {i}-{i % 4}" for i in range(0, 150, 5)]
+    with open_reader(index_dir) as reader:
+        assert reader.n_chunks > 400
+        ann = run_episodes(base_model, questions, [IndexCandidates(reader)] * len(questions),
+                           StopRule(3))
+        exact = run_episodes(base_model, questions,
+                             [IndexCandidates(reader, exact=True)] * len(questions), StopRule(3))
+    same = sum(a.chunk_id == b.chunk_id for ea, eb in zip(ann, exact, strict=True)
+               for a, b in zip(ea.evidence, eb.evidence, strict=True))
+    assert same / (3 * len(questions)) >= 0.99
+
+
+def test_boltzmann_policy_explores_but_prefers_the_best() -> None:
+    rng = np.random.default_rng(0)
+    pick = boltzmann(0.1, rng)
+    q = np.array([1.0, 0.9, 0.5])
+    counts = np.bincount([pick(q) for _ in range(2000)], minlength=3)
+    assert counts[0] > counts[1] > counts[2] > 0
+
+
+def test_errors_are_one_clear_line(hop_index: Path, tmp_path: Path, base_model) -> None:
+    def one_line_error(proc, needle: str) -> None:
+        assert proc.returncode != 0
+        assert proc.stdout == ""
+        assert needle in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+    one_line_error(run_qrag("ask", "x", "--index", "nothere"), "run `qrag index")
+    one_line_error(run_qrag("ask", "   "), "empty")
+    one_line_error(run_qrag("ask", "x", "--steps", "0"), "--steps")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "ok"}\nnot json\n')
+    one_line_error(run_qrag("ask", "--questions", str(bad)), "bad.jsonl:2")
+
+    other = tmp_path / "other-model"
+    model = load_model("base")
+    model.cfg.scale = 0.5  # a different embedding function -> a different fingerprint
+    model.save(other)
+    one_line_error(run_qrag("ask", "x", "--model", str(other)), "re-index")
+
+    with open_reader(hop_index) as reader:
+        folder = reader.folder
+        gen = reader.generation
+    (folder / f"hnsw-{gen}.bin").write_bytes(b"garbage")
+    one_line_error(run_qrag("ask", "x"), "rebuild")
+    with (folder / "vectors.f32").open("r+b") as fh:
+        fh.truncate(100)
+    one_line_error(run_qrag("ask", "x", "--exact"), "truncated")
