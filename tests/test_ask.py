@@ -11,8 +11,7 @@ from conftest import HOP_QUESTION, run_qrag
 from test_index import make_corpus
 
 from qrag_cli.config import ChunkConfig, resolve_index
-from qrag_cli.episode import (IndexCandidates, MemoryCandidates, StopRule, boltzmann,
-                              run_episodes)
+from qrag_cli.episode import IndexCandidates, MemoryCandidates, StopRule, boltzmann, run_episodes
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model
 from qrag_cli.store import open_reader

@@ -214,7 +214,7 @@ def test_reader_sees_committed_state_while_indexing(tmp_path: Path, qrag_home: P
     assert proc.returncode == 0, proc.stderr.read().decode()
     assert reads >= 3
     assert seen_counts == sorted(seen_counts)  # commits only ever add here
-    assert check_consistent(index_dir) == max(seen_counts + [0]) or reads
+    assert check_consistent(index_dir) >= max(seen_counts) > 0
 
 
 def test_second_writer_is_refused(hop_corpus: Path, base_model) -> None:
