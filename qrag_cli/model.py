@@ -224,7 +224,10 @@ class QModel(nn.Module):
         self.tokenizer = tokenizer
         self.encoder_config = encoder_config
         self.folder = folder
-        self.compute_dtype = torch.float32
+        # Chunk embedding is the bulk of `qrag index`: bf16 is ~2-3x faster where the CPU
+        # has native bf16 (AVX512-BF16/AMX) and moves retrieval scores by ~1e-3. States
+        # (one short sequence per step) stay fp32.
+        self.chunk_dtype = _fast_dtype()
 
     # ---- text -> token ids ----------------------------------------------------------
     def chunk_ids(self, texts: Sequence[str], cap: int) -> list[list[int]]:
@@ -271,16 +274,15 @@ class QModel(nn.Module):
             mask[row, : len(seq)] = 1
         return ids.to(device), mask.to(device)
 
-    def encode(self, encoder: Encoder, seqs: Sequence[list[int]],
-               token_budget: int = 16384, grad: bool = False) -> torch.Tensor:
+    def encode(self, encoder: Encoder, seqs: Sequence[list[int]], token_budget: int = 16384,
+               grad: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Embed token-id sequences (with special tokens) in length-sorted batches."""
         device = next(encoder.parameters()).device
         if not seqs:
             return torch.zeros((0, self.cfg.dim), device=device)
         out: list[torch.Tensor | None] = [None] * len(seqs)
         ctx = torch.enable_grad() if grad else torch.inference_mode()
-        autocast = torch.autocast(device.type, dtype=self.compute_dtype,
-                                  enabled=self.compute_dtype != torch.float32)
+        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
         with ctx, autocast:
             for batch in self._batches(seqs, token_budget):
                 ids, mask = self._pad([seqs[i] for i in batch], device)
@@ -293,7 +295,7 @@ class QModel(nn.Module):
         """E_a over chunk texts -> float32 [n, dim] (what `qrag index` stores)."""
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         ids = [[cls_id, *s, sep_id] for s in self.chunk_ids(texts, self.cfg.max_tokens - 2)]
-        return self.encode(self.chunk_encoder, ids).float().cpu().numpy()
+        return self.encode(self.chunk_encoder, ids, dtype=self.chunk_dtype).float().cpu().numpy()
 
     def embed_states(self, states: Sequence[list[int]]) -> np.ndarray:
         """E_s over assembled state token ids -> float32 [n, dim]."""
@@ -327,6 +329,18 @@ class QModel(nn.Module):
             tmp.rename(folder)
         self.cfg = cfg
         self.folder = folder
+
+
+def _fast_dtype() -> torch.dtype:
+    """bf16 where the CPU computes it natively, else fp32; QRAG_DTYPE=fp32|bf16 overrides."""
+    forced = os.environ.get("QRAG_DTYPE", "").lower()
+    if forced in {"fp32", "bf16"}:
+        return torch.bfloat16 if forced == "bf16" else torch.float32
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return torch.float32
+    return torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & set(flags) else torch.float32
 
 
 def _embedding_settings(cfg: ModelConfig) -> str:

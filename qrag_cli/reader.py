@@ -423,6 +423,7 @@ class Reader:
         import llama_cpp
 
         start = time.perf_counter()
+        _LOG["verbose"] = self.settings.verbose  # the log callback is process-wide
         used, trimmed, tokens, stop = self.fit(question, evidence)
         sampled = 0
 
