@@ -27,11 +27,11 @@ lint:
 demo:
 	QRAG_HOME=$${QRAG_HOME:-$$(mktemp -d)} sh -c '\
 	  $(QRAG) index qrag_cli/sample --index demo && \
-	  $(QRAG) ask "Which river flows through the city where the inventor of the Zephyr engine was born?" --index demo --steps 3 && \
-	  $(QRAG) ask "Which river flows through the city where the inventor of the Zephyr engine was born?" --index demo --steps 3 --answer'
+	  $(QRAG) ask "Which river flows through the city where the inventor of the Zephyr engine was born?" --index demo --steps 4 && \
+	  $(QRAG) ask "Which river flows through the city where the inventor of the Zephyr engine was born?" --index demo --steps 4 --answer'
 
 bench:
-	$(QRAG) bench --profile quick
+	$(VENV)/bin/python -m qrag_cli.bench.speed 200000
 
 clean:
 	rm -rf $(VENV) build *.egg-info

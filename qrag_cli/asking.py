@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from qrag_cli import render
@@ -137,7 +137,9 @@ class Asker:
                                for r in self.candidates.rows(alt_ids)}
         if self.llm is not None:
             t1 = time.perf_counter()
-            result.answer = self.llm.answer(question, episode.evidence, on_token=on_token)
+            # Short display paths: absolute ones would spend the LLM's context on prefixes.
+            shown = [replace(ev, path=render.display_path(ev.path)) for ev in episode.evidence]
+            result.answer = self.llm.answer(question, shown, on_token=on_token)
             timings["answer_ms"] = (time.perf_counter() - t1) * 1000
             timings.update({f"llm_{k}": v for k, v in result.answer.timings.items()})
         return result

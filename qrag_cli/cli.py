@@ -131,6 +131,28 @@ def status(index: IndexOpt = None, as_json: JsonOpt = False, debug: DebugOpt = F
     render.out.print(table)
 
 
+@app.command("config")
+def config_cmd(
+    llm: Annotated[str | None, typer.Option(help="Set the default reader GGUF.")] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show settings, or set the default reader LLM once (`--llm PATH`)."""
+    from qrag_cli.reader import check_gguf, default_llm, save_default_llm
+
+    if llm is not None:
+        path = Path(llm).expanduser().resolve()
+        check_gguf(path)
+        written = save_default_llm(path)
+        render.err.print(f"default reader set to {path} (in {written})")
+    info = {"home": str(qrag_home()), "llm": str(default_llm())}
+    if as_json:
+        render.print_json(info)
+    else:
+        for key, value in info.items():
+            render.out.print(f"{key}: {value}", markup=False, highlight=False)
+
+
 def _read_questions(path: Path) -> list[dict]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()

@@ -220,7 +220,7 @@ def _gguf_architecture(path: Path) -> str | None:
     return None
 
 
-def _check_gguf(path: Path) -> None:
+def check_gguf(path: Path) -> None:
     if not path.is_file():
         raise LLMError(f"no such LLM file: {path}; pass --llm PATH or set QRAG_LLM")
     try:
@@ -293,7 +293,7 @@ class Reader:
             raise UsageError("--n-ctx and --max-tokens must be positive")
         self.settings = settings
         self.path = Path(settings.llm).expanduser() if settings.llm else default_llm()
-        _check_gguf(self.path)
+        check_gguf(self.path)
         try:
             import llama_cpp
         except ImportError as e:
@@ -320,9 +320,9 @@ class Reader:
                 raise LLMError(f"llama.cpp cannot load {self.path} ({why} or corrupt file)") from e
             raise LLMError(f"llama.cpp cannot start {self.path}: {e}") from e
         self.load_ms = (time.perf_counter() - start) * 1000
-        self._formatter = self._chat_formatter(llama_cpp)
+        self._formatter = self._chat_formatter()
 
-    def _chat_formatter(self, llama_cpp: Any) -> Any:
+    def _chat_formatter(self) -> Any:
         """The GGUF's own chat template, rendered exactly as create_chat_completion would,
         or None to fall back to a plain completion prompt."""
         template = self._llm.metadata.get("tokenizer.chat_template")

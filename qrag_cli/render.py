@@ -15,7 +15,7 @@ from qrag_cli.types import Episode, Evidence
 
 # Piped output is not cut to 80 columns: paths must survive intact for scripts.
 out = Console(soft_wrap=False, highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def display_path(path: str) -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks: task generators and runners (`qrag bench`)."""
