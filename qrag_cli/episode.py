@@ -99,7 +99,11 @@ class IndexCandidates:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         hnsw = self.reader.hnsw
         hnsw.set_ef(max(self.ef, want))
-        labels, _ = hnsw.knn_query(state[None, :], k=want)
+        try:
+            labels, _ = hnsw.knn_query(state[None, :], k=want)
+        except RuntimeError:  # graph holes after many deletions: fall back to brute force
+            self.exact = True
+            return self.search(state, k, exclude)
         ids = np.array([i for i in labels[0] if int(i) not in exclude], dtype=np.int64)
         scores = np.asarray(vectors[ids] @ state, dtype=np.float32)  # exact rescoring
         return _top_k(scores, ids, k)
