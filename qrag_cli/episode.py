@@ -13,20 +13,34 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import torch
 
-from qrag_cli.model import QModel
+from qrag_cli.model import QModel, relative_positions, rotate
 from qrag_cli.store import ChunkRow, IndexReader
 from qrag_cli.types import Episode, Evidence
 
+Transform = Callable[[np.ndarray, np.ndarray], np.ndarray]
 ALTERNATIVES = 5  # top-k kept per step: --explain, the soft value and exploration use it
 
 
 class Candidates(Protocol):
     """Where an episode's actions come from; scores are exact Q values."""
 
-    def search(self, state: np.ndarray, k: int, exclude: Collection[int]
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k chunk ids not in `exclude`, with their Q values, best first."""
+    def search(self, state: np.ndarray, k: int, exclude: Collection[int],
+               transform: Transform | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k chunk ids not in `exclude`, with their Q values, best first.
+
+        `transform(ids, vectors)` adjusts candidate vectors before scoring (positions).
+        """
+        ...
+
+    def ordinals(self, ids: np.ndarray) -> np.ndarray:
+        """Document-order positions of chunk ids."""
+        ...
+
+    @property
+    def total(self) -> int:
+        """Number of ordinal slots (chunks in the document/corpus)."""
         ...
 
     def rows(self, ids: Sequence[int]) -> list[ChunkRow]:
@@ -55,9 +69,17 @@ class MemoryCandidates:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def search(self, state, k, exclude):
-        scores = self.vectors @ state
-        ids = np.arange(len(scores))
+    @property
+    def total(self) -> int:
+        return len(self.texts)
+
+    def ordinals(self, ids):
+        return np.asarray(ids)
+
+    def search(self, state, k, exclude, transform=None):
+        ids = np.arange(len(self.vectors))
+        vectors = transform(ids, self.vectors) if transform else self.vectors
+        scores = vectors @ state
         if exclude:
             keep = np.ones(len(scores), dtype=bool)
             keep[list(exclude)] = False
@@ -79,17 +101,32 @@ class IndexCandidates:
         self.pool = pool  # HNSW candidates rescored per step
         self.ef = ef
         self._live: np.ndarray | None = None
+        self._ordinals: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.reader.n_chunks
 
-    def search(self, state, k, exclude):
-        vectors = self.reader.vectors
+    @property
+    def total(self) -> int:
+        return self.reader.n_chunks
+
+    def ordinals(self, ids):
+        if self._ordinals is None:
+            self._ordinals = self.reader.ordinal_table()
+        return self._ordinals[np.asarray(ids)]
+
+    def _score(self, ids, state, transform):
+        vecs = np.asarray(self.reader.vectors[ids], dtype=np.float32)
+        if transform is not None:
+            vecs = transform(ids, vecs)
+        return vecs @ state
+
+    def search(self, state, k, exclude, transform=None):
         if self.exact:
             if self._live is None:
                 self._live = self.reader.live_ids()
             ids = self._live
-            scores = np.asarray(vectors[ids] @ state) if len(ids) else np.zeros(0, np.float32)
+            scores = self._score(ids, state, transform) if len(ids) else np.zeros(0, np.float32)
             if exclude:
                 keep = ~np.isin(ids, np.fromiter(exclude, np.int64))
                 ids, scores = ids[keep], scores[keep]
@@ -103,10 +140,9 @@ class IndexCandidates:
             labels, _ = hnsw.knn_query(state[None, :], k=want)
         except RuntimeError:  # graph holes after many deletions: fall back to brute force
             self.exact = True
-            return self.search(state, k, exclude)
+            return self.search(state, k, exclude, transform)
         ids = np.array([i for i in labels[0] if int(i) not in exclude], dtype=np.int64)
-        scores = np.asarray(vectors[ids] @ state, dtype=np.float32)  # exact rescoring
-        return _top_k(scores, ids, k)
+        return _top_k(self._score(ids, state, transform), ids, k)  # exact rescoring
 
     def rows(self, ids):
         return self.reader.chunks([int(i) for i in ids])
@@ -136,6 +172,15 @@ class StopRule:
     max_steps: int = 4
     threshold: float | None = None
     """Stop before a pick whose Q is below this (never before the first pick)."""
+
+
+def _position_transform(source: Candidates, picked_ordinals: list[int]) -> Transform:
+    def transform(ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        pos = relative_positions(source.ordinals(ids), picked_ordinals, source.total)
+        return rotate(torch.from_numpy(np.ascontiguousarray(vectors)),
+                      torch.from_numpy(pos)).numpy()
+
+    return transform
 
 
 def run_episodes(
@@ -168,7 +213,9 @@ def run_episodes(
         t1 = time.perf_counter()
         for row, i in enumerate(live):
             exclude = {r.id for r in picked[i]}
-            ids, q = sources[i].search(state_vecs[row], max(alternatives, 1), exclude)
+            transform = (_position_transform(sources[i], [r.ordinal for r in picked[i]])
+                         if model.cfg.positions == "relative" else None)
+            ids, q = sources[i].search(state_vecs[row], max(alternatives, 1), exclude, transform)
             if len(ids) == 0:
                 stops[i] = "exhausted"
                 continue

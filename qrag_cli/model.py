@@ -9,6 +9,7 @@ loading rebuilds it without guessing; nothing is ever pickled.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib.util
 import json
@@ -16,7 +17,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -331,6 +332,62 @@ class QModel(nn.Module):
         self.folder = folder
 
 
+def seed_everything(seed: int) -> None:
+    """The one seeding function: train, eval and bench call it first."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def trainable(model: QModel, normalize: bool = False, scale: float = 0.1,
+              positions: str = "none") -> QModel:
+    """Separate E_s and E_a copies of `model`, set up for Q-learning (raw dot products,
+    scaled down so initial Q values are small, as in the reference)."""
+    state = copy.deepcopy(model.state_encoder)
+    chunk = copy.deepcopy(model.chunk_encoder)
+    for enc in (state, chunk):
+        enc.normalize, enc.scale = normalize, scale
+    cfg = replace(model.cfg, shared=False, normalize=normalize, scale=scale, threshold=None,
+                  positions=positions)
+    return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config), model.folder)
+
+
+# ---- relative chunk positions (rotary), for order-sensitive tasks -------------------------
+POSITION_DELTA = 10.0  # distance between intervals cut by picked chunks (paper: 10)
+POSITION_SPAN = 9.0  # position range inside one interval (paper: 9)
+
+
+def relative_positions(ordinals: np.ndarray, picked: Sequence[int], total: int) -> np.ndarray:
+    """Position of each candidate relative to the picked chunks, not to the document.
+
+    Picked chunks cut the document into intervals; a candidate sits at
+    interval_index * DELTA + SPAN * (fraction of the way through its interval). Absolute
+    length never enters, which is what lets 4K-token training carry to 1M tokens.
+    """
+    cuts = np.asarray(sorted(picked), dtype=np.float64)
+    ords = np.asarray(ordinals, dtype=np.float64)
+    interval = np.searchsorted(cuts, ords, side="right")
+    bounds = np.concatenate([[-1.0], cuts, [float(max(total, 1))]])
+    left, right = bounds[interval], bounds[interval + 1]
+    fraction = (ords - left) / np.maximum(right - left, 1.0)
+    return interval * POSITION_DELTA + POSITION_SPAN * fraction
+
+
+def rotate(vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary encoding: rotate dimension pairs (2j, 2j+1) by position * base^(-2j/d)."""
+    dim = vectors.shape[-1]
+    freqs = 1000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    angles = positions.float()[..., None] * freqs.to(vectors.device)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    even, odd = vectors[..., 0::2], vectors[..., 1::2]
+    out = torch.empty_like(vectors)
+    out[..., 0::2] = even * cos - odd * sin
+    out[..., 1::2] = even * sin + odd * cos
+    return out
+
+
 def _fast_dtype() -> torch.dtype:
     """bf16 where the CPU computes it natively, else fp32; QRAG_DTYPE=fp32|bf16 overrides."""
     forced = os.environ.get("QRAG_DTYPE", "").lower()
@@ -348,14 +405,23 @@ def _embedding_settings(cfg: ModelConfig) -> str:
     return json.dumps([cfg.normalize, cfg.scale, cfg.max_tokens, cfg.positions])
 
 
-def from_base(folder: Path | None = None, name: str | None = None) -> QModel:
-    """An untrained QModel: both encoders are the pretrained embedder, shared."""
+def from_base(folder: Path | None = None, name: str | None = None,
+              layers: int | None = None) -> QModel:
+    """An untrained QModel: both encoders are the pretrained embedder, shared.
+
+    `layers` keeps only the first N transformer layers (small, fast models for tests).
+    """
     folder = folder or base_model_dir()
     try:
         encoder_config = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{folder}/config.json is unreadable: {exc}") from exc
     bert = encoder_config.get("model_type") == "bert"
+    if layers is not None:
+        if not bert or not 1 <= layers <= encoder_config["num_hidden_layers"]:
+            raise ModelError(f"cannot cut {folder} to {layers} layers")
+        encoder_config["num_hidden_layers"] = layers
+        name = f"{name or BASE_NAME}-L{layers}"
     backbone = _build_backbone(encoder_config, _read_weights(folder) if bert else None, folder)
     cfg = ModelConfig(base=name or BASE_NAME, name=name or BASE_NAME,
                       dim=int(encoder_config["hidden_size"]),

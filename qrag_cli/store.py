@@ -221,8 +221,12 @@ class IndexReader:
         rows = self.conn.execute("SELECT id FROM chunks ORDER BY id").fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
-    def ordinals(self, ids: Sequence[int]) -> dict[int, int]:
-        return {row.id: row.ordinal for row in self.chunks(ids)}
+    def ordinal_table(self) -> np.ndarray:
+        """ordinal of every chunk id (-1 for deleted ids), for position-aware models."""
+        table = np.full(self.n_vectors, -1, dtype=np.int64)
+        for chunk_id, ordinal in self.conn.execute("SELECT id, ordinal FROM chunks"):
+            table[chunk_id] = ordinal
+        return table
 
     def chunks(self, ids: Iterable[int]) -> list[ChunkRow]:
         ids = list(ids)

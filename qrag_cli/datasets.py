@@ -1,0 +1,181 @@
+"""Training data: the JSONL schema, validation with line numbers, converters, splits.
+
+One line = one episode source::
+
+    {"id": str, "question": str, "chunks": [str, ...], "support": [int, ...], "answer"?: str}
+
+Chunk order is document order. `support` indexes the gold chunks (all must be picked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qrag_cli.types import DataError
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    question: str
+    chunks: tuple[str, ...]
+    support: tuple[int, ...]
+    answer: str | None = None
+
+    def to_json(self) -> str:
+        obj = asdict(self)
+        obj["chunks"], obj["support"] = list(self.chunks), list(self.support)
+        if self.answer is None:
+            del obj["answer"]
+        return json.dumps(obj, ensure_ascii=False)
+
+
+def parse_example(obj: object, where: str) -> Example:
+    """Validate one decoded line; raise DataError naming `where` (file:line) and the field."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object")
+    question = obj.get("question")
+    chunks = obj.get("chunks")
+    support = obj.get("support")
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(f"{where}: 'question' must be a non-empty string")
+    if not isinstance(chunks, list) or not chunks or not all(isinstance(c, str) for c in chunks):
+        raise DataError(f"{where}: 'chunks' must be a non-empty list of strings")
+    if not isinstance(support, list) or not support or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in support):
+        raise DataError(f"{where}: 'support' must be a non-empty list of chunk indexes")
+    bad = [i for i in support if not 0 <= i < len(chunks)]
+    if bad:
+        raise DataError(f"{where}: support index {bad[0]} is outside 0..{len(chunks) - 1}")
+    if len(set(support)) != len(support):
+        raise DataError(f"{where}: 'support' repeats an index")
+    answer = obj.get("answer")
+    if answer is not None and not isinstance(answer, str):
+        raise DataError(f"{where}: 'answer' must be a string")
+    return Example(id=str(obj.get("id", where)), question=question, chunks=tuple(chunks),
+                   support=tuple(sorted(support)), answer=answer)
+
+
+def load_examples(path: Path, skip_bad: bool = False,
+                  on_bad: Callable[[str], None] = lambda msg: None) -> list[Example]:
+    """Read a training JSONL. A bad line refuses the file unless `skip_bad` (then reported)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text: {exc.reason}") from exc
+    examples: list[Example] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            examples.append(parse_example(json.loads(line), where))
+        except json.JSONDecodeError as exc:
+            err = DataError(f"{where}: not JSON ({exc.msg})")
+            if not skip_bad:
+                raise err from None
+            on_bad(str(err))
+        except DataError as err:
+            if not skip_bad:
+                raise DataError(f"{err} (use --skip-bad to skip bad lines)") from None
+            on_bad(str(err))
+    if not examples:
+        raise DataError(f"{path} has no usable examples")
+    return examples
+
+
+def write_examples(examples: Iterable[Example], path: Path) -> int:
+    """Write JSONL atomically (temp file + rename); returns the count."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    count = 0
+    with tmp.open("w", encoding="utf-8") as fh:
+        for ex in examples:
+            fh.write(ex.to_json() + "\n")
+            count += 1
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return count
+
+
+def data_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def split(examples: list[Example], fraction: float, seed: int
+          ) -> tuple[list[Example], list[Example]]:
+    """A seeded (train, eval) split; eval gets `fraction` of the examples (at least one)."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(examples) * fraction)) if len(examples) > 1 else 0
+    held = set(order[:n_eval])
+    return ([e for i, e in enumerate(examples) if i not in held],
+            [e for i, e in enumerate(examples) if i in held])
+
+
+# ---- converters: official formats -> training JSONL ------------------------------------
+def _read_json_or_jsonl(path: Path) -> Iterator[tuple[str, object]]:
+    text = Path(path).read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        for i, item in enumerate(items):
+            yield f"{path}[{i}]", item
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield f"{path}:{number}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
+
+
+def from_hotpotqa(path: Path) -> Iterator[Example]:
+    """HotpotQA / 2WikiMultihopQA: one chunk per paragraph ("Title: sentences")."""
+    for where, item in _read_json_or_jsonl(path):
+        try:
+            titles = [c[0] for c in item["context"]]
+            chunks = [f"{title}: {''.join(sents).strip()}" for title, sents in item["context"]]
+            gold = {t for t, _ in item["supporting_facts"]}
+            support = sorted(i for i, t in enumerate(titles) if t in gold)
+            yield parse_example({"id": item.get("_id", where), "question": item["question"],
+                                 "chunks": chunks, "support": support,
+                                 "answer": item.get("answer")}, where)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: not a HotpotQA record ({exc})") from None
+
+
+def from_musique(path: Path) -> Iterator[Example]:
+    """MuSiQue: one chunk per paragraph; unanswerable questions are left out."""
+    for where, item in _read_json_or_jsonl(path):
+        try:
+            if item.get("answerable") is False:
+                continue
+            paras = sorted(item["paragraphs"], key=lambda p: p["idx"])
+            chunks = [f"{p['title']}: {p['paragraph_text'].strip()}" for p in paras]
+            support = [i for i, p in enumerate(paras) if p["is_supporting"]]
+            yield parse_example({"id": item["id"], "question": item["question"],
+                                 "chunks": chunks, "support": support,
+                                 "answer": item.get("answer")}, where)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: not a MuSiQue record ({exc})") from None
+
+
+CONVERTERS: dict[str, Callable[[Path], Iterator[Example]]] = {
+    "hotpotqa": from_hotpotqa,
+    "2wiki": from_hotpotqa,  # 2WikiMultihopQA shares HotpotQA's context/supporting_facts
+    "musique": from_musique,
+}

@@ -1,0 +1,442 @@
+"""Q-RAG training: value-based soft Q-learning of the embedder, in one file (cleanrl style).
+
+Read top to bottom: config -> pure maths (schedules, soft value, lambda-returns, Polyak)
+-> rollout (the same `run_episodes` that `qrag ask` uses) -> targets -> loss -> update
+-> eval, checkpoint, threshold calibration. Only the embedder learns; no LLM in the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from qrag_cli.datasets import Example, data_hash, load_examples, split
+from qrag_cli.episode import MemoryCandidates, StopRule, boltzmann, run_episodes
+from qrag_cli.evaluate import calibrate_threshold, run_examples, score
+from qrag_cli.model import (
+    QModel,
+    from_base,
+    load_model,
+    load_qrag_folder,
+    relative_positions,
+    rotate,
+    seed_everything,
+    trainable,
+)
+from qrag_cli.types import DataError, UsageError
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    """Training JSONL (see datasets.py)."""
+    out: str = "qrag-model"
+    """Model folder to write (best-on-eval weights, config, card, log)."""
+    eval: str | None = None
+    """Held-out JSONL; if None, `eval_split` of the data is held out."""
+    eval_split: float = 0.1
+    """Fraction of the data held out for eval when no --eval file is given."""
+    base: str | None = None
+    """Model to start from (a name or folder); None = the base all-MiniLM-L6-v2."""
+    layers: int | None = None
+    """Keep only the first N encoder layers of the base (small, fast runs)."""
+    budget: int = 3
+    """Episode length T (picks per episode) in rollouts and eval."""
+    updates: int = 300
+    """Gradient updates."""
+    batch: int = 16
+    """Parallel episodes per update (transitions = batch * budget)."""
+    lr: float = 5e-5
+    """Peak AdamW learning rate (the paper's 1.5e-5 is for e5-large on GPU)."""
+    warmup: int = 20
+    """Linear learning-rate warm-up, in updates; then cosine decay to 10%."""
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float = 2.0
+    gamma: float = 0.99
+    """Discount."""
+    lam: float = 0.6
+    """Lambda of the lambda-returns (paper: 0.5-0.65)."""
+    tau: float = 0.05
+    """Polyak rate of the target networks (paper: 0.02-0.1)."""
+    alpha: float = 0.05
+    """Initial temperature of the soft value and of Boltzmann exploration."""
+    alpha_final: float = 0.005
+    """Temperature at the end; annealed along with the learning rate."""
+    top_k: int = 5
+    """Candidates in the soft value and in exploration (reference: 5)."""
+    random_updates: int = 10
+    """Initial updates whose rollouts use a uniform random policy."""
+    scale: float = 0.1
+    """Embedding output scale (reference divides by 10)."""
+    positions: str = "none"
+    """"relative" for order-sensitive tasks (rotary chunk positions)."""
+    step_penalty: bool = False
+    """Reward 0.5 + 0.5*|gold|/|picked| instead of 1, discouraging extra steps."""
+    soft_value: bool = True
+    """Ablation switch: False = hard max in the bootstrap."""
+    target_network: bool = True
+    """Ablation switch: False = bootstrap from the online networks."""
+    twin: bool = True
+    """Ablation switch: False = one critic over the whole vector."""
+    eval_every: int = 50
+    """Updates between evaluations (and checkpoints)."""
+    seed: int = 0
+    device: str = "cpu"
+    skip_bad: bool = False
+    """Skip (and report) bad data lines instead of refusing the file."""
+
+
+# ---- pure maths ---------------------------------------------------------------------------
+def lr_at(update: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if update < cfg.warmup:
+        return cfg.lr * (update + 1) / cfg.warmup
+    progress = (update - cfg.warmup) / max(1, cfg.updates - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def alpha_at(update: int, cfg: TrainConfig) -> float:
+    """Temperature annealed with the learning rate (after warm-up)."""
+    ratio = lr_at(max(update, cfg.warmup), cfg) / cfg.lr
+    return cfg.alpha_final + (cfg.alpha - cfg.alpha_final) * (ratio - 0.1) / 0.9
+
+
+def soft_value(q: torch.Tensor, alpha: float, soft: bool = True) -> torch.Tensor:
+    """V = alpha * logsumexp(Q / alpha) over the last axis (hard max when not soft)."""
+    if not soft or alpha <= 0:
+        return q.max(dim=-1).values
+    return alpha * torch.logsumexp(q / alpha, dim=-1)
+
+
+def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, gamma: float,
+                   lam: float) -> torch.Tensor:
+    """G_t = r_t + gamma * ((1 - lam) * V(s_{t+1}) + lam * G_{t+1}); the last step is terminal.
+
+    `rewards[t]` and `next_values[t]` (V of the state after step t) for one episode.
+    """
+    returns = torch.zeros_like(rewards)
+    following = torch.zeros((), dtype=rewards.dtype)
+    for t in reversed(range(len(rewards))):
+        if t == len(rewards) - 1:
+            returns[t] = rewards[t]
+        else:
+            returns[t] = rewards[t] + gamma * ((1 - lam) * next_values[t] + lam * following)
+        following = returns[t]
+    return returns
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) * target + tau * online."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.mul_(1 - tau).add_(o.detach(), alpha=tau)
+
+
+def episode_rewards(picks: Sequence[int], support: Sequence[int], step_penalty: bool
+                    ) -> list[float]:
+    """Sparse terminal reward, paid once, at the step the gold set becomes complete."""
+    gold, got, rewards = set(support), set(), []
+    for pick in picks:
+        done_before = gold <= got
+        got.add(pick)
+        complete = gold <= got and not done_before
+        pay = (0.5 + 0.5 * len(gold) / len(got)) if step_penalty else 1.0
+        rewards.append(pay if complete else 0.0)
+    return rewards
+
+
+# ---- one update's data ----------------------------------------------------------------------
+@dataclass
+class Transition:
+    example: int  # index into the batch
+    step: int
+    state: list[int]  # token ids of s_t
+    action: int  # chunk index
+    before: list[int]  # chunks picked before step t
+    reward: float
+
+
+def _state(model: QModel, question_ids: list[int], chunk_ids: list[list[int]],
+           picked: Sequence[int]) -> list[int]:
+    return model.state_ids(question_ids, [chunk_ids[i] for i in sorted(picked)])
+
+
+def collect(model: QModel, batch: Sequence[Example], cfg: TrainConfig, update: int,
+            rng: np.random.Generator) -> tuple[list[Transition], list[list[int]], float]:
+    """Roll out one episode per example with the behaviour policy (no gradients)."""
+    vectors = model.embed_chunks([c for ex in batch for c in ex.chunks])
+    sources, offset = [], 0
+    for ex in batch:
+        sources.append(MemoryCandidates(ex.chunks, vectors[offset:offset + len(ex.chunks)]))
+        offset += len(ex.chunks)
+    if update < cfg.random_updates:  # warm-up: uniform over every available chunk
+        def policy(q: np.ndarray) -> int:
+            return int(rng.integers(len(q)))
+        alternatives = max(len(ex.chunks) for ex in batch)
+    else:
+        policy, alternatives = boltzmann(alpha_at(update, cfg), rng), cfg.top_k
+    episodes = run_episodes(model, [ex.question for ex in batch], sources,
+                            StopRule(cfg.budget), policy=policy, alternatives=alternatives)
+    question_ids = model.chunk_ids([ex.question for ex in batch], model.cfg.question_cap)
+    transitions, all_picks, solved = [], [], 0
+    for i, (ex, ep) in enumerate(zip(batch, episodes, strict=True)):
+        picks = [ev.chunk_id for ev in ep.evidence]
+        chunk_ids = model.chunk_ids(ex.chunks, model.cfg.chunk_cap)
+        rewards = episode_rewards(picks, ex.support, cfg.step_penalty)
+        solved += set(ex.support) <= set(picks)
+        for t, (pick, r) in enumerate(zip(picks, rewards, strict=True)):
+            transitions.append(Transition(i, t, _state(model, question_ids[i], chunk_ids,
+                                                       picks[:t]), pick, picks[:t], r))
+        all_picks.append(picks)
+    return transitions, all_picks, solved / len(batch)
+
+
+def _apply_positions(model: QModel, vecs: torch.Tensor, ordinals: Sequence[int],
+                     picked: Sequence[int], total: int) -> torch.Tensor:
+    if model.cfg.positions != "relative":
+        return vecs
+    pos = relative_positions(np.asarray(ordinals), list(picked), total)
+    return rotate(vecs, torch.from_numpy(pos).to(vecs.device))
+
+
+@torch.no_grad()
+def targets(model: QModel, target_state: nn.Module, target_chunk: nn.Module,
+            batch: Sequence[Example], transitions: Sequence[Transition],
+            picks: Sequence[Sequence[int]], cfg: TrainConfig, alpha: float) -> torch.Tensor:
+    """Lambda-returns bootstrapped from the target networks' soft value of s_{t+1}."""
+    question_ids = model.chunk_ids([ex.question for ex in batch], model.cfg.question_cap)
+    chunk_tokens = [model.chunk_ids(ex.chunks, model.cfg.max_tokens - 2) for ex in batch]
+    cls_id, sep_id = model.tokenizer.cls_token_id, model.tokenizer.sep_token_id
+    flat = [[cls_id, *ids, sep_id] for toks in chunk_tokens for ids in toks]
+    chunk_vecs = model.encode(target_chunk, flat).float().cpu()
+    offsets = np.cumsum([0] + [len(ex.chunks) for ex in batch])
+    next_states, owners = [], []
+    for i, (ex, ps) in enumerate(zip(batch, picks, strict=True)):
+        cap_ids = model.chunk_ids(ex.chunks, model.cfg.chunk_cap)
+        for t in range(len(ps) - 1):
+            next_states.append(_state(model, question_ids[i], cap_ids, ps[:t + 1]))
+            owners.append((i, t))
+    state_vecs = model.encode(target_state, next_states).float().cpu()
+    next_value = {}
+    for row, (i, t) in enumerate(owners):
+        picked = picks[i][:t + 1]
+        vecs = chunk_vecs[offsets[i]:offsets[i + 1]]
+        vecs = _apply_positions(model, vecs, range(len(vecs)), picked, len(vecs))
+        q = vecs @ state_vecs[row]
+        q[list(picked)] = -torch.inf
+        top = q.topk(min(cfg.top_k, int(torch.isfinite(q).sum()))).values
+        next_value[(i, t)] = soft_value(top, alpha, cfg.soft_value) if len(top) else 0.0
+    returns = torch.zeros(len(transitions))
+    by_episode: dict[int, list[int]] = {}
+    for k, tr in enumerate(transitions):
+        by_episode.setdefault(tr.example, []).append(k)
+    for i, rows in by_episode.items():
+        rewards = torch.tensor([transitions[k].reward for k in rows])
+        values = torch.tensor([float(next_value.get((i, transitions[k].step), 0.0))
+                               for k in rows])
+        returns[rows] = lambda_returns(rewards, values, cfg.gamma, cfg.lam)
+    return returns
+
+
+def q_online(model: QModel, batch: Sequence[Example], transitions: Sequence[Transition]
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q1, Q2 (the two halves of the dot product) of the taken actions, with gradients."""
+    states = model.encode(model.state_encoder, [tr.state for tr in transitions], grad=True)
+    cls_id, sep_id = model.tokenizer.cls_token_id, model.tokenizer.sep_token_id
+    actions = [[cls_id, *model.chunk_ids([batch[tr.example].chunks[tr.action]],
+                                         model.cfg.max_tokens - 2)[0], sep_id]
+               for tr in transitions]
+    chunks = model.encode(model.chunk_encoder, actions, grad=True)
+    if model.cfg.positions == "relative":
+        chunks = torch.stack([
+            _apply_positions(model, chunks[k:k + 1], [tr.action], tr.before,
+                             len(batch[tr.example].chunks))[0]
+            for k, tr in enumerate(transitions)])
+    half = states.shape[-1] // 2
+    q1 = (states[:, :half] * chunks[:, :half]).sum(-1)
+    q2 = (states[:, half:] * chunks[:, half:]).sum(-1)
+    return q1, q2
+
+
+def td_loss(q1: torch.Tensor, q2: torch.Tensor, returns: torch.Tensor, twin: bool
+            ) -> torch.Tensor:
+    """Twin halves each regress to G (scaled x2 so Q1 + Q2 estimates G)."""
+    if not twin:
+        return nn.functional.mse_loss(q1 + q2, returns)
+    return (0.5 * nn.functional.mse_loss(2 * q1, returns)
+            + 0.5 * nn.functional.mse_loss(2 * q2, returns))
+
+
+# ---- checkpoints (safetensors + JSON, never pickle) -------------------------------------
+def save_checkpoint(folder: Path, model: QModel, target_state: nn.Module,
+                    target_chunk: nn.Module, opt: torch.optim.Optimizer, update: int,
+                    best: float, rng: np.random.Generator, cfg: TrainConfig) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model")
+    tensors = {f"target_state.{k}": v.contiguous() for k, v in target_state.state_dict().items()}
+    tensors.update({f"target_chunk.{k}": v.contiguous()
+                    for k, v in target_chunk.state_dict().items()})
+    opt_state = opt.state_dict()
+    for idx, state in opt_state["state"].items():
+        for key, value in state.items():
+            tensors[f"opt.{idx}.{key}"] = torch.as_tensor(value).contiguous()
+    tmp = folder / ".train_state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(folder / "train_state.safetensors")
+    meta = {"update": update, "best": best, "rng": rng.bit_generator.state,
+            "param_groups": opt_state["param_groups"], "config": asdict(cfg)}
+    tmp = folder / ".train_state.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    tmp.replace(folder / "train_state.json")
+
+
+def load_checkpoint(folder: Path) -> tuple[QModel, dict, dict[str, torch.Tensor]]:
+    if not (folder / "train_state.json").is_file():
+        raise UsageError(f"nothing to resume in {folder} (no train_state.json)")
+    meta = json.loads((folder / "train_state.json").read_text())
+    return load_qrag_folder(folder / "model"), meta, load_file(
+        str(folder / "train_state.safetensors"))
+
+
+# ---- the loop ------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    out: Path
+    before: dict
+    after: dict
+    threshold: float | None
+    stop_right_share: float
+    updates_per_s: float
+    episodes_per_s: float
+    curve: list[dict] = field(default_factory=list)
+
+
+def _evaluate(model: QModel, examples: Sequence[Example], budget: int) -> dict:
+    return score(run_examples(model, examples, budget), examples).to_dict()
+
+
+def train(cfg: TrainConfig, resume: Path | None = None,
+          log: Callable[[dict], None] = lambda row: None) -> TrainResult:
+    seed_everything(cfg.seed)
+    data = load_examples(Path(cfg.data), cfg.skip_bad,
+                         on_bad=lambda msg: log({"event": "skip", "message": msg}))
+    if cfg.eval:
+        train_set, eval_set = data, load_examples(Path(cfg.eval), cfg.skip_bad)
+    else:
+        train_set, eval_set = split(data, cfg.eval_split, cfg.seed)
+    if not train_set or not eval_set:
+        raise DataError("need at least two examples (one to train, one to evaluate)")
+    if cfg.positions not in {"none", "relative"}:
+        raise UsageError("--positions must be 'none' or 'relative'")
+    out = Path(cfg.out)
+    ckpt = out.with_name(f".{out.name}.checkpoint")
+    rng = np.random.default_rng(cfg.seed)
+    start, best = 0, -1.0
+    if resume is not None:
+        if not (resume / "train_state.json").is_file():  # given the model folder itself
+            resume = resume.with_name(f".{resume.name}.checkpoint")
+        model, meta, state = load_checkpoint(resume)
+        start, best = meta["update"], meta["best"]
+        rng.bit_generator.state = meta["rng"]
+        ckpt = resume
+    else:
+        base = (from_base(layers=cfg.layers) if cfg.base in (None, "base")
+                else load_model(cfg.base))
+        model = trainable(base, normalize=False, scale=cfg.scale, positions=cfg.positions)
+        state = None
+    device = torch.device(cfg.device)
+    model.to(device)
+    model.chunk_dtype = torch.float32  # training measures what it optimises
+    target_state = copy.deepcopy(model.state_encoder).requires_grad_(False)
+    target_chunk = copy.deepcopy(model.chunk_encoder).requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                            weight_decay=cfg.weight_decay)
+    if state is not None:
+        target_state.load_state_dict({k[13:]: v for k, v in state.items()
+                                      if k.startswith("target_state.")})
+        target_chunk.load_state_dict({k[13:]: v for k, v in state.items()
+                                      if k.startswith("target_chunk.")})
+        opt_state = {"state": {}, "param_groups": meta["param_groups"]}
+        for key, value in state.items():
+            if key.startswith("opt."):
+                _, idx, name = key.split(".", 2)
+                opt_state["state"].setdefault(int(idx), {})[name] = value
+        opt.load_state_dict(opt_state)
+    if not cfg.target_network:
+        target_state, target_chunk = model.state_encoder, model.chunk_encoder
+
+    before = _evaluate(model, eval_set, cfg.budget) if resume is None else {}
+    curve: list[dict] = []
+    if before:
+        log({"event": "eval", "update": 0, **before})
+        curve.append({"update": 0, **before})
+    t_start = time.perf_counter()
+    done = 0
+    for update in range(start, cfg.updates):
+        lr, alpha = lr_at(update, cfg), alpha_at(update, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = [train_set[i] for i in rng.choice(len(train_set), size=cfg.batch,
+                                                  replace=len(train_set) < cfg.batch)]
+        transitions, picks, solved = collect(model, batch, cfg, update, rng)
+        returns = targets(model, target_state, target_chunk, batch, transitions, picks, cfg,
+                          alpha).to(device)
+        q1, q2 = q_online(model, batch, transitions)
+        loss = td_loss(q1, q2, returns, cfg.twin)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        opt.step()
+        if cfg.target_network:
+            polyak_update(target_state, model.state_encoder, cfg.tau)
+            polyak_update(target_chunk, model.chunk_encoder, cfg.tau)
+        done += 1
+        row = {"event": "update", "update": update + 1, "loss": round(loss.item(), 6),
+               "solved": round(solved, 4), "q_mean": round(float((q1 + q2).mean()), 5),
+               "return_mean": round(float(returns.mean()), 5), "grad_norm": round(grad_norm, 4),
+               "lr": lr, "alpha": round(alpha, 6)}
+        log(row)
+        last = update + 1 == cfg.updates
+        if (update + 1) % cfg.eval_every == 0 or last:
+            metrics = _evaluate(model, eval_set, cfg.budget)
+            curve.append({"update": update + 1, **metrics, "solved": row["solved"]})
+            log({"event": "eval", "update": update + 1, **metrics})
+            if metrics["fact_em"] > best:  # best-on-eval is what gets shipped
+                best = metrics["fact_em"]
+                model.cfg.metrics = {"eval": metrics, "update": update + 1}
+                model.save(out)
+            save_checkpoint(ckpt, model, target_state, target_chunk, opt, update + 1, best,
+                            rng, cfg)
+    elapsed = time.perf_counter() - t_start
+
+    # Ship the best checkpoint, with the stop threshold calibrated on eval data.
+    final = load_qrag_folder(out) if (out / "config.json").is_file() else model
+    episodes = run_examples(final, eval_set, max(cfg.budget, 4))
+    threshold, with_stop, right_share = calibrate_threshold(episodes, eval_set)
+    after = _evaluate(final, eval_set, cfg.budget)
+    final.cfg.threshold = threshold
+    final.cfg.metrics = {"before": before, "after": after, "threshold": with_stop.to_dict(),
+                         "stop_right_share": round(right_share, 4), "curve": curve}
+    final.cfg.train = {**asdict(cfg), "data_hash": data_hash(Path(cfg.data)),
+                       "train_examples": len(train_set), "eval_examples": len(eval_set),
+                       "seconds": round(elapsed, 1)}
+    final.cfg.name = out.name
+    final.save(out)
+    return TrainResult(out=out, before=before, after=after, threshold=threshold,
+                       stop_right_share=right_share,
+                       updates_per_s=done / elapsed if elapsed else 0.0,
+                       episodes_per_s=done * cfg.batch / elapsed if elapsed else 0.0,
+                       curve=curve)
