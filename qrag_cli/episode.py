@@ -95,7 +95,7 @@ class IndexCandidates:
     """The on-disk index: HNSW proposes, stored exact vectors decide (or brute force)."""
 
     def __init__(self, reader: IndexReader, exact: bool = False, pool: int = 64,
-                 ef: int = 128) -> None:
+                 ef: int = 256) -> None:
         self.reader = reader
         self.exact = exact
         self.pool = pool  # HNSW candidates rescored per step

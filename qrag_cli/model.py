@@ -225,10 +225,10 @@ class QModel(nn.Module):
         self.tokenizer = tokenizer
         self.encoder_config = encoder_config
         self.folder = folder
-        # Chunk embedding is the bulk of `qrag index`: bf16 is ~2-3x faster where the CPU
-        # has native bf16 (AVX512-BF16/AMX) and moves retrieval scores by ~1e-3. States
-        # (one short sequence per step) stay fp32.
-        self.chunk_dtype = _fast_dtype()
+        # Inference (chunks at index time, states at each step) runs in bf16 where the CPU
+        # has native bf16 (AVX512-BF16/AMX): ~2x faster, scores move by ~1e-3. Training
+        # rollouts and evaluation use the same path, so a model is measured as it is used.
+        self.infer_dtype = _fast_dtype()
 
     # ---- text -> token ids ----------------------------------------------------------
     def chunk_ids(self, texts: Sequence[str], cap: int) -> list[list[int]]:
@@ -296,11 +296,11 @@ class QModel(nn.Module):
         """E_a over chunk texts -> float32 [n, dim] (what `qrag index` stores)."""
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         ids = [[cls_id, *s, sep_id] for s in self.chunk_ids(texts, self.cfg.max_tokens - 2)]
-        return self.encode(self.chunk_encoder, ids, dtype=self.chunk_dtype).float().cpu().numpy()
+        return self.encode(self.chunk_encoder, ids, dtype=self.infer_dtype).float().cpu().numpy()
 
     def embed_states(self, states: Sequence[list[int]]) -> np.ndarray:
         """E_s over assembled state token ids -> float32 [n, dim]."""
-        return self.encode(self.state_encoder, states).float().cpu().numpy()
+        return self.encode(self.state_encoder, states, dtype=self.infer_dtype).float().cpu().numpy()
 
     # ---- save / load --------------------------------------------------------------------
     def save(self, folder: Path) -> None:

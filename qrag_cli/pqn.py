@@ -358,7 +358,6 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         state = None
     device = torch.device(cfg.device)
     model.to(device)
-    model.chunk_dtype = torch.float32  # training measures what it optimises
     target_state = copy.deepcopy(model.state_encoder).requires_grad_(False)
     target_chunk = copy.deepcopy(model.chunk_encoder).requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -55,7 +55,7 @@ def run(tokens: int = 1_000_000, model_spec: str | None = None, questions: int =
     model = load_model(model_spec)
     index_dir = tmp / "index"
     result: dict = {"tokens_target": tokens, "model": model.cfg.name,
-                    "chunk_dtype": str(model.chunk_dtype).removeprefix("torch.")}
+                    "infer_dtype": str(model.infer_dtype).removeprefix("torch.")}
 
     summary = build_index([corpus], index_dir, model, ChunkConfig())
     result["index"] = {"seconds": summary.seconds, "chunks": summary.chunks_total,
@@ -97,7 +97,8 @@ def run(tokens: int = 1_000_000, model_spec: str | None = None, questions: int =
             t0 = time.perf_counter()
             ann_eps.append(run_episodes(model, [q], [ann_src], StopRule(steps), timings=clock)[0])
             per_step.append((time.perf_counter() - t0) * 1000 / steps)
-        exact_eps = run_episodes(model, qs, [exact_src] * len(qs), StopRule(steps))
+        # One question at a time, like `ask`: batching changes bf16 rounding, not search.
+        exact_eps = [run_episodes(model, [q], [exact_src], StopRule(steps))[0] for q in qs]
     same = total = 0
     for a, b in zip(ann_eps, exact_eps, strict=True):
         for x, y in zip(a.evidence, b.evidence, strict=False):
