@@ -153,6 +153,145 @@ def config_cmd(
             render.out.print(f"{key}: {value}", markup=False, highlight=False)
 
 
+# `qrag train eval ...` / `qrag train convert ...` are dispatched to these hidden commands
+# by main(): a Typer group cannot take both a positional DATA and subcommands.
+TRAIN_SUBCOMMANDS = {"eval": "train-eval", "convert": "train-convert"}
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[Path | None, typer.Argument(help="Training JSONL.")] = None,
+    eval_file: Annotated[Path | None, typer.Option("--eval", help="Held-out JSONL.")] = None,
+    eval_split: Annotated[float, typer.Option(help="Held-out share when no --eval.")] = 0.1,
+    out: Annotated[Path, typer.Option(help="Model folder to write.")] = Path("qrag-model"),
+    base: Annotated[str | None, typer.Option(help="Model to start from.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Keep only N encoder layers.")] = None,
+    budget: Annotated[int, typer.Option(help="Picks per episode (T).")] = 3,
+    updates: Annotated[int, typer.Option(help="Gradient updates.")] = 300,
+    batch: Annotated[int, typer.Option(help="Parallel episodes per update.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
+    alpha: Annotated[float, typer.Option(help="Initial temperature.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    positions: Annotated[str, typer.Option(help="none|relative.")] = "none",
+    eval_every: Annotated[int, typer.Option(help="Updates between evals.")] = 50,
+    step_penalty: Annotated[bool, typer.Option(help="Penalise extra steps.")] = False,
+    no_target: Annotated[bool, typer.Option("--no-target", help="Ablation.")] = False,
+    no_soft: Annotated[bool, typer.Option("--no-soft", help="Ablation.")] = False,
+    no_twin: Annotated[bool, typer.Option("--no-twin", help="Ablation.")] = False,
+    resume: Annotated[Path | None, typer.Option(help="Continue a run (its out folder).")] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Skip bad data lines.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """RL-fine-tune the embedder on labelled QA and write a model folder.
+
+    Also: `qrag train eval DATA.jsonl --model DIR` and
+    `qrag train convert --from hotpotqa|musique|2wiki IN OUT.jsonl`.
+    """
+    if data is None:
+        raise UsageError("give a training JSONL: qrag train DATA.jsonl")
+    from qrag_cli.pqn import TrainConfig, train
+
+    if updates < 1 or batch < 1 or budget < 1:
+        raise UsageError("--updates, --batch and --budget must be at least 1")
+    if device not in {"cpu", "cuda"} and not device.startswith("cuda:"):
+        raise UsageError("--device must be cpu or cuda")
+    cfg = TrainConfig(data=str(data), eval=str(eval_file) if eval_file else None,
+                      eval_split=eval_split, out=str(out), base=base, layers=layers,
+                      budget=budget, updates=updates, batch=batch, lr=lr, alpha=alpha,
+                      alpha_final=alpha / 10, seed=seed, device=device, positions=positions,
+                      eval_every=eval_every, step_penalty=step_penalty,
+                      target_network=not no_target, soft_value=not no_soft, twin=not no_twin,
+                      skip_bad=skip_bad)
+    if resume is not None:
+        out = resume  # the run's own settings and folder are kept
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train_log.jsonl"
+    log_file = log_path.open("a", encoding="utf-8")
+
+    def log(row: dict) -> None:
+        log_file.write(json.dumps(row) + "\n")
+        log_file.flush()
+        if row["event"] == "skip":
+            render.err.print(f"skip {escape(row['message'])}", markup=True)
+        elif row["event"] == "eval":
+            render.err.print(f"update {row['update']}: eval fact EM {row['fact_em']:.3f}, "
+                             f"F1 {row['fact_f1']:.3f}")
+        elif _progress_enabled() and row["update"] % 10 == 0:
+            render.err.print(f"update {row['update']}: loss {row['loss']:.4f}, solved "
+                             f"{row['solved']:.2f}, lr {row['lr']:.2e}")
+
+    try:
+        result = train(cfg, resume=resume, log=log)
+    finally:
+        log_file.close()
+    summary = {"out": str(result.out), "before": result.before, "after": result.after,
+               "threshold": result.threshold, "stop_right_share": result.stop_right_share,
+               "updates_per_s": round(result.updates_per_s, 3),
+               "episodes_per_s": round(result.episodes_per_s, 3)}
+    if as_json:
+        render.print_json(summary)
+    else:
+        render.err.print(f"wrote {result.out}: fact EM {result.before.get('fact_em', '?')} -> "
+                         f"{result.after['fact_em']} (budget {budget}); stop threshold "
+                         f"{result.threshold}; {result.updates_per_s:.2f} updates/s")
+
+
+@app.command("train-eval", hidden=True)
+def train_eval(
+    data: Annotated[Path, typer.Argument(help="Labelled JSONL.")],
+    model: ModelOpt = None,
+    budget: Annotated[list[int] | None, typer.Option(help="Fixed budgets (repeatable).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Override the stored threshold.")] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Skip bad data lines.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Fact EM, fact F1 and mean steps, with fixed budgets and the stored threshold."""
+    from qrag_cli.datasets import load_examples
+    from qrag_cli.evaluate import evaluate
+    from qrag_cli.model import load_model, seed_everything
+
+    seed_everything(0)
+    examples = load_examples(data, skip_bad, on_bad=lambda m: render.err.print(f"skip {m}"))
+    qmodel = load_model(model)
+    result = {"model": qmodel.cfg.name, "data": str(data),
+              **evaluate(qmodel, examples, budget or [1, 2, 3, 4], threshold)}
+    if as_json:
+        render.print_json(result)
+        return
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    for col in ("setting", "fact EM", "fact F1", "mean steps", "n"):
+        table.add_column(col)
+    for key, m in result.items():
+        if isinstance(m, dict):
+            name = f"threshold {m['value']:.3f}" if key == "threshold" else key.replace("_", " ")
+            table.add_row(name, f"{m['fact_em']:.3f}", f"{m['fact_f1']:.3f}",
+                          f"{m['mean_steps']:.2f}", str(m["n"]))
+    render.out.print(table)
+
+
+@app.command("train-convert", hidden=True)
+def train_convert(
+    src: Annotated[Path, typer.Argument(help="File in an official format.")],
+    dest: Annotated[Path, typer.Argument(help="Training JSONL to write.")],
+    from_format: Annotated[str, typer.Option("--from", help="hotpotqa|musique|2wiki.")] = "",
+    debug: DebugOpt = False,
+) -> None:
+    """Convert official HotpotQA / MuSiQue / 2Wiki files to the training JSONL."""
+    from qrag_cli.datasets import CONVERTERS, write_examples
+
+    if from_format not in CONVERTERS:
+        raise UsageError(f"--from must be one of {', '.join(CONVERTERS)}")
+    if not src.is_file():
+        raise UsageError(f"no such file: {src}")
+    count = write_examples(CONVERTERS[from_format](src), dest)
+    render.err.print(f"wrote {count} examples to {dest}")
+
+
 def _read_questions(path: Path) -> list[dict]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -243,8 +382,11 @@ def main() -> None:
                          highlight=False, soft_wrap=True)
         sys.exit(code)
 
+    args = sys.argv[1:]
+    if len(args) >= 2 and args[0] == "train" and args[1] in TRAIN_SUBCOMMANDS:
+        args = [TRAIN_SUBCOMMANDS[args[1]], *args[2:]]
     try:
-        code = app(standalone_mode=False)
+        code = app(args, standalone_mode=False)
     except QragError as exc:
         if debug:
             raise

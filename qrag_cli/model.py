@@ -322,6 +322,9 @@ class QModel(nn.Module):
         cfg.fingerprint = _hash_files([tmp / "model.safetensors"], _embedding_settings(cfg))
         (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
         if folder.exists():
+            for extra in folder.iterdir():  # keep what others keep here (training log, card)
+                if not (tmp / extra.name).exists():
+                    extra.rename(tmp / extra.name)
             old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
             folder.rename(old)
             tmp.rename(folder)

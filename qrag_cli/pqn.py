@@ -80,6 +80,8 @@ class TrainConfig:
     """Initial updates whose rollouts use a uniform random policy."""
     scale: float = 0.1
     """Embedding output scale (reference divides by 10)."""
+    normalize: bool = False
+    """L2-normalise embeddings (Q = scale^2 * cosine); the paper uses raw dot products."""
     positions: str = "none"
     """"relative" for order-sensitive tasks (rotary chunk positions)."""
     step_penalty: bool = False
@@ -329,6 +331,16 @@ def _evaluate(model: QModel, examples: Sequence[Example], budget: int) -> dict:
 
 def train(cfg: TrainConfig, resume: Path | None = None,
           log: Callable[[dict], None] = lambda row: None) -> TrainResult:
+    """Train from `cfg`, or continue the run whose model folder (or checkpoint) is `resume`
+    (its saved settings are kept; only `cfg.updates` may extend it)."""
+    state: dict[str, torch.Tensor] | None = None
+    meta: dict = {}
+    if resume is not None:
+        ckpt = resume if (resume / "train_state.json").is_file() else \
+            resume.with_name(f".{resume.name}.checkpoint")
+        model, meta, state = load_checkpoint(ckpt)
+        saved = {**meta["config"], "betas": tuple(meta["config"]["betas"])}
+        cfg = TrainConfig(**{**saved, "updates": max(cfg.updates, meta["update"])})
     seed_everything(cfg.seed)
     data = load_examples(Path(cfg.data), cfg.skip_bad,
                          on_bad=lambda msg: log({"event": "skip", "message": msg}))
@@ -341,21 +353,17 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     if cfg.positions not in {"none", "relative"}:
         raise UsageError("--positions must be 'none' or 'relative'")
     out = Path(cfg.out)
-    ckpt = out.with_name(f".{out.name}.checkpoint")
     rng = np.random.default_rng(cfg.seed)
     start, best = 0, -1.0
     if resume is not None:
-        if not (resume / "train_state.json").is_file():  # given the model folder itself
-            resume = resume.with_name(f".{resume.name}.checkpoint")
-        model, meta, state = load_checkpoint(resume)
         start, best = meta["update"], meta["best"]
         rng.bit_generator.state = meta["rng"]
-        ckpt = resume
     else:
+        ckpt = out.with_name(f".{out.name}.checkpoint")
         base = (from_base(layers=cfg.layers) if cfg.base in (None, "base")
                 else load_model(cfg.base))
-        model = trainable(base, normalize=False, scale=cfg.scale, positions=cfg.positions)
-        state = None
+        model = trainable(base, normalize=cfg.normalize, scale=cfg.scale,
+                          positions=cfg.positions)
     device = torch.device(cfg.device)
     model.to(device)
     target_state = copy.deepcopy(model.state_encoder).requires_grad_(False)

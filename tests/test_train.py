@@ -1,0 +1,85 @@
+"""`qrag train`: data, converters, CLI, checkpoints and resume (real encoder, cut small)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, run_qrag
+
+from qrag_cli.bench.tasks import two_hop_task
+from qrag_cli.datasets import from_hotpotqa, from_musique, load_examples, write_examples
+from qrag_cli.model import load_model
+from qrag_cli.types import DataError
+
+SHARED = REPO.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
+
+
+@needs_shared
+def test_convert_real_hotpotqa_and_musique(tmp_path: Path) -> None:
+    hot = list(from_hotpotqa(SHARED / "hotpotqa_train_200.json"))
+    assert len(hot) == 200
+    assert all(len(ex.chunks) >= 2 and 1 <= len(ex.support) <= 4 for ex in hot)
+    assert sum(len(ex.support) == 2 for ex in hot) > 150  # bridge/comparison: two paragraphs
+    mus = list(from_musique(SHARED / "musique_train_100.jsonl"))
+    assert len(mus) == 100 and all(2 <= len(ex.support) <= 4 for ex in mus)
+    assert all(len(ex.chunks) == 20 for ex in mus)
+    proc = run_qrag("train", "convert", "--from", "musique",
+                    str(SHARED / "musique_train_100.jsonl"), str(tmp_path / "m.jsonl"),
+                    check=True)
+    assert "100 examples" in proc.stderr
+    assert len(load_examples(tmp_path / "m.jsonl")) == 100
+
+
+def test_bad_lines_are_named_and_refused_or_skipped(tmp_path: Path) -> None:
+    good = two_hop_task(6, seed=0)
+    path = tmp_path / "data.jsonl"
+    write_examples(good, path)
+    lines = path.read_text().splitlines()
+    lines.insert(2, '{"question": "q", "chunks": ["a"], "support": [3]}')
+    lines.insert(4, "not json")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"data.jsonl:3: support index 3"):
+        load_examples(path)
+    skipped: list[str] = []
+    examples = load_examples(path, skip_bad=True, on_bad=skipped.append)
+    assert len(examples) == 6 and len(skipped) == 2 and ":5:" in skipped[1]
+    proc = run_qrag("train", str(path), "--out", str(tmp_path / "m"), "--updates", "1")
+    assert proc.returncode != 0 and "data.jsonl:3" in proc.stderr and "--skip-bad" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+
+
+def test_train_resume_checkpoint_round_trip(tmp_path: Path) -> None:
+    write_examples(two_hop_task(12, seed=0), tmp_path / "train.jsonl")
+    write_examples(two_hop_task(4, seed=1), tmp_path / "eval.jsonl")
+    out = tmp_path / "model"
+    args = ["train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"),
+            "--out", str(out), "--layers", "1", "--batch", "4", "--budget", "2",
+            "--eval-every", "2", "--json"]
+    first = json.loads(run_qrag(*args, "--updates", "2", check=True).stdout)
+    assert first["after"]["n"] == 4 and "fact_em" in first["before"]
+    resumed = json.loads(run_qrag("train", str(tmp_path / "train.jsonl"), "--resume", str(out),
+                                  "--updates", "4", "--json", check=True).stdout)
+    assert resumed["before"] == {}  # a resumed run does not re-measure the start
+    state = json.loads((tmp_path / ".model.checkpoint" / "train_state.json").read_text())
+    assert state["update"] == 4
+    updates = [json.loads(line)["update"] for line in (out / "train_log.jsonl").open()
+               if '"update"' in line and '"event": "update"' in line]
+    assert updates == [1, 2, 3, 4]
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == "qrag-model/1" and config["shared"] is False
+    assert config["normalize"] is False and config["train"]["data_hash"]
+    assert "threshold" in config and "stop_right_share" in config["metrics"]
+    assert not any(p.suffix in {".pt", ".bin", ".pkl"} for p in out.rglob("*"))
+
+    a, b = load_model(str(out)), load_model(str(out))  # rebuilt without guessing
+    texts = ["Ada put the key in the red box.", "The red box is kept in the attic."]
+    assert np.allclose(a.embed_chunks(texts), b.embed_chunks(texts))
+    assert a.encoder_config["num_hidden_layers"] == 1
+    proc = run_qrag("train", "eval", str(tmp_path / "eval.jsonl"), "--model", str(out),
+                    "--budget", "1", "--budget", "2", "--json", check=True)
+    result = json.loads(proc.stdout)
+    assert {"budget_1", "budget_2"} <= set(result)
