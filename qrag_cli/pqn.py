@@ -312,6 +312,31 @@ def load_checkpoint(folder: Path) -> tuple[QModel, dict, dict[str, torch.Tensor]
         str(folder / "train_state.safetensors"))
 
 
+def write_model_card(out: Path, info: dict) -> None:
+    """A short human-readable card beside the weights (the numbers are in config.json)."""
+    cfg = info["config"]
+    train_cfg, metrics = cfg.get("train") or {}, cfg.get("metrics") or {}
+    lines = [
+        f"# {cfg['name']}", "",
+        f"Q-RAG model trained with `qrag train` from {cfg['base']} "
+        f"({cfg.get('dim')}-d, positions: {cfg['positions']}).", "",
+        "| | |", "|---|---|",
+        f"| data | `{train_cfg.get('data')}` (sha256 {train_cfg.get('data_hash')}), "
+        f"{train_cfg.get('train_examples')} train / {train_cfg.get('eval_examples')} eval |",
+        f"| settings | budget {train_cfg.get('budget')}, {train_cfg.get('updates')} updates x "
+        f"{train_cfg.get('batch')} episodes, lr {train_cfg.get('lr')}, alpha "
+        f"{train_cfg.get('alpha')}, lambda {train_cfg.get('lam')}, tau {train_cfg.get('tau')} |",
+        f"| training time | {train_cfg.get('seconds')} s on {train_cfg.get('device')} |",
+        f"| eval before | {metrics.get('before')} |",
+        f"| eval after | {metrics.get('after')} |",
+        f"| stop threshold | {cfg.get('threshold')} -> {metrics.get('threshold')}; right step "
+        f"in {metrics.get('stop_right_share')} of episodes |", "",
+    ]
+    tmp = out / ".MODEL_CARD.md.tmp"
+    tmp.write_text("\n".join(lines))
+    tmp.replace(out / "MODEL_CARD.md")
+
+
 # ---- the loop ------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -442,6 +467,7 @@ def train(cfg: TrainConfig, resume: Path | None = None,
                        "seconds": round(elapsed, 1)}
     final.cfg.name = out.name
     final.save(out)
+    write_model_card(out, {"config": asdict(final.cfg)})
     return TrainResult(out=out, before=before, after=after, threshold=threshold,
                        stop_right_share=right_share,
                        updates_per_s=done / elapsed if elapsed else 0.0,
