@@ -1,0 +1,42 @@
+"""QModel: the compact BERT matches transformers; models rebuild from their folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qrag_cli.model import from_base, load_model, trainable
+
+
+def test_compact_bert_matches_transformers(base_model) -> None:
+    from transformers import AutoModel
+
+    hf = AutoModel.from_pretrained(str(base_model.folder), local_files_only=True).eval()
+    texts = ["The river Sillen flows through Tarsholm.", "Ada was born in 1889, a locksmith."]
+    tok = base_model.tokenizer
+    ids = [[tok.cls_token_id, *s, tok.sep_token_id] for s in base_model.chunk_ids(texts, 64)]
+    ours = base_model.encode(base_model.chunk_encoder, ids)  # fp32
+    padded, mask = base_model._pad(ids, torch.device("cpu"))
+    with torch.no_grad():
+        hidden = hf(input_ids=padded, attention_mask=mask)[0]
+    m = mask.unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_save_load_round_trip_and_fingerprint(tmp_path: Path) -> None:
+    model = trainable(from_base(layers=2), scale=0.1)
+    model.save(tmp_path / "m")
+    again = load_model(str(tmp_path / "m"))
+    texts = ["Ada put the key in the red box.", "The red box is kept in the attic."]
+    assert np.allclose(model.embed_chunks(texts), again.embed_chunks(texts), atol=1e-6)
+    assert again.cfg.fingerprint == model.cfg.fingerprint
+    assert again.cfg.shared is False and again.encoder_config["num_hidden_layers"] == 2
+    base = load_model("base")
+    assert base.cfg.fingerprint != again.cfg.fingerprint
+    with torch.no_grad():
+        again.chunk_encoder.backbone.layers[0].ffn_out.bias.add_(0.01)
+    again.save(tmp_path / "m")  # different weights -> different fingerprint
+    assert load_model(str(tmp_path / "m")).cfg.fingerprint != model.cfg.fingerprint
