@@ -199,13 +199,18 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"{path} is unreadable: {exc}") from exc
 
 
-def _hash_files(paths: Sequence[Path], extra: str) -> str:
+def _hash_files(paths: Sequence[Path], extra: str, full: bool = False) -> str:
+    """Fingerprint of weight files. `full` hashes every byte (done once, at save time);
+    otherwise size + first/last MiB, so loading a read-only base model stays cheap."""
     digest = hashlib.sha256(extra.encode())
     for path in paths:
-        # Size + first/last MiB: a full hash of 90 MB would cost every `ask` ~0.2 s.
         size = path.stat().st_size
         digest.update(str(size).encode())
         with path.open("rb") as fh:
+            if full:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+                continue
             digest.update(fh.read(1 << 20))
             fh.seek(max(0, size - (1 << 20)))
             digest.update(fh.read(1 << 20))
@@ -319,7 +324,8 @@ class QModel(nn.Module):
         self.tokenizer.save(tmp / "tokenizer")
         (tmp / "encoder_config.json").write_text(json.dumps(self.encoder_config, indent=2))
         cfg = ModelConfig.from_dict(asdict(self.cfg))
-        cfg.fingerprint = _hash_files([tmp / "model.safetensors"], _embedding_settings(cfg))
+        cfg.fingerprint = _hash_files([tmp / "model.safetensors"], _embedding_settings(cfg),
+                                      full=True)
         (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
         if folder.exists():
             for extra in folder.iterdir():  # keep what others keep here (training log, card)
