@@ -54,7 +54,7 @@ class AskResult:
             obj["answer"] = ans.text.strip()
             obj["citations"] = [
                 {"n": n, "chunk_id": ans.used[n - 1].chunk_id,
-                 "path": render.display_path(ans.used[n - 1].path),
+                 "path": ans.used[n - 1].path,  # already shown relative (see ask)
                  "start_line": ans.used[n - 1].start_line,
                  "end_line": ans.used[n - 1].end_line} for n in ans.citations]
             obj["trimmed"] = [ev.chunk_id for ev in ans.trimmed]

@@ -25,21 +25,24 @@ def fact_scores(picked: Sequence[int], support: Sequence[int]) -> tuple[float, f
     return em, 2 * precision * recall / (precision + recall)
 
 
+def example_sources(model: QModel, examples: Sequence[Example]) -> list[MemoryCandidates]:
+    """Each example's own chunks, embedded with E_a in one batch (as `qrag index` would)."""
+    vectors = model.embed_chunks([c for ex in examples for c in ex.chunks])
+    sources, offset = [], 0
+    for ex in examples:
+        sources.append(MemoryCandidates(ex.chunks, vectors[offset:offset + len(ex.chunks)]))
+        offset += len(ex.chunks)
+    return sources
+
+
 def run_examples(model: QModel, examples: Sequence[Example], budget: int,
                  threshold: float | None = None, batch: int = 32) -> list[Episode]:
     """Greedy episodes over each example's own chunks, exactly as `ask` acts."""
     episodes: list[Episode] = []
     for start in range(0, len(examples), batch):
         part = examples[start:start + batch]
-        texts = [c for ex in part for c in ex.chunks]
-        vectors = model.embed_chunks(texts)
-        sources, offset = [], 0
-        for ex in part:
-            n = len(ex.chunks)
-            sources.append(MemoryCandidates(ex.chunks, vectors[offset:offset + n]))
-            offset += n
-        episodes += run_episodes(model, [ex.question for ex in part], sources,
-                                 StopRule(budget, threshold))
+        episodes += run_episodes(model, [ex.question for ex in part],
+                                 example_sources(model, part), StopRule(budget, threshold))
     return episodes
 
 

@@ -110,7 +110,9 @@ def build_index(
                 digest = file_hash(item.path)
             except OSError as exc:
                 summary.failed += 1
-                on_problem(item.rel, f"unreadable: {exc.strerror or exc}")
+                why = f"unreadable: {exc.strerror or exc}"
+                summary.problems.append({"path": item.rel, "reason": why})
+                on_problem(item.rel, why)
                 continue
             if old and old.hash == digest:
                 writer.touch_file(old.id, item.size, item.mtime_ns)

@@ -297,11 +297,15 @@ class QModel(nn.Module):
                     out[i] = vecs[row]
         return torch.stack(out)  # type: ignore[arg-type]
 
+    def action_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """[CLS] chunk [SEP], cut to the chunk encoder's length: E_a's input."""
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        return [[cls_id, *s, sep_id] for s in self.chunk_ids(texts, self.cfg.max_tokens - 2)]
+
     def embed_chunks(self, texts: Sequence[str]) -> np.ndarray:
         """E_a over chunk texts -> float32 [n, dim] (what `qrag index` stores)."""
-        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        ids = [[cls_id, *s, sep_id] for s in self.chunk_ids(texts, self.cfg.max_tokens - 2)]
-        return self.encode(self.chunk_encoder, ids, dtype=self.infer_dtype).float().cpu().numpy()
+        return self.encode(self.chunk_encoder, self.action_ids(texts),
+                           dtype=self.infer_dtype).float().cpu().numpy()
 
     def embed_states(self, states: Sequence[list[int]]) -> np.ndarray:
         """E_s over assembled state token ids -> float32 [n, dim]."""

@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qrag_cli.datasets import Example, data_hash, load_examples, split
-from qrag_cli.episode import MemoryCandidates, StopRule, boltzmann, run_episodes
-from qrag_cli.evaluate import calibrate_threshold, run_examples, score
+from qrag_cli.episode import StopRule, boltzmann, run_episodes
+from qrag_cli.evaluate import calibrate_threshold, example_sources, run_examples, score
 from qrag_cli.model import (
     QModel,
     from_base,
@@ -170,39 +170,41 @@ class Transition:
     reward: float
 
 
-def _state(model: QModel, question_ids: list[int], chunk_ids: list[list[int]],
-           picked: Sequence[int]) -> list[int]:
-    return model.state_ids(question_ids, [chunk_ids[i] for i in sorted(picked)])
+@dataclass
+class Rollout:
+    """One update's episodes, with every example tokenised once for collect, targets and
+    the loss alike."""
+
+    transitions: list[Transition]
+    picks: list[list[int]]
+    solved: float
+    action_ids: list[list[list[int]]]  # per example, per chunk: E_a input ids
 
 
 def collect(model: QModel, batch: Sequence[Example], cfg: TrainConfig, update: int,
-            rng: np.random.Generator) -> tuple[list[Transition], list[list[int]], float]:
+            rng: np.random.Generator) -> Rollout:
     """Roll out one episode per example with the behaviour policy (no gradients)."""
-    vectors = model.embed_chunks([c for ex in batch for c in ex.chunks])
-    sources, offset = [], 0
-    for ex in batch:
-        sources.append(MemoryCandidates(ex.chunks, vectors[offset:offset + len(ex.chunks)]))
-        offset += len(ex.chunks)
     if update < cfg.random_updates:  # warm-up: uniform over every available chunk
         def policy(q: np.ndarray) -> int:
             return int(rng.integers(len(q)))
         alternatives = max(len(ex.chunks) for ex in batch)
     else:
         policy, alternatives = boltzmann(alpha_at(update, cfg), rng), cfg.top_k
-    episodes = run_episodes(model, [ex.question for ex in batch], sources,
+    episodes = run_episodes(model, [ex.question for ex in batch], example_sources(model, batch),
                             StopRule(cfg.budget), policy=policy, alternatives=alternatives)
     question_ids = model.chunk_ids([ex.question for ex in batch], model.cfg.question_cap)
-    transitions, all_picks, solved = [], [], 0
+    transitions, all_picks, action_ids, solved = [], [], [], 0
     for i, (ex, ep) in enumerate(zip(batch, episodes, strict=True)):
         picks = [ev.chunk_id for ev in ep.evidence]
-        chunk_ids = model.chunk_ids(ex.chunks, model.cfg.chunk_cap)
+        state_parts = model.chunk_ids(ex.chunks, model.cfg.chunk_cap)
         rewards = episode_rewards(picks, ex.support, cfg.step_penalty)
         solved += set(ex.support) <= set(picks)
         for t, (pick, r) in enumerate(zip(picks, rewards, strict=True)):
-            transitions.append(Transition(i, t, _state(model, question_ids[i], chunk_ids,
-                                                       picks[:t]), pick, picks[:t], r))
+            state = model.state_ids(question_ids[i], [state_parts[j] for j in sorted(picks[:t])])
+            transitions.append(Transition(i, t, state, pick, picks[:t], r))
         all_picks.append(picks)
-    return transitions, all_picks, solved / len(batch)
+        action_ids.append(model.action_ids(ex.chunks))
+    return Rollout(transitions, all_picks, solved / len(batch), action_ids)
 
 
 def _apply_positions(model: QModel, vecs: torch.Tensor, ordinals: Sequence[int],
@@ -215,57 +217,45 @@ def _apply_positions(model: QModel, vecs: torch.Tensor, ordinals: Sequence[int],
 
 @torch.no_grad()
 def targets(model: QModel, target_state: nn.Module, target_chunk: nn.Module,
-            batch: Sequence[Example], transitions: Sequence[Transition],
-            picks: Sequence[Sequence[int]], cfg: TrainConfig, alpha: float) -> torch.Tensor:
+            rollout: Rollout, cfg: TrainConfig, alpha: float) -> torch.Tensor:
     """Lambda-returns bootstrapped from the target networks' soft value of s_{t+1}."""
-    question_ids = model.chunk_ids([ex.question for ex in batch], model.cfg.question_cap)
-    chunk_tokens = [model.chunk_ids(ex.chunks, model.cfg.max_tokens - 2) for ex in batch]
-    cls_id, sep_id = model.tokenizer.cls_token_id, model.tokenizer.sep_token_id
-    flat = [[cls_id, *ids, sep_id] for toks in chunk_tokens for ids in toks]
-    chunk_vecs = model.encode(target_chunk, flat).float().cpu()
-    offsets = np.cumsum([0] + [len(ex.chunks) for ex in batch])
-    next_states, owners = [], []
-    for i, (ex, ps) in enumerate(zip(batch, picks, strict=True)):
-        cap_ids = model.chunk_ids(ex.chunks, model.cfg.chunk_cap)
-        for t in range(len(ps) - 1):
-            next_states.append(_state(model, question_ids[i], cap_ids, ps[:t + 1]))
-            owners.append((i, t))
-    state_vecs = model.encode(target_state, next_states).float().cpu()
-    next_value = {}
-    for row, (i, t) in enumerate(owners):
-        picked = picks[i][:t + 1]
+    chunk_vecs = model.encode(target_chunk, [ids for ex in rollout.action_ids for ids in ex])
+    chunk_vecs = chunk_vecs.float().cpu()
+    offsets = np.cumsum([0] + [len(ex) for ex in rollout.action_ids])
+    # s_{t+1} is the state of the episode's next transition; the last one is terminal.
+    trs = rollout.transitions
+    has_next = [k for k in range(len(trs) - 1) if trs[k + 1].example == trs[k].example]
+    state_vecs = model.encode(target_state, [trs[k + 1].state for k in has_next]).float().cpu()
+    next_values = torch.zeros(len(trs))
+    for row, k in enumerate(has_next):
+        i, picked = trs[k].example, trs[k + 1].before
         vecs = chunk_vecs[offsets[i]:offsets[i + 1]]
         vecs = _apply_positions(model, vecs, range(len(vecs)), picked, len(vecs))
         q = vecs @ state_vecs[row]
         q[list(picked)] = -torch.inf
         top = q.topk(min(cfg.top_k, int(torch.isfinite(q).sum()))).values
-        next_value[(i, t)] = soft_value(top, alpha, cfg.soft_value) if len(top) else 0.0
-    returns = torch.zeros(len(transitions))
+        next_values[k] = soft_value(top, alpha, cfg.soft_value) if len(top) else 0.0
+    returns = torch.zeros(len(trs))
     by_episode: dict[int, list[int]] = {}
-    for k, tr in enumerate(transitions):
+    for k, tr in enumerate(trs):
         by_episode.setdefault(tr.example, []).append(k)
-    for i, rows in by_episode.items():
-        rewards = torch.tensor([transitions[k].reward for k in rows])
-        values = torch.tensor([float(next_value.get((i, transitions[k].step), 0.0))
-                               for k in rows])
-        returns[rows] = lambda_returns(rewards, values, cfg.gamma, cfg.lam)
+    for rows in by_episode.values():
+        rewards = torch.tensor([trs[k].reward for k in rows])
+        returns[rows] = lambda_returns(rewards, next_values[rows], cfg.gamma, cfg.lam)
     return returns
 
 
-def q_online(model: QModel, batch: Sequence[Example], transitions: Sequence[Transition]
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def q_online(model: QModel, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
     """Q1, Q2 (the two halves of the dot product) of the taken actions, with gradients."""
-    states = model.encode(model.state_encoder, [tr.state for tr in transitions], grad=True)
-    cls_id, sep_id = model.tokenizer.cls_token_id, model.tokenizer.sep_token_id
-    actions = [[cls_id, *model.chunk_ids([batch[tr.example].chunks[tr.action]],
-                                         model.cfg.max_tokens - 2)[0], sep_id]
-               for tr in transitions]
-    chunks = model.encode(model.chunk_encoder, actions, grad=True)
+    trs = rollout.transitions
+    states = model.encode(model.state_encoder, [tr.state for tr in trs], grad=True)
+    chunks = model.encode(model.chunk_encoder,
+                          [rollout.action_ids[tr.example][tr.action] for tr in trs], grad=True)
     if model.cfg.positions == "relative":
         chunks = torch.stack([
             _apply_positions(model, chunks[k:k + 1], [tr.action], tr.before,
-                             len(batch[tr.example].chunks))[0]
-            for k, tr in enumerate(transitions)])
+                             len(rollout.action_ids[tr.example]))[0]
+            for k, tr in enumerate(trs)])
     half = states.shape[-1] // 2
     q1 = (states[:, :half] * chunks[:, :half]).sum(-1)
     q2 = (states[:, half:] * chunks[:, half:]).sum(-1)
@@ -423,10 +413,9 @@ def train(cfg: TrainConfig, resume: Path | None = None,
             group["lr"] = lr
         batch = [train_set[i] for i in rng.choice(len(train_set), size=cfg.batch,
                                                   replace=len(train_set) < cfg.batch)]
-        transitions, picks, solved = collect(model, batch, cfg, update, rng)
-        returns = targets(model, target_state, target_chunk, batch, transitions, picks, cfg,
-                          alpha).to(device)
-        q1, q2 = q_online(model, batch, transitions)
+        rollout = collect(model, batch, cfg, update, rng)
+        returns = targets(model, target_state, target_chunk, rollout, cfg, alpha).to(device)
+        q1, q2 = q_online(model, rollout)
         loss = td_loss(q1, q2, returns, cfg.twin)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -437,7 +426,7 @@ def train(cfg: TrainConfig, resume: Path | None = None,
             polyak_update(target_chunk, model.chunk_encoder, cfg.tau)
         done += 1
         row = {"event": "update", "update": update + 1, "loss": round(loss.item(), 6),
-               "solved": round(solved, 4), "q_mean": round(float((q1 + q2).mean()), 5),
+               "solved": round(rollout.solved, 4), "q_mean": round(float((q1 + q2).mean()), 5),
                "return_mean": round(float(returns.mean()), 5), "grad_norm": round(grad_norm, 4),
                "lr": lr, "alpha": round(alpha, 6)}
         log(row)

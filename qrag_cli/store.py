@@ -370,7 +370,8 @@ class IndexWriter:
                 vecs = np.fromfile(vec_path, dtype=np.float32).reshape(-1, self.dim)
                 self.hnsw.add_items(vecs[ids], ids)
         self._pending_vectors: list[np.ndarray] = []
-        self._dirty = False
+        self._dirty = False  # SQLite rows changed
+        self._graph_dirty = False  # chunks added or removed: the graph must be saved
         self.conn.execute("BEGIN IMMEDIATE")
 
     def _live_ids(self) -> np.ndarray:
@@ -382,8 +383,9 @@ class IndexWriter:
         return row[0] if row else None
 
     def meta_set(self, key: str, value: str) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-        self._dirty = True
+        if self.meta_get(key) != value:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            self._dirty = True
 
     def files(self) -> dict[str, FileRow]:
         rows = self.conn.execute(
@@ -399,7 +401,7 @@ class IndexWriter:
                 self.hnsw.mark_deleted(label)
         self.conn.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
         self.conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
-        self._dirty = True
+        self._dirty = self._graph_dirty = True
         return len(ids)
 
     def touch_file(self, file_id: int, size: int, mtime_ns: int) -> None:
@@ -430,7 +432,7 @@ class IndexWriter:
             if needed > self.hnsw.get_max_elements():
                 self.hnsw.resize_index(max(needed, 2 * self.hnsw.get_max_elements()))
             self.hnsw.add_items(vecs, np.arange(first, needed))
-        self._dirty = True
+        self._dirty = self._graph_dirty = True
 
     @property
     def pending_chunks(self) -> int:
@@ -447,18 +449,21 @@ class IndexWriter:
                     fh.write(block.tobytes())
                 fh.flush()
                 os.fsync(fh.fileno())
-        gen = self.generation + 1
-        final = self.folder / f"hnsw-{gen}.bin"
-        tmp = self.folder / f".hnsw-{gen}.bin.tmp"
-        self.hnsw.save_index(str(tmp))
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        # Corpus order: path, then chunk position in the file.
-        self.conn.execute(
-            "UPDATE chunks SET ordinal = r.rn FROM (SELECT c.id AS id, row_number() OVER "
-            "(ORDER BY f.path, c.seq) - 1 AS rn FROM chunks c JOIN files f ON f.id = c.file_id)"
-            " AS r WHERE chunks.id = r.id AND chunks.ordinal != r.rn")
+        # Stat-only changes (touched files, roots) leave the graph alone: saving it costs
+        # seconds on a large index and would make every no-op run rewrite it.
+        gen = self.generation + 1 if self._graph_dirty else self.generation
+        if self._graph_dirty:
+            final = self.folder / f"hnsw-{gen}.bin"
+            tmp = self.folder / f".hnsw-{gen}.bin.tmp"
+            self.hnsw.save_index(str(tmp))
+            with tmp.open("rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            # Corpus order: path, then chunk position in the file.
+            self.conn.execute(
+                "UPDATE chunks SET ordinal = r.rn FROM (SELECT c.id AS id, row_number() OVER "
+                "(ORDER BY f.path, c.seq) - 1 AS rn FROM chunks c JOIN files f ON "
+                "f.id = c.file_id) AS r WHERE chunks.id = r.id AND chunks.ordinal != r.rn")
         self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
             ("generation", str(gen)),
             ("n_vectors", str(self.n_vectors + new_vectors)),
@@ -468,7 +473,7 @@ class IndexWriter:
         self.generation = gen
         self.n_vectors += new_vectors
         self._pending_vectors = []
-        self._dirty = False
+        self._dirty = self._graph_dirty = False
         # Keep the previous graph for readers that read the old generation a moment ago.
         for old in self.folder.glob("hnsw-*.bin"):
             number = old.stem.split("-")[-1]

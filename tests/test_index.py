@@ -67,9 +67,13 @@ def test_incremental_touch_edit_delete_rename(hop_corpus: Path, base_model) -> N
     with open_reader(index_dir) as r:
         first_ids = set(r.live_ids().tolist())
 
+    with open_reader(index_dir) as r:
+        generation = r.generation
     again = build_index([hop_corpus], index_dir, base_model, ChunkConfig())
     assert (again.new, again.changed, again.removed, again.unchanged) == (0, 0, 0, 8)
     assert again.chunks_embedded == 0
+    with open_reader(index_dir) as r:
+        assert r.generation == generation  # a no-op run does not rewrite the graph
 
     os.utime(hop_corpus / "a.txt", ns=(1, 1))  # touched: same content, new mtime
     (hop_corpus / "b.txt").write_text("Ada Lindqvist was born in Norrvik, not Tarsholm.\n")

@@ -13,13 +13,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from qrag_cli.config import ChunkConfig
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
-from qrag_cli.model import load_model
+from qrag_cli.model import QModel, load_model
 from qrag_cli.store import IndexWriter, open_reader
 from qrag_cli.types import Chunk
 
@@ -55,35 +56,39 @@ def build_synthetic(index_dir: Path, source_index: Path, n_chunks: int, seed: in
     writer.finish()
 
 
-def measure(index_dir: Path, steps: int = 4) -> dict:
-    model = load_model(None)
+def measure(index_dir: Path, questions: Sequence[str] = QUESTIONS * 3, steps: int = 4,
+            model: QModel | None = None, model_spec: str | None = None) -> dict:
+    """Warm per-step latency, ANN/exact agreement and cold `qrag ask`, one question at a
+    time as `ask` runs them (batching changes bf16 rounding, not the search)."""
+    model = model or load_model(model_spec)
     with open_reader(index_dir) as reader:
         ann, exact = IndexCandidates(reader), IndexCandidates(reader, exact=True)
         t0 = time.perf_counter()
         _ = reader.hnsw
         load_s = time.perf_counter() - t0
-        run_episodes(model, QUESTIONS[:1], [ann], StopRule(steps))  # warm-up
+        run_episodes(model, list(questions[:1]), [ann], StopRule(steps))  # warm-up
         step_ms, search_ms, agree, total = [], [], 0, 0
-        for q in QUESTIONS * 3:
+        for q in questions:
             clock: dict[str, float] = {}
             t0 = time.perf_counter()
             a = run_episodes(model, [q], [ann], StopRule(steps), timings=clock)[0]
             step_ms.append((time.perf_counter() - t0) * 1000 / steps)
             search_ms.append(clock["search_ms"] / steps)
-        for q in QUESTIONS:
-            a = run_episodes(model, [q], [ann], StopRule(steps))[0]
             b = run_episodes(model, [q], [exact], StopRule(steps))[0]
             for x, y in zip(a.evidence, b.evidence, strict=False):
                 total += 1
                 agree += x.chunk_id == y.chunk_id
         n_chunks = reader.n_chunks
     cold = []
-    for q in QUESTIONS[:3]:
+    extra = ["--model", model_spec] if model_spec else []
+    for q in questions[:3]:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "qrag_cli", "ask", q, "--index", str(index_dir),
-                        "--steps", str(steps), "--json"], check=True, capture_output=True)
+                        "--steps", str(steps), "--json", *extra], check=True,
+                       capture_output=True)
         cold.append(time.perf_counter() - t0)
     return {"chunks": n_chunks, "warm_step_ms_median": statistics.median(step_ms),
+            "warm_step_ms_p95": float(np.percentile(step_ms, 95)),
             "search_ms_per_step_median": statistics.median(search_ms),
             "hnsw_load_s": load_s, "ann_exact_agreement": agree / max(total, 1),
             "steps_compared": total, "cold_ask_s_median": statistics.median(cold)}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -13,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qrag_cli.bench.scale import measure
 from qrag_cli.config import ChunkConfig
-from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model
 from qrag_cli.store import open_reader
@@ -87,34 +85,7 @@ def run(tokens: int = 1_000_000, model_spec: str | None = None, questions: int =
     rng = np.random.default_rng(1)
     qs = [f"Which record mentions {' '.join(rng.choice(WORDS[6:], size=3))}?"
           for _ in range(questions)]
-    with open_reader(index_dir) as reader:
-        ann_src, exact_src = IndexCandidates(reader), IndexCandidates(reader, exact=True)
-        run_episodes(model, qs[:2], [ann_src] * 2, StopRule(steps))  # warm-up
-        per_step = []
-        ann_eps = []
-        for q in qs:
-            clock: dict[str, float] = {}
-            t0 = time.perf_counter()
-            ann_eps.append(run_episodes(model, [q], [ann_src], StopRule(steps), timings=clock)[0])
-            per_step.append((time.perf_counter() - t0) * 1000 / steps)
-        # One question at a time, like `ask`: batching changes bf16 rounding, not search.
-        exact_eps = [run_episodes(model, [q], [exact_src], StopRule(steps))[0] for q in qs]
-    same = total = 0
-    for a, b in zip(ann_eps, exact_eps, strict=True):
-        for x, y in zip(a.evidence, b.evidence, strict=False):
-            total += 1
-            same += x.chunk_id == y.chunk_id
-    result["ask"] = {"warm_step_ms_median": statistics.median(per_step),
-                     "warm_step_ms_p95": float(np.percentile(per_step, 95)),
-                     "ann_exact_agreement": same / max(total, 1), "steps_compared": total}
-    cold = []
-    for q in qs[:3]:
-        t0 = time.perf_counter()
-        extra = ["--model", model_spec] if model_spec else []
-        subprocess.run([sys.executable, "-m", "qrag_cli", "ask", q, "--index", str(index_dir),
-                        "--steps", str(steps), "--json", *extra], check=True, capture_output=True)
-        cold.append(time.perf_counter() - t0)
-    result["ask"]["cold_end_to_end_s_median"] = statistics.median(cold)
+    result["ask"] = measure(index_dir, qs, steps, model=model, model_spec=model_spec)
     result["peak_rss_mb"] = _peak_rss_mb()
     result["workdir"] = str(tmp)
     return result
