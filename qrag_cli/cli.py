@@ -374,6 +374,87 @@ def _stream(piece: str) -> None:
     sys.stdout.flush()
 
 
+BENCH_SUBCOMMANDS = {"data": "bench-data"}
+
+
+@app.command("bench")
+def bench_cmd(
+    profile: Annotated[str, typer.Option(help="quick (< 15 min on 2 cores) or full.")] = "quick",
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("bench-results"),
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="Trained Q-RAG model folder to compare (repeatable).")] = None,
+    task: Annotated[list[str] | None, typer.Option(help="Only these tasks (repeatable).")] = None,
+    length: Annotated[list[int] | None, typer.Option(
+        help="Context lengths in tokens (repeatable).")] = None,
+    questions: Annotated[int | None, typer.Option(help="Questions per task and length.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Retrieval budget (and k of top-k).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated tasks and split.")] = 0,
+    haystack: Annotated[Path | None, typer.Option(
+        help="Folder of your own text to use as filler.")] = None,
+    no_speed: Annotated[bool, typer.Option("--no-speed", help="Skip speed and scale.")] = False,
+    no_real: Annotated[bool, typer.Option("--no-real", help="Skip HotpotQA/MuSiQue.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Long-context multi-hop benchmarks, baselines, speed and scale -> a results folder.
+
+    Also: `qrag bench data TASK OUT.jsonl` writes 4K-token training episodes.
+    """
+    from dataclasses import replace
+
+    from qrag_cli.bench import suite
+
+    if profile not in suite.PROFILES:
+        raise UsageError(f"--profile must be one of {', '.join(suite.PROFILES)}")
+    if haystack is not None and not haystack.is_dir():
+        raise UsageError(f"--haystack {haystack}: not a folder")
+    chosen = suite.PROFILES[profile]
+    changes: dict = {}
+    if task:
+        changes["tasks"] = tuple(task)
+    if length:
+        if min(length) < 512:
+            raise UsageError("--length is in tokens and must be at least 512")
+        changes["lengths"] = tuple(length)
+    if questions is not None:
+        changes["questions"] = questions
+    if steps is not None:
+        changes["steps"] = steps
+    if no_real:
+        changes["real_eval"] = 0
+    chosen = replace(chosen, **changes)
+    if chosen.questions < 1 or chosen.steps < 1:
+        raise UsageError("--questions and --steps must be at least 1")
+    result = suite.run(out, chosen, models=model or (), seed=seed, haystack=haystack,
+                       speed=not no_speed, log=lambda msg: render.err.print(escape(msg)))
+    if as_json:
+        render.print_json(result)
+    else:
+        render.out.print((out / "results.md").read_text(), markup=False, highlight=False)
+        render.err.print(f"results in {out} ({result['seconds']} s)")
+
+
+@app.command("bench-data", hidden=True)
+def bench_data(
+    task: Annotated[str, typer.Argument(help="Task name (see qrag bench --help).")],
+    output: Annotated[Path, typer.Argument(help="Training JSONL to write.")],
+    n: Annotated[int, typer.Option(help="Episodes.")] = 1000,
+    tokens: Annotated[int, typer.Option(help="Tokens per episode.")] = 4096,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    haystack: Annotated[Path | None, typer.Option(help="Folder of filler text.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Write `qrag train` episodes of a generated task."""
+    from qrag_cli.bench import longctx
+    from qrag_cli.datasets import write_examples
+
+    if task not in longctx.STORIES:
+        raise UsageError(f"unknown task {task!r}; choose from {', '.join(longctx.TASKS)}")
+    examples = longctx.training_examples(task, n, seed, tokens, haystack)
+    write_examples(examples, output)
+    render.err.print(f"wrote {len(examples)} examples to {output}")
+
+
 def main() -> None:
     debug = "--debug" in sys.argv or os.environ.get("QRAG_DEBUG") == "1"
 
@@ -385,6 +466,8 @@ def main() -> None:
     args = sys.argv[1:]
     if len(args) >= 2 and args[0] == "train" and args[1] in TRAIN_SUBCOMMANDS:
         args = [TRAIN_SUBCOMMANDS[args[1]], *args[2:]]
+    elif len(args) >= 2 and args[0] == "bench" and args[1] in BENCH_SUBCOMMANDS:
+        args = [BENCH_SUBCOMMANDS[args[1]], *args[2:]]
     try:
         code = app(args, standalone_mode=False)
     except QragError as exc:

@@ -1,0 +1,361 @@
+"""`qrag bench`: every method through the real `qrag index` / `ask` path, on generated
+long-context tasks and the pooled real QA samples, plus speed and scale; one results
+folder (JSON, Markdown, PNG).
+
+Methods: BM25 single-step top-k (bm25s), dense single-step top-k (base model),
+multi-step without training (base model, the paper's baseline) and each Q-RAG model
+given. Single-step methods get k = the multi-step budget, so all see as many chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qrag_cli.bench import longctx
+from qrag_cli.config import ChunkConfig
+from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
+from qrag_cli.indexer import build_index
+from qrag_cli.model import QModel, load_model
+from qrag_cli.store import open_reader
+from qrag_cli.types import UsageError
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+K = 1024
+
+
+@dataclass
+class Profile:
+    tasks: tuple[str, ...] = longctx.TASKS
+    lengths: tuple[int, ...] = (4 * K, 16 * K)
+    questions: int = 10
+    steps: int = 5
+    real_eval: int = 60  # held-out questions of the pooled HotpotQA/MuSiQue corpus
+    speed_tokens: int = 100_000
+    scale_sizes: tuple[int, ...] = (1_000, 10_000)
+
+
+PROFILES = {
+    "quick": Profile(),
+    "full": Profile(lengths=(4 * K, 16 * K, 32 * K, 128 * K, 1024 * K), questions=20,
+                    real_eval=150, speed_tokens=1_000_000,
+                    scale_sizes=(1_000, 10_000, 100_000, 1_000_000)),
+}
+
+
+@dataclass
+class Row:
+    """One method on one (task, length): the figures the report tables show."""
+
+    task: str
+    tokens: int
+    method: str
+    fact_em: float
+    fact_f1: float
+    mean_steps: float
+    step_ms: float  # median per retrieval step (single-step methods: the one search)
+    question_ms: float  # median end-to-end retrieval per question
+    chunks: int
+    n: int
+    per_question: list[dict] = field(default_factory=list)
+
+
+# ---- methods -------------------------------------------------------------------------------
+class Method:
+    name: str
+    model: QModel | None = None
+
+    def retrieve(self, index_dir: Path, questions: Sequence[str], budget: int
+                 ) -> list[tuple[list[str], float, int]]:
+        """Per question: picked chunk texts, retrieval ms, steps."""
+        raise NotImplementedError
+
+
+class Bm25(Method):
+    """BM25 over the chunk texts of the base index (the same chunks every method sees)."""
+
+    name = "bm25 top-k"
+
+    def retrieve(self, index_dir, questions, budget):
+        import bm25s
+
+        with open_reader(index_dir) as reader:
+            ids = reader.live_ids().tolist()
+            texts = [r.text for r in reader.chunks(ids)]
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
+                        show_progress=False)
+        out = []
+        for q in questions:
+            t0 = time.perf_counter()
+            docs, _ = retriever.retrieve(bm25s.tokenize([q], stopwords="en", show_progress=False),
+                                         k=min(budget, len(texts)), show_progress=False)
+            out.append(([texts[int(i)] for i in docs[0]], (time.perf_counter() - t0) * 1000, 1))
+        return out
+
+
+class Dense(Method):
+    """One state encoding, top-k by Q: the first step's candidates of the episode."""
+
+    def __init__(self, model: QModel) -> None:
+        self.model, self.name = model, "dense top-k"
+
+    def retrieve(self, index_dir, questions, budget):
+        out = []
+        with open_reader(index_dir) as reader:
+            source = IndexCandidates(reader)
+            for q in questions:
+                t0 = time.perf_counter()
+                ep = run_episodes(self.model, [q], [source], StopRule(1), alternatives=budget)[0]
+                ids = [ep.evidence[0].chunk_id, *(a for a, _ in ep.evidence[0].alternatives)]
+                texts = [r.text for r in source.rows(ids)]
+                out.append((texts, (time.perf_counter() - t0) * 1000, 1))
+        return out
+
+
+class MultiStep(Method):
+    """The episode `qrag ask` runs (its model's calibrated stop, when it has one)."""
+
+    def __init__(self, model: QModel, name: str) -> None:
+        self.model, self.name = model, name
+
+    def retrieve(self, index_dir, questions, budget):
+        out = []
+        with open_reader(index_dir) as reader:
+            source = IndexCandidates(reader)
+            stop = StopRule(budget, self.model.cfg.threshold)
+            run_episodes(self.model, list(questions[:1]), [source], stop)  # warm-up
+            for q in questions:
+                t0 = time.perf_counter()
+                ep = run_episodes(self.model, [q], [source], stop)[0]
+                out.append(([ev.text for ev in ep.evidence], (time.perf_counter() - t0) * 1000,
+                            len(ep.evidence)))
+        return out
+
+
+# ---- one evaluation --------------------------------------------------------------------------
+def _score(method: Method, index_dir: Path, stories: Sequence[longctx.Story], budget: int,
+           task: str, tokens: int, chunks: int) -> Row:
+    results = method.retrieve(index_dir, [s.question for s in stories], budget)
+    per_q, ems, f1s = [], [], []
+    for story, (texts, ms, steps) in zip(stories, results, strict=True):
+        em, f1 = longctx.fact_hits(texts, story)
+        ems.append(em)
+        f1s.append(f1)
+        per_q.append({"question": story.question, "fact_em": em, "fact_f1": round(f1, 4),
+                      "steps": steps, "ms": round(ms, 2)})
+    steps = [r[2] for r in results]
+    return Row(task=task, tokens=tokens, method=method.name, fact_em=float(np.mean(ems)),
+               fact_f1=float(np.mean(f1s)), mean_steps=float(np.mean(steps)),
+               step_ms=statistics.median(r[1] / max(r[2], 1) for r in results),
+               question_ms=statistics.median(r[1] for r in results), chunks=chunks,
+               n=len(stories), per_question=per_q)
+
+
+class Indexes:
+    """One index per (corpus, model), built through the real `qrag index` code."""
+
+    def __init__(self, work: Path, log: Callable[[str], None]) -> None:
+        self.work, self.log, self.stats = work, log, []
+
+    def get(self, corpus: Path, model: QModel, tag: str) -> tuple[Path, int]:
+        index_dir = self.work / "indexes" / f"{corpus.name}--{tag}"
+        summary = build_index([corpus], index_dir, model, ChunkConfig())
+        if summary.tokens_embedded:
+            self.stats.append({"corpus": corpus.name, "model": tag,
+                               "tokens": summary.tokens_embedded, "seconds": summary.seconds})
+        with open_reader(index_dir) as reader:
+            return index_dir, reader.n_chunks
+
+
+def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx.Story]] | None:
+    """HotpotQA + MuSiQue samples: every paragraph in one corpus; held-out questions."""
+    from qrag_cli.datasets import from_hotpotqa, from_musique, split, write_examples
+
+    hot, mus = SHARED_DATA / "hotpotqa_train_200.json", SHARED_DATA / "musique_train_100.jsonl"
+    if not (hot.is_file() and mus.is_file()):
+        return None
+    examples = list(from_hotpotqa(hot)) + list(from_musique(mus))
+    train, held = split(examples, 0.5, seed)
+    work.mkdir(parents=True, exist_ok=True)
+    write_examples(train, work / "real_train.jsonl")  # for `qrag train`; never evaluated
+    write_examples(held, work / "real_eval.jsonl")
+    paragraphs = list(dict.fromkeys(c for ex in examples for c in ex.chunks))
+    corpus = work / "corpus" / "real-pooled"
+    if not corpus.is_dir():
+        longctx.write_corpus(corpus, paragraphs)
+    stories = [longctx.Story(ex.question, ex.answer or "", ex.chunks, ex.support)
+               for ex in held[:n_eval]]
+    return corpus, stories
+
+
+# ---- the whole run ---------------------------------------------------------------------------
+def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
+        haystack: Path | None = None, speed: bool = True,
+        log: Callable[[str], None] = lambda msg: None) -> dict:
+    for task in profile.tasks:
+        if task not in longctx.STORIES:
+            raise UsageError(f"unknown task {task!r}; choose from {', '.join(longctx.TASKS)}")
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    base = load_model("base")
+    trained = [load_model(spec) for spec in models]
+    indexes = Indexes(work, log)
+    rows: list[Row] = []
+
+    def evaluate(corpus: Path, stories: Sequence[longctx.Story], task: str, tokens: int) -> None:
+        base_index, chunks = indexes.get(corpus, base, "base")
+        methods: list[tuple[Method, Path]] = [
+            (Bm25(), base_index), (Dense(base), base_index),
+            (MultiStep(base, "multi-step untrained"), base_index)]
+        for n, model in enumerate(trained):
+            tag = f"model{n}"
+            methods.append((MultiStep(model, f"qrag {model.cfg.name}"),
+                            indexes.get(corpus, model, tag)[0]))
+        for method, index_dir in methods:
+            row = _score(method, index_dir, stories, profile.steps, task, tokens, chunks)
+            rows.append(row)
+            log(f"{task} {tokens // K}K {row.method}: fact EM {row.fact_em:.2f} "
+                f"F1 {row.fact_f1:.2f} steps {row.mean_steps:.1f} "
+                f"{row.question_ms:.0f} ms/question")
+
+    for task in profile.tasks:
+        train_file = out / "train" / f"{task}.jsonl"
+        if not train_file.is_file():  # 4K-token training episodes for `qrag train`
+            from qrag_cli.datasets import write_examples
+
+            train_file.parent.mkdir(parents=True, exist_ok=True)
+            write_examples(longctx.training_examples(task, 200, seed, 4 * K, haystack),
+                           train_file)
+        for tokens in profile.lengths:
+            paragraphs, stories = longctx.make_eval(task, tokens, profile.questions, seed,
+                                                    haystack)
+            corpus = work / "corpus" / f"{task}-{tokens}"
+            if not corpus.is_dir():
+                longctx.write_corpus(corpus, paragraphs)
+            evaluate(corpus, stories, task, tokens)
+    real = _pooled_real(work, profile.real_eval, seed) if profile.real_eval else None
+    if real is not None:
+        corpus, stories = real
+        evaluate(corpus, stories, "hotpotqa+musique", 0)
+    else:
+        log("real data: ../shared/data not found, skipped")
+
+    result: dict = {
+        "profile": asdict(profile), "seed": seed, "models": list(models),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "python": platform.python_version(),
+                    "cpus": len(__import__("os").sched_getaffinity(0))},
+        "rows": [asdict(r) for r in rows], "index_builds": indexes.stats,
+    }
+    if speed:
+        from qrag_cli.bench import scale
+        from qrag_cli.bench import speed as speed_bench
+
+        log(f"speed: indexing {profile.speed_tokens} tokens")
+        result["speed"] = speed_bench.run(profile.speed_tokens, workdir=work / "speed",
+                                          questions=20)
+        curve = []
+        for size in profile.scale_sizes:
+            target = work / "scale" / f"synthetic-{size}"
+            if not (target / "CURRENT").exists():
+                scale.build_synthetic(target, work / "speed" / "index", size)
+            log(f"scale: {size} chunks")
+            curve.append(scale.measure(target, scale.QUESTIONS, profile.steps))
+        result["scale"] = curve
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    (out / "results.md").write_text(markdown(result))
+    plots(result, out)
+    return result
+
+
+# ---- report ----------------------------------------------------------------------------------
+def _length(tokens: int) -> str:
+    if not tokens:
+        return "pooled"
+    return f"{tokens // (K * K)}M" if tokens >= K * K else f"{tokens // K}K"
+
+
+def markdown(result: dict) -> str:
+    rows = result["rows"]
+    lines = [f"# qrag bench ({result['seconds']} s)", "",
+             f"Machine: {result['machine']['processor'] or result['machine']['platform']}, "
+             f"{result['machine']['cpus']} CPUs. Budget {result['profile']['steps']} steps; "
+             f"single-step methods take top-{result['profile']['steps']}.", "",
+             "| task | length | method | fact EM | fact F1 | steps | ms/step | ms/question | "
+             "chunks | n |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {_length(r['tokens'])} | {r['method']} | "
+                     f"{r['fact_em']:.3f} | {r['fact_f1']:.3f} | {r['mean_steps']:.2f} | "
+                     f"{r['step_ms']:.1f} | {r['question_ms']:.1f} | {r['chunks']} | {r['n']} |")
+    if "speed" in result:
+        s = result["speed"]
+        lines += ["", "## Indexing and asking", "",
+                  f"- index: {s['index']['tokens_per_s']:.0f} tokens/s; raw encoder "
+                  f"{s['raw_encoder']['tokens_per_s']:.0f} tokens/s (ratio "
+                  f"{s['index_over_raw']:.2f}); {s['index']['mb_per_1m_tokens']:.1f} MB per "
+                  "1M tokens",
+                  "", "| chunks | warm step ms (median) | p95 | ANN = exact | cold ask s |",
+                  "|---|---|---|---|---|"]
+        for m in [s["ask"], *result.get("scale", [])]:
+            lines.append(f"| {m['chunks']} | {m['warm_step_ms_median']:.1f} | "
+                         f"{m['warm_step_ms_p95']:.1f} | {m['ann_exact_agreement']:.3f} | "
+                         f"{m['cold_ask_s_median']:.2f} |")
+    lines += ["", f"Peak memory (RSS): {result['peak_rss_mb']:.0f} MB", ""]
+    return "\n".join(lines)
+
+
+def plots(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["tokens"]]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    if tasks:
+        cols = min(4, len(tasks))
+        fig, axes = plt.subplots((len(tasks) + cols - 1) // cols, cols, squeeze=False,
+                                 figsize=(4 * cols, 3.2 * ((len(tasks) + cols - 1) // cols)))
+        for ax, task in zip(axes.flat, tasks, strict=False):
+            for method in dict.fromkeys(r["method"] for r in rows):
+                pts = sorted((r["tokens"], r["fact_f1"]) for r in rows
+                             if r["task"] == task and r["method"] == method)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+            ax.set_xscale("log", base=2)
+            ax.set_title(task)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("context tokens")
+            ax.set_ylabel("fact F1")
+        for ax in list(axes.flat)[len(tasks):]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "accuracy_vs_length.png", dpi=110)
+        plt.close(fig)
+    if result.get("scale") or result.get("speed"):
+        pts = sorted([result["speed"]["ask"], *result.get("scale", [])],
+                     key=lambda m: m["chunks"])
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([m["chunks"] for m in pts], [m["warm_step_ms_median"] for m in pts],
+                marker="o", label="warm step (median)")
+        ax.plot([m["chunks"] for m in pts], [m["search_ms_per_step_median"] for m in pts],
+                marker="s", label="of which search")
+        ax.set_xscale("log")
+        ax.set_xlabel("chunks in index")
+        ax.set_ylabel("ms")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "latency_vs_size.png", dpi=110)
+        plt.close(fig)
