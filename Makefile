@@ -31,7 +31,7 @@ demo:
 	  $(QRAG) ask "Which river flows through the city where the inventor of the Zephyr engine was born?" --index demo --steps 4 --answer'
 
 bench:
-	$(VENV)/bin/python -m qrag_cli.bench.speed 200000
+	$(QRAG) bench --profile quick --out bench-results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -276,8 +276,10 @@ def haystack(stories: Sequence[Story], tokens: int, filler: Iterator[str],
     out = []
     for i, para in enumerate(paras):
         parts = re.split(r"(?<=\.) ", para)
-        for _, sentence in sorted(placed.get(i, [])):
-            parts.insert(rng.randint(0, len(parts)), sentence)
+        inserts = sorted(placed.get(i, []))
+        slots = sorted(rng.randint(0, len(parts)) for _ in inserts)
+        for (_, sentence), slot in reversed(list(zip(inserts, slots, strict=True))):
+            parts.insert(slot, sentence)  # from the back, so earlier slots stay valid
         out.append(" ".join(parts))
     return out
 
@@ -335,11 +337,20 @@ def training_examples(task: str, n: int, seed: int, tokens: int = 4096,
     return examples
 
 
+def _found(fact: str, chunk: str) -> bool:
+    """A chunk finds a fact when it holds the whole sentence or, for a paragraph longer
+    than a chunk, a piece of it longer than the chunk overlap (about 70 characters)."""
+    if fact in chunk:
+        return True
+    return len(fact) > 100 and any(len(p) >= 100 and p in fact
+                                   for p in (x.strip() for x in chunk.split("\n\n")))
+
+
 def fact_hits(picked_texts: Sequence[str], story: Story) -> tuple[float, float]:
     """(fact EM, fact F1) of picked chunk texts against a story's gold sentences."""
     gold = story.gold_facts
-    found = [any(g in t for t in picked_texts) for g in gold]
-    useful = [any(g in t for g in gold) for t in picked_texts]
+    found = [any(_found(g, t) for t in picked_texts) for g in gold]
+    useful = [any(_found(g, t) for g in gold) for t in picked_texts]
     em = float(all(found))
     if not any(found) or not picked_texts:
         return em, 0.0
