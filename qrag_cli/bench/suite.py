@@ -35,18 +35,18 @@ K = 1024
 @dataclass
 class Profile:
     tasks: tuple[str, ...] = longctx.TASKS
-    lengths: tuple[int, ...] = (4 * K, 16 * K)
-    questions: int = 10
+    lengths: tuple[int, ...] = (4 * K, 16 * K, 64 * K)
+    questions: int = 20
     steps: int = 5
-    real_eval: int = 60  # held-out questions of the pooled HotpotQA/MuSiQue corpus
+    real_eval: int = 150  # held-out questions of the pooled HotpotQA/MuSiQue corpus
     speed_tokens: int = 100_000
     scale_sizes: tuple[int, ...] = (1_000, 10_000)
 
 
 PROFILES = {
     "quick": Profile(),
-    "full": Profile(lengths=(4 * K, 16 * K, 32 * K, 128 * K, 1024 * K), questions=20,
-                    real_eval=150, speed_tokens=1_000_000,
+    "full": Profile(lengths=(4 * K, 16 * K, 64 * K, 128 * K, 1024 * K), questions=30,
+                    speed_tokens=1_000_000,
                     scale_sizes=(1_000, 10_000, 100_000, 1_000_000)),
 }
 
