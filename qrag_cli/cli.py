@@ -187,7 +187,7 @@ def train_cmd(
     """RL-fine-tune the embedder on labelled QA and write a model folder.
 
     Also: `qrag train eval DATA.jsonl --model DIR` and
-    `qrag train convert --from hotpotqa|musique|2wiki IN OUT.jsonl`.
+    `qrag train convert --from hotpotqa|musique|2wiki|ruler IN OUT.jsonl`.
     """
     if data is None:
         raise UsageError("give a training JSONL: qrag train DATA.jsonl")
@@ -278,7 +278,7 @@ def train_eval(
 def train_convert(
     src: Annotated[Path, typer.Argument(help="File in an official format.")],
     dest: Annotated[Path, typer.Argument(help="Training JSONL to write.")],
-    from_format: Annotated[str, typer.Option("--from", help="hotpotqa|musique|2wiki.")] = "",
+    from_format: Annotated[str, typer.Option("--from", help="hotpotqa|musique|2wiki|ruler.")] = "",
     debug: DebugOpt = False,
 ) -> None:
     """Convert official HotpotQA / MuSiQue / 2Wiki files to the training JSONL."""

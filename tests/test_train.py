@@ -121,3 +121,29 @@ def test_training_learns_what_single_step_cannot(tmp_path: Path) -> None:
     proc = run_qrag("train", "eval", str(tmp_path / "eval.jsonl"), "--model", str(out),
                     "--budget", "2", "--json", check=True)
     assert json.loads(proc.stdout)["budget_2"]["fact_em"] >= 0.9
+
+
+def test_convert_ruler_prepared_jsonl(tmp_path: Path) -> None:
+    """RULER's own prepared format: the needle's chunk is gold, the question is kept."""
+    import random
+
+    from qrag_cli.bench.longctx import generated_filler
+
+    filler = generated_filler(random.Random(0))
+    paras = [next(filler) for _ in range(40)]
+    paras.insert(23, "One of the special magic numbers for tall-river is: 4417791.")
+    record = {"index": 7, "input": "Some special magic numbers are hidden within the "
+              "following text.\n" + "\n\n".join(paras) + "\nWhat is the special magic number "
+              "for tall-river mentioned in the provided text?", "outputs": ["4417791"],
+              "length": 4096}
+    src = tmp_path / "niah.jsonl"
+    src.write_text(json.dumps(record) + "\n" + json.dumps({**record, "outputs": ["0000"]}) + "\n")
+    proc = run_qrag("train", "convert", "--from", "ruler", str(src), str(tmp_path / "o.jsonl"))
+    assert proc.returncode != 0 and "niah.jsonl:2: no chunk holds" in proc.stderr
+    src.write_text(json.dumps(record) + "\n")
+    run_qrag("train", "convert", "--from", "ruler", str(src), str(tmp_path / "o.jsonl"),
+             check=True)
+    (ex,) = load_examples(tmp_path / "o.jsonl")
+    assert ex.question.startswith("What is the special magic number for tall-river")
+    assert len(ex.chunks) > 5 and len(ex.support) == 1
+    assert "4417791" in ex.chunks[ex.support[0]] and ex.answer == "4417791"
