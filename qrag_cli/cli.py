@@ -281,7 +281,7 @@ def train_convert(
     from_format: Annotated[str, typer.Option("--from", help="hotpotqa|musique|2wiki|ruler.")] = "",
     debug: DebugOpt = False,
 ) -> None:
-    """Convert official HotpotQA / MuSiQue / 2Wiki files to the training JSONL."""
+    """Convert official HotpotQA / MuSiQue / 2Wiki / RULER files to the training JSONL."""
     from qrag_cli.datasets import CONVERTERS, write_examples
 
     if from_format not in CONVERTERS:
@@ -450,7 +450,8 @@ def bench_data(
 
     if task not in longctx.STORIES:
         raise UsageError(f"unknown task {task!r}; choose from {', '.join(longctx.TASKS)}")
-    examples = longctx.training_examples(task, n, seed, tokens, haystack)
+    own = longctx.own_paragraphs(haystack) if haystack else None
+    examples = longctx.training_examples(task, n, seed, tokens, own)
     write_examples(examples, output)
     render.err.print(f"wrote {len(examples)} examples to {output}")
 

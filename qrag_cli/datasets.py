@@ -174,21 +174,27 @@ def from_musique(path: Path) -> Iterator[Example]:
             raise DataError(f"{where}: not a MuSiQue record ({exc})") from None
 
 
+def training_chunks(text: str) -> list[str]:
+    """A long text cut by the real chunker without overlap, so that every sentence of it
+    is in exactly one chunk (a gold fact must be one chunk index)."""
+    from qrag_cli.chunk import chunk_document
+    from qrag_cli.config import ChunkConfig
+    from qrag_cli.types import Document
+
+    doc = Document(text, "text", ((0, 1),))
+    return [c.text for c in chunk_document(doc, ChunkConfig(overlap=0))]
+
+
 def from_ruler(path: Path) -> Iterator[Example]:
     """RULER's prepared JSONL (`index`, `input`, `outputs`, ...): the last line of `input`
     is the question, the text above it is cut by the real chunker (no overlap), and the
     gold chunks are those holding an expected output (a needle's value, a tracked
     variable's name)."""
-    from qrag_cli.chunk import chunk_document
-    from qrag_cli.config import ChunkConfig
-    from qrag_cli.types import Document
-
-    cfg = ChunkConfig(overlap=0)
     for where, item in _read_json_or_jsonl(path):
         try:
             text, outputs = item["input"].rstrip(), [str(o) for o in item["outputs"]]
             context, _, question = text.rpartition("\n")
-            chunks = [c.text for c in chunk_document(Document(context, "text", ((0, 1),)), cfg)]
+            chunks = training_chunks(context)
             support = [i for i, c in enumerate(chunks) if any(o in c for o in outputs)]
             if not support:
                 raise DataError(f"{where}: no chunk holds any of the outputs {outputs[:3]}")

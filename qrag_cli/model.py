@@ -346,7 +346,7 @@ class QModel(nn.Module):
 
 
 def seed_everything(seed: int) -> None:
-    """The one seeding function: train, eval and bench call it first."""
+    """The one seeding function: `qrag train` and `train eval` call it first."""
     import random
 
     random.seed(seed)

@@ -97,3 +97,17 @@ def test_bench_refuses_unknown_task(tmp_path: Path) -> None:
     proc = run_qrag("bench", "--out", str(tmp_path), "--task", "qa9", "--no-speed")
     assert proc.returncode != 0 and "unknown task 'qa9'" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
+
+
+def test_haystack_text_is_read_like_qrag_index(tmp_path: Path) -> None:
+    """--haystack goes through the same discovery as `qrag index`: secrets and ignored
+    files never become filler."""
+    (tmp_path / "story.md").write_text("A long paragraph about the harbour and its boats.\n\n"
+                                       "Another paragraph, about the winter market square.\n")
+    (tmp_path / ".env").write_text("SECRET_TOKEN=abcdefabcdefabcdefabcdefabcdefabcdef\n")
+    (tmp_path / ".gitignore").write_text("private.txt\n")
+    (tmp_path / "private.txt").write_text("A private paragraph that must never be filler text.\n")
+    paras = longctx.own_paragraphs(tmp_path)
+    assert len(paras) == 2 and not any("SECRET" in p or "private" in p for p in paras)
+    text = "\n\n".join(longctx.make_eval("qa1", 600, 2, seed=0, own=paras)[0])
+    assert "winter market" in text and "Where is" not in text

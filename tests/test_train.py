@@ -89,6 +89,7 @@ def test_training_learns_what_single_step_cannot(tmp_path: Path) -> None:
     """The learning proof: on the two-hop task the container fact is findable only through
     the first fact, so single-step top-2 and the untrained episode both fail; a short CPU
     run of the RL trainer on a 2-layer encoder must lift held-out fact EM to >= 0.9."""
+    from qrag_cli.episode import StopRule, run_episodes
     from qrag_cli.evaluate import example_sources, fact_scores
     from qrag_cli.model import from_base
 
@@ -96,11 +97,11 @@ def test_training_learns_what_single_step_cannot(tmp_path: Path) -> None:
     write_examples(train, tmp_path / "train.jsonl")
     write_examples(held_out, tmp_path / "eval.jsonl")
 
-    base = from_base(layers=2)  # single-step dense top-2 of the untrained encoder
-    sources = example_sources(base, held_out)
-    states = base.embed_states([base.state_ids(q, []) for q in base.chunk_ids(
-        [ex.question for ex in held_out], base.cfg.question_cap)])
-    top2 = [src.search(state, 2, set())[0] for src, state in zip(sources, states, strict=True)]
+    base = from_base(layers=2)  # single-step dense top-2: one step, its pick + 1 alternative
+    first = run_episodes(base, [ex.question for ex in held_out], example_sources(base, held_out),
+                         StopRule(1), alternatives=2)
+    top2 = [[ep.evidence[0].chunk_id, *(a for a, _ in ep.evidence[0].alternatives)]
+            for ep in first]
     single_step_em = np.mean([fact_scores(ids, ex.support)[0]
                               for ids, ex in zip(top2, held_out, strict=True)])
     assert single_step_em <= 0.35

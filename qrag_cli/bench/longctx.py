@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qrag_cli.chunk import chunk_document, count_tokens
-from qrag_cli.config import ChunkConfig
-from qrag_cli.datasets import Example
-from qrag_cli.types import Document
+from qrag_cli.chunk import count_tokens
+from qrag_cli.datasets import Example, training_chunks
+from qrag_cli.discover import discover
+from qrag_cli.readers import read_document
+from qrag_cli.types import ReadError, UsageError
 
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt",
          "qa1", "qa2", "qa3")
@@ -237,30 +238,41 @@ def generated_filler(rng: random.Random) -> Iterator[str]:
         yield " ".join(sentences)
 
 
-def haystack_filler(folder: Path, rng: random.Random) -> Iterator[str]:
-    """Paragraphs of the user's own text files (cycled, in a seeded order)."""
+def own_paragraphs(folder: Path) -> list[str]:
+    """Paragraphs of the user's own files for `--haystack`, found and read once by the
+    same code as `qrag index` (ignore rules, secrets, PDF/HTML text)."""
     paras = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix.lower() in {".txt", ".md", ".rst", ""}:
-            text = path.read_text(encoding="utf-8", errors="replace")
-            paras += [re.sub(r"\s+", " ", p).strip() for p in re.split(r"\n\s*\n", text)]
+    for found in discover([folder]).files:
+        try:
+            text = read_document(found.path).text
+        except ReadError:
+            continue  # `qrag index` would report it; filler just needs enough text
+        paras += [re.sub(r"\s+", " ", p).strip() for p in re.split(r"\n\s*\n", text)]
     paras = [p for p in paras if len(p) > 40]
     if not paras:
-        raise ValueError(f"--haystack {folder}: no text paragraphs found (.txt/.md/.rst)")
+        raise UsageError(f"--haystack {folder}: no readable text paragraphs found")
+    return paras
+
+
+def filler(rng: random.Random, own: Sequence[str] | None = None) -> Iterator[str]:
+    """Generated prose, or the user's paragraphs cycled in a seeded order."""
+    if own is None:
+        yield from generated_filler(rng)
+    paras = list(own or ())
     while True:
         rng.shuffle(paras)
         yield from paras
 
 
 # ---- haystacks -------------------------------------------------------------------------------
-def haystack(stories: Sequence[Story], tokens: int, filler: Iterator[str],
+def haystack(stories: Sequence[Story], tokens: int, source: Iterator[str],
              rng: random.Random) -> list[str]:
     """Paragraphs of about `tokens` cl100k tokens with every story sentence inserted at a
     random place, each story's sentences in their order."""
     paras: list[str] = []
     total = 0
     while total < tokens:
-        para = next(filler)
+        para = next(source)
         n = count_tokens(para)
         if total + n > tokens and paras:
             break
@@ -286,8 +298,11 @@ def haystack(stories: Sequence[Story], tokens: int, filler: Iterator[str],
 
 def write_corpus(folder: Path, paragraphs: Sequence[str], per_file_tokens: int = 8000) -> int:
     """Paragraphs into numbered text files of about `per_file_tokens` (document order =
-    file order); returns the number of files."""
+    file order); returns the number of files. Parts of an earlier corpus written to the
+    same folder are removed (unchanged files keep their hash, so re-indexing is cheap)."""
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("part-*.txt"):
+        old.unlink()
     files, current, size = 0, [], 0
     for para in paragraphs:
         current.append(para)
@@ -302,27 +317,24 @@ def write_corpus(folder: Path, paragraphs: Sequence[str], per_file_tokens: int =
 
 
 def make_eval(task: str, tokens: int, questions: int, seed: int,
-              haystack_dir: Path | None = None) -> tuple[list[str], list[Story]]:
+              own: Sequence[str] | None = None) -> tuple[list[str], list[Story]]:
     """One shared haystack of `tokens` holding `questions` stories of `task`."""
     rng = random.Random(f"{task}/{tokens}/{seed}")
     names = Names(rng)
     stories = [STORIES[task](rng, names) for _ in range(questions)]
-    filler = haystack_filler(haystack_dir, rng) if haystack_dir else generated_filler(rng)
-    return haystack(stories, tokens, filler, rng), stories
+    return haystack(stories, tokens, filler(rng, own), rng), stories
 
 
 def training_examples(task: str, n: int, seed: int, tokens: int = 4096,
-                      haystack_dir: Path | None = None) -> list[Example]:
+                      own: Sequence[str] | None = None) -> list[Example]:
     """`qrag train` examples: one story in a `tokens`-long document, cut by the real
     chunker without overlap (so each gold sentence is in exactly one chunk)."""
     rng = random.Random(f"train/{task}/{seed}")
-    filler = haystack_filler(haystack_dir, rng) if haystack_dir else generated_filler(rng)
-    cfg = ChunkConfig(overlap=0)
+    paragraphs = filler(rng, own)
     examples = []
     while len(examples) < n:
         story = STORIES[task](rng, Names(rng))
-        text = "\n\n".join(haystack([story], tokens, filler, rng))
-        chunks = [c.text for c in chunk_document(Document(text, "text", ((0, 1),)), cfg)]
+        chunks = training_chunks("\n\n".join(haystack([story], tokens, paragraphs, rng)))
         support = []
         for fact in story.gold_facts:
             hits = [i for i, c in enumerate(chunks) if fact in c]

@@ -10,6 +10,7 @@ given. Single-step methods get k = the multi-step budget, so all see as many chu
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import statistics
@@ -22,6 +23,7 @@ import numpy as np
 
 from qrag_cli.bench import longctx
 from qrag_cli.config import ChunkConfig
+from qrag_cli.datasets import write_examples
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.indexer import build_index
 from qrag_cli.model import QModel, load_model
@@ -68,83 +70,59 @@ class Row:
     per_question: list[dict] = field(default_factory=list)
 
 
-# ---- methods -------------------------------------------------------------------------------
-class Method:
-    name: str
-    model: QModel | None = None
-
-    def retrieve(self, index_dir: Path, questions: Sequence[str], budget: int
-                 ) -> list[tuple[list[str], float, int]]:
-        """Per question: picked chunk texts, retrieval ms, steps."""
-        raise NotImplementedError
+# ---- methods: each returns, per question, (picked chunk texts, retrieval ms, steps) --------
+Retrieved = list[tuple[list[str], float, int]]
 
 
-class Bm25(Method):
+def bm25_top_k(index_dir: Path, questions: Sequence[str], k: int) -> Retrieved:
     """BM25 over the chunk texts of the base index (the same chunks every method sees)."""
+    import bm25s
 
-    name = "bm25 top-k"
-
-    def retrieve(self, index_dir, questions, budget):
-        import bm25s
-
-        with open_reader(index_dir) as reader:
-            ids = reader.live_ids().tolist()
-            texts = [r.text for r in reader.chunks(ids)]
-        retriever = bm25s.BM25()
-        retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
-                        show_progress=False)
-        out = []
-        for q in questions:
-            t0 = time.perf_counter()
-            docs, _ = retriever.retrieve(bm25s.tokenize([q], stopwords="en", show_progress=False),
-                                         k=min(budget, len(texts)), show_progress=False)
-            out.append(([texts[int(i)] for i in docs[0]], (time.perf_counter() - t0) * 1000, 1))
-        return out
+    with open_reader(index_dir) as reader:
+        texts = [r.text for r in reader.chunks(reader.live_ids().tolist())]
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
+                    show_progress=False)
+    out = []
+    for q in questions:
+        t0 = time.perf_counter()
+        docs, _ = retriever.retrieve(bm25s.tokenize([q], stopwords="en", show_progress=False),
+                                     k=min(k, len(texts)), show_progress=False)
+        out.append(([texts[int(i)] for i in docs[0]], (time.perf_counter() - t0) * 1000, 1))
+    return out
 
 
-class Dense(Method):
-    """One state encoding, top-k by Q: the first step's candidates of the episode."""
+def episodes(model: QModel, top_k: bool = False) -> Callable[[Path, Sequence[str], int],
+                                                             Retrieved]:
+    """The episode `qrag ask` runs, one question at a time (its model's calibrated stop,
+    when it has one). `top_k`: dense single-step top-k, i.e. the first step's picks plus
+    its alternatives."""
 
-    def __init__(self, model: QModel) -> None:
-        self.model, self.name = model, "dense top-k"
-
-    def retrieve(self, index_dir, questions, budget):
+    def retrieve(index_dir: Path, questions: Sequence[str], budget: int) -> Retrieved:
+        stop = StopRule(1) if top_k else StopRule(budget, model.cfg.threshold)
         out = []
         with open_reader(index_dir) as reader:
             source = IndexCandidates(reader)
+            run_episodes(model, list(questions[:1]), [source], stop)  # warm-up
             for q in questions:
                 t0 = time.perf_counter()
-                ep = run_episodes(self.model, [q], [source], StopRule(1), alternatives=budget)[0]
-                ids = [ep.evidence[0].chunk_id, *(a for a, _ in ep.evidence[0].alternatives)]
-                texts = [r.text for r in source.rows(ids)]
-                out.append((texts, (time.perf_counter() - t0) * 1000, 1))
+                if top_k:
+                    ep = run_episodes(model, [q], [source], stop, alternatives=budget)[0]
+                    rest = source.rows([a for a, _ in ep.evidence[0].alternatives])
+                else:
+                    ep, rest = run_episodes(model, [q], [source], stop)[0], []
+                texts = [ev.text for ev in ep.evidence] + [r.text for r in rest]
+                out.append((texts, (time.perf_counter() - t0) * 1000, len(ep.evidence)))
         return out
 
-
-class MultiStep(Method):
-    """The episode `qrag ask` runs (its model's calibrated stop, when it has one)."""
-
-    def __init__(self, model: QModel, name: str) -> None:
-        self.model, self.name = model, name
-
-    def retrieve(self, index_dir, questions, budget):
-        out = []
-        with open_reader(index_dir) as reader:
-            source = IndexCandidates(reader)
-            stop = StopRule(budget, self.model.cfg.threshold)
-            run_episodes(self.model, list(questions[:1]), [source], stop)  # warm-up
-            for q in questions:
-                t0 = time.perf_counter()
-                ep = run_episodes(self.model, [q], [source], stop)[0]
-                out.append(([ev.text for ev in ep.evidence], (time.perf_counter() - t0) * 1000,
-                            len(ep.evidence)))
-        return out
+    return retrieve
 
 
 # ---- one evaluation --------------------------------------------------------------------------
-def _score(method: Method, index_dir: Path, stories: Sequence[longctx.Story], budget: int,
-           task: str, tokens: int, chunks: int) -> Row:
-    results = method.retrieve(index_dir, [s.question for s in stories], budget)
+def _score(name: str, method: Callable[[Path, Sequence[str], int], Retrieved],
+           index_dir: Path, stories: Sequence[longctx.Story], budget: int, task: str,
+           tokens: int, chunks: int) -> Row:
+    results = method(index_dir, [s.question for s in stories], budget)
     per_q, ems, f1s = [], [], []
     for story, (texts, ms, steps) in zip(stories, results, strict=True):
         em, f1 = longctx.fact_hits(texts, story)
@@ -153,7 +131,7 @@ def _score(method: Method, index_dir: Path, stories: Sequence[longctx.Story], bu
         per_q.append({"question": story.question, "fact_em": em, "fact_f1": round(f1, 4),
                       "steps": steps, "ms": round(ms, 2)})
     steps = [r[2] for r in results]
-    return Row(task=task, tokens=tokens, method=method.name, fact_em=float(np.mean(ems)),
+    return Row(task=task, tokens=tokens, method=name, fact_em=float(np.mean(ems)),
                fact_f1=float(np.mean(f1s)), mean_steps=float(np.mean(steps)),
                step_ms=statistics.median(r[1] / max(r[2], 1) for r in results),
                question_ms=statistics.median(r[1] for r in results), chunks=chunks,
@@ -161,10 +139,11 @@ def _score(method: Method, index_dir: Path, stories: Sequence[longctx.Story], bu
 
 
 class Indexes:
-    """One index per (corpus, model), built through the real `qrag index` code."""
+    """One index per (corpus, model), built through the real `qrag index` code; a rerun
+    into the same folder only embeds what changed."""
 
-    def __init__(self, work: Path, log: Callable[[str], None]) -> None:
-        self.work, self.log, self.stats = work, log, []
+    def __init__(self, work: Path) -> None:
+        self.work, self.stats = work, []
 
     def get(self, corpus: Path, model: QModel, tag: str) -> tuple[Path, int]:
         index_dir = self.work / "indexes" / f"{corpus.name}--{tag}"
@@ -172,13 +151,12 @@ class Indexes:
         if summary.tokens_embedded:
             self.stats.append({"corpus": corpus.name, "model": tag,
                                "tokens": summary.tokens_embedded, "seconds": summary.seconds})
-        with open_reader(index_dir) as reader:
-            return index_dir, reader.n_chunks
+        return index_dir, summary.chunks_total
 
 
 def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx.Story]] | None:
     """HotpotQA + MuSiQue samples: every paragraph in one corpus; held-out questions."""
-    from qrag_cli.datasets import from_hotpotqa, from_musique, split, write_examples
+    from qrag_cli.datasets import from_hotpotqa, from_musique, split
 
     hot, mus = SHARED_DATA / "hotpotqa_train_200.json", SHARED_DATA / "musique_train_100.jsonl"
     if not (hot.is_file() and mus.is_file()):
@@ -190,8 +168,7 @@ def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx
     write_examples(held, work / "real_eval.jsonl")
     paragraphs = list(dict.fromkeys(c for ex in examples for c in ex.chunks))
     corpus = work / "corpus" / "real-pooled"
-    if not corpus.is_dir():
-        longctx.write_corpus(corpus, paragraphs)
+    longctx.write_corpus(corpus, paragraphs)
     stories = [longctx.Story(ex.question, ex.answer or "", ex.chunks, ex.support)
                for ex in held[:n_eval]]
     return corpus, stories
@@ -209,39 +186,35 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
     work = out / "work"
     base = load_model("base")
     trained = [load_model(spec) for spec in models]
-    indexes = Indexes(work, log)
+    indexes = Indexes(work)
+    own = longctx.own_paragraphs(haystack) if haystack else None
     rows: list[Row] = []
 
     def evaluate(corpus: Path, stories: Sequence[longctx.Story], task: str, tokens: int) -> None:
         base_index, chunks = indexes.get(corpus, base, "base")
-        methods: list[tuple[Method, Path]] = [
-            (Bm25(), base_index), (Dense(base), base_index),
-            (MultiStep(base, "multi-step untrained"), base_index)]
+        methods = [("bm25 top-k", bm25_top_k, base_index),
+                   ("dense top-k", episodes(base, top_k=True), base_index),
+                   ("multi-step untrained", episodes(base), base_index)]
         for n, model in enumerate(trained):
-            tag = f"model{n}"
-            methods.append((MultiStep(model, f"qrag {model.cfg.name}"),
-                            indexes.get(corpus, model, tag)[0]))
-        for method, index_dir in methods:
-            row = _score(method, index_dir, stories, profile.steps, task, tokens, chunks)
+            methods.append((f"qrag {model.cfg.name}", episodes(model),
+                            indexes.get(corpus, model, f"model{n}")[0]))
+        for name, method, index_dir in methods:
+            row = _score(name, method, index_dir, stories, profile.steps, task, tokens, chunks)
             rows.append(row)
             log(f"{task} {tokens // K}K {row.method}: fact EM {row.fact_em:.2f} "
                 f"F1 {row.fact_f1:.2f} steps {row.mean_steps:.1f} "
                 f"{row.question_ms:.0f} ms/question")
 
     for task in profile.tasks:
-        train_file = out / "train" / f"{task}.jsonl"
-        if not train_file.is_file():  # 4K-token training episodes for `qrag train`
-            from qrag_cli.datasets import write_examples
-
-            train_file.parent.mkdir(parents=True, exist_ok=True)
-            write_examples(longctx.training_examples(task, 200, seed, 4 * K, haystack),
-                           train_file)
+        # Regenerated every run (milliseconds): files left by a run with another seed,
+        # question count or haystack must never be scored against this run's stories.
+        (out / "train").mkdir(parents=True, exist_ok=True)
+        write_examples(longctx.training_examples(task, 200, seed, 4 * K, own),
+                       out / "train" / f"{task}.jsonl")  # 4K-token episodes for `qrag train`
         for tokens in profile.lengths:
-            paragraphs, stories = longctx.make_eval(task, tokens, profile.questions, seed,
-                                                    haystack)
+            paragraphs, stories = longctx.make_eval(task, tokens, profile.questions, seed, own)
             corpus = work / "corpus" / f"{task}-{tokens}"
-            if not corpus.is_dir():
-                longctx.write_corpus(corpus, paragraphs)
+            longctx.write_corpus(corpus, paragraphs)
             evaluate(corpus, stories, task, tokens)
     real = _pooled_real(work, profile.real_eval, seed) if profile.real_eval else None
     if real is not None:
@@ -254,7 +227,7 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
         "profile": asdict(profile), "seed": seed, "models": list(models),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "python": platform.python_version(),
-                    "cpus": len(__import__("os").sched_getaffinity(0))},
+                    "cpus": len(os.sched_getaffinity(0))},
         "rows": [asdict(r) for r in rows], "index_builds": indexes.stats,
     }
     if speed:
