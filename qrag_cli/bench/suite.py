@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -201,7 +202,7 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
         for name, method, index_dir in methods:
             row = _score(name, method, index_dir, stories, profile.steps, task, tokens, chunks)
             rows.append(row)
-            log(f"{task} {tokens // K}K {row.method}: fact EM {row.fact_em:.2f} "
+            log(f"{task} {_length(tokens)} {row.method}: fact EM {row.fact_em:.2f} "
                 f"F1 {row.fact_f1:.2f} steps {row.mean_steps:.1f} "
                 f"{row.question_ms:.0f} ms/question")
 
@@ -235,6 +236,8 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
         from qrag_cli.bench import speed as speed_bench
 
         log(f"speed: indexing {profile.speed_tokens} tokens")
+        # Indexing speed needs a cold index: one left by an earlier run embeds nothing.
+        shutil.rmtree(work / "speed", ignore_errors=True)
         result["speed"] = speed_bench.run(profile.speed_tokens, workdir=work / "speed",
                                           questions=20)
         curve = []
