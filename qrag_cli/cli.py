@@ -155,7 +155,7 @@ def config_cmd(
 
 # `qrag train eval ...` / `qrag train convert ...` are dispatched to these hidden commands
 # by main(): a Typer group cannot take both a positional DATA and subcommands.
-TRAIN_SUBCOMMANDS = {"eval": "train-eval", "convert": "train-convert"}
+TRAIN_SUBCOMMANDS = {"eval": "train-eval", "convert": "train-convert", "pack": "train-pack"}
 
 
 @app.command("train")
@@ -176,6 +176,7 @@ def train_cmd(
     positions: Annotated[str, typer.Option(help="none|relative.")] = "none",
     eval_every: Annotated[int, typer.Option(help="Updates between evals.")] = 50,
     step_penalty: Annotated[bool, typer.Option(help="Penalise extra steps.")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="Gradient pass in bf16 autocast.")] = False,
     no_target: Annotated[bool, typer.Option("--no-target", help="Ablation.")] = False,
     no_soft: Annotated[bool, typer.Option("--no-soft", help="Ablation.")] = False,
     no_twin: Annotated[bool, typer.Option("--no-twin", help="Ablation.")] = False,
@@ -187,7 +188,8 @@ def train_cmd(
     """RL-fine-tune the embedder on labelled QA and write a model folder.
 
     Also: `qrag train eval DATA.jsonl --model DIR` and
-    `qrag train convert --from hotpotqa|musique|2wiki|ruler IN OUT.jsonl`.
+    `qrag train convert --from hotpotqa|hotpotqa-evidence|musique|2wiki|ruler IN OUT.jsonl`
+    and `qrag train pack MODEL_DIR OUT_DIR` (fp16, only what differs from the base).
     """
     if data is None:
         raise UsageError("give a training JSONL: qrag train DATA.jsonl")
@@ -201,7 +203,7 @@ def train_cmd(
                       eval_split=eval_split, out=str(out), base=base, layers=layers,
                       budget=budget, updates=updates, batch=batch, lr=lr, alpha=alpha,
                       alpha_final=alpha / 10, seed=seed, device=device, positions=positions,
-                      eval_every=eval_every, step_penalty=step_penalty,
+                      eval_every=eval_every, step_penalty=step_penalty, bf16=bf16,
                       target_network=not no_target, soft_value=not no_soft, twin=not no_twin,
                       skip_bad=skip_bad)
     if resume is not None:
@@ -278,7 +280,8 @@ def train_eval(
 def train_convert(
     src: Annotated[Path, typer.Argument(help="File in an official format.")],
     dest: Annotated[Path, typer.Argument(help="Training JSONL to write.")],
-    from_format: Annotated[str, typer.Option("--from", help="hotpotqa|musique|2wiki|ruler.")] = "",
+    from_format: Annotated[str, typer.Option(
+        "--from", help="hotpotqa|hotpotqa-evidence|musique|2wiki|ruler.")] = "",
     debug: DebugOpt = False,
 ) -> None:
     """Convert official HotpotQA / MuSiQue / 2Wiki / RULER files to the training JSONL."""
@@ -290,6 +293,39 @@ def train_convert(
         raise UsageError(f"no such file: {src}")
     count = write_examples(CONVERTERS[from_format](src), dest)
     render.err.print(f"wrote {count} examples to {dest}")
+
+
+@app.command("train-pack", hidden=True)
+def train_pack(
+    src: Annotated[Path, typer.Argument(help="Trained model folder.")],
+    dest: Annotated[Path, typer.Argument(help="Compact model folder to write.")],
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a compact copy of a trained model: fp16, only the tensors that differ from
+    the base encoder (how models/qrag-default is stored)."""
+    import shutil
+
+    from qrag_cli.model import load_model
+
+    if not (src / "config.json").is_file():
+        raise UsageError(f"{src} is not a model folder (no config.json)")
+    if dest.resolve() == src.resolve():
+        raise UsageError("write the compact copy to another folder")
+    qmodel = load_model(str(src))
+    qmodel.save(dest, compact=True)
+    for extra in ("MODEL_CARD.md", "train_log.jsonl"):
+        if (src / extra).is_file() and not (dest / extra).exists():
+            shutil.copyfile(src / extra, dest / extra)
+    size = (dest / "model.safetensors").stat().st_size
+    result = {"src": str(src), "dest": str(dest), "weights_bytes": size,
+              "source_weights_bytes": (src / "model.safetensors").stat().st_size,
+              "fingerprint": qmodel.cfg.fingerprint}
+    if as_json:
+        render.print_json(result)
+    else:
+        render.err.print(f"wrote {dest}: weights {size / 1e6:.1f} MB "
+                         f"(from {result['source_weights_bytes'] / 1e6:.1f} MB)")
 
 
 def _read_questions(path: Path) -> list[dict]:

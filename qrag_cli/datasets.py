@@ -174,6 +174,32 @@ def from_musique(path: Path) -> Iterator[Example]:
             raise DataError(f"{where}: not a MuSiQue record ({exc})") from None
 
 
+def from_hotpotqa_evidence(path: Path, distractors: int = 8) -> Iterator[Example]:
+    """HotpotQA gold-evidence records (`question`, `answer`, `evidence`: the supporting
+    sentences only): each evidence sentence is a gold chunk, and `distractors` evidence
+    sentences of other questions (seeded by the question) fill the episode. Records with
+    more than 4 evidence sentences are left out (a budget of 5 could not hold them)."""
+    items = list(_read_json_or_jsonl(path))
+    pool: list[str] = []
+    for where, item in items:
+        try:
+            pool.extend(str(e).strip() for e in item["evidence"])
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{where}: not a HotpotQA evidence record ({exc})") from None
+    for where, item in items:
+        gold = list(dict.fromkeys(str(e).strip() for e in item["evidence"]))
+        if not gold or len(gold) > 4:
+            continue
+        rng = random.Random(item["question"])
+        others = [s for s in rng.sample(pool, min(len(pool), distractors + len(gold)))
+                  if s not in gold][:distractors]
+        chunks = gold + others
+        rng.shuffle(chunks)
+        yield parse_example({"id": item.get("_id", where), "question": item["question"],
+                             "chunks": chunks, "support": sorted(chunks.index(g) for g in gold),
+                             "answer": item.get("answer")}, where)
+
+
 def training_chunks(text: str) -> list[str]:
     """A long text cut by the real chunker without overlap, so that every sentence of it
     is in exactly one chunk (a gold fact must be one chunk index)."""
@@ -210,4 +236,5 @@ CONVERTERS: dict[str, Callable[[Path], Iterator[Example]]] = {
     "hotpotqa": from_hotpotqa,
     "2wiki": from_hotpotqa,  # 2WikiMultihopQA shares HotpotQA's context/supporting_facts
     "musique": from_musique,
+    "hotpotqa-evidence": from_hotpotqa_evidence,
 }

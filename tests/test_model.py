@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from conftest import run_qrag
 
 from qrag_cli.model import from_base, load_model, trainable
+from qrag_cli.types import ModelError
 
 
 def test_compact_bert_matches_transformers(base_model) -> None:
@@ -40,3 +43,36 @@ def test_save_load_round_trip_and_fingerprint(tmp_path: Path) -> None:
         again.chunk_encoder.backbone.layers[0].ffn_out.bias.add_(0.01)
     again.save(tmp_path / "m")  # different weights -> different fingerprint
     assert load_model(str(tmp_path / "m")).cfg.fingerprint != model.cfg.fingerprint
+
+
+def test_compact_save_keeps_only_what_training_changed(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    model = trainable(from_base(layers=2), scale=0.1, positions="relative")
+    with torch.no_grad():  # what training does: every layer moves, token tables stay
+        for enc in (model.state_encoder, model.chunk_encoder):
+            for name, p in enc.backbone.named_parameters():
+                if name.startswith("layers."):
+                    p.add_(torch.randn_like(p) * 1e-3)
+    model.save(tmp_path / "full")
+    run_qrag("train", "pack", str(tmp_path / "full"), str(tmp_path / "small"), check=True)
+    stored = load_file(str(tmp_path / "small" / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in stored.values())
+    assert not any("word_embeddings" in k for k in stored)
+    assert any(k.startswith("chunk.encoder.layer.1.") for k in stored)
+    full_size = (tmp_path / "full" / "model.safetensors").stat().st_size
+    assert (tmp_path / "small" / "model.safetensors").stat().st_size < full_size / 4
+
+    small = load_model(str(tmp_path / "small"))
+    assert small.cfg.positions == "relative" and small.cfg.delta_base
+    assert small.cfg.fingerprint != model.cfg.fingerprint  # an index notices fp16 weights
+    texts = ["Ada put the key in the red box.", "The red box is kept in the attic."]
+    for a, b in ((model, small), (small, model)):
+        state = a.state_ids(a.chunk_ids(["where is the key"], 64)[0], [])
+        assert np.allclose(a.embed_states([state]), b.embed_states([state]), atol=2e-3)
+    assert np.allclose(model.embed_chunks(texts), small.embed_chunks(texts), atol=2e-3)
+
+    config = tmp_path / "small" / "config.json"  # a base that is not the one trained from
+    config.write_text(config.read_text().replace(small.cfg.delta_base, "0" * 16))
+    with pytest.raises(ModelError, match="not the one it was trained from"):
+        load_model(str(tmp_path / "small"))
