@@ -313,6 +313,7 @@ def train_pack(
     if dest.resolve() == src.resolve():
         raise UsageError("write the compact copy to another folder")
     qmodel = load_model(str(src))
+    qmodel.cfg.name = dest.name
     qmodel.save(dest, compact=True)
     for extra in ("MODEL_CARD.md", "train_log.jsonl"):
         if (src / extra).is_file() and not (dest / extra).exists():

@@ -186,7 +186,7 @@ def from_hotpotqa_evidence(path: Path, distractors: int = 8) -> Iterator[Example
             pool.extend(str(e).strip() for e in item["evidence"])
         except (KeyError, TypeError) as exc:
             raise DataError(f"{where}: not a HotpotQA evidence record ({exc})") from None
-    for where, item in items:
+    for number, (where, item) in enumerate(items, start=1):
         gold = list(dict.fromkeys(str(e).strip() for e in item["evidence"]))
         if not gold or len(gold) > 4:
             continue
@@ -195,7 +195,8 @@ def from_hotpotqa_evidence(path: Path, distractors: int = 8) -> Iterator[Example
                   if s not in gold][:distractors]
         chunks = gold + others
         rng.shuffle(chunks)
-        yield parse_example({"id": item.get("_id", where), "question": item["question"],
+        yield parse_example({"id": item.get("_id", f"{Path(path).name}:{number}"),
+                             "question": item["question"],
                              "chunks": chunks, "support": sorted(chunks.index(g) for g in gold),
                              "answer": item.get("answer")}, where)
 
