@@ -148,3 +148,21 @@ def test_convert_ruler_prepared_jsonl(tmp_path: Path) -> None:
     assert ex.question.startswith("What is the special magic number for tall-river")
     assert len(ex.chunks) > 5 and len(ex.support) == 1
     assert "4417791" in ex.chunks[ex.support[0]] and ex.answer == "4417791"
+
+
+def test_convert_hotpotqa_evidence(tmp_path: Path) -> None:
+    records = [{"question": f"Q{i}?", "answer": "a",
+                "evidence": [f"Fact {i}.{j} about topic {i}." for j in range(n)]}
+               for i, n in enumerate([2, 3, 5, 2])]
+    src = tmp_path / "evidence.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run_qrag("train", "convert", "--from", "hotpotqa-evidence", str(src),
+             str(tmp_path / "out.jsonl"), check=True)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in rows] == ["Q0?", "Q1?", "Q3?"]  # 5 facts: over budget
+    for row, n in zip(rows, [2, 3, 2], strict=True):
+        gold = [row["chunks"][i] for i in row["support"]]
+        topic = row["question"][1:-1]
+        assert len(gold) == n and all(f"topic {topic}." in g for g in gold)
+        others = [c for i, c in enumerate(row["chunks"]) if i not in row["support"]]
+        assert 0 < len(others) <= 8 and not any(f"topic {topic}." in c for c in others)
