@@ -33,7 +33,8 @@ demo:
 bench:
 	$(QRAG) bench --profile quick --out bench-results
 
-# Rebuilds models/qrag-default exactly as shipped (about 80 minutes on 2 CPU cores).
+# Trains and packs models/qrag-default from the shared data (about 80 minutes on 2 CPU
+# cores); the first model it built was not shipped (BENCHMARKS.md).
 TRAIN_DIR ?= qrag-train
 train-default:
 	$(VENV)/bin/python models/make_training_data.py $(TRAIN_DIR)

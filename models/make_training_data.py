@@ -1,4 +1,4 @@
-"""Rebuild the training data of models/qrag-default (run by `make train-default`).
+"""Build the training data for models/qrag-default (run by `make train-default`).
 
 Writes, into the folder given (default: ./qrag-train):
   mix.jsonl  8 generated long-context tasks x 400 4K-token episodes (seed 11), the
@@ -18,39 +18,29 @@ import sys
 from pathlib import Path
 
 from qrag_cli.bench.longctx import TASKS, training_examples
-from qrag_cli.datasets import (
-    from_hotpotqa,
-    from_hotpotqa_evidence,
-    from_musique,
-    split,
-)
-
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-
-
-def lines(examples) -> list[str]:
-    return [ex.to_json() + "\n" for ex in examples]
+from qrag_cli.bench.suite import SHARED_DATA, real_examples
+from qrag_cli.datasets import from_hotpotqa_evidence, split, write_examples
 
 
 def main(out: Path) -> None:
+    real = real_examples()
+    if real is None:
+        sys.exit(f"error: no HotpotQA/MuSiQue samples in {SHARED_DATA}")
     out.mkdir(parents=True, exist_ok=True)
-    real = list(from_hotpotqa(SHARED / "hotpotqa_train_200.json"))
-    real += list(from_musique(SHARED / "musique_train_100.jsonl"))
     real_train, _held_out = split(real, 0.5, 0)  # the same split as `qrag bench --seed 0`
-    rows = lines(real_train)
-    random.Random(5).shuffle(rows)
-    real_val, real_fit = rows[:20], rows[20:]
+    random.Random(5).shuffle(real_train)
+    real_val, real_fit = real_train[:20], real_train[20:]
     mix, val = [], []
     for task in TASKS:
-        mix += lines(training_examples(task, 400, 11))
-        val += lines(training_examples(task, 10, 99))[:5]
+        mix += training_examples(task, 400, 11)
+        val += training_examples(task, 10, 99)[:5]
     mix += real_fit * 3
-    mix += lines(from_hotpotqa_evidence(SHARED / "hotpotqa_train_evidence_500.jsonl"))
+    mix += from_hotpotqa_evidence(SHARED_DATA / "hotpotqa_train_evidence_500.jsonl",
+                                  on_skip=lambda msg: print(f"skip {msg}", file=sys.stderr))
     random.Random(7).shuffle(mix)
-    (out / "mix.jsonl").write_text("".join(mix))
-    (out / "val.jsonl").write_text("".join(val + real_val))
-    print(f"{out}/mix.jsonl: {len(mix)} episodes; {out}/val.jsonl: {len(val + real_val)}",
-          file=sys.stderr)
+    n_mix = write_examples(mix, out / "mix.jsonl")
+    n_val = write_examples(val + real_val, out / "val.jsonl")
+    print(f"{out}/mix.jsonl: {n_mix} episodes; {out}/val.jsonl: {n_val}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -291,7 +291,8 @@ def train_convert(
         raise UsageError(f"--from must be one of {', '.join(CONVERTERS)}")
     if not src.is_file():
         raise UsageError(f"no such file: {src}")
-    count = write_examples(CONVERTERS[from_format](src), dest)
+    count = write_examples(
+        CONVERTERS[from_format](src, on_skip=lambda msg: render.err.print(f"skip {msg}")), dest)
     render.err.print(f"wrote {count} examples to {dest}")
 
 
@@ -305,8 +306,10 @@ def train_pack(
     """Write a compact copy of a trained model: fp16, only the tensors that differ from
     the base encoder (how models/qrag-default is stored)."""
     import shutil
+    from dataclasses import asdict
 
     from qrag_cli.model import load_model
+    from qrag_cli.pqn import write_model_card
 
     if not (src / "config.json").is_file():
         raise UsageError(f"{src} is not a model folder (no config.json)")
@@ -315,9 +318,9 @@ def train_pack(
     qmodel = load_model(str(src))
     qmodel.cfg.name = dest.name
     qmodel.save(dest, compact=True)
-    for extra in ("MODEL_CARD.md", "train_log.jsonl"):
-        if (src / extra).is_file() and not (dest / extra).exists():
-            shutil.copyfile(src / extra, dest / extra)
+    write_model_card(dest, {"config": asdict(qmodel.cfg)})  # under its new name
+    if (src / "train_log.jsonl").is_file():
+        shutil.copyfile(src / "train_log.jsonl", dest / "train_log.jsonl")
     size = (dest / "model.safetensors").stat().st_size
     result = {"src": str(src), "dest": str(dest), "weights_bytes": size,
               "source_weights_bytes": (src / "model.safetensors").stat().st_size,

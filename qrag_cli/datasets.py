@@ -143,7 +143,11 @@ def _read_json_or_jsonl(path: Path) -> Iterator[tuple[str, object]]:
                 raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
 
 
-def from_hotpotqa(path: Path) -> Iterator[Example]:
+def _ignore(message: str) -> None:
+    pass
+
+
+def from_hotpotqa(path: Path, on_skip: Callable[[str], None] = _ignore) -> Iterator[Example]:
     """HotpotQA / 2WikiMultihopQA: one chunk per paragraph ("Title: sentences")."""
     for where, item in _read_json_or_jsonl(path):
         try:
@@ -158,11 +162,12 @@ def from_hotpotqa(path: Path) -> Iterator[Example]:
             raise DataError(f"{where}: not a HotpotQA record ({exc})") from None
 
 
-def from_musique(path: Path) -> Iterator[Example]:
-    """MuSiQue: one chunk per paragraph; unanswerable questions are left out."""
+def from_musique(path: Path, on_skip: Callable[[str], None] = _ignore) -> Iterator[Example]:
+    """MuSiQue: one chunk per paragraph; unanswerable questions are left out (reported)."""
     for where, item in _read_json_or_jsonl(path):
         try:
             if item.get("answerable") is False:
+                on_skip(f"{where}: unanswerable question left out")
                 continue
             paras = sorted(item["paragraphs"], key=lambda p: p["idx"])
             chunks = [f"{p['title']}: {p['paragraph_text'].strip()}" for p in paras]
@@ -174,11 +179,13 @@ def from_musique(path: Path) -> Iterator[Example]:
             raise DataError(f"{where}: not a MuSiQue record ({exc})") from None
 
 
-def from_hotpotqa_evidence(path: Path, distractors: int = 8) -> Iterator[Example]:
+def from_hotpotqa_evidence(path: Path, on_skip: Callable[[str], None] = _ignore,
+                           distractors: int = 8) -> Iterator[Example]:
     """HotpotQA gold-evidence records (`question`, `answer`, `evidence`: the supporting
     sentences only): each evidence sentence is a gold chunk, and `distractors` evidence
     sentences of other questions (seeded by the question) fill the episode. Records with
-    more than 4 evidence sentences are left out (a budget of 5 could not hold them)."""
+    more than 4 evidence sentences are left out and reported (a budget of 5 could not
+    hold them with a wrong pick)."""
     items = list(_read_json_or_jsonl(path))
     pool: list[str] = []
     for where, item in items:
@@ -189,6 +196,7 @@ def from_hotpotqa_evidence(path: Path, distractors: int = 8) -> Iterator[Example
     for number, (where, item) in enumerate(items, start=1):
         gold = list(dict.fromkeys(str(e).strip() for e in item["evidence"]))
         if not gold or len(gold) > 4:
+            on_skip(f"{where}: {len(gold)} evidence sentences (1 to 4 fit), left out")
             continue
         rng = random.Random(item["question"])
         others = [s for s in rng.sample(pool, min(len(pool), distractors + len(gold)))
@@ -212,7 +220,7 @@ def training_chunks(text: str) -> list[str]:
     return [c.text for c in chunk_document(doc, ChunkConfig(overlap=0))]
 
 
-def from_ruler(path: Path) -> Iterator[Example]:
+def from_ruler(path: Path, on_skip: Callable[[str], None] = _ignore) -> Iterator[Example]:
     """RULER's prepared JSONL (`index`, `input`, `outputs`, ...): the last line of `input`
     is the question, the text above it is cut by the real chunker (no overlap), and the
     gold chunks are those holding an expected output (a needle's value, a tracked
@@ -232,7 +240,7 @@ def from_ruler(path: Path) -> Iterator[Example]:
             raise DataError(f"{where}: not a RULER record ({exc})") from None
 
 
-CONVERTERS: dict[str, Callable[[Path], Iterator[Example]]] = {
+CONVERTERS: dict[str, Callable[..., Iterator[Example]]] = {  # (path, on_skip=...)
     "ruler": from_ruler,
     "hotpotqa": from_hotpotqa,
     "2wiki": from_hotpotqa,  # 2WikiMultihopQA shares HotpotQA's context/supporting_facts

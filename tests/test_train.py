@@ -156,8 +156,9 @@ def test_convert_hotpotqa_evidence(tmp_path: Path) -> None:
                for i, n in enumerate([2, 3, 5, 2])]
     src = tmp_path / "evidence.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in records))
-    run_qrag("train", "convert", "--from", "hotpotqa-evidence", str(src),
-             str(tmp_path / "out.jsonl"), check=True)
+    proc = run_qrag("train", "convert", "--from", "hotpotqa-evidence", str(src),
+                    str(tmp_path / "out.jsonl"), check=True)
+    assert "evidence.jsonl:3: 5 evidence sentences" in proc.stderr  # reported, not dropped
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["question"] for r in rows] == ["Q0?", "Q1?", "Q3?"]  # 5 facts: over budget
     for row, n in zip(rows, [2, 3, 2], strict=True):

@@ -24,7 +24,7 @@ import numpy as np
 
 from qrag_cli.bench import longctx
 from qrag_cli.config import ChunkConfig
-from qrag_cli.datasets import write_examples
+from qrag_cli.datasets import Example, write_examples
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.indexer import build_index
 from qrag_cli.model import QModel, load_model
@@ -155,14 +155,24 @@ class Indexes:
         return index_dir, summary.chunks_total
 
 
-def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx.Story]] | None:
-    """HotpotQA + MuSiQue samples: every paragraph in one corpus; held-out questions."""
-    from qrag_cli.datasets import from_hotpotqa, from_musique, split
+def real_examples() -> list[Example] | None:
+    """The shared HotpotQA + MuSiQue samples (None when ../shared/data is absent). The
+    bench holds out `split(real_examples(), 0.5, seed)[1]`; training may use the rest."""
+    from qrag_cli.datasets import from_hotpotqa, from_musique
 
     hot, mus = SHARED_DATA / "hotpotqa_train_200.json", SHARED_DATA / "musique_train_100.jsonl"
     if not (hot.is_file() and mus.is_file()):
         return None
-    examples = list(from_hotpotqa(hot)) + list(from_musique(mus))
+    return list(from_hotpotqa(hot)) + list(from_musique(mus))
+
+
+def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx.Story]] | None:
+    """HotpotQA + MuSiQue samples: every paragraph in one corpus; held-out questions."""
+    from qrag_cli.datasets import split
+
+    examples = real_examples()
+    if examples is None:
+        return None
     train, held = split(examples, 0.5, seed)
     work.mkdir(parents=True, exist_ok=True)
     write_examples(train, work / "real_train.jsonl")  # for `qrag train`; never evaluated
