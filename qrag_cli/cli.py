@@ -161,7 +161,9 @@ TRAIN_SUBCOMMANDS = {"eval": "train-eval", "convert": "train-convert", "pack": "
 @app.command("train")
 def train_cmd(
     data: Annotated[Path | None, typer.Argument(help="Training JSONL.")] = None,
-    eval_file: Annotated[Path | None, typer.Option("--eval", help="Held-out JSONL.")] = None,
+    eval_files: Annotated[list[Path] | None, typer.Option(
+        "--eval", help="Held-out JSONL; repeat for one file per domain (selection: mean EM).")
+    ] = None,
     eval_split: Annotated[float, typer.Option(help="Held-out share when no --eval.")] = 0.1,
     out: Annotated[Path, typer.Option(help="Model folder to write.")] = Path("qrag-model"),
     base: Annotated[str | None, typer.Option(help="Model to start from.")] = None,
@@ -177,6 +179,9 @@ def train_cmd(
     eval_every: Annotated[int, typer.Option(help="Updates between evals.")] = 50,
     step_penalty: Annotated[bool, typer.Option(help="Penalise extra steps.")] = False,
     bf16: Annotated[bool, typer.Option("--bf16", help="Gradient pass in bf16 autocast.")] = False,
+    frozen_chunks: Annotated[bool, typer.Option(
+        "--frozen-chunks", help="Train E_s only; E_a stays the base (indexes stay valid).")
+    ] = False,
     no_target: Annotated[bool, typer.Option("--no-target", help="Ablation.")] = False,
     no_soft: Annotated[bool, typer.Option("--no-soft", help="Ablation.")] = False,
     no_twin: Annotated[bool, typer.Option("--no-twin", help="Ablation.")] = False,
@@ -199,11 +204,12 @@ def train_cmd(
         raise UsageError("--updates, --batch and --budget must be at least 1")
     if device not in {"cpu", "cuda"} and not device.startswith("cuda:"):
         raise UsageError("--device must be cpu or cuda")
-    cfg = TrainConfig(data=str(data), eval=str(eval_file) if eval_file else None,
+    cfg = TrainConfig(data=str(data), eval=[str(f) for f in eval_files] if eval_files else None,
                       eval_split=eval_split, out=str(out), base=base, layers=layers,
                       budget=budget, updates=updates, batch=batch, lr=lr, alpha=alpha,
                       alpha_final=alpha / 10, seed=seed, device=device, positions=positions,
                       eval_every=eval_every, step_penalty=step_penalty, bf16=bf16,
+                      frozen_chunks=frozen_chunks,
                       target_network=not no_target, soft_value=not no_soft, twin=not no_twin,
                       skip_bad=skip_bad)
     if resume is not None:
@@ -218,8 +224,10 @@ def train_cmd(
         if row["event"] == "skip":
             render.err.print(f"skip {escape(row['message'])}", markup=True)
         elif row["event"] == "eval":
+            by_file = "".join(f"; {name} {m['fact_em']:.3f}"
+                              for name, m in (row.get("by_file") or {}).items())
             render.err.print(f"update {row['update']}: eval fact EM {row['fact_em']:.3f}, "
-                             f"F1 {row['fact_f1']:.3f}")
+                             f"F1 {row['fact_f1']:.3f}{by_file}")
         elif _progress_enabled() and row["update"] % 10 == 0:
             render.err.print(f"update {row['update']}: loss {row['loss']:.4f}, solved "
                              f"{row['solved']:.2f}, lr {row['lr']:.2e}")

@@ -25,9 +25,19 @@ def fact_scores(picked: Sequence[int], support: Sequence[int]) -> tuple[float, f
     return em, 2 * precision * recall / (precision + recall)
 
 
-def example_sources(model: QModel, examples: Sequence[Example]) -> list[MemoryCandidates]:
-    """Each example's own chunks, embedded with E_a in one batch (as `qrag index` would)."""
-    vectors = model.embed_chunks([c for ex in examples for c in ex.chunks])
+def example_sources(model: QModel, examples: Sequence[Example],
+                    cache: dict[str, np.ndarray] | None = None) -> list[MemoryCandidates]:
+    """Each example's own chunks, embedded with E_a in one batch (as `qrag index` would).
+
+    `cache` maps chunk text to its vector, for an E_a that does not change (filled here)."""
+    texts = [c for ex in examples for c in ex.chunks]
+    if cache is None:
+        vectors = model.embed_chunks(texts)
+    else:
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            cache.update(zip(missing, model.embed_chunks(missing), strict=True))
+        vectors = np.stack([cache[t] for t in texts])
     sources, offset = [], 0
     for ex in examples:
         sources.append(MemoryCandidates(ex.chunks, vectors[offset:offset + len(ex.chunks)]))
@@ -36,13 +46,14 @@ def example_sources(model: QModel, examples: Sequence[Example]) -> list[MemoryCa
 
 
 def run_examples(model: QModel, examples: Sequence[Example], budget: int,
-                 threshold: float | None = None, batch: int = 32) -> list[Episode]:
+                 threshold: float | None = None, batch: int = 32,
+                 cache: dict[str, np.ndarray] | None = None) -> list[Episode]:
     """Greedy episodes over each example's own chunks, exactly as `ask` acts."""
     episodes: list[Episode] = []
     for start in range(0, len(examples), batch):
         part = examples[start:start + batch]
         episodes += run_episodes(model, [ex.question for ex in part],
-                                 example_sources(model, part), StopRule(budget, threshold))
+                                 example_sources(model, part, cache), StopRule(budget, threshold))
     return episodes
 
 

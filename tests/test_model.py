@@ -76,3 +76,40 @@ def test_compact_save_keeps_only_what_training_changed(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace(small.cfg.delta_base, "0" * 16))
     with pytest.raises(ModelError, match="not the one it was trained from"):
         load_model(str(tmp_path / "small"))
+
+
+def test_frozen_chunk_model_keeps_the_base_vectors_and_indexes(tmp_path: Path, hop_corpus
+                                                               ) -> None:
+    """Only E_s trains: the folder holds no chunk weights, chunk vectors are the base's to
+    the bit, and an index built with the base serves the trained model without re-indexing."""
+    from safetensors.torch import load_file
+
+    base = from_base()
+    model = trainable(base, scale=0.1, frozen_chunks=True)
+    with torch.no_grad():
+        for name, p in model.state_encoder.backbone.named_parameters():
+            if name.startswith("layers."):
+                p.add_(torch.randn_like(p) * 1e-3)
+    model.save(tmp_path / "full")
+    run_qrag("train", "pack", str(tmp_path / "full"), str(tmp_path / "small"), check=True)
+    for folder in ("full", "small"):
+        stored = load_file(str(tmp_path / folder / "model.safetensors"))
+        assert stored and all(k.startswith("state.") for k in stored)
+    small = load_model(str(tmp_path / "small"))
+    assert small.cfg.frozen_chunks and small.cfg.fingerprint == base.cfg.fingerprint
+    texts = ["Ada put the key in the red box.", "The red box is kept in the attic."]
+    assert np.array_equal(small.embed_chunks(texts), base.embed_chunks(texts))
+    state = small.state_ids(small.chunk_ids(["where is the key"], 64)[0], [])
+    assert np.allclose(small.embed_states([state]), model.embed_states([state]), atol=2e-3)
+    assert not np.allclose(small.embed_states([state]), 0.1 * base.embed_states([state]),
+                           atol=1e-3)  # E_s is the trained one, stored unnormalised
+    with pytest.raises(ModelError, match="untrained base"):
+        trainable(small, frozen_chunks=True)
+
+    index = str(tmp_path / "idx")
+    run_qrag("index", str(hop_corpus), "--index", index, "--model", "base", check=True)
+    proc = run_qrag("ask", "Which river flows past the inventor's city?", "--index", index,
+                    "--model", str(tmp_path / "small"), "--steps", "2", "--json", check=True)
+    import json
+
+    assert len(json.loads(proc.stdout)["evidence"]) == 2

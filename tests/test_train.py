@@ -63,7 +63,7 @@ def test_train_resume_checkpoint_round_trip(tmp_path: Path) -> None:
     assert first["after"]["n"] == 4 and "fact_em" in first["before"]
     resumed = json.loads(run_qrag("train", str(tmp_path / "train.jsonl"), "--resume", str(out),
                                   "--updates", "4", "--json", check=True).stdout)
-    assert resumed["before"] == {}  # a resumed run does not re-measure the start
+    assert resumed["before"] == first["before"]  # kept from the first run, not re-measured
     state = json.loads((tmp_path / ".model.checkpoint" / "train_state.json").read_text())
     assert state["update"] == 4
     updates = [json.loads(line)["update"] for line in (out / "train_log.jsonl").open()
@@ -73,6 +73,8 @@ def test_train_resume_checkpoint_round_trip(tmp_path: Path) -> None:
     assert config["format"] == "qrag-model/1" and config["shared"] is False
     assert config["normalize"] is False and config["train"]["data_hash"]
     assert "threshold" in config and "stop_right_share" in config["metrics"]
+    assert config["metrics"]["kept_update"] in {2, 4} and config["train"]["seconds"] > 0
+    assert [row["update"] for row in config["metrics"]["curve"]] == [0, 2, 4]
     assert not any(p.suffix in {".pt", ".bin", ".pkl"} for p in out.rglob("*"))
 
     a, b = load_model(str(out)), load_model(str(out))  # rebuilt without guessing
@@ -167,3 +169,36 @@ def test_convert_hotpotqa_evidence(tmp_path: Path) -> None:
         assert len(gold) == n and all(f"topic {topic}." in g for g in gold)
         others = [c for i, c in enumerate(row["chunks"]) if i not in row["support"]]
         assert 0 < len(others) <= 8 and not any(f"topic {topic}." in c for c in others)
+
+
+def test_frozen_chunks_and_one_eval_file_per_domain(tmp_path: Path) -> None:
+    """--frozen-chunks trains E_s only (no chunk weights or E_a target network stored);
+    repeated --eval files are scored one by one and selection uses their mean."""
+    from safetensors.torch import load_file
+
+    write_examples(two_hop_task(12, seed=0), tmp_path / "train.jsonl")
+    write_examples(two_hop_task(3, seed=1), tmp_path / "eval-a.jsonl")
+    write_examples(two_hop_task(5, seed=2), tmp_path / "eval-b.jsonl")
+    out = tmp_path / "model"
+    args = ["train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval-a.jsonl"),
+            "--eval", str(tmp_path / "eval-b.jsonl"), "--out", str(out), "--layers", "1",
+            "--batch", "4", "--budget", "2", "--eval-every", "2", "--frozen-chunks", "--json"]
+    result = json.loads(run_qrag(*args, "--updates", "2", check=True).stdout)
+    by_file = result["after"]["by_file"]
+    assert set(by_file) == {"eval-a", "eval-b"} and by_file["eval-b"]["n"] == 5
+    assert result["after"]["n"] == 8
+    assert result["after"]["select"] == round((by_file["eval-a"]["fact_em"]
+                                               + by_file["eval-b"]["fact_em"]) / 2, 4)
+    config = json.loads((out / "config.json").read_text())
+    assert config["frozen_chunks"] and config["state_normalize"] is False
+    assert all(k.startswith("state.") for k in load_file(str(out / "model.safetensors")))
+    state = load_file(str(tmp_path / ".model.checkpoint" / "train_state.safetensors"))
+    assert not any(k.startswith("target_chunk.") for k in state)
+    resumed = json.loads(run_qrag("train", str(tmp_path / "train.jsonl"), "--resume", str(out),
+                                  "--updates", "3", "--json", check=True).stdout)
+    assert resumed["after"]["by_file"]["eval-a"]["n"] == 3
+
+    proc = run_qrag("train", str(tmp_path / "train.jsonl"), "--eval",
+                    str(tmp_path / "eval-a.jsonl"), "--eval", str(tmp_path / "eval-a.jsonl"),
+                    "--out", str(tmp_path / "m2"), "--layers", "1", "--updates", "1")
+    assert proc.returncode != 0 and "different names" in proc.stderr

@@ -207,8 +207,10 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
                    ("dense top-k", episodes(base, top_k=True), base_index),
                    ("multi-step untrained", episodes(base), base_index)]
         for n, model in enumerate(trained):
-            methods.append((f"qrag {model.cfg.name}", episodes(model),
-                            indexes.get(corpus, model, f"model{n}")[0]))
+            # A frozen-chunk model embeds chunks exactly as the base does: same index.
+            same = model.cfg.fingerprint == base.cfg.fingerprint
+            methods.append((f"qrag {model.cfg.name}", episodes(model), base_index if same
+                            else indexes.get(corpus, model, f"model{n}")[0]))
         for name, method, index_dir in methods:
             row = _score(name, method, index_dir, stories, profile.steps, task, tokens, chunks)
             rows.append(row)
