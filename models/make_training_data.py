@@ -1,14 +1,17 @@
 """Build the training data for models/qrag-default (run by `make train-default`).
 
 Writes, into the folder given (default: ./qrag-train):
-  mix.jsonl  8 generated long-context tasks x 400 4K-token episodes (seed 11), the
+  mix.jsonl  the 8 generated long-context tasks, 4K-token episodes in the bench's shape
+             (the asked story among 3 others of the same task, seed 11), and the
              training half of the pooled HotpotQA+MuSiQue split (`qrag bench` holds the
-             other half out; 20 of this half go to validation) repeated 3x, and the
-             HotpotQA gold-evidence sample (469 questions, 8 distractor sentences each);
-  val.jsonl  5 episodes per task (seed 99) + 20 real questions: best-on-eval selection
-             and threshold calibration only ever see this file.
+             other half out) in the pooled shape: each question's own paragraphs among
+             those of 24 other training questions (~300 candidates), drawn 4 times;
+  val-real.jsonl, val-gen.jsonl
+             20 real training-half questions pooled the same way (never in mix.jsonl),
+             and 5 generated episodes per task (seed 99): best-on-eval selection and
+             threshold calibration only ever see these.
 The bench's held-out real questions and its long-context stories (other seeds) are in
-neither file.
+none of the files.
 """
 
 from __future__ import annotations
@@ -19,7 +22,33 @@ from pathlib import Path
 
 from qrag_cli.bench.longctx import TASKS, training_examples
 from qrag_cli.bench.suite import SHARED_DATA, real_examples
-from qrag_cli.datasets import from_hotpotqa_evidence, split, write_examples
+from qrag_cli.datasets import Example, split, write_examples
+
+GENERATED_PER_TASK = 300
+STORIES_PER_DOC = 4
+POOLED_WITH = 24  # other questions whose paragraphs join each real episode
+REAL_DRAWS = 4
+
+
+def pooled(example: Example, others: list[Example], rng: random.Random) -> Example:
+    """`example` with the paragraphs of `others` mixed in, support re-pointed."""
+    chunks = list(dict.fromkeys([*example.chunks, *(c for o in others for c in o.chunks)]))
+    gold = {example.chunks[i] for i in example.support}
+    rng.shuffle(chunks)
+    return Example(id=f"{example.id}-pooled", question=example.question, chunks=tuple(chunks),
+                   support=tuple(sorted(i for i, c in enumerate(chunks) if c in gold)),
+                   answer=example.answer)
+
+
+def pool_all(examples: list[Example], others: list[Example], draws: int, seed: int
+             ) -> list[Example]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(draws):
+        for ex in examples:
+            rest = [o for o in others if o.id != ex.id]
+            out.append(pooled(ex, rng.sample(rest, POOLED_WITH), rng))
+    return out
 
 
 def main(out: Path) -> None:
@@ -30,17 +59,17 @@ def main(out: Path) -> None:
     real_train, _held_out = split(real, 0.5, 0)  # the same split as `qrag bench --seed 0`
     random.Random(5).shuffle(real_train)
     real_val, real_fit = real_train[:20], real_train[20:]
-    mix, val = [], []
+    mix, val_gen = [], []
     for task in TASKS:
-        mix += training_examples(task, 400, 11)
-        val += training_examples(task, 10, 99)[:5]
-    mix += real_fit * 3
-    mix += from_hotpotqa_evidence(SHARED_DATA / "hotpotqa_train_evidence_500.jsonl",
-                                  on_skip=lambda msg: print(f"skip {msg}", file=sys.stderr))
+        mix += training_examples(task, GENERATED_PER_TASK, 11, stories=STORIES_PER_DOC)
+        val_gen += training_examples(task, 5, 99, stories=STORIES_PER_DOC)
+    mix += pool_all(real_fit, real_fit, REAL_DRAWS, 3)
     random.Random(7).shuffle(mix)
     n_mix = write_examples(mix, out / "mix.jsonl")
-    n_val = write_examples(val + real_val, out / "val.jsonl")
-    print(f"{out}/mix.jsonl: {n_mix} episodes; {out}/val.jsonl: {n_val}", file=sys.stderr)
+    n_real = write_examples(pool_all(real_val, real_fit, 1, 4), out / "val-real.jsonl")
+    n_gen = write_examples(val_gen, out / "val-gen.jsonl")
+    print(f"{out}: mix.jsonl {n_mix} episodes, val-real.jsonl {n_real}, "
+          f"val-gen.jsonl {n_gen}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -326,15 +326,19 @@ def make_eval(task: str, tokens: int, questions: int, seed: int,
 
 
 def training_examples(task: str, n: int, seed: int, tokens: int = 4096,
-                      own: Sequence[str] | None = None) -> list[Example]:
-    """`qrag train` examples: one story in a `tokens`-long document, cut by the real
-    chunker without overlap (so each gold sentence is in exactly one chunk)."""
-    rng = random.Random(f"train/{task}/{seed}")
+                      own: Sequence[str] | None = None, stories: int = 1) -> list[Example]:
+    """`qrag train` examples: a `tokens`-long document, cut by the real chunker without
+    overlap (so each gold sentence is in exactly one chunk), holding the asked story and
+    `stories - 1` others of the same task, as a bench haystack holds many (same names
+    and wording, different facts: the distractors the bench will show)."""
+    rng = random.Random(f"train/{task}/{seed}" + (f"/{stories}" if stories > 1 else ""))
     paragraphs = filler(rng, own)
     examples = []
     while len(examples) < n:
-        story = STORIES[task](rng, Names(rng))
-        chunks = training_chunks("\n\n".join(haystack([story], tokens, paragraphs, rng)))
+        names = Names(rng)
+        told = [STORIES[task](rng, names) for _ in range(stories)]
+        story = told[0]
+        chunks = training_chunks("\n\n".join(haystack(told, tokens, paragraphs, rng)))
         support = []
         for fact in story.gold_facts:
             hits = [i for i, c in enumerate(chunks) if fact in c]
