@@ -57,7 +57,7 @@ def test_index_and_status(hop_corpus: Path, base_model, qrag_home: Path) -> None
     proc = run_qrag("status", "--json", check=True)
     rows = json.loads(proc.stdout)
     assert rows[0]["files"] == 8 and rows[0]["chunks"] == 8
-    assert rows[0]["model"] == "qrag-default" and rows[0]["bytes_on_disk"] > 0
+    assert rows[0]["model"] == "all-MiniLM-L6-v2" and rows[0]["bytes_on_disk"] > 0
     assert str(qrag_home) in rows[0]["index"]
 
 
