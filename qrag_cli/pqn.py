@@ -434,8 +434,6 @@ def train(cfg: TrainConfig, resume: Path | None = None,
                 else load_model(cfg.base))
         model = trainable(base, normalize=cfg.normalize, scale=cfg.scale,
                           positions=cfg.positions, frozen_chunks=cfg.frozen_chunks)
-    if cfg.frozen_chunks:  # also after a resume, which rebuilds E_a from the base
-        model.chunk_encoder.requires_grad_(False)
     device = torch.device(cfg.device)
     model.to(device)
     target_state = copy.deepcopy(model.state_encoder).requires_grad_(False)

@@ -140,17 +140,18 @@ def _score(name: str, method: Callable[[Path, Sequence[str], int], Retrieved],
 
 
 class Indexes:
-    """One index per (corpus, model), built through the real `qrag index` code; a rerun
-    into the same folder only embeds what changed."""
+    """One index per (corpus, chunk-embedding function), built through the real `qrag
+    index` code: models that embed chunks alike (a frozen-chunk model and its base) share
+    one. A rerun into the same folder only embeds what changed."""
 
     def __init__(self, work: Path) -> None:
         self.work, self.stats = work, []
 
-    def get(self, corpus: Path, model: QModel, tag: str) -> tuple[Path, int]:
-        index_dir = self.work / "indexes" / f"{corpus.name}--{tag}"
+    def get(self, corpus: Path, model: QModel) -> tuple[Path, int]:
+        index_dir = self.work / "indexes" / f"{corpus.name}--{model.cfg.fingerprint}"
         summary = build_index([corpus], index_dir, model, ChunkConfig())
         if summary.tokens_embedded:
-            self.stats.append({"corpus": corpus.name, "model": tag,
+            self.stats.append({"corpus": corpus.name, "model": model.cfg.name,
                                "tokens": summary.tokens_embedded, "seconds": summary.seconds})
         return index_dir, summary.chunks_total
 
@@ -202,15 +203,13 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
     rows: list[Row] = []
 
     def evaluate(corpus: Path, stories: Sequence[longctx.Story], task: str, tokens: int) -> None:
-        base_index, chunks = indexes.get(corpus, base, "base")
+        base_index, chunks = indexes.get(corpus, base)
         methods = [("bm25 top-k", bm25_top_k, base_index),
                    ("dense top-k", episodes(base, top_k=True), base_index),
                    ("multi-step untrained", episodes(base), base_index)]
-        for n, model in enumerate(trained):
-            # A frozen-chunk model embeds chunks exactly as the base does: same index.
-            same = model.cfg.fingerprint == base.cfg.fingerprint
-            methods.append((f"qrag {model.cfg.name}", episodes(model), base_index if same
-                            else indexes.get(corpus, model, f"model{n}")[0]))
+        for model in trained:
+            methods.append((f"qrag {model.cfg.name}", episodes(model),
+                            indexes.get(corpus, model)[0]))
         for name, method, index_dir in methods:
             row = _score(name, method, index_dir, stories, profile.steps, task, tokens, chunks)
             rows.append(row)
