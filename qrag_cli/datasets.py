@@ -155,6 +155,11 @@ def from_hotpotqa(path: Path, on_skip: Callable[[str], None] = _ignore) -> Itera
             chunks = [f"{title}: {''.join(sents).strip()}" for title, sents in item["context"]]
             gold = {t for t, _ in item["supporting_facts"]}
             support = sorted(i for i, t in enumerate(titles) if t in gold)
+            lengths = {title: len(sents) for title, sents in item["context"]}
+            for title, sent in item["supporting_facts"]:  # as in the official train file
+                if title in lengths and not 0 <= sent < lengths[title]:
+                    on_skip(f"{where}: supporting sentence {sent} of {title!r} is past the "
+                            f"end of its {lengths[title]} sentences; its paragraph stays gold")
             yield parse_example({"id": item.get("_id", where), "question": item["question"],
                                  "chunks": chunks, "support": support,
                                  "answer": item.get("answer")}, where)
@@ -240,10 +245,102 @@ def from_ruler(path: Path, on_skip: Callable[[str], None] = _ignore) -> Iterator
             raise DataError(f"{where}: not a RULER record ({exc})") from None
 
 
+@dataclass(frozen=True)
+class BabiQuestion:
+    """One bAbI question with the story told before it."""
+
+    question: str
+    answer: str
+    sentences: tuple[str, ...]  # the story's lines before the question, questions excluded
+    support: tuple[int, ...]  # indexes into `sentences`, in the file's order
+    path: str
+    line: int  # of the question line, counted from 1
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def read_babi(path: Path) -> list[BabiQuestion]:
+    """Parse a bAbI v1.2 text file: numbered lines, numbering back at 1 starts a new story,
+    and a question line is `N question<TAB>answer<TAB>supporting line numbers`. A
+    malformed line raises DataError naming file:line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text: {exc.reason}") from exc
+    out: list[BabiQuestion] = []
+    sentences: list[str] = []
+    index_of: dict[int, int] = {}  # story line number -> index into `sentences`
+    last = 0
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        head, _, rest = raw.partition(" ")
+        if not (head.isascii() and head.isdigit()) or not rest.strip():
+            raise DataError(f"{where}: expected 'N text' (a line number, a space, the text)")
+        n = int(head)
+        if n == 1:
+            sentences, index_of = [], {}
+        elif n != last + 1:
+            raise DataError(f"{where}: line number {n} follows {last} (expected {last + 1} "
+                            "or 1 for a new story)")
+        last = n
+        if "\t" not in rest:
+            index_of[n] = len(sentences)
+            sentences.append(rest.strip())
+            continue
+        fields = rest.split("\t")
+        if len(fields) != 3 or not fields[0].strip() or not fields[1].strip():
+            raise DataError(f"{where}: a question line needs 'question<TAB>answer<TAB>"
+                            "supporting line numbers'")
+        numbers = fields[2].split()
+        if not numbers or not all(x.isascii() and x.isdigit() for x in numbers):
+            raise DataError(f"{where}: supporting line numbers {fields[2]!r} are not numbers")
+        missing = [x for x in numbers if int(x) not in index_of]
+        if missing:
+            raise DataError(f"{where}: supporting line {missing[0]} is not a story line "
+                            "before this question")
+        out.append(BabiQuestion(question=fields[0].strip(), answer=fields[1].strip(),
+                                sentences=tuple(sentences),
+                                support=tuple(index_of[int(x)] for x in numbers),
+                                path=str(path), line=number))
+    return out
+
+
+def from_babi(path: Path, on_skip: Callable[[str], None] = _ignore,
+              filler_tokens: int = 1024) -> Iterator[Example]:
+    """bAbI (BabiLong-style): each question's story, one sentence per fact, spread in
+    story order through about `filler_tokens` of generated prose (seeded by the question's
+    file name and line, so a rerun writes the same file), cut by the real chunker without
+    overlap; the gold chunks are those holding the supporting facts. A story that tells
+    the same sentence twice is resolved by occurrence (the chunks keep story order); a
+    fact that cannot be pinned to one chunk is reported and its question left out."""
+    from qrag_cli.bench.longctx import Story, filler, gold_chunks, haystack
+
+    for q in read_babi(path):
+        rng = random.Random(f"babi/{Path(path).name}:{q.line}")
+        story = Story(q.question, q.answer, q.sentences, q.support)
+        chunks = training_chunks("\n\n".join(haystack([story], filler_tokens, filler(rng),
+                                                       rng)))
+        try:
+            support = gold_chunks(chunks, [story])
+        except LookupError as exc:
+            on_skip(f"{q.where}: {exc}; question left out")
+            continue
+        yield parse_example({"id": f"{Path(path).name}:{q.line}", "question": q.question,
+                             "chunks": chunks, "support": sorted(set(support)),
+                             "answer": q.answer}, q.where)
+
+
 CONVERTERS: dict[str, Callable[..., Iterator[Example]]] = {  # (path, on_skip=...)
     "ruler": from_ruler,
     "hotpotqa": from_hotpotqa,
     "2wiki": from_hotpotqa,  # 2WikiMultihopQA shares HotpotQA's context/supporting_facts
     "musique": from_musique,
     "hotpotqa-evidence": from_hotpotqa_evidence,
+    "babi": from_babi,
 }

@@ -43,7 +43,7 @@ def test_story_logic() -> None:
 
 
 def test_training_episodes_point_at_their_gold_chunks(tmp_path: Path) -> None:
-    examples = longctx.training_examples("qa2", 5, seed=1, tokens=2048)
+    examples = longctx.training_examples("qa2_gen", 5, seed=1, tokens=2048)
     for ex in examples:
         assert len(ex.chunks) > 8
         gold_text = " ".join(ex.chunks[i] for i in ex.support)

@@ -1,5 +1,10 @@
-"""Generated long-context tasks (seeded): RULER-style needles, variable tracking and
-BabiLong-style bAbI stories, hidden in filler prose of any length.
+"""Long-context tasks (seeded): RULER-style needles, variable tracking and bAbI stories
+(BabiLong-style: the real bAbI tasks, and generated look-alikes), hidden in filler prose
+of any length.
+
+The real tasks qa1-qa3 take their questions from the bAbI test files in ../shared/data
+(the `_gen` tasks generate stories of the same shape and need no data); training
+examples take them from the train files.
 
 A task question comes with a *story*: its sentences in the order they must appear
 (later bAbI facts overwrite earlier ones) and which of them are gold. A haystack holds
@@ -11,6 +16,7 @@ by fact, not by chunk: a gold fact is found when a picked chunk contains its sen
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import re
@@ -19,13 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qrag_cli.chunk import count_tokens
-from qrag_cli.datasets import Example, training_chunks
+from qrag_cli.datasets import BabiQuestion, Example, read_babi, training_chunks
 from qrag_cli.discover import discover
 from qrag_cli.readers import read_document
 from qrag_cli.types import ReadError, UsageError
 
+# The shared real data beside the repository (../shared/data). Defined here rather than
+# in suite.py, which imports this module, because the real bAbI tasks read it.
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt",
-         "qa1", "qa2", "qa3")
+         "qa1", "qa2", "qa3", "qa1_gen", "qa2_gen", "qa3_gen")
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,7 @@ class Story:
     answer: str
     sentences: tuple[str, ...]  # in the order they appear in the haystack
     gold: tuple[int, ...]  # indices into `sentences` a complete retrieval must contain
+    source: str = ""  # a real bAbI question's file:line ("" for generated stories)
 
     @property
     def gold_facts(self) -> list[str]:
@@ -54,6 +65,9 @@ THINGS = ("football apple milk key book ball box lamp coin map flute ring").spli
 COLOURS = ("red blue green black white grey brown silver golden yellow orange purple").split()
 PLACES = ("kitchen garden office bathroom hallway bedroom cellar attic garage library "
           "pantry balcony").split()
+# Nouns for renamed real bAbI objects: more than THINGS (whose draws the generated tasks'
+# seeds depend on, so it stays as it is), so 50 stories of 3 objects fit one haystack.
+BABI_THINGS = (*THINGS, *"cup hat kite bell vase drum fork shoe comb jug".split())
 
 
 class Names:
@@ -62,6 +76,7 @@ class Names:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.used: set[str] = set()
+        self.picked: dict[str, set[int]] = {}  # pool name -> indexes already taken
 
     def _fresh(self, make: Callable[[], str]) -> str:
         for _ in range(10_000):
@@ -86,9 +101,20 @@ class Names:
         r = self.rng
         return self._fresh(lambda: f"{r.choice(FIRST)} {r.choice(LAST)}")
 
-    def thing(self) -> str:
+    def thing(self, nouns: Sequence[str] = THINGS) -> str:
         r = self.rng
-        return self._fresh(lambda: f"{r.choice(COLOURS)} {r.choice(THINGS)}")
+        return self._fresh(lambda: f"{r.choice(COLOURS)} {r.choice(nouns)}")
+
+    def pick(self, pool: str, size: int) -> int | None:
+        """An index into `pool` (of `size` items, e.g. a file's questions) not picked
+        before for this haystack; None when every one has been."""
+        taken = self.picked.setdefault(pool, set())
+        free = [i for i in range(size) if i not in taken]
+        if not free:
+            return None
+        index = self.rng.choice(free)
+        taken.add(index)
+        return index
 
     def variable(self) -> str:
         r = self.rng
@@ -196,11 +222,93 @@ def qa3(rng: random.Random, names: Names) -> Story:
                  (2, 3, 4))
 
 
+# ---- real bAbI stories -------------------------------------------------------------------
+BABI_FILES = {"qa1": "qa1_single-supporting-fact", "qa2": "qa2_two-supporting-facts",
+              "qa3": "qa3_three-supporting-facts"}
+# Every real bAbI story reuses these four people and three objects (qa1-qa3).
+BABI_PEOPLE = ("Mary", "John", "Sandra", "Daniel")
+BABI_OBJECTS = ("football", "apple", "milk")
+_BABI_ENTITY = re.compile(r"\b(" + "|".join((*BABI_PEOPLE, *BABI_OBJECTS)) + r")\b")
+# Longest story (sentences told before the question) a real task question may have.
+# Twenty stories share one haystack and its length counts only the filler: at most 15
+# (qa3 then averages 10 sentences) puts about 1.8K tokens of facts in a haystack, as vt
+# and niah_multivalue do, where the median qa3 test story (42 sentences) would put 7K
+# into a "4K" one. With the distinct-sentence rule it leaves 966 qa1, 448 qa2 and 72 qa3
+# test questions (940, 420 and 97 train questions).
+BABI_MAX_SENTENCES = 15
+
+
+def babi_path(task: str, split: str) -> Path:
+    """The real bAbI file of `task` ("qa1".."qa3"), split "train" or "test"."""
+    return SHARED_DATA / "babi" / f"{BABI_FILES[task]}_{split}.txt"
+
+
+def babi_questions(task: str, split: str) -> tuple[BabiQuestion, ...]:
+    """The questions of `task`'s bAbI `split` a haystack can take: a story of at most
+    BABI_MAX_SENTENCES sentences, none of them told twice. The whole story before the
+    question is kept (its other moves are the distractors); a repeated sentence would
+    make a found fact ambiguous (scoring is by sentence text), so such stories are
+    left out rather than half-scored. UsageError naming the file when it is missing."""
+    path = babi_path(task, split)
+    if not path.is_file():
+        raise UsageError(f"task {task} needs the real bAbI file {path}, which is missing "
+                         f"(the generated {task}_gen needs no data)")
+    return _short_stories(path)
+
+
+@functools.cache  # parsed once per file (3,000-16,000 lines), not once per story
+def _short_stories(path: Path) -> tuple[BabiQuestion, ...]:
+    return tuple(q for q in read_babi(path)
+                 if len(q.sentences) <= BABI_MAX_SENTENCES
+                 and len(set(q.sentences)) == len(q.sentences))
+
+
+def renamed(question: BabiQuestion, names: Names) -> Story:
+    """`question`'s story with each person an unused full name and each object an unused
+    "colour thing", so that it cannot be confused with the other stories of a haystack
+    (bAbI tells every story with the same four people and three objects). Sentences,
+    their order and the supporting facts are kept as they are."""
+    new: dict[str, str] = {}
+
+    def swap(m: re.Match[str]) -> str:
+        word = m.group(1)
+        if word not in new:  # in order of first mention, so a seed gives the same names
+            new[word] = (names.person() if word in BABI_PEOPLE
+                         else names.thing(BABI_THINGS))
+        return new[word]
+
+    sentences = tuple(_BABI_ENTITY.sub(swap, s) for s in question.sentences)
+    return Story(_BABI_ENTITY.sub(swap, question.question),
+                 _BABI_ENTITY.sub(swap, question.answer), sentences, question.support,
+                 source=f"{Path(question.path).name}:{question.line}")
+
+
+def babi_story(task: str, split: str) -> Callable[[random.Random, Names], Story]:
+    """A story maker for `task` drawing real bAbI questions of `split`, each question at
+    most once per haystack."""
+
+    def tell(rng: random.Random, names: Names) -> Story:
+        pool = babi_questions(task, split)
+        index = names.pick(f"babi/{task}/{split}", len(pool))
+        if index is None:
+            raise UsageError(f"task {task}: only {len(pool)} bAbI {split} questions have a "
+                             f"story of at most {BABI_MAX_SENTENCES} distinct sentences; "
+                             "ask for fewer questions")
+        return renamed(pool[index], names)
+
+    return tell
+
+
 STORIES: dict[str, Callable[[random.Random, Names], Story]] = {
     "niah_single": niah_single, "niah_multikey": niah_multikey,
     "niah_multivalue": niah_multivalue, "niah_multiquery": niah_multiquery, "vt": vt,
-    "qa1": qa1, "qa2": qa2, "qa3": qa3,
+    # The bench evaluates the real tasks on bAbI's test files only ...
+    "qa1": babi_story("qa1", "test"), "qa2": babi_story("qa2", "test"),
+    "qa3": babi_story("qa3", "test"),
+    "qa1_gen": qa1, "qa2_gen": qa2, "qa3_gen": qa3,
 }
+# ... and trains on their train files only, so no bench question is ever trained on.
+TRAINING_STORIES = {**STORIES, **{task: babi_story(task, "train") for task in BABI_FILES}}
 
 
 # ---- filler ---------------------------------------------------------------------------------
@@ -318,7 +426,11 @@ def write_corpus(folder: Path, paragraphs: Sequence[str], per_file_tokens: int =
 
 def make_eval(task: str, tokens: int, questions: int, seed: int,
               own: Sequence[str] | None = None) -> tuple[list[str], list[Story]]:
-    """One shared haystack of `tokens` holding `questions` stories of `task`."""
+    """One shared haystack of `tokens` holding `questions` stories of `task`. The real
+    bAbI tasks (qa1-qa3) draw distinct questions of the bAbI test file with a seeded RNG
+    (task/length/seed), among those whose whole story before the question has at most
+    BABI_MAX_SENTENCES sentences, none repeated (see babi_questions), and rename each
+    story's people and objects apart from the others'."""
     rng = random.Random(f"{task}/{tokens}/{seed}")
     names = Names(rng)
     stories = [STORIES[task](rng, names) for _ in range(questions)]
@@ -330,27 +442,47 @@ def training_examples(task: str, n: int, seed: int, tokens: int = 4096,
     """`qrag train` examples: a `tokens`-long document, cut by the real chunker without
     overlap (so each gold sentence is in exactly one chunk), holding the asked story and
     `stories - 1` others of the same task, as a bench haystack holds many (same names
-    and wording, different facts: the distractors the bench will show)."""
+    and wording, different facts: the distractors the bench will show). The real bAbI
+    tasks draw their questions from the bAbI train files (chosen and renamed as the
+    bench does), never from the test files the bench evaluates on."""
     rng = random.Random(f"train/{task}/{seed}" + (f"/{stories}" if stories > 1 else ""))
     paragraphs = filler(rng, own)
     examples = []
     while len(examples) < n:
         names = Names(rng)
-        told = [STORIES[task](rng, names) for _ in range(stories)]
+        told = [TRAINING_STORIES[task](rng, names) for _ in range(stories)]
         story = told[0]
         chunks = training_chunks("\n\n".join(haystack(told, tokens, paragraphs, rng)))
-        support = []
-        for fact in story.gold_facts:
-            hits = [i for i, c in enumerate(chunks) if fact in c]
-            if len(hits) != 1:
-                break  # a fact cut by a chunk boundary: draw another example
-            support.append(hits[0])
-        else:
-            examples.append(Example(id=f"{task}-{seed}-{len(examples)}",
-                                    question=story.question, chunks=tuple(chunks),
-                                    support=tuple(sorted(set(support))),
-                                    answer=story.answer))
+        try:
+            support = gold_chunks(chunks, told)
+        except LookupError:
+            continue  # a fact cut by a chunk boundary: draw another example
+        # A real story's id names its bAbI question (file:line), a train file's always.
+        source = f"@{story.source}" if story.source else ""
+        examples.append(Example(id=f"{task}-{seed}-{len(examples)}{source}",
+                                question=story.question, chunks=tuple(chunks),
+                                support=tuple(sorted(set(support))), answer=story.answer))
     return examples
+
+
+def gold_chunks(chunks: Sequence[str], told: Sequence[Story], asked: int = 0) -> list[int]:
+    """The chunk holding each gold fact of `told[asked]`, for chunks cut without overlap
+    from a haystack of the `told` stories. A sentence the story tells k times is found
+    by occurrence: the haystack keeps each story's order, so its i-th telling is the
+    i-th occurrence in the chunks. LookupError (naming the fact) when a fact cannot be
+    pinned to one chunk: cut by a chunk boundary, or also told by another story."""
+    story = told[asked]
+    out = []
+    for g in story.gold:
+        fact = story.sentences[g]
+        if any(fact in other.sentences for i, other in enumerate(told) if i != asked):
+            raise LookupError(f"supporting fact {fact!r} is also told by another story")
+        hits = [i for i, chunk in enumerate(chunks) for _ in range(chunk.count(fact))]
+        if len(hits) != story.sentences.count(fact):
+            raise LookupError(f"supporting fact {fact!r} is in {len(hits)} places of the "
+                              f"chunks, the story tells it {story.sentences.count(fact)}")
+        out.append(hits[story.sentences[:g].count(fact)])
+    return out
 
 
 def _found(fact: str, chunk: str) -> bool:
