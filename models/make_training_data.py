@@ -1,11 +1,14 @@
 """Build the training data for models/qrag-default (run by `make train-default`).
 
 Writes, into the folder given (default: ./qrag-train):
-  mix.jsonl  the 8 generated long-context tasks, 4K-token episodes in the bench's shape
-             (the asked story among 3 others of the same task, seed 11), and the
-             training half of the pooled HotpotQA+MuSiQue split (`qrag bench` holds the
-             other half out) in the pooled shape: each question's own paragraphs among
-             those of 24 other training questions (~300 candidates), drawn 4 times;
+  mix.jsonl  the bench's long-context tasks, 4K-token episodes in the bench's shape
+             (the asked story among 3 others of the same task, seed 11; real bAbI
+             qa1-qa3 stories come from the bAbI *train* files, the bench asks test ones),
+             and real multi-hop questions in the pooled shape: each question's own
+             paragraphs among those of 24 other training questions (~300 candidates).
+             The real questions are the training half of the pooled HotpotQA+MuSiQue
+             split (`qrag bench` holds the other half out), drawn 4 times, and the 500
+             HotpotQA questions of hotpotqa_train_500b.json (never in the bench), twice;
   val-real.jsonl, val-gen.jsonl
              20 real training-half questions pooled the same way (never in mix.jsonl),
              and 5 generated episodes per task (seed 99): best-on-eval selection and
@@ -22,9 +25,11 @@ from pathlib import Path
 
 from qrag_cli.bench.longctx import TASKS, training_examples
 from qrag_cli.bench.suite import SHARED_DATA, real_examples
-from qrag_cli.datasets import Example, split, write_examples
+from qrag_cli.datasets import Example, from_hotpotqa, split, write_examples
 
 GENERATED_PER_TASK = 300
+EXTRA_HOTPOT = "hotpotqa_train_500b.json"
+EXTRA_DRAWS = 2
 STORIES_PER_DOC = 4
 POOLED_WITH = 24  # other questions whose paragraphs join each real episode
 REAL_DRAWS = 4
@@ -64,6 +69,9 @@ def main(out: Path) -> None:
         mix += training_examples(task, GENERATED_PER_TASK, 11, stories=STORIES_PER_DOC)
         val_gen += training_examples(task, 5, 99, stories=STORIES_PER_DOC)
     mix += pool_all(real_fit, real_fit, REAL_DRAWS, 3)
+    extra = list(from_hotpotqa(SHARED_DATA / EXTRA_HOTPOT,
+                               on_skip=lambda msg: print(f"note: {msg}", file=sys.stderr)))
+    mix += pool_all(extra, [*extra, *real_fit], EXTRA_DRAWS, 6)
     random.Random(7).shuffle(mix)
     n_mix = write_examples(mix, out / "mix.jsonl")
     n_real = write_examples(pool_all(real_val, real_fit, 1, 4), out / "val-real.jsonl")

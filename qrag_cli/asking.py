@@ -9,6 +9,7 @@ from pathlib import Path
 from qrag_cli import render
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.model import QModel, load_model
+from qrag_cli.qvalue import without_lexical
 from qrag_cli.store import IndexReader
 from qrag_cli.types import Episode, IndexMismatchError
 
@@ -19,6 +20,7 @@ class AskOptions:
     threshold: float | None = None
     no_stop: bool = False
     exact: bool = False
+    lexical: bool = True
     explain: bool = False
     answer: bool = False
     llm: str | None = None
@@ -90,6 +92,8 @@ class Asker:
         self.reader_index = IndexReader(index_dir)  # first: "no index" fails fast
         t1 = time.perf_counter()
         self.model: QModel = load_model(model_spec)
+        if not opts.lexical:
+            without_lexical(self.model)
         t2 = time.perf_counter()
         manifest = self.reader_index.manifest
         if manifest["model_fingerprint"] != self.model.cfg.fingerprint:

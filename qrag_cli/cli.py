@@ -27,6 +27,15 @@ ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Model folder, 'base' (untrained all-MiniLM-L6-v2) or 'default'.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+LexicalOpt = Annotated[str, typer.Option(
+    "--lexical", help="on: Q adds the model's learned BM25 terms (if it has them); off: the "
+    "pure dense Q (ablation).")]
+
+
+def _lexical_on(value: str) -> bool:
+    if value not in {"on", "off"}:
+        raise UsageError("--lexical must be 'on' or 'off'")
+    return value == "on"
 
 
 def _progress_enabled() -> bool:
@@ -182,6 +191,16 @@ def train_cmd(
     frozen_chunks: Annotated[bool, typer.Option(
         "--frozen-chunks", help="Train E_s only; E_a stays the base (indexes stay valid).")
     ] = False,
+    lexical: Annotated[str, typer.Option(
+        help="on: learn BM25 terms of Q (start: the base model's weights or 0.1,0.1); off: "
+        "pure dense Q; or W_QUESTION,W_PICKED to start from.")] = "off",
+    only_lexical: Annotated[bool, typer.Option(
+        "--only-lexical", help="Keep the encoders; learn only the lexical weights.")] = False,
+    warm_start: Annotated[int, typer.Option(
+        help="First updates that imitate the oracle over all chunks (then Q-learning).")] = 0,
+    stop: Annotated[str, typer.Option(
+        help="apply: the calibrated Q threshold becomes the model's stop; record: kept in "
+        "its metrics only (fixed --steps budget).")] = "apply",
     no_target: Annotated[bool, typer.Option("--no-target", help="Ablation.")] = False,
     no_soft: Annotated[bool, typer.Option("--no-soft", help="Ablation.")] = False,
     no_twin: Annotated[bool, typer.Option("--no-twin", help="Ablation.")] = False,
@@ -193,7 +212,7 @@ def train_cmd(
     """RL-fine-tune the embedder on labelled QA and write a model folder.
 
     Also: `qrag train eval DATA.jsonl --model DIR` and
-    `qrag train convert --from hotpotqa|hotpotqa-evidence|musique|2wiki|ruler IN OUT.jsonl`
+    `qrag train convert --from hotpotqa|hotpotqa-evidence|musique|2wiki|ruler|babi IN OUT.jsonl`
     and `qrag train pack MODEL_DIR OUT_DIR` (fp16, only what differs from the base).
     """
     if data is None:
@@ -204,12 +223,19 @@ def train_cmd(
         raise UsageError("--updates, --batch and --budget must be at least 1")
     if device not in {"cpu", "cuda"} and not device.startswith("cuda:"):
         raise UsageError("--device must be cpu or cuda")
+    if not 0 <= warm_start <= updates:
+        raise UsageError("--warm-start must be between 0 and --updates")
+    if stop not in {"apply", "record"}:
+        raise UsageError("--stop must be 'apply' or 'record'")
+    lexical_init = _lexical_weights(lexical, base)
     cfg = TrainConfig(data=str(data), eval=[str(f) for f in eval_files] if eval_files else None,
                       eval_split=eval_split, out=str(out), base=base, layers=layers,
                       budget=budget, updates=updates, batch=batch, lr=lr, alpha=alpha,
                       alpha_final=alpha / 10, seed=seed, device=device, positions=positions,
                       eval_every=eval_every, step_penalty=step_penalty, bf16=bf16,
-                      frozen_chunks=frozen_chunks,
+                      frozen_chunks=frozen_chunks, lexical=lexical_init,
+                      train_encoder=not only_lexical, warm_start=warm_start,
+                      apply_stop=stop == "apply",
                       target_network=not no_target, soft_value=not no_soft, twin=not no_twin,
                       skip_bad=skip_bad)
     if resume is not None:
@@ -248,6 +274,21 @@ def train_cmd(
                          f"{result.threshold}; {result.updates_per_s:.2f} updates/s")
 
 
+def _lexical_weights(value: str, base: str | None) -> list[float] | None:
+    """`qrag train --lexical`: on | off | W_QUESTION,W_PICKED -> starting weights."""
+    if value == "off":
+        return None
+    if value == "on":
+        return None if base not in (None, "base") else [0.1, 0.1]  # a model keeps its own
+    try:
+        weights = [float(w) for w in value.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != 2:
+        raise UsageError("--lexical must be on, off or two weights like 0.1,0.1")
+    return weights
+
+
 @app.command("train-eval", hidden=True)
 def train_eval(
     data: Annotated[Path, typer.Argument(help="Labelled JSONL.")],
@@ -255,10 +296,12 @@ def train_eval(
     budget: Annotated[list[int] | None, typer.Option(help="Fixed budgets (repeatable).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Override the stored threshold.")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Skip bad data lines.")] = False,
+    lexical: LexicalOpt = "on",
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Fact EM, fact F1 and mean steps, with fixed budgets and the stored threshold."""
+    lexical_on = _lexical_on(lexical)
     from qrag_cli.datasets import load_examples
     from qrag_cli.evaluate import evaluate
     from qrag_cli.model import load_model, seed_everything
@@ -266,7 +309,11 @@ def train_eval(
     seed_everything(0)
     examples = load_examples(data, skip_bad, on_bad=lambda m: render.err.print(f"skip {m}"))
     qmodel = load_model(model)
-    result = {"model": qmodel.cfg.name, "data": str(data),
+    if not lexical_on:
+        from qrag_cli.qvalue import without_lexical
+
+        without_lexical(qmodel)
+    result = {"model": qmodel.cfg.name, "data": str(data), "lexical": qmodel.cfg.lexical,
               **evaluate(qmodel, examples, budget or [1, 2, 3, 4], threshold)}
     if as_json:
         render.print_json(result)
@@ -289,10 +336,10 @@ def train_convert(
     src: Annotated[Path, typer.Argument(help="File in an official format.")],
     dest: Annotated[Path, typer.Argument(help="Training JSONL to write.")],
     from_format: Annotated[str, typer.Option(
-        "--from", help="hotpotqa|hotpotqa-evidence|musique|2wiki|ruler.")] = "",
+        "--from", help="hotpotqa|hotpotqa-evidence|musique|2wiki|ruler|babi.")] = "",
     debug: DebugOpt = False,
 ) -> None:
-    """Convert official HotpotQA / MuSiQue / 2Wiki / RULER files to the training JSONL."""
+    """Convert official HotpotQA / MuSiQue / 2Wiki / RULER / bAbI files to the training JSONL."""
     from qrag_cli.datasets import CONVERTERS, write_examples
 
     if from_format not in CONVERTERS:
@@ -371,6 +418,7 @@ def ask(
         help="Stop when the best Q falls below this (default: the model's own).")] = None,
     no_stop: Annotated[bool, typer.Option("--no-stop", help="Always use all --steps.")] = False,
     exact: Annotated[bool, typer.Option(help="Score every chunk (no HNSW).")] = False,
+    lexical: LexicalOpt = "on",
     show_text: Annotated[bool, typer.Option(help="Print whole chunks.")] = False,
     explain: Annotated[bool, typer.Option(help="Show the top alternatives per step.")] = False,
     questions: Annotated[Path | None, typer.Option(
@@ -401,6 +449,7 @@ def ask(
     if order not in {"document", "retrieval"}:
         raise UsageError("--order must be 'document' or 'retrieval'")
     opts = AskOptions(steps=steps, threshold=threshold, no_stop=no_stop, exact=exact,
+                      lexical=_lexical_on(lexical),
                       explain=explain, answer=answer, llm=llm, max_tokens=max_tokens,
                       temperature=temperature, seed=seed, n_ctx=n_ctx, threads=threads,
                       gpu_layers=gpu_layers, order=order, verbose=verbose)
@@ -441,6 +490,9 @@ def bench_cmd(
         help="Folder of your own text to use as filler.")] = None,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="Skip speed and scale.")] = False,
     no_real: Annotated[bool, typer.Option("--no-real", help="Skip HotpotQA/MuSiQue.")] = False,
+    lexical: Annotated[str, typer.Option(
+        "--lexical", help="on: Q-RAG models use their BM25 terms; off: dense Q only; both: "
+        "each model twice (the ablation).")] = "on",
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -456,6 +508,8 @@ def bench_cmd(
         raise UsageError(f"--profile must be one of {', '.join(suite.PROFILES)}")
     if haystack is not None and not haystack.is_dir():
         raise UsageError(f"--haystack {haystack}: not a folder")
+    if lexical not in {"on", "off", "both"}:
+        raise UsageError("--lexical must be 'on', 'off' or 'both'")
     chosen = suite.PROFILES[profile]
     changes: dict = {}
     if task:
@@ -474,7 +528,8 @@ def bench_cmd(
     if chosen.questions < 1 or chosen.steps < 1:
         raise UsageError("--questions and --steps must be at least 1")
     result = suite.run(out, chosen, models=model or (), seed=seed, haystack=haystack,
-                       speed=not no_speed, log=lambda msg: render.err.print(escape(msg)))
+                       speed=not no_speed, lexical=lexical,
+                       log=lambda msg: render.err.print(escape(msg)))
     if as_json:
         render.print_json(result)
     else:

@@ -98,6 +98,9 @@ class ModelConfig:
     state_normalize: bool | None = None
     """E_s settings when they differ from E_a's (frozen-chunk models); None = the same."""
     state_scale: float | None = None
+    lexical: list[float] | None = None
+    """Weights of the lexical terms of Q (qvalue.py): [question BM25, picked-chunk BM25],
+    learned by `qrag train`; None = the paper's pure dense Q."""
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -240,6 +243,9 @@ class QModel(nn.Module):
         self.tokenizer = tokenizer
         self.encoder_config = encoder_config
         self.folder = folder
+        # A parameter, so `qrag train` learns it with the encoders; saved in config.json.
+        self.lexical_weights = (nn.Parameter(torch.tensor(cfg.lexical, dtype=torch.float32))
+                                if cfg.lexical is not None else None)
         # Inference (chunks at index time, states at each step) runs in bf16 where the CPU
         # has native bf16 (AVX512-BF16/AMX): ~2x faster, scores move by ~1e-3. Training
         # rollouts and evaluation use the same path, so a model is measured as it is used.
@@ -253,20 +259,6 @@ class QModel(nn.Module):
     def fits(self, text: str) -> bool:
         """Whether a chunk embeds without truncation (the chunker asks this)."""
         return len(self.tokenizer.ids([text])[0]) + 2 <= self.cfg.max_tokens
-
-    def state_ids(self, question_ids: list[int], picked_ids: Sequence[list[int]]) -> list[int]:
-        """[CLS] question [SEP] chunk [SEP] chunk ... with each part already capped.
-
-        `picked_ids` must already be in document order (the method's state layout).
-        """
-        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        ids = [cls_id, *question_ids[: self.cfg.question_cap], sep_id]
-        for part in picked_ids:
-            ids.extend(part[: self.cfg.chunk_cap])
-            ids.append(sep_id)
-        if len(ids) > self.cfg.state_max_tokens:
-            ids = [*ids[: self.cfg.state_max_tokens - 1], sep_id]
-        return ids
 
     # ---- embedding --------------------------------------------------------------------
     def _batches(self, seqs: Sequence[list[int]], token_budget: int):
@@ -331,6 +323,8 @@ class QModel(nn.Module):
         runs in.
         """
         folder = Path(folder)
+        if self.lexical_weights is not None:
+            self.cfg.lexical = [round(float(w), 6) for w in self.lexical_weights.detach().cpu()]
         cfg = ModelConfig.from_dict(asdict(self.cfg))
         base: dict[str, torch.Tensor] = {}
         cfg.delta_base = None
@@ -391,7 +385,8 @@ def seed_everything(seed: int) -> None:
 
 
 def trainable(model: QModel, normalize: bool = False, scale: float = 0.1,
-              positions: str = "none", frozen_chunks: bool = False) -> QModel:
+              positions: str = "none", frozen_chunks: bool = False,
+              lexical: list[float] | None = None) -> QModel:
     """Separate E_s and E_a copies of `model`, set up for Q-learning (raw dot products,
     scaled down so initial Q values are small, as in the reference).
 
@@ -399,56 +394,31 @@ def trainable(model: QModel, normalize: bool = False, scale: float = 0.1,
     and gives only E_s the Q-learning settings: the trained model starts from exactly the
     base model's ranking, and chunk vectors never drift away from the space the base
     learned from a billion sentence pairs.
+
+    `lexical` starts the lexical terms of Q at these weights (None: the model's own).
+    A frozen-chunk model trains on with its own settings (a second stage of training).
     """
+    lexical = lexical if lexical is not None else model.cfg.lexical
     state = copy.deepcopy(model.state_encoder)
+    if model.cfg.frozen_chunks:
+        cfg = replace(model.cfg, threshold=None, lexical=lexical)
+        return QModel(cfg, state, model.chunk_encoder, model.tokenizer,
+                      dict(model.encoder_config), model.folder)
     state.normalize, state.scale = normalize, scale
     if frozen_chunks:
         if not (model.cfg.shared and model.cfg.base.startswith(BASE_NAME)):
             raise ModelError("--frozen-chunks trains from the untrained base model")
         chunk = model.chunk_encoder.requires_grad_(False)
         cfg = replace(model.cfg, shared=False, threshold=None, positions=positions,
-                      frozen_chunks=True, state_normalize=normalize, state_scale=scale)
+                      frozen_chunks=True, state_normalize=normalize, state_scale=scale,
+                      lexical=lexical)
         return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config),
                       model.folder)
     chunk = copy.deepcopy(model.chunk_encoder)
     chunk.normalize, chunk.scale = normalize, scale
     cfg = replace(model.cfg, shared=False, normalize=normalize, scale=scale, threshold=None,
-                  positions=positions)
+                  positions=positions, lexical=lexical)
     return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config), model.folder)
-
-
-# ---- relative chunk positions (rotary), for order-sensitive tasks -------------------------
-POSITION_DELTA = 10.0  # distance between intervals cut by picked chunks (paper: 10)
-POSITION_SPAN = 9.0  # position range inside one interval (paper: 9)
-
-
-def relative_positions(ordinals: np.ndarray, picked: Sequence[int], total: int) -> np.ndarray:
-    """Position of each candidate relative to the picked chunks, not to the document.
-
-    Picked chunks cut the document into intervals; a candidate sits at
-    interval_index * DELTA + SPAN * (fraction of the way through its interval). Absolute
-    length never enters, which is what lets 4K-token training carry to 1M tokens.
-    """
-    cuts = np.asarray(sorted(picked), dtype=np.float64)
-    ords = np.asarray(ordinals, dtype=np.float64)
-    interval = np.searchsorted(cuts, ords, side="right")
-    bounds = np.concatenate([[-1.0], cuts, [float(max(total, 1))]])
-    left, right = bounds[interval], bounds[interval + 1]
-    fraction = (ords - left) / np.maximum(right - left, 1.0)
-    return interval * POSITION_DELTA + POSITION_SPAN * fraction
-
-
-def rotate(vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Rotary encoding: rotate dimension pairs (2j, 2j+1) by position * base^(-2j/d)."""
-    dim = vectors.shape[-1]
-    freqs = 1000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-    angles = positions.float()[..., None] * freqs.to(vectors.device)
-    cos, sin = torch.cos(angles), torch.sin(angles)
-    even, odd = vectors[..., 0::2], vectors[..., 1::2]
-    out = torch.empty_like(vectors)
-    out[..., 0::2] = even * cos - odd * sin
-    out[..., 1::2] = even * sin + odd * cos
-    return out
 
 
 def _fast_dtype() -> torch.dtype:

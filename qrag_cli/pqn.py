@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from qrag_cli import qvalue
 from qrag_cli.datasets import Example, data_hash, load_examples, split
 from qrag_cli.episode import StopRule, boltzmann, run_episodes
 from qrag_cli.evaluate import calibrate_threshold, example_sources, run_examples, score
@@ -28,8 +29,6 @@ from qrag_cli.model import (
     from_base,
     load_model,
     load_qrag_folder,
-    relative_positions,
-    rotate,
     seed_everything,
     trainable,
 )
@@ -108,6 +107,25 @@ class TrainConfig:
     """Train E_s only; E_a stays the base encoder (cosine, as shipped). The trained model
     starts from the base ranking, indexes built with the base stay valid, and an update
     costs about half (no E_a gradients, no E_a target network, chunk vectors cached)."""
+    lexical: list[float] | None = None
+    """Start the lexical terms of Q ([question BM25, picked-chunk BM25], qvalue.py) at
+    these weights and learn them; None = the starting model's (pure dense for the base)."""
+    lexical_lr: float = 1e-2
+    """Peak learning rate of the two lexical weights (scalars move slowly at an encoder's
+    rate); follows the same schedule."""
+    train_encoder: bool = True
+    """False: E_s (and E_a) stay as they are and only the lexical weights learn (a cheap
+    second stage on top of a trained encoder)."""
+    warm_start: int = 0
+    """First updates that imitate the oracle instead of Q-learning: over *every* chunk of
+    each visited state, cross-entropy of softmax(Q / warm_temperature) against the gold
+    chunks not yet picked. One state teaches its whole ranking, not one scored action."""
+    warm_temperature: float = 0.05
+    """Temperature of the warm-start softmax, in Q units."""
+    apply_stop: bool = True
+    """Ship the calibrated stop threshold as the model's default stop. False records it
+    (metrics.calibrated_threshold) and ships a fixed budget: for a threshold that costs
+    fact EM on validation."""
     freeze_embeddings: bool = True
     """Keep the token-embedding tables fixed. They are 11.7M of the 15M weights of a
     2-layer MiniLM encoder; updating them doubled the cost of Adam and backward without
@@ -182,6 +200,7 @@ class Transition:
     action: int  # chunk index
     before: list[int]  # chunks picked before step t
     reward: float
+    features: np.ndarray | None  # lexical features of every chunk under s_t ([n, 2])
 
 
 @dataclass
@@ -194,11 +213,13 @@ class Rollout:
     solved: float
     action_ids: list[list[list[int]]]  # per example, per chunk: E_a input ids
     chunk_vecs: list[np.ndarray]  # per example: the rollout's E_a vectors of its chunks
+    support: list[tuple[int, ...]]  # per example: the gold chunks
 
 
 def collect(model: QModel, batch: Sequence[Example], cfg: TrainConfig, update: int,
             rng: np.random.Generator, cache: dict[str, np.ndarray] | None = None) -> Rollout:
-    """Roll out one episode per example with the behaviour policy (no gradients).
+    """Roll out one episode per example with the behaviour policy (no gradients), then
+    rebuild each visited state through `qvalue` exactly as the rollout saw it.
 
     `cache` (frozen E_a only) keeps chunk vectors across updates: they never change."""
     if update < cfg.random_updates:  # warm-up: uniform over every available chunk
@@ -210,28 +231,29 @@ def collect(model: QModel, batch: Sequence[Example], cfg: TrainConfig, update: i
     sources = example_sources(model, batch, cache)
     episodes = run_episodes(model, [ex.question for ex in batch], sources,
                             StopRule(cfg.budget), policy=policy, alternatives=alternatives)
-    question_ids = model.chunk_ids([ex.question for ex in batch], model.cfg.question_cap)
+    states = qvalue.start(model, [ex.question for ex in batch])
     transitions, all_picks, action_ids, solved = [], [], [], 0
     for i, (ex, ep) in enumerate(zip(batch, episodes, strict=True)):
         picks = [ev.chunk_id for ev in ep.evidence]
-        state_parts = model.chunk_ids(ex.chunks, model.cfg.chunk_cap)
+        rows = sources[i].rows(picks)
         rewards = episode_rewards(picks, ex.support, cfg.step_penalty)
         solved += set(ex.support) <= set(picks)
+        state = states[i]
         for t, (pick, r) in enumerate(zip(picks, rewards, strict=True)):
-            state = model.state_ids(question_ids[i], [state_parts[j] for j in sorted(picks[:t])])
-            transitions.append(Transition(i, t, state, pick, picks[:t], r))
+            features = (qvalue.lexical_features(sources[i], state)[0]
+                        if qvalue.uses_lexical(model) else None)
+            transitions.append(Transition(i, t, qvalue.state_tokens(model, state), pick,
+                                          picks[:t], r, features))
+            state = qvalue.pick(model, state, rows[t])
         all_picks.append(picks)
         action_ids.append(model.action_ids(ex.chunks))
     return Rollout(transitions, all_picks, solved / len(batch), action_ids,
-                   [src.vectors for src in sources])
+                   [src.vectors(np.arange(len(src))) for src in sources],
+                   [ex.support for ex in batch])
 
 
-def _apply_positions(model: QModel, vecs: torch.Tensor, ordinals: Sequence[int],
-                     picked: Sequence[int], total: int) -> torch.Tensor:
-    if model.cfg.positions != "relative":
-        return vecs
-    pos = relative_positions(np.asarray(ordinals), list(picked), total)
-    return rotate(vecs, torch.from_numpy(pos).to(vecs.device))
+def _features(tr: Transition) -> torch.Tensor | None:
+    return torch.from_numpy(tr.features) if tr.features is not None else None
 
 
 @torch.no_grad()
@@ -252,11 +274,12 @@ def targets(model: QModel, target_state: nn.Module, target_chunk: nn.Module,
                               dtype=model.infer_dtype).float().cpu()
     next_values = torch.zeros(len(trs))
     for row, k in enumerate(has_next):
-        i, picked = trs[k].example, trs[k + 1].before
+        i, following = trs[k].example, trs[k + 1]
         vecs = chunk_vecs[offsets[i]:offsets[i + 1]]
-        vecs = _apply_positions(model, vecs, range(len(vecs)), picked, len(vecs))
-        q = vecs @ state_vecs[row]
-        q[list(picked)] = -torch.inf
+        vecs = qvalue.positioned(model, vecs, np.arange(len(vecs)), following.before, len(vecs))
+        q1, q2 = qvalue.q_halves(model, state_vecs[row], vecs, _features(following))
+        q = q1 + q2
+        q[list(following.before)] = -torch.inf
         top = q.topk(min(cfg.top_k, int(torch.isfinite(q).sum()))).values
         next_values[k] = soft_value(top, alpha, cfg.soft_value) if len(top) else 0.0
     returns = torch.zeros(len(trs))
@@ -269,28 +292,64 @@ def targets(model: QModel, target_state: nn.Module, target_chunk: nn.Module,
     return returns
 
 
-def q_online(model: QModel, rollout: Rollout, dtype: torch.dtype = torch.float32
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q1, Q2 (the two halves of the dot product) of the taken actions, with gradients."""
+def _state_vecs(model: QModel, rollout: Rollout, grad: bool, dtype: torch.dtype
+                ) -> torch.Tensor:
+    states = model.encode(model.state_encoder, [tr.state for tr in rollout.transitions],
+                          grad=grad, dtype=dtype)
+    return states if grad else states.clone()  # an inference tensor cannot enter autograd
+
+
+def _chunk_vecs(model: QModel, rollout: Rollout, grad: bool, dtype: torch.dtype,
+                device: torch.device) -> list[torch.Tensor]:
+    """Per example: E_a vectors of all its chunks, with gradients when E_a learns."""
+    if model.cfg.frozen_chunks or not grad:
+        return [torch.from_numpy(v).to(device) for v in rollout.chunk_vecs]
+    flat = model.encode(model.chunk_encoder, [ids for ex in rollout.action_ids for ids in ex],
+                        grad=True, dtype=dtype)
+    return list(flat.split([len(ex) for ex in rollout.action_ids]))
+
+
+def q_online(model: QModel, rollout: Rollout, grad: bool = True,
+             dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q1, Q2 of the taken actions, with gradients (through the encoders when `grad`)."""
     trs = rollout.transitions
-    states = model.encode(model.state_encoder, [tr.state for tr in trs], grad=True,
-                          dtype=dtype)
-    if model.cfg.frozen_chunks:
+    states = _state_vecs(model, rollout, grad, dtype)
+    if model.cfg.frozen_chunks or not grad:
         chunks = torch.from_numpy(np.stack([rollout.chunk_vecs[tr.example][tr.action]
                                             for tr in trs])).to(states.device)
     else:
         chunks = model.encode(model.chunk_encoder,
                               [rollout.action_ids[tr.example][tr.action] for tr in trs],
                               grad=True, dtype=dtype)
-    if model.cfg.positions == "relative":
-        chunks = torch.stack([
-            _apply_positions(model, chunks[k:k + 1], [tr.action], tr.before,
-                             len(rollout.action_ids[tr.example]))[0]
-            for k, tr in enumerate(trs)])
-    half = states.shape[-1] // 2
-    q1 = (states[:, :half] * chunks[:, :half]).sum(-1)
-    q2 = (states[:, half:] * chunks[:, half:]).sum(-1)
-    return q1, q2
+    chunks = torch.stack([
+        qvalue.positioned(model, chunks[k:k + 1], np.array([tr.action]), tr.before,
+                          len(rollout.action_ids[tr.example]))[0]
+        for k, tr in enumerate(trs)])
+    features = (torch.from_numpy(np.stack([tr.features[tr.action] for tr in trs]))
+                if trs and trs[0].features is not None else None)
+    return qvalue.q_halves(model, states, chunks, features)
+
+
+def imitation_loss(model: QModel, rollout: Rollout, temperature: float, grad: bool = True,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Warm start: every visited state ranks all of its chunks; the loss is the
+    cross-entropy of softmax(Q / temperature) over the available chunks against the set
+    of gold chunks not picked yet (any of them is a right next pick)."""
+    states = _state_vecs(model, rollout, grad, dtype)
+    chunk_vecs = _chunk_vecs(model, rollout, grad, dtype, states.device)
+    losses = []
+    for k, tr in enumerate(rollout.transitions):
+        left = [g for g in rollout.support[tr.example] if g not in tr.before]
+        if not left:
+            continue  # the evidence is complete: nothing to imitate
+        vecs = chunk_vecs[tr.example]
+        vecs = qvalue.positioned(model, vecs, np.arange(len(vecs)), tr.before, len(vecs))
+        q1, q2 = qvalue.q_halves(model, states[k], vecs, _features(tr))
+        logits = (q1 + q2).float() / temperature
+        if tr.before:
+            logits = logits.index_fill(0, torch.tensor(tr.before), -torch.inf)
+        losses.append(torch.logsumexp(logits, 0) - torch.logsumexp(logits[left], 0))
+    return torch.stack(losses).mean() if losses else states.sum() * 0.0
 
 
 def td_loss(q1: torch.Tensor, q2: torch.Tensor, returns: torch.Tensor, twin: bool
@@ -336,26 +395,49 @@ def load_checkpoint(folder: Path) -> tuple[QModel, dict, dict[str, torch.Tensor]
 
 
 def write_model_card(out: Path, info: dict) -> None:
-    """A short human-readable card beside the weights (the numbers are in config.json)."""
+    """A human-readable card beside the weights, written from config.json alone (so the
+    card says exactly what the recipe wrote; the full numbers stay in config.json)."""
     cfg = info["config"]
     train_cfg, metrics = cfg.get("train") or {}, cfg.get("metrics") or {}
+
+    def per_file(m: dict | None) -> str:
+        if not m:
+            return "-"
+        files = "; ".join(f"{name} {v['fact_em']}"
+                          for name, v in (m.get("by_file") or {}).items())
+        return (f"fact EM {m.get('fact_em')}, F1 {m.get('fact_f1')}"
+                + (f" ({files})" if files else ""))
+
+    what = "E_s (E_a is the base, frozen)" if cfg.get("frozen_chunks") else "E_s and E_a"
+    if train_cfg and not train_cfg.get("train_encoder", True):
+        what = "only the lexical weights (encoders as in the starting model)"
+    lexical = cfg.get("lexical")
     lines = [
         f"# {cfg['name']}", "",
-        f"Q-RAG model trained with `qrag train` from {cfg['base']} "
-        f"({cfg.get('dim')}-d, positions: {cfg['positions']}).", "",
+        f"Q-RAG model written by `qrag train` from {train_cfg.get('base') or cfg['base']} "
+        f"(encoder {cfg['base']}, {cfg.get('dim')}-d, positions: {cfg['positions']}).", "",
         "| | |", "|---|---|",
+        "| Q | <E_s(s), E_a(a)>" + (f" + {lexical[0]} x BM25(question) + {lexical[1]} x "
+                                   "BM25(new words of picked chunks), each scaled to [0, 1]"
+                                   if lexical else " (dense only)") + " |",
+        f"| trained | {what} |",
         f"| data | `{train_cfg.get('data')}` (sha256 {train_cfg.get('data_hash')}), "
         f"{train_cfg.get('train_examples')} train / {train_cfg.get('eval_examples')} eval |",
         f"| settings | budget {train_cfg.get('budget')}, {train_cfg.get('updates')} updates x "
-        f"{train_cfg.get('batch')} episodes, lr {train_cfg.get('lr')}, alpha "
-        f"{train_cfg.get('alpha')}, lambda {train_cfg.get('lam')}, tau {train_cfg.get('tau')} |",
+        f"{train_cfg.get('batch')} episodes ({train_cfg.get('warm_start', 0)} warm-start "
+        f"imitation updates first), lr {train_cfg.get('lr')} (lexical "
+        f"{train_cfg.get('lexical_lr')}), alpha {train_cfg.get('alpha')}, lambda "
+        f"{train_cfg.get('lam')}, tau {train_cfg.get('tau')}, seed {train_cfg.get('seed')} |",
         f"| training time | {train_cfg.get('seconds')} s on {train_cfg.get('device')}; weights "
         f"from update {metrics.get('kept_update')} (best on eval) |",
-        f"| eval before | {metrics.get('before')} |",
-        f"| eval after | {metrics.get('after')} |",
-        f"| stop threshold | {cfg.get('threshold')} -> {metrics.get('threshold')}; right step "
-        f"in {metrics.get('stop_right_share')} of episodes |", "",
+        f"| eval before | {per_file(metrics.get('before'))} |",
+        f"| eval after | {per_file(metrics.get('after'))} |",
+        f"| stop | threshold {cfg.get('threshold')} (calibrated: "
+        f"{metrics.get('calibrated_threshold')}; right step in "
+        f"{metrics.get('stop_right_share')} of eval episodes) |", "",
     ]
+    if info.get("notes"):
+        lines += [info["notes"], ""]
     tmp = out / ".MODEL_CARD.md.tmp"
     tmp.write_text("\n".join(lines))
     tmp.replace(out / "MODEL_CARD.md")
@@ -433,7 +515,11 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         base = (from_base(layers=cfg.layers) if cfg.base in (None, "base")
                 else load_model(cfg.base))
         model = trainable(base, normalize=cfg.normalize, scale=cfg.scale,
-                          positions=cfg.positions, frozen_chunks=cfg.frozen_chunks)
+                          positions=cfg.positions, frozen_chunks=cfg.frozen_chunks,
+                          lexical=cfg.lexical)
+    if not cfg.train_encoder and not qvalue.uses_lexical(model):
+        raise UsageError("nothing to train: --only-lexical needs lexical weights "
+                         "(--lexical W_QUESTION,W_PICKED or a model that has them)")
     device = torch.device(cfg.device)
     model.to(device)
     target_state = copy.deepcopy(model.state_encoder).requires_grad_(False)
@@ -444,8 +530,18 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         for module in [*model.state_encoder.modules(), *model.chunk_encoder.modules()]:
             if isinstance(module, nn.Embedding) and module.num_embeddings == vocab:
                 module.weight.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+    if not cfg.train_encoder:
+        model.state_encoder.requires_grad_(False)
+        model.chunk_encoder.requires_grad_(False)
+    lexical = [model.lexical_weights] if qvalue.uses_lexical(model) else []
+    encoder = [p for p in model.parameters()
+               if p.requires_grad and all(p is not w for w in lexical)]
+    params = encoder + lexical
+    groups = [{"params": encoder, "scale": 1.0}] if encoder else []
+    if lexical:  # no weight decay: the lexical weights are the term's whole strength
+        groups.append({"params": lexical, "scale": cfg.lexical_lr / cfg.lr,
+                       "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                             weight_decay=cfg.weight_decay, foreach=True)
     if state is not None:
         target_state.load_state_dict({k[13:]: v for k, v in state.items()
@@ -476,18 +572,25 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     for update in range(start, cfg.updates):
         lr, alpha = lr_at(update, cfg), alpha_at(update, cfg)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("scale", 1.0)
         batch = [train_set[i] for i in rng.choice(len(train_set), size=cfg.batch,
                                                   replace=len(train_set) < cfg.batch)]
         rollout = collect(model, batch, cfg, update, rng, cache)
-        returns = targets(model, target_state, target_chunk, rollout, cfg, alpha).to(device)
-        q1, q2 = q_online(model, rollout, torch.bfloat16 if cfg.bf16 else torch.float32)
-        loss = td_loss(q1, q2, returns, cfg.twin)
+        dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+        if update < cfg.warm_start:  # imitate the oracle over every chunk of each state
+            loss = imitation_loss(model, rollout, cfg.warm_temperature, cfg.train_encoder,
+                                  dtype)
+            q1 = q2 = returns = torch.zeros(1)
+        else:
+            returns = targets(model, target_state, target_chunk, rollout, cfg,
+                              alpha).to(device)
+            q1, q2 = q_online(model, rollout, cfg.train_encoder, dtype)
+            loss = td_loss(q1, q2, returns, cfg.twin)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         opt.step()
-        if cfg.target_network:
+        if cfg.target_network and cfg.train_encoder:
             polyak_update(target_state, model.state_encoder, cfg.tau)
             if not cfg.frozen_chunks:
                 polyak_update(target_chunk, model.chunk_encoder, cfg.tau)
@@ -496,7 +599,10 @@ def train(cfg: TrainConfig, resume: Path | None = None,
                "solved": round(rollout.solved, 4),
                "q_mean": round(float((q1 + q2).detach().mean()), 5),
                "return_mean": round(float(returns.mean()), 5), "grad_norm": round(grad_norm, 4),
-               "lr": lr, "alpha": round(alpha, 6)}
+               "lr": lr, "alpha": round(alpha, 6),
+               "phase": "imitation" if update < cfg.warm_start else "q-learning"}
+        if qvalue.uses_lexical(model):
+            row["lexical"] = [round(float(w), 4) for w in model.lexical_weights.detach()]
         log(row)
         last = update + 1 == cfg.updates
         if (update + 1) % cfg.eval_every == 0 or last:
@@ -519,8 +625,9 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     episodes = run_examples(final, eval_set, max(cfg.budget, 4), cache=cache)
     threshold, with_stop, right_share = calibrate_threshold(episodes, eval_set)
     after = _evaluate(final, eval_sets, cfg.budget, cache)
-    final.cfg.threshold = threshold
+    final.cfg.threshold = threshold if cfg.apply_stop else None
     final.cfg.metrics = {"before": before, "after": after, "threshold": with_stop.to_dict(),
+                         "calibrated_threshold": threshold,
                          "stop_right_share": round(right_share, 4), "curve": curve,
                          "kept_update": kept}
     final.cfg.train = {**asdict(cfg), "data_hash": data_hash(Path(cfg.data)),

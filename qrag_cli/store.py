@@ -33,6 +33,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from qrag_cli import lexical
 from qrag_cli.types import Chunk, CorruptIndexError, NoIndexError, QragError
 
 FORMAT_VERSION = 1
@@ -67,7 +68,23 @@ MIGRATIONS = [
     );
     CREATE INDEX chunks_file ON chunks(file_id);
     """,
+    # 2: BM25 over chunk texts (lexical.py), kept in step with `chunks` by triggers, so
+    # it shares every commit's transaction; an older index gains it, filled from the
+    # chunks it already has, on its next `qrag index` (nothing is re-embedded).
+    f"""
+    CREATE VIRTUAL TABLE {lexical.FTS_TABLE} USING fts5(text, content='chunks',
+        content_rowid='id', tokenize='{lexical.TOKENIZE}');
+    INSERT INTO {lexical.FTS_TABLE}({lexical.FTS_TABLE}) VALUES ('rebuild');
+    CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+        INSERT INTO {lexical.FTS_TABLE}(rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+        INSERT INTO {lexical.FTS_TABLE}({lexical.FTS_TABLE}, rowid, text)
+        VALUES ('delete', old.id, old.text);
+    END;
+    """,
 ]
+LEXICAL_VERSION = 2  # the schema version that has the lexical table
 
 
 @dataclass(frozen=True)
@@ -103,12 +120,14 @@ def _connect(path: Path) -> sqlite3.Connection:
 def _migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={number}")
-        conn.execute("COMMIT")
+        # One transaction per migration (executescript: trigger bodies hold ';').
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\n"
+                               "COMMIT;")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
 
 def _read_pointer(path: Path) -> str | None:
@@ -190,6 +209,8 @@ class IndexReader:
                                   shape=(self.n_vectors, self.dim))
                         if self.n_vectors else np.zeros((0, self.dim), np.float32))
         self.n_chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        self.has_lexical = (self.conn.execute("PRAGMA user_version").fetchone()[0]
+                            >= LEXICAL_VERSION)
 
     @property
     def hnsw(self) -> hnswlib.Index:
@@ -227,6 +248,10 @@ class IndexReader:
         for chunk_id, ordinal in self.conn.execute("SELECT id, ordinal FROM chunks"):
             table[chunk_id] = ordinal
         return table
+
+    def bm25(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids, BM25 scores) of every chunk matching any of `words`."""
+        return lexical.bm25(self.conn, words)
 
     def chunks(self, ids: Iterable[int]) -> list[ChunkRow]:
         ids = list(ids)

@@ -10,6 +10,7 @@ import pytest
 from conftest import HOP_QUESTION, run_qrag
 from test_index import make_corpus
 
+from qrag_cli import qvalue
 from qrag_cli.config import ChunkConfig, resolve_index
 from qrag_cli.episode import IndexCandidates, MemoryCandidates, StopRule, boltzmann, run_episodes
 from qrag_cli.indexer import build_index
@@ -36,17 +37,23 @@ def test_each_step_is_conditioned_on_the_picked_chunks(base_model, hop_corpus) -
     episode = run_episodes(base_model, [HOP_QUESTION], [source], StopRule(3))[0]
     picked = [ev.chunk_id for ev in episode.evidence]
     assert len(set(picked)) == 3
-    q_ids = base_model.chunk_ids([HOP_QUESTION], base_model.cfg.question_cap)[0]
+    rows = source.rows(range(len(texts)))
+    state = qvalue.start(base_model, [HOP_QUESTION])[0]
+    first_state = base_model.embed_states([qvalue.state_tokens(base_model, state)])[0]
     for step, ev in enumerate(episode.evidence):
         before = sorted(picked[:step])  # ordinal == index for in-memory chunks
-        state = base_model.state_ids(
-            q_ids, [base_model.chunk_ids([texts[i]], base_model.cfg.chunk_cap)[0] for i in before])
-        scores = vectors @ base_model.embed_states([state])[0]
+        tokens = qvalue.state_tokens(base_model, state)
+        cls, sep = base_model.tokenizer.cls_token_id, base_model.tokenizer.sep_token_id
+        expected = [cls, *base_model.chunk_ids([HOP_QUESTION], 64)[0], sep]
+        for i in before:  # picked chunks in document order, each capped, each closed by SEP
+            expected += [*base_model.chunk_ids([texts[i]], base_model.cfg.chunk_cap)[0], sep]
+        assert tokens == expected[: base_model.cfg.state_max_tokens]
+        scores = vectors @ base_model.embed_states([tokens])[0]
         scores[before] = -np.inf
         assert int(np.argmax(scores)) == ev.chunk_id
         assert ev.q == pytest.approx(float(scores.max()), abs=1e-5)
+        state = qvalue.pick(base_model, state, rows[ev.chunk_id])
     # Conditioning matters: the second pick's Q differs from its single-step score.
-    first_state = base_model.embed_states([base_model.state_ids(q_ids, [])])[0]
     second = episode.evidence[1]
     assert abs(float(vectors[second.chunk_id] @ first_state) - second.q) > 1e-4
 

@@ -22,8 +22,13 @@ def test_shipped_default_is_compact_and_used_unless_another_is_asked_for(
     model = load_model(None)
     assert model.folder == DEFAULT and model.cfg.name == "qrag-default"
     assert model.cfg.frozen_chunks and model.cfg.delta_base
-    # The calibrated stop is recorded, not applied: it cost EM (MODEL_CARD.md).
-    assert model.cfg.threshold is None and model.cfg.metrics["calibrated_threshold"] > 0
+    # Written by the recipe (make train-default), not by hand: a hybrid Q with learned
+    # BM25 weights, and the calibrated stop recorded but not applied (`--stop record`).
+    assert model.cfg.lexical is not None and len(model.cfg.lexical) == 2
+    assert model.cfg.train["lexical"] == [0.1, 0.1] and not model.cfg.train["train_encoder"]
+    assert model.cfg.lexical != model.cfg.train["lexical"]  # learned, not the start
+    assert model.cfg.threshold is None and not model.cfg.train["apply_stop"]
+    assert model.cfg.metrics["calibrated_threshold"] is not None
     # E_a is the base: an index built with either serves both.
     assert model.cfg.fingerprint == load_model("base").cfg.fingerprint
     assert base_model_dir().is_dir()

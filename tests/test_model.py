@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import run_qrag
 
+from qrag_cli import qvalue
 from qrag_cli.model import from_base, load_model, trainable
 from qrag_cli.types import ModelError
 
@@ -68,7 +69,7 @@ def test_compact_save_keeps_only_what_training_changed(tmp_path: Path) -> None:
     assert small.cfg.fingerprint != model.cfg.fingerprint  # an index notices fp16 weights
     texts = ["Ada put the key in the red box.", "The red box is kept in the attic."]
     for a, b in ((model, small), (small, model)):
-        state = a.state_ids(a.chunk_ids(["where is the key"], 64)[0], [])
+        state = qvalue.state_tokens(a, qvalue.start(a, ["where is the key"])[0])
         assert np.allclose(a.embed_states([state]), b.embed_states([state]), atol=2e-3)
     assert np.allclose(model.embed_chunks(texts), small.embed_chunks(texts), atol=2e-3)
 
@@ -99,12 +100,13 @@ def test_frozen_chunk_model_keeps_the_base_vectors_and_indexes(tmp_path: Path, h
     assert small.cfg.frozen_chunks and small.cfg.fingerprint == base.cfg.fingerprint
     texts = ["Ada put the key in the red box.", "The red box is kept in the attic."]
     assert np.array_equal(small.embed_chunks(texts), base.embed_chunks(texts))
-    state = small.state_ids(small.chunk_ids(["where is the key"], 64)[0], [])
+    state = qvalue.state_tokens(small, qvalue.start(small, ["where is the key"])[0])
     assert np.allclose(small.embed_states([state]), model.embed_states([state]), atol=2e-3)
     assert not np.allclose(small.embed_states([state]), 0.1 * base.embed_states([state]),
                            atol=1e-3)  # E_s is the trained one, stored unnormalised
-    with pytest.raises(ModelError, match="untrained base"):
-        trainable(small, frozen_chunks=True)
+    again = trainable(small, lexical=[0.2, 0.3])  # a second stage keeps E_a and settings
+    assert again.chunk_encoder is small.chunk_encoder and again.cfg.frozen_chunks
+    assert again.cfg.lexical == [0.2, 0.3] and small.cfg.lexical is None
 
     index = str(tmp_path / "idx")
     run_qrag("index", str(hop_corpus), "--index", index, "--model", "base", check=True)

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from qrag_cli.evaluate import calibrate_threshold, fact_scores
-from qrag_cli.model import relative_positions, rotate
 from qrag_cli.pqn import (
     TrainConfig,
     alpha_at,
@@ -21,6 +20,7 @@ from qrag_cli.pqn import (
     soft_value,
     td_loss,
 )
+from qrag_cli.qvalue import relative_positions, rotate
 from qrag_cli.types import Episode, Evidence
 
 
@@ -112,3 +112,21 @@ def test_threshold_calibration_by_hand() -> None:
     exs = [Example("a", "q", ("",) * 7, (1, 2)), Example("b", "q", ("",) * 7, (4, 5))]
     thr, metrics, right = calibrate_threshold(eps, exs)
     assert 0.2 < thr <= 0.7 and metrics.fact_f1 == 1.0 and right == 1.0
+
+
+def test_twin_halves_add_up_to_dense_plus_lexical() -> None:
+    """Q1 = first half of <s, a> + half the lexical term, Q2 likewise; Q = Q1 + Q2."""
+    from types import SimpleNamespace
+
+    from qrag_cli.qvalue import q_halves
+
+    model = SimpleNamespace(lexical_weights=torch.tensor([0.2, 0.4]))
+    state = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    chunks = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    features = torch.tensor([[0.5, 1.0], [0.0, 0.0]])
+    q1, q2 = q_halves(model, state, chunks, features)
+    lex = 0.5 * (0.2 * 0.5 + 0.4 * 1.0)  # 0.25 to each half of chunk 0
+    assert q1.tolist() == pytest.approx([1.0 + lex, 2.0])
+    assert q2.tolist() == pytest.approx([4.0 + lex, 3.0])
+    dense = q_halves(SimpleNamespace(lexical_weights=None), state, chunks, features)
+    assert (dense[0] + dense[1]).tolist() == pytest.approx([5.0, 5.0])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO, run_qrag
 
 from qrag_cli.bench.tasks import two_hop_task
@@ -202,3 +203,50 @@ def test_frozen_chunks_and_one_eval_file_per_domain(tmp_path: Path) -> None:
                     str(tmp_path / "eval-a.jsonl"), "--eval", str(tmp_path / "eval-a.jsonl"),
                     "--out", str(tmp_path / "m2"), "--layers", "1", "--updates", "1")
     assert proc.returncode != 0 and "different names" in proc.stderr
+
+
+def test_warm_start_learns_in_a_tenth_of_the_updates(tmp_path: Path) -> None:
+    """The sample-efficient stage: imitating the oracle over every chunk of each visited
+    state lifts the same two-hop task the RL-only learning test needs ~800 updates for to
+    held-out EM >= 0.9 in 60 (measured: 1.0 at update 40), then soft Q-learning continues."""
+    write_examples(two_hop_task(600, seed=0), tmp_path / "train.jsonl")
+    write_examples(two_hop_task(40, seed=1), tmp_path / "eval.jsonl")
+    out = tmp_path / "model"
+    proc = run_qrag("train", str(tmp_path / "train.jsonl"), "--eval",
+                    str(tmp_path / "eval.jsonl"), "--out", str(out), "--layers", "2",
+                    "--budget", "2", "--updates", "70", "--warm-start", "60", "--batch", "16",
+                    "--lr", "3e-4", "--alpha", "0.01", "--eval-every", "10", "--json",
+                    check=True, timeout=1200)
+    result = json.loads(proc.stdout)
+    assert result["before"]["fact_em"] <= 0.35
+    assert result["after"]["fact_em"] >= 0.9, result
+    phases = [json.loads(line).get("phase") for line in (out / "train_log.jsonl").open()
+              if '"event": "update"' in line]
+    assert phases == ["imitation"] * 60 + ["q-learning"] * 10
+
+
+def test_only_lexical_learns_the_bm25_weights(tmp_path: Path) -> None:
+    """Encoders fixed, two scalars learned: the picked-chunk BM25 weight grows, because
+    the container a first pick names is what finds the second fact."""
+    from qrag_cli.model import from_base, trainable
+
+    write_examples(two_hop_task(300, seed=0), tmp_path / "train.jsonl")
+    write_examples(two_hop_task(40, seed=1), tmp_path / "eval.jsonl")
+    start = trainable(from_base(layers=2), frozen_chunks=True, lexical=[0.0, 0.0])
+    start.save(tmp_path / "start")
+    out = tmp_path / "model"
+    result = json.loads(run_qrag(
+        "train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"),
+        "--base", str(tmp_path / "start"), "--out", str(out), "--only-lexical", "--budget",
+        "2", "--updates", "30", "--warm-start", "30", "--batch", "8", "--eval-every", "10",
+        "--json", check=True, timeout=1200).stdout)
+    assert result["before"]["fact_em"] <= 0.35
+    assert result["after"]["fact_em"] >= 0.8, result
+    weights = json.loads((out / "config.json").read_text())["lexical"]
+    assert weights[1] > 0.1, weights
+    from safetensors.torch import load_file
+
+    before = load_file(str(tmp_path / "start" / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in after)  # the encoder did not move

@@ -28,10 +28,11 @@ from qrag_cli.datasets import Example, write_examples
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.indexer import build_index
 from qrag_cli.model import QModel, load_model
+from qrag_cli.qvalue import without_lexical
 from qrag_cli.store import open_reader
 from qrag_cli.types import UsageError
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED_DATA = longctx.SHARED_DATA  # ../shared/data; defined where bAbI tasks read it
 K = 1024
 
 
@@ -188,8 +189,10 @@ def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx
 
 # ---- the whole run ---------------------------------------------------------------------------
 def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
-        haystack: Path | None = None, speed: bool = True,
+        haystack: Path | None = None, speed: bool = True, lexical: str = "on",
         log: Callable[[str], None] = lambda msg: None) -> dict:
+    """`lexical`: "on" scores Q-RAG models with their BM25 terms, "off" without, "both"
+    each model both ways (the dense-vs-hybrid ablation)."""
     for task in profile.tasks:
         if task not in longctx.STORIES:
             raise UsageError(f"unknown task {task!r}; choose from {', '.join(longctx.TASKS)}")
@@ -197,7 +200,12 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     base = load_model("base")
-    trained = [load_model(spec) for spec in models]
+    trained = []
+    for spec in models:
+        if lexical in ("on", "both"):
+            trained.append(("", load_model(spec)))
+        if lexical in ("off", "both"):
+            trained.append((" (dense Q)", without_lexical(load_model(spec))))
     indexes = Indexes(work)
     own = longctx.own_paragraphs(haystack) if haystack else None
     rows: list[Row] = []
@@ -207,8 +215,8 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
         methods = [("bm25 top-k", bm25_top_k, base_index),
                    ("dense top-k", episodes(base, top_k=True), base_index),
                    ("multi-step untrained", episodes(base), base_index)]
-        for model in trained:
-            methods.append((f"qrag {model.cfg.name}", episodes(model),
+        for label, model in trained:
+            methods.append((f"qrag {model.cfg.name}{label}", episodes(model),
                             indexes.get(corpus, model)[0]))
         for name, method, index_dir in methods:
             row = _score(name, method, index_dir, stories, profile.steps, task, tokens, chunks)

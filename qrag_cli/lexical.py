@@ -1,0 +1,84 @@
+"""Exact-match evidence: BM25 over chunk texts through SQLite FTS5, on disk and in memory.
+
+A 22M-parameter dense encoder cannot match invented names, identifiers, error codes or
+keys; BM25 can. One implementation serves both places Q is computed: the index's
+`chunks_fts` table (kept in the same SQLite transactions as the chunks, see store.py)
+and a throwaway in-memory table for training and evaluation episodes, so a model is
+trained on exactly the lexical signal `qrag ask` gives it.
+
+Queries are bags of terms OR-ed together; FTS5's bm25() (k1 = 1.2, b = 0.75) scores every
+chunk that holds at least one of them. A term found in more than half of the chunks
+scores ~0 there (FTS5 floors its IDF): it cannot tell chunks apart.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+FTS_TABLE = "chunks_fts"
+# No stemming: Porter turns the name "Ines" into "in" and "Brevik's" keys into others; exact
+# names and identifiers are what this term is for (the dense term covers word forms).
+TOKENIZE = "unicode61 remove_diacritics 2"
+MAX_TERMS = 48  # a query is cut to its first terms: a whole picked chunk is ~100 words
+
+# Function words carry no evidence; left in, a long query matches every chunk.
+STOPWORDS = frozenset("""
+a about above after again against all also am an and any are as at be because been before
+being below between both but by can could did do does doing down during each few for from
+further had has have having he her here hers herself him himself his how i if in into is it
+its itself just me more most my myself no nor not now of off on once only or other our ours
+ourselves out over own same she should so some such than that the their theirs them
+themselves then there these they this those through to too under until up very was we were
+what when where which while who whom why will with would you your yours yourself yourselves
+""".split())
+
+_WORD = re.compile(r"[^\W_]+")  # letters and digits, as FTS5's unicode61 tokenizer splits
+
+
+def terms(text: str) -> list[str]:
+    """Lower-cased content words of `text`, first occurrence order, no repeats."""
+    seen = dict.fromkeys(w for w in (m.group(0).lower() for m in _WORD.finditer(text))
+                         if w not in STOPWORDS)
+    return list(seen)
+
+
+def match_expression(words: Sequence[str]) -> str:
+    """An FTS5 MATCH string OR-ing quoted terms (quotes make every word a plain string)."""
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words[:MAX_TERMS])
+
+
+def create_table(conn: sqlite3.Connection, external: bool) -> None:
+    """The FTS5 table; `external` indexes the `chunks` table's text by chunk id."""
+    content = ", content='chunks', content_rowid='id'" if external else ""
+    conn.execute(f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(text{content}, "
+                 f"tokenize='{TOKENIZE}')")
+
+
+def bm25(conn: sqlite3.Connection, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk ids, BM25 scores > 0) of every chunk matching any of `words`."""
+    if not words:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    rows = conn.execute(f"SELECT rowid, bm25({FTS_TABLE}) FROM {FTS_TABLE} "
+                        f"WHERE {FTS_TABLE} MATCH ?", (match_expression(words),)).fetchall()
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    scores = -np.fromiter((r[1] for r in rows), np.float32, len(rows))  # FTS5: lower = better
+    return ids, scores
+
+
+class MemoryLexicon:
+    """An in-memory FTS5 table over an episode's chunk texts (ids = list positions)."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.conn = sqlite3.connect(":memory:", check_same_thread=False)
+        create_table(self.conn, external=False)
+        self.conn.executemany(f"INSERT INTO {FTS_TABLE}(rowid, text) VALUES (?, ?)",
+                              enumerate(texts))
+
+    def bm25(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return bm25(self.conn, words)

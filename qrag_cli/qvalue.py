@@ -1,0 +1,236 @@
+"""Q(s, a), in one place: the state text, the lexical queries, chunk positions, the
+candidate set and the scores. `qrag ask`, training rollouts, training targets and loss,
+and evaluation all call this module; none computes Q on its own.
+
+    Q(s, a) = <E_s(s), pos(E_a(a))>                            the paper's dense term
+            + w_question * bm25(question -> a) / best          exact names, keys, codes
+            + w_picked   * bm25(new words of picked -> a) / best   the bridge to the next hop
+
+`best` is the highest BM25 score among the chunks still available, so both lexical
+features lie in [0, 1] whatever the corpus size. "New words" are the words of the picked
+chunks that the question does not already hold: the entity a first hop reveals ("kept by
+Ines Berg") and the second hop must find. The weights are the model's (`ModelConfig.lexical`,
+learned by `qrag train`); a model without them, or `--lexical off`, is the pure dense Q.
+
+Candidates at each step are the union of the dense top-`pool` (HNSW, or every chunk) and
+each lexical feature's top-`pool`, all scored exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from qrag_cli import lexical
+from qrag_cli.model import QModel
+from qrag_cli.store import ChunkRow
+
+POOL = 64  # candidates proposed per signal (dense, each lexical feature) and step
+
+
+class Candidates(Protocol):
+    """Where an episode's actions come from. Chunk ids index `vectors` and `bm25`."""
+
+    def propose(self, state: np.ndarray, k: int, exclude: Collection[int]) -> np.ndarray:
+        """Up to `k` chunk ids not in `exclude` that the dense term ranks high (any order)."""
+        ...
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Exact E_a vectors of chunk ids, float32 [len(ids), dim]."""
+        ...
+
+    def bm25(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids, BM25 scores) of every chunk matching any of `words`."""
+        ...
+
+    @property
+    def id_space(self) -> int:
+        """One more than the largest chunk id."""
+        ...
+
+    @property
+    def total(self) -> int:
+        """Number of ordinal slots (chunks in the document/corpus)."""
+        ...
+
+    def ordinals(self, ids: np.ndarray) -> np.ndarray:
+        """Document-order positions of chunk ids."""
+        ...
+
+    def rows(self, ids: Sequence[int]) -> list[ChunkRow]:
+        ...
+
+
+# ---- the state ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class State:
+    """Question plus picked chunks (in pick order), as text and as encoder token ids."""
+
+    question: str
+    question_ids: list[int]
+    picked: tuple[ChunkRow, ...] = ()
+    picked_ids: tuple[list[int], ...] = ()
+
+    def then(self, row: ChunkRow, ids: list[int]) -> State:
+        return replace(self, picked=(*self.picked, row), picked_ids=(*self.picked_ids, ids))
+
+    @property
+    def exclude(self) -> set[int]:
+        return {r.id for r in self.picked}
+
+
+def start(model: QModel, questions: Sequence[str]) -> list[State]:
+    ids = model.chunk_ids(questions, model.cfg.question_cap)
+    return [State(q, i) for q, i in zip(questions, ids, strict=True)]
+
+
+def pick(model: QModel, state: State, row: ChunkRow) -> State:
+    """The state after taking `row`."""
+    return state.then(row, model.chunk_ids([row.text], model.cfg.chunk_cap)[0])
+
+
+def state_tokens(model: QModel, state: State) -> list[int]:
+    """E_s's input: [CLS] question [SEP] chunk [SEP] chunk ... [SEP], the picked chunks in
+    document order (the method's state layout), each part capped, the whole cut to the
+    encoder's length."""
+    cls_id, sep_id = model.tokenizer.cls_token_id, model.tokenizer.sep_token_id
+    ids = [cls_id, *state.question_ids[: model.cfg.question_cap], sep_id]
+    for j in sorted(range(len(state.picked)), key=lambda j: state.picked[j].ordinal):
+        ids.extend(state.picked_ids[j][: model.cfg.chunk_cap])
+        ids.append(sep_id)
+    if len(ids) > model.cfg.state_max_tokens:
+        ids = [*ids[: model.cfg.state_max_tokens - 1], sep_id]
+    return ids
+
+
+def lexical_queries(state: State) -> tuple[list[str], list[str]]:
+    """(question words, new words of the picked chunks, latest pick first)."""
+    asked = lexical.terms(state.question)
+    known = set(asked)
+    seen = lexical.terms(" ".join(r.text for r in reversed(state.picked)))
+    return asked, [w for w in seen if w not in known]
+
+
+# ---- relative chunk positions (rotary), for order-sensitive tasks ------------------------
+POSITION_DELTA = 10.0  # distance between intervals cut by picked chunks (paper: 10)
+POSITION_SPAN = 9.0  # position range inside one interval (paper: 9)
+
+
+def relative_positions(ordinals: np.ndarray, picked: Sequence[int], total: int) -> np.ndarray:
+    """Position of each candidate relative to the picked chunks, not to the document.
+
+    Picked chunks cut the document into intervals; a candidate sits at
+    interval_index * DELTA + SPAN * (fraction of the way through its interval). Absolute
+    length never enters, which is what lets 4K-token training carry to 1M tokens.
+    """
+    cuts = np.asarray(sorted(picked), dtype=np.float64)
+    ords = np.asarray(ordinals, dtype=np.float64)
+    interval = np.searchsorted(cuts, ords, side="right")
+    bounds = np.concatenate([[-1.0], cuts, [float(max(total, 1))]])
+    left, right = bounds[interval], bounds[interval + 1]
+    fraction = (ords - left) / np.maximum(right - left, 1.0)
+    return interval * POSITION_DELTA + POSITION_SPAN * fraction
+
+
+def rotate(vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary encoding: rotate dimension pairs (2j, 2j+1) by position * base^(-2j/d)."""
+    dim = vectors.shape[-1]
+    freqs = 1000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    angles = positions.float()[..., None] * freqs.to(vectors.device)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    even, odd = vectors[..., 0::2], vectors[..., 1::2]
+    out = torch.empty_like(vectors)
+    out[..., 0::2] = even * cos - odd * sin
+    out[..., 1::2] = even * sin + odd * cos
+    return out
+
+
+# ---- features and scores -----------------------------------------------------------------
+def lexical_features(source: Candidates, state: State) -> tuple[np.ndarray, np.ndarray]:
+    """Both lexical features of every chunk id under `state` ([id_space, 2], in [0, 1];
+    picked chunks 0) and the ids each feature ranks highest (the lexical proposals)."""
+    features = np.zeros((source.id_space, 2), np.float32)
+    proposals = []
+    exclude = np.fromiter(state.exclude, np.int64)
+    for column, words in enumerate(lexical_queries(state)):
+        ids, scores = source.bm25(words)
+        keep = ~np.isin(ids, exclude)
+        ids, scores = ids[keep], scores[keep]
+        if len(ids) == 0:
+            continue
+        features[ids, column] = scores / scores.max()
+        proposals.append(ids[np.argsort(-scores, kind="stable")[:POOL]])
+    return features, (np.concatenate(proposals) if proposals else np.zeros(0, np.int64))
+
+
+def positioned(model: QModel, vectors: torch.Tensor, ordinals: np.ndarray,
+               picked_ordinals: Sequence[int], total: int) -> torch.Tensor:
+    """Chunk vectors with their position relative to the picked chunks (rotary), for
+    models that use positions; unchanged otherwise."""
+    if model.cfg.positions != "relative":
+        return vectors
+    pos = relative_positions(np.asarray(ordinals), list(picked_ordinals), total)
+    return rotate(vectors, torch.from_numpy(pos).to(vectors.device))
+
+
+def q_halves(model: QModel, states: torch.Tensor, chunks: torch.Tensor,
+             features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q1, Q2 (the twin critic: each half of the dot product plus half the lexical term);
+    Q = Q1 + Q2. `states` broadcasts against `chunks` [..., dim]; `features` [..., 2]."""
+    half = chunks.shape[-1] // 2
+    q1 = (states[..., :half] * chunks[..., :half]).sum(-1)
+    q2 = (states[..., half:] * chunks[..., half:]).sum(-1)
+    if features is not None and model.lexical_weights is not None:
+        weights = model.lexical_weights
+        extra = 0.5 * (features.to(q1.device, weights.dtype) @ weights.to(q1.device))
+        q1, q2 = q1 + extra, q2 + extra
+    return q1, q2
+
+
+def uses_lexical(model: QModel) -> bool:
+    return model.lexical_weights is not None
+
+
+def without_lexical(model: QModel) -> QModel:
+    """`--lexical off`: the same model with the pure dense Q (an ablation)."""
+    model.lexical_weights = None
+    model.cfg = replace(model.cfg, lexical=None)
+    return model
+
+
+@torch.inference_mode()
+def score_all(model: QModel, state_vec: np.ndarray, source: Candidates, state: State,
+              ids: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+    """Exact Q of chunk ids under one state (no gradients)."""
+    vecs = positioned(model, torch.from_numpy(np.ascontiguousarray(source.vectors(ids))),
+                      source.ordinals(ids), [r.ordinal for r in state.picked], source.total)
+    feats = torch.from_numpy(features[ids]) if features is not None else None
+    q1, q2 = q_halves(model, torch.from_numpy(state_vec), vecs, feats)
+    return (q1 + q2).numpy()
+
+
+def best(model: QModel, state_vec: np.ndarray, source: Candidates, state: State, k: int
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k actions under `state` with their exact Q values, best first."""
+    exclude = state.exclude
+    ids = source.propose(state_vec, max(k, POOL), exclude)
+    features = None
+    if uses_lexical(model):
+        features, lexical_ids = lexical_features(source, state)
+        ids = np.unique(np.concatenate([ids, lexical_ids]))
+    if len(ids) == 0:
+        return ids.astype(np.int64), np.zeros(0, np.float32)
+    q = score_all(model, state_vec, source, state, ids, features)
+    return top_k(q, ids, k)
+
+
+def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        scores, ids = scores[part], ids[part]
+    order = np.argsort(-scores, kind="stable")
+    return ids[order], scores[order]

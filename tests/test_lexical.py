@@ -1,0 +1,154 @@
+"""The lexical half of Q: BM25 through SQLite FTS5 in the index (kept in step with every
+commit, added to old indexes without re-embedding) and in memory, the two lexical
+features, and the second hop a dense-only Q misses."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_qrag
+
+from qrag_cli import lexical, qvalue
+from qrag_cli.config import ChunkConfig
+from qrag_cli.episode import IndexCandidates, MemoryCandidates, StopRule, run_episodes
+from qrag_cli.indexer import build_index
+from qrag_cli.model import load_model, trainable
+from qrag_cli.store import open_reader
+
+TOWNS = ("Arnholt Brevik Calder Dunmore Elvang Fennick Garroway Hesketh Ilmby Jorvale "
+         "Kettering Lowmoor").split()
+KEEPERS = ("Ines Varga|Tomas Brill|Oda Kessler|Pavel Noor|Runa Falk|Sami Orto|Vilja Strand|"
+           "Aksel Dunn|Berit Holm|Casimir Lo|Dagny Rhee|Eskil Mar").split("|")
+COMPASS_QUESTION = "In which town does the keeper of the copper compass number 7 live?"
+
+
+def compass_corpus(root: Path) -> Path:
+    """12 weavers in 12 towns, 12 compasses kept by them; compass 7's keeper is the only
+    way to the answer, and every compass note looks alike."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (keeper, town) in enumerate(zip(KEEPERS, TOWNS, strict=True)):
+        (root / f"weaver-{i:02d}.txt").write_text(
+            f"{keeper} is a weaver who lives in the town of {town}.\n")
+        (root / f"compass-{i + 1:02d}.txt").write_text(
+            f"The copper compass number {i + 1} is kept by {KEEPERS[(i + 5) % 12]}.\n")
+    return root
+
+
+def test_terms_drop_function_words_and_repeat_nothing() -> None:
+    assert lexical.terms("Where is the ERR_4402 key? The key, the key!") == [
+        "err", "4402", "key"]
+    assert lexical.match_expression(['a"b', "c"]) == '"a""b" OR "c"'
+
+
+def test_memory_bm25_ranks_the_exact_identifier_first() -> None:
+    texts = ["The deploy failed with error E4402 on node seven.",
+             "The deploy failed with error E4403 on node seven.",
+             "Barley soup is made with onions."]
+    ids, scores = lexical.MemoryLexicon(texts).bm25(lexical.terms("what caused E4402"))
+    assert ids[np.argmax(scores)] == 0 and 2 not in ids and (scores > 0).all()
+
+
+def test_lexical_features_use_the_new_words_of_picked_chunks() -> None:
+    texts = ["The copper compass number 7 is kept by Ines Varga.",
+             "The copper compass number 8 is kept by Tomas Brill.",
+             "Ines Varga is a weaver who lives in the town of Arnholt.",
+             "Tomas Brill is a weaver who lives in the town of Brevik."]
+    source = MemoryCandidates(texts, np.zeros((4, 2), np.float32))
+    model = load_model("base")
+    state = qvalue.start(model, [COMPASS_QUESTION])[0]
+    asked, new = qvalue.lexical_queries(state)
+    assert "compass" in asked and new == []
+    before, _ = qvalue.lexical_features(source, state)
+    assert before[:, 1].max() == 0 and before[0, 0] == 1.0  # the best match is scaled to 1
+    state = qvalue.pick(model, state, source.rows([0])[0])
+    asked, new = qvalue.lexical_queries(state)
+    assert new == ["kept", "ines", "varga"]  # the question's words are not news
+    after, proposals = qvalue.lexical_features(source, state)
+    assert after[0].tolist() == [0.0, 0.0]  # picked: no longer an action
+    assert after[2, 1] == 1.0 and after[3, 1] == 0.0 and 2 in proposals
+    assert ((after >= 0) & (after <= 1)).all()
+
+
+def test_index_keeps_bm25_in_step_and_old_indexes_gain_it(tmp_path: Path, base_model) -> None:
+    root = compass_corpus(tmp_path / "docs")
+    index = tmp_path / "idx"
+    build_index([root], index, base_model, ChunkConfig())
+    with open_reader(index) as reader:
+        assert reader.has_lexical
+        ids, _ = reader.bm25(["varga"])
+        paths = {r.path.rsplit("/", 1)[-1] for r in reader.chunks(ids.tolist())}
+    assert paths == {"weaver-00.txt", "compass-08.txt"}
+    (root / "weaver-00.txt").write_text("Ines Varga moved away and sells rope in Calder.\n")
+    (root / "compass-08.txt").unlink()
+    build_index([root], index, base_model, ChunkConfig())
+    with open_reader(index) as reader:
+        ids, _ = reader.bm25(["varga", "weaver"])
+        texts = [r.text for r in reader.chunks(ids.tolist())]
+        assert any("sells rope" in t for t in texts)
+        assert not any("Ines Varga is a weaver" in t or "number 8 " in t for t in texts)
+        assert len(reader.bm25(["weaver"])[0]) == 11  # one weaver note changed its words
+
+    # An index written before the lexical table: refused with the fix, then upgraded by
+    # the next `qrag index` without embedding anything again.
+    with open_reader(index) as reader:
+        db = reader.folder / "index.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript("DROP TRIGGER chunks_fts_insert; DROP TRIGGER chunks_fts_delete; "
+                       "DROP TABLE chunks_fts; PRAGMA user_version=1;")
+    conn.close()
+    model = trainable(load_model("base"), frozen_chunks=True, lexical=[0.3, 0.3])
+    model.save(tmp_path / "hybrid")
+    proc = run_qrag("ask", COMPASS_QUESTION, "--index", str(index), "--model",
+                    str(tmp_path / "hybrid"))
+    assert proc.returncode != 0 and "predates lexical search" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    dense = run_qrag("ask", COMPASS_QUESTION, "--index", str(index), "--model",
+                     str(tmp_path / "hybrid"), "--lexical", "off", "--json")
+    assert dense.returncode == 0, dense.stderr
+    summary = build_index([root], index, base_model, ChunkConfig())
+    assert summary.tokens_embedded == 0
+    with open_reader(index) as reader:
+        assert reader.has_lexical and len(reader.bm25(["weaver"])[0]) == 11
+
+
+def test_lexical_off_is_the_pure_dense_q(tmp_path: Path, base_model) -> None:
+    root = compass_corpus(tmp_path / "docs")
+    build_index([root], tmp_path / "idx", base_model, ChunkConfig())
+    hybrid = trainable(load_model("base"), frozen_chunks=True, lexical=[0.5, 0.5])
+    dense = qvalue.without_lexical(trainable(load_model("base"), frozen_chunks=True,
+                                             lexical=[0.5, 0.5]))
+    with open_reader(tmp_path / "idx") as reader:
+        source = IndexCandidates(reader, exact=True)
+        ep_dense = run_episodes(dense, [COMPASS_QUESTION], [source], StopRule(2))[0]
+        ep_hybrid = run_episodes(hybrid, [COMPASS_QUESTION], [source], StopRule(2))[0]
+        state = qvalue.start(dense, [COMPASS_QUESTION])[0]
+        for ev in ep_dense.evidence:  # Q is exactly <E_s(s), E_a(a)>
+            vec = dense.embed_states([qvalue.state_tokens(dense, state)])[0]
+            assert ev.q == pytest.approx(float(reader.vectors[ev.chunk_id] @ vec), abs=1e-5)
+            state = qvalue.pick(dense, state, reader.chunks([ev.chunk_id])[0])
+    # The hybrid's first pick scores its full lexical weight on top of the dense term.
+    first = ep_hybrid.evidence[0]
+    assert "number 7 " in first.text and first.q > ep_dense.evidence[0].q + 0.4
+
+
+def test_shipped_default_finds_both_hops_of_the_compass_question(tmp_path: Path) -> None:
+    """The second hop needs the keeper's name, which only the first pick reveals; every
+    other compass note shares the question's words. Dense Q alone (issue #13) picks the
+    compass note, then more compass notes."""
+    root = compass_corpus(tmp_path / "docs")
+    index = str(tmp_path / "idx")
+    run_qrag("index", str(root), "--index", index, check=True)
+    out = json.loads(run_qrag("ask", COMPASS_QUESTION, "--index", index, "--steps", "4",
+                              "--no-stop", "--json", check=True).stdout)
+    paths = [Path(ev["path"]).name for ev in out["evidence"]]
+    keeper = KEEPERS[(6 + 5) % 12]  # compass 7 is note i = 6
+    weaver = f"weaver-{KEEPERS.index(keeper):02d}.txt"
+    assert paths[:2] == ["compass-07.txt", weaver], paths  # hop 1, then hop 2
+    base = json.loads(run_qrag("ask", COMPASS_QUESTION, "--index", index, "--steps", "4",
+                               "--no-stop", "--json", "--model", "base", check=True).stdout)
+    assert weaver not in [Path(ev["path"]).name for ev in base["evidence"]]  # the hard part
+
