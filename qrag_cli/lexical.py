@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -40,8 +41,11 @@ _WORD = re.compile(r"[^\W_]+")  # letters and digits, as FTS5's unicode61 tokeni
 
 
 def terms(text: str) -> list[str]:
-    """Lower-cased content words of `text`, first occurrence order, no repeats."""
-    seen = dict.fromkeys(w for w in (m.group(0).lower() for m in _WORD.finditer(text))
+    """Lower-cased content words of `text` without diacritics (as the FTS5 tokenizer
+    stores them), first occurrence order, no repeats."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text)
+                    if not unicodedata.combining(c))
+    seen = dict.fromkeys(w for w in (m.group(0).lower() for m in _WORD.finditer(plain))
                          if w not in STOPWORDS)
     return list(seen)
 

@@ -436,8 +436,9 @@ def write_model_card(out: Path, info: dict) -> None:
         f"{metrics.get('calibrated_threshold')}; right step in "
         f"{metrics.get('stop_right_share')} of eval episodes) |", "",
     ]
-    if info.get("notes"):
-        lines += [info["notes"], ""]
+    lines += ["Held-out benchmark tables (BM25, dense, untrained, this model with and without "
+              "its lexical terms): `BENCHMARKS.md` in the qrag repository; reproduce with "
+              "`qrag bench --profile quick --model MODEL_DIR --lexical both`.", ""]
     tmp = out / ".MODEL_CARD.md.tmp"
     tmp.write_text("\n".join(lines))
     tmp.replace(out / "MODEL_CARD.md")
@@ -567,6 +568,10 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     if resume is None:
         log({"event": "eval", "update": 0, **before})
         curve.append({"update": 0, **before})
+        # The starting model is a candidate too: a run never ships worse than it began.
+        best = before["select"]
+        model.cfg.metrics = {"eval": before, "update": 0}
+        model.save(out)
     t_start = time.perf_counter()
     done = 0
     for update in range(start, cfg.updates):

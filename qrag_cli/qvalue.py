@@ -4,13 +4,14 @@ and evaluation all call this module; none computes Q on its own.
 
     Q(s, a) = <E_s(s), pos(E_a(a))>                            the paper's dense term
             + w_question * bm25(question -> a) / best          exact names, keys, codes
-            + w_picked   * bm25(new words of picked -> a) / best   the bridge to the next hop
+            + w_picked   * bm25(new words of picked -> a) / best   the next hop's bridge
 
 `best` is the highest BM25 score among the chunks still available, so both lexical
 features lie in [0, 1] whatever the corpus size. "New words" are the words of the picked
 chunks that the question does not already hold: the entity a first hop reveals ("kept by
-Ines Berg") and the second hop must find. The weights are the model's (`ModelConfig.lexical`,
-learned by `qrag train`); a model without them, or `--lexical off`, is the pure dense Q.
+Ines Berg") and the second hop must find. The weights are the model's
+(`ModelConfig.lexical`, learned by `qrag train`); a model without them, or `--lexical off`,
+is the pure dense Q.
 
 Candidates at each step are the union of the dense top-`pool` (HNSW, or every chunk) and
 each lexical feature's top-`pool`, all scored exactly.
@@ -108,7 +109,10 @@ def state_tokens(model: QModel, state: State) -> list[int]:
 
 
 def lexical_queries(state: State) -> tuple[list[str], list[str]]:
-    """(question words, new words of the picked chunks, latest pick first)."""
+    """(question words, new words of the picked chunks, latest pick first; a query keeps
+    its first lexical.MAX_TERMS words). Keeping only the rarest new words (names, not
+    prose) measured worse on validation: a paragraph's title comes first and is the
+    bridge, and rare words are often the picked chunk's own."""
     asked = lexical.terms(state.question)
     known = set(asked)
     seen = lexical.terms(" ".join(r.text for r in reversed(state.picked)))

@@ -72,23 +72,24 @@ def test_bench_runs_every_method_through_the_cli(tmp_path: Path) -> None:
 
     write_examples(two_hop_task(8, seed=0), tmp_path / "t.jsonl")
     run_qrag("train", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "m"), "--layers",
-             "1", "--updates", "1", "--batch", "2", "--budget", "2", check=True)
+             "1", "--updates", "1", "--batch", "2", "--budget", "2", "--lexical", "on",
+             check=True)
     out = tmp_path / "res"
     proc = run_qrag("bench", "--out", str(out), "--task", "qa2", "--task", "niah_multikey",
                     "--length", "2048", "--questions", "3", "--steps", "3", "--no-speed",
-                    "--no-real", "--model", str(tmp_path / "m"), "--json", check=True,
-                    timeout=600)
+                    "--no-real", "--model", str(tmp_path / "m"), "--lexical", "both", "--json",
+                    check=True, timeout=600)
     result = json.loads(proc.stdout)
     methods = {(r["task"], r["method"]) for r in result["rows"]}
     assert {m for _, m in methods} == {"bm25 top-k", "dense top-k", "multi-step untrained",
-                                       "qrag m"}
-    assert len(methods) == 8
+                                       "qrag m", "qrag m (dense Q)"}  # hybrid and ablation
+    assert len(methods) == 10
     for row in result["rows"]:
         assert 0 <= row["fact_em"] <= 1 and row["n"] == 3 and row["chunks"] > 10
         assert row["mean_steps"] <= 3
         per_q = row["per_question"]
         assert len(per_q) == 3 and row["fact_em"] == sum(q["fact_em"] for q in per_q) / 3
-    assert (out / "results.md").read_text().count("| qa2 |") == 4
+    assert (out / "results.md").read_text().count("| qa2 |") == 5
     assert (out / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"
     assert len(load_examples(out / "train" / "qa2.jsonl")) == 200
 

@@ -26,7 +26,7 @@ def test_shipped_default_is_compact_and_used_unless_another_is_asked_for(
     # BM25 weights, and the calibrated stop recorded but not applied (`--stop record`).
     assert model.cfg.lexical is not None and len(model.cfg.lexical) == 2
     assert model.cfg.train["lexical"] == [0.1, 0.1] and not model.cfg.train["train_encoder"]
-    assert model.cfg.lexical != model.cfg.train["lexical"]  # learned, not the start
+    assert model.cfg.metrics["kept_update"] is not None and model.cfg.metrics["curve"]
     assert model.cfg.threshold is None and not model.cfg.train["apply_stop"]
     assert model.cfg.metrics["calibrated_threshold"] is not None
     # E_a is the base: an index built with either serves both.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -47,6 +48,11 @@ def check_consistent(index_dir: Path) -> int:
             assert np.allclose(stored, reader.vectors[ids[:5]], atol=1e-6)
             files = reader.conn.execute("SELECT sum(n_chunks) FROM files").fetchone()[0]
             assert files == reader.n_chunks
+        # BM25's table holds exactly the committed chunks' words (FTS5 verifies its index
+        # against the chunks table; raises on any difference).
+        check = sqlite3.connect(reader.folder / "index.sqlite")
+        check.execute("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
+        check.close()
         return reader.n_chunks
 
 
