@@ -524,7 +524,9 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     device = torch.device(cfg.device)
     model.to(device)
     target_state = copy.deepcopy(model.state_encoder).requires_grad_(False)
-    target_chunk = (model.chunk_encoder if cfg.frozen_chunks
+    # A frozen E_a (this run's --frozen-chunks, or a frozen-chunk model trained further)
+    # is its own target network.
+    target_chunk = (model.chunk_encoder if model.cfg.frozen_chunks
                     else copy.deepcopy(model.chunk_encoder).requires_grad_(False))
     if cfg.freeze_embeddings:
         vocab = model.encoder_config.get("vocab_size")
@@ -547,7 +549,7 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     if state is not None:
         target_state.load_state_dict({k[13:]: v for k, v in state.items()
                                       if k.startswith("target_state.")})
-        if not cfg.frozen_chunks:
+        if not model.cfg.frozen_chunks:
             target_chunk.load_state_dict({k[13:]: v for k, v in state.items()
                                           if k.startswith("target_chunk.")})
         opt_state = {"state": {}, "param_groups": meta["param_groups"]}
@@ -559,7 +561,10 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     if not cfg.target_network:
         target_state, target_chunk = model.state_encoder, model.chunk_encoder
 
-    cache: dict[str, np.ndarray] | None = {} if cfg.frozen_chunks else None
+    # Chunk vectors that cannot change (a frozen E_a, or no encoder training) are
+    # embedded once for the whole run: rollouts, evaluations and calibration.
+    fixed_chunks = model.cfg.frozen_chunks or not cfg.train_encoder
+    cache: dict[str, np.ndarray] | None = {} if fixed_chunks else None
     # A resumed run keeps the first run's starting scores, curve and training seconds.
     before = _evaluate(model, eval_sets, cfg.budget, cache) if resume is None \
         else meta.get("before", {})
@@ -597,7 +602,7 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         opt.step()
         if cfg.target_network and cfg.train_encoder:
             polyak_update(target_state, model.state_encoder, cfg.tau)
-            if not cfg.frozen_chunks:
+            if not model.cfg.frozen_chunks:
                 polyak_update(target_chunk, model.chunk_encoder, cfg.tau)
         done += 1
         row = {"event": "update", "update": update + 1, "loss": round(loss.item(), 6),
