@@ -25,7 +25,8 @@ def test_shipped_default_is_compact_and_used_unless_another_is_asked_for(
     # Written by the recipe (make train-default), not by hand: a hybrid Q with learned
     # BM25 weights, and the calibrated stop recorded but not applied (`--stop record`).
     assert model.cfg.lexical is not None and len(model.cfg.lexical) == 2
-    assert model.cfg.train["lexical"] == [0.1, 0.1] and not model.cfg.train["train_encoder"]
+    assert all(w > 0 for w in model.cfg.lexical)
+    assert not model.cfg.train["train_encoder"] and model.cfg.train["warm_start"] > 0
     assert model.cfg.metrics["kept_update"] is not None and model.cfg.metrics["curve"]
     assert model.cfg.threshold is None and not model.cfg.train["apply_stop"]
     assert model.cfg.metrics["calibrated_threshold"] is not None
@@ -62,12 +63,12 @@ def test_shipped_default_beats_the_base_on_held_out_questions() -> None:
     real = real_examples()
     assert real is not None
     _, held_out = split(real, 0.5, 0)
-    stories = [*training_examples("qa2", 10, 2026, stories=4),
-               *training_examples("qa3", 10, 2026, stories=4)]
+    stories = [*training_examples("qa2_gen", 10, 2026, stories=4),
+               *training_examples("qa3_gen", 10, 2026, stories=4)]
     shipped, base = load_model(None), load_model("base")
     cache: dict = {}  # same chunk vectors for both models: E_a is the base
     em = {name: (score(run_examples(m, held_out, 4, cache=cache), held_out).fact_em,
                  score(run_examples(m, stories, 5, cache=cache), stories).fact_em)
           for name, m in (("shipped", shipped), ("base", base))}
-    assert em["shipped"][0] >= em["base"][0] + 0.1, em  # measured 0.587 vs 0.420
-    assert em["shipped"][1] >= em["base"][1] + 0.15, em  # measured 0.25 vs 0.00
+    assert em["shipped"][0] >= em["base"][0] + 0.1, em  # measured 0.627 vs 0.427
+    assert em["shipped"][1] >= em["base"][1] + 0.15, em  # measured 0.35 vs 0.05
