@@ -63,15 +63,20 @@ def parse_example(obj: object, where: str) -> Example:
                    support=tuple(sorted(support)), answer=answer)
 
 
-def load_examples(path: Path, skip_bad: bool = False,
-                  on_bad: Callable[[str], None] = lambda msg: None) -> list[Example]:
-    """Read a training JSONL. A bad line refuses the file unless `skip_bad` (then reported)."""
+def _text_lines(path: Path) -> list[str]:
+    """A UTF-8 text file's lines; DataError naming the file when it cannot be read."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text: {exc.reason}") from exc
+
+
+def load_examples(path: Path, skip_bad: bool = False,
+                  on_bad: Callable[[str], None] = lambda msg: None) -> list[Example]:
+    """Read a training JSONL. A bad line refuses the file unless `skip_bad` (then reported)."""
+    lines = _text_lines(path)
     examples: list[Example] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -265,12 +270,7 @@ def read_babi(path: Path) -> list[BabiQuestion]:
     """Parse a bAbI v1.2 text file: numbered lines, numbering back at 1 starts a new story,
     and a question line is `N question<TAB>answer<TAB>supporting line numbers`. A
     malformed line raises DataError naming file:line."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text: {exc.reason}") from exc
+    lines = _text_lines(path)
     out: list[BabiQuestion] = []
     sentences: list[str] = []
     index_of: dict[int, int] = {}  # story line number -> index into `sentences`
