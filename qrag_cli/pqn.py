@@ -209,7 +209,6 @@ class Rollout:
     the loss alike."""
 
     transitions: list[Transition]
-    picks: list[list[int]]
     solved: float
     action_ids: list[list[list[int]]]  # per example, per chunk: E_a input ids
     chunk_vecs: list[np.ndarray]  # per example: the rollout's E_a vectors of its chunks
@@ -232,7 +231,7 @@ def collect(model: QModel, batch: Sequence[Example], cfg: TrainConfig, update: i
     episodes = run_episodes(model, [ex.question for ex in batch], sources,
                             StopRule(cfg.budget), policy=policy, alternatives=alternatives)
     states = qvalue.start(model, [ex.question for ex in batch])
-    transitions, all_picks, action_ids, solved = [], [], [], 0
+    transitions, action_ids, solved = [], [], 0
     for i, (ex, ep) in enumerate(zip(batch, episodes, strict=True)):
         picks = [ev.chunk_id for ev in ep.evidence]
         rows = sources[i].rows(picks)
@@ -245,9 +244,8 @@ def collect(model: QModel, batch: Sequence[Example], cfg: TrainConfig, update: i
             transitions.append(Transition(i, t, qvalue.state_tokens(model, state), pick,
                                           picks[:t], r, features))
             state = qvalue.pick(model, state, rows[t])
-        all_picks.append(picks)
         action_ids.append(model.action_ids(ex.chunks))
-    return Rollout(transitions, all_picks, solved / len(batch), action_ids,
+    return Rollout(transitions, solved / len(batch), action_ids,
                    [src.vectors(np.arange(len(src))) for src in sources],
                    [ex.support for ex in batch])
 
