@@ -52,7 +52,7 @@ def index(
     overlap: Annotated[int, typer.Option(help="Tokens shared by neighbouring chunks.")] = 16,
     max_file_size: Annotated[str, typer.Option(help="Skip larger files (e.g. 10MB).")] = "10MB",
     include_secrets: Annotated[bool, typer.Option(
-        help="Also index .env files and private keys (never by default).")] = False,
+        help="Also index files holding keys, tokens or passwords (never by default).")] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +25,17 @@ def config_dir() -> Path:
     """Folder of `config.toml`: $QRAG_HOME if set (tests), else the user config dir."""
     env = os.environ.get("QRAG_HOME")
     return Path(env).expanduser() if env else Path(platformdirs.user_config_dir("qrag"))
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files created meanwhile are 0600 and folders 0700, whatever the user's umask: an index
+    holds the text of the files it indexed, and those may have been private (0600)."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def resolve_index(name_or_dir: str | None) -> Path:

@@ -1,18 +1,17 @@
 """Find the files to index under the given roots.
 
-Ignore rules (.gitignore, .qragignore, .git/info/exclude), always-skipped folders, secrets,
-binaries, size caps and symlinks are all handled here, so later stages only ever see
-files that are meant to be read. Git itself is never called: qrag must work on plain
-folders and without git installed.
+Ignore rules (.gitignore, .qragignore, .git/info/exclude), always-skipped folders, files
+named as secrets, binaries, size caps and symlinks are all handled here, so later stages
+only ever see files that are meant to be read. Secrets inside a file's text are found by
+the indexer, which reads the whole text anyway (secretscan.find_secret). Git itself is
+never called: qrag must work on plain folders and without git installed.
 """
 
 from __future__ import annotations
 
 import errno
-import fnmatch
 import hashlib
 import os
-import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pathspec
 
+from qrag_cli.secretscan import secret_name
 from qrag_cli.types import QragError
 
 
@@ -61,17 +61,7 @@ _SKIP_DIRS = frozenset(
 _VENV_NAMES = frozenset({"venv", ".venv", "env"})
 # Later rule files win, so a .qragignore can `!`-include a file that .gitignore excludes.
 _RULE_FILES = (".gitignore", ".qragignore")
-_SECRET_GLOBS = (
-    ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*",
-    "id_ed25519*", "*.keystore", "*.jks", ".netrc", ".pgpass", "credentials.json", "*.gpg",
-)  # fmt: skip
-# One compiled regex instead of 16 fnmatch calls per file; case-insensitive since "KEY.PEM"
-# is as secret as "key.pem".
-_SECRET_NAME = re.compile("|".join(fnmatch.translate(g) for g in _SECRET_GLOBS), re.IGNORECASE)
-# "-----BEGIN PRIVATE KEY-----", "-----BEGIN RSA PRIVATE KEY-----", "... OPENSSH PRIVATE KEY-----"
-_PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
-_HEAD = 8192  # bytes sniffed for NUL (binary); the first 4 KiB are searched for key headers
-_KEY_HEAD = 4096
+_HEAD = 8192  # bytes sniffed for NUL (binary); content secrets are the indexer's job
 # UTF-16/32 text is full of NUL bytes, but a BOM marks it as text the reader can decode.
 _TEXT_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 
@@ -123,7 +113,7 @@ class _Walker:
                 continue
             self.walk_dir(self.stack.pop())
         for path, real, st in sorted(self.link_files, key=lambda t: t[0]):
-            self.consider_file(path, real, st, explicit=False)
+            self.consider_file(path, real, st)
 
     def walk_dir(self, task: _DirTask) -> None:
         try:
@@ -151,10 +141,9 @@ class _Walker:
 
     def walk_entry(self, task: _DirTask, specs: _Specs, entry: os.DirEntry[str]) -> None:
         name = entry.name
-        secret_name = _SECRET_NAME.match(name) is not None
         # Hidden names are skipped quietly, except secret files such as `.env`: those are
         # reported (the user should know one was seen) or kept with include_secrets.
-        if name.startswith(".") and not secret_name:
+        if name.startswith(".") and secret_name(name) is None:
             return
         try:
             is_link = entry.is_symlink()
@@ -178,7 +167,7 @@ class _Walker:
             except OSError as e:
                 self.skip(entry.path, _why(e))
                 return
-            self.consider_file(entry.path, os.path.join(task.real, name), st, explicit=False)
+            self.consider_file(entry.path, os.path.join(task.real, name), st)
 
     def found_link(self, task: _DirTask, specs: _Specs, path: str, rel: str) -> None:
         try:
@@ -201,7 +190,7 @@ class _Walker:
         else:
             self.link_files.append((path, real, st))
 
-    def consider_file(self, path: str, real: str, st: os.stat_result, *, explicit: bool) -> None:
+    def consider_file(self, path: str, real: str, st: os.stat_result) -> None:
         if real in self.seen_files:
             return
         self.seen_files.add(real)
@@ -209,13 +198,12 @@ class _Walker:
             # FIFOs, sockets and devices: opening one could block forever.
             self.skip(path, "unreadable: not a regular file")
             return
-        # An explicitly named file is indexed even if it looks secret: explicit beats default.
-        keep_secrets = self.include_secrets or explicit
+        # A file named on the command line is checked too: `qrag index *` in a folder of
+        # keys must not index them. Only --include-secrets lets secrets in.
         # Both names count: a link called notes.txt may point at an id_rsa.
-        if not keep_secrets and (
-            _SECRET_NAME.match(os.path.basename(path)) or _SECRET_NAME.match(os.path.basename(real))
-        ):
-            self.skip(path, "secret")
+        kind = secret_name(os.path.basename(path)) or secret_name(os.path.basename(real))
+        if kind and not self.include_secrets:
+            self.skip(path, f"secret ({kind})")
             return
         if st.st_size > self.max_file_size:
             self.skip(path, f"too large ({_fmt_sizes(st.st_size, self.max_file_size)})")
@@ -225,9 +213,6 @@ class _Walker:
                 head = f.read(_HEAD)
         except OSError as e:
             self.skip(path, _why(e))
-            return
-        if not keep_secrets and _PRIVATE_KEY.search(head, 0, _KEY_HEAD):
-            self.skip(path, "secret")
             return
         if b"\0" in head and not _binary_but_readable(path, head):
             self.skip(path, "binary")
@@ -249,8 +234,8 @@ def discover(
             raise QragError(f"no such file or directory: {root}")
         paths.append(path)
     walker = _Walker([os.path.realpath(p) for p in paths], max_file_size, include_secrets)
-    # Explicit files first, so that a file named on the command line is taken on its own
-    # terms (e.g. a secret) even if a folder root also reaches it.
+    # Explicit files first, so that a file named on the command line is listed under the
+    # name the user gave even if a folder root also reaches it.
     for path in paths:
         if not os.path.isdir(path):
             try:
@@ -258,7 +243,7 @@ def discover(
             except OSError as e:
                 walker.skip(path, _why(e))
                 continue
-            walker.consider_file(path, os.path.realpath(path), st, explicit=True)
+            walker.consider_file(path, os.path.realpath(path), st)
     for path in reversed(paths):  # a stack: the first root is walked first
         if os.path.isdir(path):
             anchor, specs = _repo_context(path)

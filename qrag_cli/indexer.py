@@ -14,11 +14,15 @@ from qrag_cli.config import ChunkConfig
 from qrag_cli.discover import FoundFile, discover, file_hash
 from qrag_cli.model import QModel
 from qrag_cli.readers import read_document
+from qrag_cli.secretscan import RULES_VERSION, find_secret
 from qrag_cli.store import IndexWriter
 from qrag_cli.types import Chunk, QragError, ReadError
 
 EMBED_GROUP = 512  # chunks embedded together: enough to length-sort into tight batches
 MIN_COMMIT_INTERVAL_S = 10.0
+# meta key: the secretscan rules every indexed file was checked under ("off": some files
+# went in with --include-secrets).
+SECRET_RULES_KEY = "secret_rules"
 
 
 @dataclass
@@ -42,6 +46,14 @@ class IndexSummary:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class _Todo:
+    found: FoundFile
+    hash: str
+    old_id: int | None  # file id of the indexed version, if any
+    recheck: bool = False  # indexed and unchanged: only scan it for secrets
 
 
 @dataclass
@@ -96,15 +108,26 @@ def build_index(
             summary.problems.append({"path": skip.path, "reason": skip.reason})
             on_problem(skip.path, skip.reason)
 
+        scan_secrets = not include_secrets
+        # Kept files were checked under the rules of the run that indexed them. When those
+        # were older rules, or off, every kept file is read and checked again (nothing is
+        # re-embedded), so that a refresh drops what today's rules refuse.
+        recheck = scan_secrets and writer.meta_get(SECRET_RULES_KEY) != str(RULES_VERSION)
+        if include_secrets:  # committed with the first secret this run lets in
+            writer.meta_set(SECRET_RULES_KEY, "off")
+
         existing = writer.files()
         seen: set[str] = set()
-        todo: list[tuple[FoundFile, str, int | None]] = []
+        todo: list[_Todo] = []
         for item in found.files:
             key = str(item.path)
             seen.add(key)
             old = existing.get(key)
             if old and old.size == item.size and old.mtime_ns == item.mtime_ns:
-                summary.unchanged += 1
+                if recheck:
+                    todo.append(_Todo(item, old.hash, old.id, recheck=True))
+                else:
+                    summary.unchanged += 1
                 continue
             try:
                 digest = file_hash(item.path)
@@ -116,9 +139,12 @@ def build_index(
                 continue
             if old and old.hash == digest:
                 writer.touch_file(old.id, item.size, item.mtime_ns)
-                summary.unchanged += 1
+                if recheck:
+                    todo.append(_Todo(item, digest, old.id, recheck=True))
+                else:
+                    summary.unchanged += 1
                 continue
-            todo.append((item, digest, old.id if old else None))
+            todo.append(_Todo(item, digest, old.id if old else None))
         for path, old in existing.items():
             if path not in seen and _under(path, roots):
                 writer.remove_file(old.id)
@@ -129,7 +155,6 @@ def build_index(
         embed_group = int(os.environ.get("QRAG_EMBED_GROUP", EMBED_GROUP))
         min_interval = float(os.environ.get("QRAG_COMMIT_INTERVAL", MIN_COMMIT_INTERVAL_S))
         total = len(todo)
-        on_progress(0, total)
         last_commit = time.perf_counter()
         commit_cost = 0.0
         group: list[_Pending] = []
@@ -154,16 +179,33 @@ def build_index(
                 summary.tokens_embedded += sum(c.n_tokens for c in p.chunks)
             group.clear()
 
-        for done, (item, digest, old_id) in enumerate(todo, start=1):
+        for done, job in enumerate(todo):
+            on_progress(done, total)  # here, not at the end: skipped files count too
+            item = job.found
             try:
                 doc = read_document(item.path)
             except ReadError as exc:
+                if job.recheck:  # indexed when it was readable; it has not changed since
+                    summary.unchanged += 1
+                    continue
                 summary.failed += 1
                 summary.problems.append({"path": item.rel, "reason": str(exc)})
                 on_problem(item.rel, str(exc).removeprefix(f"{item.path}: "))
                 continue
+            why = find_secret(doc, (Path(item.rel).name, item.path.name)) if scan_secrets else None
+            if why:  # refused whole; an indexed version (older or kept) goes too
+                if job.old_id is not None:
+                    writer.remove_file(job.old_id)
+                    summary.removed += 1
+                summary.skipped += 1
+                summary.problems.append({"path": item.rel, "reason": f"secret ({why})"})
+                on_problem(item.rel, f"secret ({why})")
+                continue
+            if job.recheck:
+                summary.unchanged += 1
+                continue
             chunks = chunk_document(doc, chunk_cfg, fits=model.fits)
-            group.append(_Pending(item, digest, doc.kind, chunks, old_id))
+            group.append(_Pending(item, job.hash, doc.kind, chunks, job.old_id))
             if sum(len(p.chunks) for p in group) >= embed_group:
                 flush()
                 # Commit often enough that a kill loses little, rarely enough that saving
@@ -173,9 +215,11 @@ def build_index(
                     writer.commit()
                     commit_cost = time.perf_counter() - now
                     last_commit = time.perf_counter()
-            on_progress(done, total)
+        on_progress(total, total)
         if group:
             flush()
+        if scan_secrets:
+            writer.meta_set(SECRET_RULES_KEY, str(RULES_VERSION))
         writer.finish()
         stats = writer.totals
         summary.files_total, summary.chunks_total = stats

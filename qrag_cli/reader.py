@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qrag_cli.config import config_dir
+from qrag_cli.config import config_dir, private_umask
 from qrag_cli.types import Evidence, LLMError, UsageError
 
 CONFIG_NAME = "config.toml"
@@ -162,7 +162,8 @@ def save_default_llm(path: Path) -> Path:
         reader = data["reader"] = {}
     reader["llm"] = str(Path(path).expanduser().resolve())
     text = _toml_dump(data)
-    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    with private_umask():  # the folders qrag creates are its own: 0700 (mkstemp: 0600)
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
     # Temp file in the same folder + os.replace: a crash never leaves a half-written config.
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=cfg_path.parent)
     try:

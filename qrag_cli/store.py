@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +35,7 @@ import hnswlib
 import numpy as np
 
 from qrag_cli import lexical
+from qrag_cli.config import private_umask
 from qrag_cli.types import Chunk, CorruptIndexError, NoIndexError, QragError
 
 FORMAT_VERSION = 1
@@ -292,6 +294,18 @@ class IndexWriter:
 
     def __init__(self, index_dir: Path, manifest: dict) -> None:
         """`manifest`: model_name, model_fingerprint, dim, chunking (dict)."""
+        # Everything the writer creates (folders, SQLite and its -wal/-shm, vectors, graphs,
+        # temp files, the lock) is private while it runs: the umask covers files that SQLite
+        # and hnswlib create themselves. Restored in _release().
+        self._private = contextlib.ExitStack()
+        self._private.enter_context(private_umask())
+        try:
+            self._start(index_dir, manifest)
+        except BaseException:
+            self._private.close()
+            raise
+
+    def _start(self, index_dir: Path, manifest: dict) -> None:
         self.index_dir = index_dir
         index_dir.mkdir(parents=True, exist_ok=True)
         self._lock = (index_dir / "index.lock").open("a")
@@ -300,6 +314,7 @@ class IndexWriter:
         except BlockingIOError:
             self._lock.close()
             raise QragError(f"another `qrag index` is writing {index_dir}; wait for it") from None
+        _make_private(index_dir)
         self.manifest = manifest
         self.rebuild_reason: str | None = None
         self.old_roots: str | None = None
@@ -534,6 +549,22 @@ class IndexWriter:
         with contextlib.suppress(OSError):
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
+        self._private.close()
+
+
+def _make_private(index_dir: Path) -> None:
+    """Make an index written before qrag kept its files private 0600/0700 (a no-op after)."""
+    if not (index_dir / "CURRENT").exists():
+        return  # a new index: created under private_umask; a folder the user made stays
+    paths = [index_dir, *index_dir.iterdir()]
+    paths += [p for store in index_dir.glob("store-*") if store.is_dir() for p in store.iterdir()]
+    for path in paths:
+        # Gone: a reader's -wal/-shm, removed when it closed. Another user's file cannot be
+        # changed, and is no reason to refuse to index.
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            st = path.lstat()
+            if stat.S_IMODE(st.st_mode) & 0o077 and not stat.S_ISLNK(st.st_mode):
+                path.chmod(0o700 if stat.S_ISDIR(st.st_mode) else 0o600)
 
 
 @contextlib.contextmanager

@@ -99,20 +99,23 @@ def test_hidden_and_always_skipped_folders(in_tmp: Path) -> None:
     assert d.skipped == []
 
 
-def test_secrets_skipped_and_reported(in_tmp: Path) -> None:
+def test_secret_names_skipped_and_reported(in_tmp: Path) -> None:
+    """Names only: secrets inside a file's text are the indexer's check (test_secrets.py)."""
     put(in_tmp, "readme.md")
     put(in_tmp, ".env", "API_KEY=x\n")
     put(in_tmp, ".env.local", "API_KEY=y\n")
     put(in_tmp, "ssh/id_rsa", "whatever\n")
     put(in_tmp, "certs/server.pem", "cert\n")
-    put(in_tmp, "notes.txt", "my key:\n-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n")
-    put(in_tmp, "pkcs8.txt", "-----BEGIN PRIVATE KEY-----\nabc\n")
-    secrets = [".env", ".env.local", "certs/server.pem", "notes.txt", "pkcs8.txt", "ssh/id_rsa"]
     d = discover([in_tmp])
     assert found(d) == ["readme.md"]
-    assert reasons(d) == dict.fromkeys(secrets, "secret")
+    assert reasons(d) == {
+        ".env": "secret (environment file)",
+        ".env.local": "secret (environment file)",
+        "certs/server.pem": "secret (key file)",
+        "ssh/id_rsa": "secret (SSH key file)",
+    }
     d = discover([in_tmp], include_secrets=True)
-    assert found(d) == sorted([*secrets, "readme.md"])
+    assert found(d) == [".env", ".env.local", "certs/server.pem", "readme.md", "ssh/id_rsa"]
     assert d.skipped == []
 
 
@@ -123,8 +126,9 @@ def test_explicit_file_roots_beat_defaults(in_tmp: Path) -> None:
     put(in_tmp, ".env", "X=1\n")
     put(in_tmp, "blob.bin", b"\x00\x01")
     d = discover([Path("ignored.txt"), Path(".hidden.md"), Path(".env"), Path("blob.bin"), in_tmp])
-    assert found(d) == [".env", ".hidden.md", "ignored.txt"]
-    assert reasons(d) == {"blob.bin": "binary"}  # explicit files are still binary-checked
+    assert found(d) == [".hidden.md", "ignored.txt"]
+    # ... but not the secret check, nor the binary check.
+    assert reasons(d) == {".env": "secret (environment file)", "blob.bin": "binary"}
 
 
 def test_binary_pdf_and_utf16(in_tmp: Path) -> None:
@@ -272,4 +276,4 @@ def test_many_files_walk_fast(tmp_path: Path) -> None:
 def test_link_to_secret_is_a_secret(in_tmp: Path) -> None:
     put(in_tmp, "keys/id_ed25519", "k\n")
     (in_tmp / "notes.txt").symlink_to("keys/id_ed25519")
-    assert reasons(discover([in_tmp])) == {"keys/id_ed25519": "secret"}
+    assert reasons(discover([in_tmp])) == {"keys/id_ed25519": "secret (SSH key file)"}

@@ -28,6 +28,7 @@ from qrag_cli.chunk import count_tokens
 from qrag_cli.datasets import BabiQuestion, Example, read_babi, training_chunks
 from qrag_cli.discover import discover
 from qrag_cli.readers import read_document
+from qrag_cli.secretscan import find_secret
 from qrag_cli.types import ReadError, UsageError
 
 # The shared real data beside the repository (../shared/data). Defined here rather than
@@ -352,9 +353,12 @@ def own_paragraphs(folder: Path) -> list[str]:
     paras = []
     for found in discover([folder]).files:
         try:
-            text = read_document(found.path).text
+            doc = read_document(found.path)
         except ReadError:
             continue  # `qrag index` would report it; filler just needs enough text
+        if find_secret(doc, (Path(found.rel).name, found.path.name)):
+            continue
+        text = doc.text
         paras += [re.sub(r"\s+", " ", p).strip() for p in re.split(r"\n\s*\n", text)]
     paras = [p for p in paras if len(p) > 40]
     if not paras:
