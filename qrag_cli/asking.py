@@ -34,6 +34,10 @@ class AskOptions:
     verbose: bool = False
 
 
+LOAD_TIMINGS = ("open_index_ms", "load_model_ms", "load_llm_ms")
+"""One-off start-up costs, repeated in every result's timings (the rest are per question)."""
+
+
 @dataclass
 class AskResult:
     question: str
@@ -44,19 +48,24 @@ class AskResult:
     answer: object | None = None  # reader.Answer
     alt_rows: dict[int, tuple[str, str]] = field(default_factory=dict)
 
-    def to_json(self, explain: bool = False) -> dict:
+    def to_json(self, explain: bool = False, absolute: bool = False) -> dict:
+        """`absolute`: paths as stored, for a client whose working directory is not ours."""
         obj = {
             "question": self.question, "model": self.model, "index": self.index,
-            "evidence": [render.evidence_json(ev, explain) for ev in self.episode.evidence],
+            "evidence": [render.evidence_json(ev, explain, absolute)
+                         for ev in self.episode.evidence],
             "stop": self.episode.stop, "answer": None,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }
         if self.answer is not None:
             ans = self.answer
+            stored = {ev.chunk_id: ev.path for ev in self.episode.evidence}
             obj["answer"] = ans.text.strip()
             obj["citations"] = [
                 {"n": n, "chunk_id": ans.used[n - 1].chunk_id,
-                 "path": ans.used[n - 1].path,  # already shown relative (see ask)
+                 # The LLM saw short paths (see ask); scripts get what the evidence shows.
+                 "path": (stored[ans.used[n - 1].chunk_id] if absolute
+                          else ans.used[n - 1].path),
                  "start_line": ans.used[n - 1].start_line,
                  "end_line": ans.used[n - 1].end_line} for n in ans.citations]
             obj["trimmed"] = [ev.chunk_id for ev in ans.trimmed]
@@ -83,38 +92,77 @@ class AskResult:
                          f"{self.timings_ms.get('retrieval_ms', 0):.0f} ms[/dim]")
 
 
-class Asker:
-    """Holds the index snapshot, the model and the LLM across many questions."""
+def load_llm(opts: AskOptions):  # -> reader.Reader (imported late: llama.cpp is heavy)
+    from qrag_cli.reader import Reader, ReaderSettings
 
-    def __init__(self, index_dir: Path, model_spec: str | None, opts: AskOptions) -> None:
+    return Reader(ReaderSettings(
+        llm=opts.llm, n_ctx=opts.n_ctx, max_tokens=opts.max_tokens,
+        temperature=opts.temperature, seed=opts.seed, threads=opts.threads,
+        gpu_layers=opts.gpu_layers, order=opts.order, verbose=opts.verbose))
+
+
+class Asker:
+    """Holds the index snapshot, the model and the LLM across many questions.
+
+    `model`: an already loaded model to share (`qrag mcp` serves several indexes with one);
+    it is used as given, `opts.lexical` is then the caller's business.
+    """
+
+    def __init__(self, index_dir: Path, model_spec: str | None, opts: AskOptions,
+                 model: QModel | None = None) -> None:
         t0 = time.perf_counter()
         self.opts = opts
+        self.index_dir = index_dir
+        self.model_spec = model_spec
         self.reader_index = IndexReader(index_dir)  # first: "no index" fails fast
         t1 = time.perf_counter()
-        self.model: QModel = load_model(model_spec)
-        if not opts.lexical:
-            without_lexical(self.model)
-        t2 = time.perf_counter()
-        manifest = self.reader_index.manifest
-        if manifest["model_fingerprint"] != self.model.cfg.fingerprint:
+        try:
+            if model is None:
+                model = load_model(model_spec)
+                if not opts.lexical:
+                    without_lexical(model)
+            self.model: QModel = model
+            self._check_model(self.reader_index)
+        except BaseException:
             self.reader_index.close()
-            raise IndexMismatchError(
-                f"index {index_dir} was built with model {manifest['model']!r} but "
-                f"{self.model.cfg.name!r} was asked for; re-index with "
-                f"`qrag index --index {index_dir} --model {model_spec or 'default'}` "
-                f"or pass the index's model with --model")
+            raise
+        t2 = time.perf_counter()
         self.candidates = IndexCandidates(self.reader_index, exact=opts.exact)
         self.llm = None
         self.load_ms = {"open_index_ms": (t1 - t0) * 1000, "load_model_ms": (t2 - t1) * 1000}
         if opts.answer:
-            from qrag_cli.reader import Reader, ReaderSettings
-
             t3 = time.perf_counter()
-            self.llm = Reader(ReaderSettings(
-                llm=opts.llm, n_ctx=opts.n_ctx, max_tokens=opts.max_tokens,
-                temperature=opts.temperature, seed=opts.seed, threads=opts.threads,
-                gpu_layers=opts.gpu_layers, order=opts.order, verbose=opts.verbose))
+            self.llm = load_llm(opts)
             self.load_ms["load_llm_ms"] = (time.perf_counter() - t3) * 1000
+
+    def _check_model(self, reader: IndexReader) -> None:
+        manifest = reader.manifest
+        if manifest["model_fingerprint"] != self.model.cfg.fingerprint:
+            raise IndexMismatchError(
+                f"index {self.index_dir} was built with model {manifest['model']!r} but "
+                f"{self.model.cfg.name!r} was asked for; re-index with "
+                f"`qrag index --index {self.index_dir} --model {self.model_spec or 'default'}` "
+                f"or pass the index's model with --model")
+
+    def refresh(self) -> None:
+        """Move to the latest committed index state (a long-lived Asker calls this before
+        each question). The model stays loaded; the index is reopened only when another
+        state was committed, and a half-written one is never seen (see IndexReader)."""
+        if self.reader_index.renew():
+            return
+        reader = IndexReader(self.index_dir)
+        try:
+            self._check_model(reader)  # a rebuild may have switched models
+        except BaseException:
+            reader.close()
+            raise
+        self.reader_index.close()
+        self.reader_index = reader
+        self.candidates = IndexCandidates(reader, exact=self.opts.exact)
+
+    def release(self) -> None:
+        """Let go of the index snapshot until the next `refresh` (idle between questions)."""
+        self.reader_index.release()
 
     def __enter__(self) -> Asker:
         return self
@@ -122,13 +170,16 @@ class Asker:
     def __exit__(self, *exc: object) -> None:
         self.reader_index.close()
 
-    def ask(self, question: str, on_token=None) -> AskResult:
+    def ask(self, question: str, on_token=None, llm=None, steps: int | None = None) -> AskResult:
+        """`llm`: a loaded reader to answer with, instead of the one `opts.answer` loaded;
+        `steps`: this question's budget, instead of `opts.steps`."""
+        llm = llm if llm is not None else self.llm
         threshold = None if self.opts.no_stop else (
             self.opts.threshold if self.opts.threshold is not None else self.model.cfg.threshold)
         clock: dict[str, float] = {}
         t0 = time.perf_counter()
         episode = run_episodes(self.model, [question], [self.candidates],
-                               StopRule(self.opts.steps, threshold), timings=clock)[0]
+                               StopRule(steps or self.opts.steps, threshold), timings=clock)[0]
         timings = {**self.load_ms, "encode_ms": clock.get("encode_ms", 0.0),
                    "search_ms": clock.get("search_ms", 0.0),
                    "retrieval_ms": (time.perf_counter() - t0) * 1000}
@@ -139,11 +190,11 @@ class Asker:
             result.alt_rows = {r.id: (f"{render.display_path(r.path)}:{r.start_line}-"
                                       f"{r.end_line}", r.text)
                                for r in self.candidates.rows(alt_ids)}
-        if self.llm is not None:
+        if llm is not None:
             t1 = time.perf_counter()
             # Short display paths: absolute ones would spend the LLM's context on prefixes.
             shown = [replace(ev, path=render.display_path(ev.path)) for ev in episode.evidence]
-            result.answer = self.llm.answer(question, shown, on_token=on_token)
+            result.answer = llm.answer(question, shown, on_token=on_token)
             timings["answer_ms"] = (time.perf_counter() - t1) * 1000
             timings.update({f"llm_{k}": v for k, v in result.answer.timings.items()})
         return result

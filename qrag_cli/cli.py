@@ -116,15 +116,12 @@ def _parse_size(text: str) -> int:
 @app.command()
 def status(index: IndexOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Show indexes: files, chunks, tokens, model, size on disk."""
-    from qrag_cli.store import list_indexes, open_reader
+    from qrag_cli.store import index_stats, list_indexes
 
     folders = [resolve_index(index)] if index else list_indexes(qrag_home())
     if index is None and not folders:
         raise QragError(f"no indexes under {qrag_home()}; run `qrag index PATH` first")
-    rows = []
-    for folder in folders:
-        with open_reader(folder) as reader:
-            rows.append({"index": str(folder), **reader.stats()})
+    rows = index_stats(folders)
     if as_json:
         render.print_json(rows[0] if index else rows)
         return
@@ -469,6 +466,21 @@ def ask(
 def _stream(piece: str) -> None:
     sys.stdout.write(piece)
     sys.stdout.flush()
+
+
+@app.command()
+def mcp(
+    index: IndexOpt = None,
+    model: ModelOpt = None,
+    llm: Annotated[str | None, typer.Option(
+        help="GGUF of the reader LLM for `ask` with answer (default: the configured one).")
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """MCP server over stdio: ask, get and status as tools for agents, model kept loaded."""
+    from qrag_cli.mcp_server import serve
+
+    serve(resolve_index(index), model, llm, debug=debug)
 
 
 BENCH_SUBCOMMANDS = {"data": "bench-data"}

@@ -110,6 +110,17 @@ def decode_bytes(data: bytes) -> str:
         return data.decode("latin-1")
 
 
+def line_span(doc: Document, start: int, end: int) -> str:
+    """The extracted text of source lines `start`..`end` (pages, for a PDF)."""
+    begin = next((off for off, line in doc.line_map if line >= start), len(doc.text))
+    stop = next((off for off, line in doc.line_map if line > end), len(doc.text))
+    return doc.text[begin:stop] if stop > begin else ""
+
+
+def last_line(doc: Document) -> int:
+    return doc.line_map[-1][1] if doc.line_map else 0
+
+
 def _normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 

@@ -35,9 +35,9 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def evidence_json(ev: Evidence, explain: bool = False) -> dict:
+def evidence_json(ev: Evidence, explain: bool = False, absolute: bool = False) -> dict:
     item = {"step": ev.step, "q": round(ev.q, 6), "chunk_id": ev.chunk_id,
-            "path": display_path(ev.path), "start_line": ev.start_line,
+            "path": ev.path if absolute else display_path(ev.path), "start_line": ev.start_line,
             "end_line": ev.end_line, "text": ev.text}
     if explain:
         item["alternatives"] = [{"chunk_id": c, "q": round(q, 6)} for c, q in ev.alternatives]

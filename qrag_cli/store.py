@@ -278,11 +278,44 @@ class IndexReader:
             "SELECT count(*), coalesce(sum(n_tokens), 0) FROM files").fetchone()
         size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
         return {"files": files, "chunks": self.n_chunks, "tokens": tokens,
-                "bytes_on_disk": size, "updated": self.meta.get("updated"), **self.manifest}
+                "bytes_on_disk": size, "updated": self.meta.get("updated"),
+                "roots": [str(root) for root in self.roots], **self.manifest}
 
-    def close(self) -> None:
+    @property
+    def roots(self) -> list[Path]:
+        """The files and folders this index was built from (absolute, resolved)."""
+        return [Path(p) for p in json.loads(self.meta.get("roots") or "[]")]
+
+    def has_file(self, path: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone() \
+            is not None
+
+    def release(self) -> None:
+        """End the read snapshot. A long-lived reader (`qrag mcp`) calls this between uses:
+        a snapshot held open would make the writer's final WAL checkpoint wait for it."""
         with contextlib.suppress(sqlite3.Error):
             self.conn.execute("ROLLBACK")
+
+    def renew(self) -> bool:
+        """Start a new snapshot. False (and no snapshot held) when another state was committed
+        since this reader was opened: its vectors and graph are stale, open a new reader."""
+        if _read_pointer(self.index_dir / "CURRENT") != self.folder.name:
+            return False  # rebuilt beside us; our folder may be gone
+        self.release()
+        try:
+            self.conn.execute("BEGIN")
+            # A commit that changes chunks bumps meta's generation (and the roots live in
+            # meta too): equal meta means the chunks, vectors and graph this reader holds.
+            if _meta(self.conn) == self.meta:
+                return True
+        except sqlite3.DatabaseError as exc:
+            raise CorruptIndexError(f"{self.folder / 'index.sqlite'} is corrupt ({exc}); "
+                                    f"rebuild with `qrag index`") from exc
+        self.release()
+        return False
+
+    def close(self) -> None:
+        self.release()
         self.conn.close()
 
 
@@ -574,6 +607,15 @@ def open_reader(index_dir: Path) -> Iterator[IndexReader]:
         yield reader
     finally:
         reader.close()
+
+
+def index_stats(folders: Iterable[Path]) -> list[dict]:
+    """`qrag status`: one row per index (files, chunks, tokens, model, size, ...)."""
+    rows = []
+    for folder in folders:
+        with open_reader(folder) as reader:
+            rows.append({"index": str(folder), **reader.stats()})
+    return rows
 
 
 def list_indexes(root: Path) -> list[Path]:
