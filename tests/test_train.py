@@ -8,28 +8,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_qrag
+from conftest import run_qrag
 
 from qrag_cli.bench.tasks import two_hop_task
 from qrag_cli.datasets import from_hotpotqa, from_musique, load_examples, write_examples
 from qrag_cli.model import load_model
 from qrag_cli.types import DataError
 
-SHARED = REPO.parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
 
-
-@needs_shared
-def test_convert_real_hotpotqa_and_musique(tmp_path: Path) -> None:
-    hot = list(from_hotpotqa(SHARED / "hotpotqa_train_200.json"))
+def test_convert_real_hotpotqa_and_musique(tmp_path: Path, shared_data: Path) -> None:
+    hot = list(from_hotpotqa(shared_data / "hotpotqa_train_200.json"))
     assert len(hot) == 200
     assert all(len(ex.chunks) >= 2 and 1 <= len(ex.support) <= 4 for ex in hot)
     assert sum(len(ex.support) == 2 for ex in hot) > 150  # bridge/comparison: two paragraphs
-    mus = list(from_musique(SHARED / "musique_train_100.jsonl"))
+    mus = list(from_musique(shared_data / "musique_train_100.jsonl"))
     assert len(mus) == 100 and all(2 <= len(ex.support) <= 4 for ex in mus)
     assert all(len(ex.chunks) == 20 for ex in mus)
     proc = run_qrag("train", "convert", "--from", "musique",
-                    str(SHARED / "musique_train_100.jsonl"), str(tmp_path / "m.jsonl"),
+                    str(shared_data / "musique_train_100.jsonl"), str(tmp_path / "m.jsonl"),
                     check=True)
     assert "100 examples" in proc.stderr
     assert len(load_examples(tmp_path / "m.jsonl")) == 100
