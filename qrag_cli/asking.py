@@ -11,7 +11,7 @@ from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.model import QModel, load_model
 from qrag_cli.qvalue import without_lexical
 from qrag_cli.store import IndexReader
-from qrag_cli.types import Episode, IndexMismatchError
+from qrag_cli.types import Episode, IndexMismatchError, NoIndexError
 
 
 @dataclass
@@ -115,6 +115,10 @@ class Asker:
         self.index_dir = index_dir
         self.model_spec = model_spec
         self.reader_index = IndexReader(index_dir)  # first: "no index" fails fast
+        if self.reader_index.n_chunks == 0:
+            self.reader_index.close()
+            raise NoIndexError(f"index {index_dir} is empty (no text was found to index); "
+                               f"index files with text: `qrag index PATH --index {index_dir}`")
         t1 = time.perf_counter()
         try:
             if model is None:

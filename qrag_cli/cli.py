@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from qrag_cli import render
+from qrag_cli.cliparse import RunOrSubcommand, refuse_flag_values
 from qrag_cli.config import ChunkConfig, qrag_home, resolve_index
 from qrag_cli.types import DataError, QragError, UsageError
 
@@ -36,6 +37,27 @@ def _lexical_on(value: str) -> bool:
     if value not in {"on", "off"}:
         raise UsageError("--lexical must be 'on' or 'off'")
     return value == "on"
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("qrag")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            number = "unknown (not installed)"
+        render.out.print(f"qrag {number}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _top_level(
+    show_version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print the qrag version and exit.")] = False,
+) -> None:
+    """Multi-step Q-value retrieval (Q-RAG) over your own files."""
 
 
 def _progress_enabled() -> bool:
@@ -120,6 +142,9 @@ def status(index: IndexOpt = None, as_json: JsonOpt = False, debug: DebugOpt = F
 
     folders = [resolve_index(index)] if index else list_indexes(qrag_home())
     if index is None and not folders:
+        if as_json:  # "no indexes" is an answer, not an error, to a script
+            render.print_json([])
+            return
         raise QragError(f"no indexes under {qrag_home()}; run `qrag index PATH` first")
     rows = index_stats(folders)
     if as_json:
@@ -159,12 +184,14 @@ def config_cmd(
             render.out.print(f"{key}: {value}", markup=False, highlight=False)
 
 
-# `qrag train eval ...` / `qrag train convert ...` are dispatched to these hidden commands
-# by main(): a Typer group cannot take both a positional DATA and subcommands.
-TRAIN_SUBCOMMANDS = {"eval": "train-eval", "convert": "train-convert", "pack": "train-pack"}
+# `qrag train DATA` trains; `qrag train eval|convert|pack ...` are its subcommands (and
+# `qrag bench` / `qrag bench data` alike): see cliparse.RunOrSubcommand.
+train_app = typer.Typer(cls=RunOrSubcommand, invoke_without_command=True,
+                        subcommand_metavar="| COMMAND [ARGS]...")
+app.add_typer(train_app, name="train")
 
 
-@app.command("train")
+@train_app.callback()
 def train_cmd(
     data: Annotated[Path | None, typer.Argument(help="Training JSONL.")] = None,
     eval_files: Annotated[list[Path] | None, typer.Option(
@@ -208,9 +235,7 @@ def train_cmd(
 ) -> None:
     """RL-fine-tune the embedder on labelled QA and write a model folder.
 
-    Also: `qrag train eval DATA.jsonl --model DIR` and
-    `qrag train convert --from hotpotqa|hotpotqa-evidence|musique|2wiki|ruler|babi IN OUT.jsonl`
-    and `qrag train pack MODEL_DIR OUT_DIR` (fp16, only what differs from the base).
+    `qrag train DATA.jsonl [OPTIONS]` trains; the commands below evaluate, convert, pack.
     """
     if data is None:
         raise UsageError("give a training JSONL: qrag train DATA.jsonl")
@@ -286,7 +311,7 @@ def _lexical_weights(value: str, base: str | None) -> list[float] | None:
     return weights
 
 
-@app.command("train-eval", hidden=True)
+@train_app.command("eval")
 def train_eval(
     data: Annotated[Path, typer.Argument(help="Labelled JSONL.")],
     model: ModelOpt = None,
@@ -328,7 +353,7 @@ def train_eval(
     render.out.print(table)
 
 
-@app.command("train-convert", hidden=True)
+@train_app.command("convert")
 def train_convert(
     src: Annotated[Path, typer.Argument(help="File in an official format.")],
     dest: Annotated[Path, typer.Argument(help="Training JSONL to write.")],
@@ -348,15 +373,16 @@ def train_convert(
     render.err.print(f"wrote {count} examples to {dest}")
 
 
-@app.command("train-pack", hidden=True)
+@train_app.command("pack")
 def train_pack(
     src: Annotated[Path, typer.Argument(help="Trained model folder.")],
     dest: Annotated[Path, typer.Argument(help="Compact model folder to write.")],
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Write a compact copy of a trained model: fp16, only the tensors that differ from
-    the base encoder (how models/qrag-default is stored)."""
+    """Write a compact copy of a trained model: fp16, only what differs from the base.
+
+    This is how models/qrag-default is stored."""
     import shutil
     from dataclasses import asdict
 
@@ -483,10 +509,12 @@ def mcp(
     serve(resolve_index(index), model, llm, debug=debug)
 
 
-BENCH_SUBCOMMANDS = {"data": "bench-data"}
+bench_app = typer.Typer(cls=RunOrSubcommand, invoke_without_command=True,
+                        subcommand_metavar="| COMMAND [ARGS]...")
+app.add_typer(bench_app, name="bench")
 
 
-@app.command("bench")
+@bench_app.callback()
 def bench_cmd(
     profile: Annotated[str, typer.Option(help="quick (< 15 min on 2 cores) or full.")] = "quick",
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("bench-results"),
@@ -510,7 +538,7 @@ def bench_cmd(
 ) -> None:
     """Long-context multi-hop benchmarks, baselines, speed and scale -> a results folder.
 
-    Also: `qrag bench data TASK OUT.jsonl` writes 4K-token training episodes.
+    `qrag bench data TASK OUT.jsonl` writes training episodes of a generated task.
     """
     from dataclasses import replace
 
@@ -549,7 +577,7 @@ def bench_cmd(
         render.err.print(f"results in {out} ({result['seconds']} s)")
 
 
-@app.command("bench-data", hidden=True)
+@bench_app.command("data")
 def bench_data(
     task: Annotated[str, typer.Argument(help="Task name (see qrag bench --help).")],
     output: Annotated[Path, typer.Argument(help="Training JSONL to write.")],
@@ -580,12 +608,13 @@ def main() -> None:
         sys.exit(code)
 
     args = sys.argv[1:]
-    if len(args) >= 2 and args[0] == "train" and args[1] in TRAIN_SUBCOMMANDS:
-        args = [TRAIN_SUBCOMMANDS[args[1]], *args[2:]]
-    elif len(args) >= 2 and args[0] == "bench" and args[1] in BENCH_SUBCOMMANDS:
-        args = [BENCH_SUBCOMMANDS[args[1]], *args[2:]]
     try:
-        code = app(args, standalone_mode=False)
+        command = typer.main.get_command(app)
+        refuse_flag_values(command, args)
+        # prog_name: help says `qrag ...` however it was started (`python -m qrag_cli`).
+        code = command.main(args, prog_name="qrag", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into exit code 130 before we see it
+            raise KeyboardInterrupt
     except QragError as exc:
         if debug:
             raise

@@ -194,12 +194,28 @@ def _build_backbone(config: dict, tensors: dict[str, torch.Tensor] | None,
     if folder is None:
         raise ModelError(f"cannot rebuild a {config.get('model_type')!r} encoder "
                          "without its folder")
+    _check_safetensors_only(folder, config)
     try:
         from transformers import AutoModel
 
-        return _HFBackbone(AutoModel.from_pretrained(str(folder), local_files_only=True))
+        # use_safetensors=True: never fall back to pytorch_model.bin (a pickle).
+        return _HFBackbone(AutoModel.from_pretrained(str(folder), local_files_only=True,
+                                                     use_safetensors=True))
     except Exception as exc:  # transformers raises many types for a bad folder
         raise ModelError(f"cannot load encoder from {folder}: {str(exc).splitlines()[0]}") from exc
+
+
+def _check_safetensors_only(folder: Path, config: dict) -> None:
+    """Refuse, before transformers reads anything, a folder whose weights are not
+    safetensors: pytorch_model.bin is a pickle, and unpickling runs code."""
+    named = config.get("transformers_weights")  # config.json may name the weights file
+    if named is not None and not str(named).endswith((".safetensors", ".safetensors.index.json")):
+        raise ModelError(f"{folder}/config.json names weights {named!r}; qrag reads "
+                         "safetensors only")
+    if not any((folder / name).is_file()
+               for name in ("model.safetensors", "model.safetensors.index.json")):
+        raise ModelError(f"{folder} has no model.safetensors (qrag reads safetensors only, "
+                         "never pytorch_model.bin: convert the model to safetensors first)")
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -473,7 +489,7 @@ def _untrained_fingerprint(folder: Path, layers: int | None,
     if full_depth is None:
         full_depth = json.loads((folder / "config.json").read_text()).get("num_hidden_layers")
     cut = f"-L{layers}" if layers != full_depth else ""
-    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    weights = sorted(folder.glob("*.safetensors"))  # the only weights qrag reads
     return _hash_files(weights, _embedding_settings(ModelConfig()) + cut)
 
 

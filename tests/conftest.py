@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 QRAG = [sys.executable, "-m", "qrag_cli"]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Two-hop fixture: the river is only findable through the inventor's birthplace.
 HOP_FILES = {
@@ -41,6 +42,18 @@ def base_model():
     from qrag_cli.model import load_model
 
     return load_model("base")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data (HotpotQA, MuSiQue, bAbI samples). A developer without it gets a
+    skip; CI (.ci/run sets QRAG_REQUIRE_SHARED_DATA=1) always has it, so there its
+    absence fails the test instead of silently skipping it."""
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    if os.environ.get("QRAG_REQUIRE_SHARED_DATA") == "1":
+        pytest.fail(f"{SHARED_DATA} is missing and QRAG_REQUIRE_SHARED_DATA=1 requires it")
+    pytest.skip(f"{SHARED_DATA} not present")
 
 
 @pytest.fixture

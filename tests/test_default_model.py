@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from conftest import REPO, run_qrag
 
 from qrag_cli.model import BASE_NAME, base_model_dir, load_model
@@ -47,11 +46,7 @@ def test_shipped_default_is_compact_and_used_unless_another_is_asked_for(
     assert proc.returncode != 0 and "no such model" in proc.stderr
 
 
-SHARED = REPO.parent / "shared" / "data"
-
-
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
-def test_shipped_default_beats_the_base_on_held_out_questions() -> None:
+def test_shipped_default_beats_the_base_on_held_out_questions(shared_data: Path) -> None:
     """The bench's held-out half of HotpotQA+MuSiQue (never trained or selected on) and
     fresh bAbI-style stories among same-shaped distractor stories (a seed training never
     used): the shipped model finds all gold facts more often than the untrained base."""
