@@ -75,21 +75,20 @@ class AskResult:
         if self.answer is not None:
             ans = self.answer
             if not streamed:
-                render.out.print(ans.text.strip(), markup=False, highlight=False)
+                render.out.print(render.plain(ans.text.strip(), multiline=True))
             else:
                 render.out.print()
             render.out.print()
             for n, ev in enumerate(ans.used, start=1):
                 mark = "*" if n in ans.citations else " "
-                render.out.print(f"{mark}[{n}] {render.location(ev)}", markup=False,
-                                 highlight=False)
+                render.out.print(render.plain(f"{mark}[{n}] {render.location(ev)}"))
             if ans.trimmed:
-                render.err.print(f"note: {len(ans.trimmed)} evidence chunk(s) did not fit "
-                                 f"--n-ctx and were left out of the prompt")
+                render.log(f"note: {len(ans.trimmed)} evidence chunk(s) did not fit "
+                           f"--n-ctx and were left out of the prompt")
             return
         render.out.print(render.episode_table(self.episode, show_text, explain, self.alt_rows))
-        render.err.print(f"[dim]{render.stop_reason(self.episode)}; "
-                         f"{self.timings_ms.get('retrieval_ms', 0):.0f} ms[/dim]")
+        render.log(f"{render.stop_reason(self.episode)}; "
+                   f"{self.timings_ms.get('retrieval_ms', 0):.0f} ms", style="dim")
 
 
 def load_llm(opts: AskOptions):  # -> reader.Reader (imported late: llama.cpp is heavy)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from qrag_cli import render
 from qrag_cli.cliparse import RunOrSubcommand, refuse_flag_values
@@ -91,13 +90,20 @@ def index(
     chunk_cfg = ChunkConfig(chunk_tokens=chunk_tokens, overlap=overlap)
 
     def problem(path: str, why: str) -> None:
-        render.err.print(f"[yellow]skip[/yellow] {escape(path)}: {escape(why)}", markup=True,
-                         highlight=False, soft_wrap=True)
+        render.log(f"{path}: {why}", label="skip", label_style="yellow")
 
     if _progress_enabled():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
-        with Progress("[progress.description]{task.description}", BarColumn(),
+        # markup=False: the consoles read no markup, and a description is never parsed as any.
+        with Progress(TextColumn("{task.description}", style="progress.description",
+                                 markup=False), BarColumn(),
                       MofNCompleteColumn(), TimeRemainingColumn(), console=render.err,
                       transient=True) as bar:
             task = bar.add_task("indexing", total=None)
@@ -111,12 +117,12 @@ def index(
                               max_file_size=_parse_size(max_file_size),
                               include_secrets=include_secrets, on_problem=problem)
     if summary.rebuild:
-        render.err.print(f"full rebuild: {summary.rebuild}")
+        render.log(f"full rebuild: {summary.rebuild}")
     if as_json:
         render.print_json(summary.to_dict())
         return
     rate = summary.tokens_embedded / summary.seconds if summary.seconds else 0.0
-    render.err.print(
+    render.log(
         f"{summary.new} new, {summary.changed} changed, {summary.removed} removed, "
         f"{summary.unchanged} unchanged, {summary.failed} failed, {summary.skipped} skipped; "
         f"{summary.chunks_embedded} chunks embedded ({rate:,.0f} tokens/s) in "
@@ -156,9 +162,9 @@ def status(index: IndexOpt = None, as_json: JsonOpt = False, debug: DebugOpt = F
     for col in ("index", "files", "chunks", "tokens", "model", "size", "updated"):
         table.add_column(col)
     for row in rows:
-        table.add_row(row["index"], str(row["files"]), str(row["chunks"]), f"{row['tokens']:,}",
-                      str(row["model"]), f"{row['bytes_on_disk'] / 1e6:.1f} MB",
-                      str(row["updated"]))
+        table.add_row(render.plain(row["index"]), str(row["files"]), str(row["chunks"]),
+                      f"{row['tokens']:,}", render.plain(str(row["model"])),
+                      f"{row['bytes_on_disk'] / 1e6:.1f} MB", render.plain(str(row["updated"])))
     render.out.print(table)
 
 
@@ -175,13 +181,13 @@ def config_cmd(
         path = Path(llm).expanduser().resolve()
         check_gguf(path)
         written = save_default_llm(path)
-        render.err.print(f"default reader set to {path} (in {written})")
+        render.log(f"default reader set to {path} (in {written})")
     info = {"home": str(qrag_home()), "llm": str(default_llm())}
     if as_json:
         render.print_json(info)
     else:
         for key, value in info.items():
-            render.out.print(f"{key}: {value}", markup=False, highlight=False)
+            render.out.print(render.plain(f"{key}: {value}"))
 
 
 # `qrag train DATA` trains; `qrag train eval|convert|pack ...` are its subcommands (and
@@ -270,15 +276,15 @@ def train_cmd(
         log_file.write(json.dumps(row) + "\n")
         log_file.flush()
         if row["event"] == "skip":
-            render.err.print(f"skip {escape(row['message'])}", markup=True)
+            render.log(row["message"], label="skip")
         elif row["event"] == "eval":
             by_file = "".join(f"; {name} {m['fact_em']:.3f}"
                               for name, m in (row.get("by_file") or {}).items())
-            render.err.print(f"update {row['update']}: eval fact EM {row['fact_em']:.3f}, "
-                             f"F1 {row['fact_f1']:.3f}{by_file}")
+            render.log(f"update {row['update']}: eval fact EM {row['fact_em']:.3f}, "
+                       f"F1 {row['fact_f1']:.3f}{by_file}")
         elif _progress_enabled() and row["update"] % 10 == 0:
-            render.err.print(f"update {row['update']}: loss {row['loss']:.4f}, solved "
-                             f"{row['solved']:.2f}, lr {row['lr']:.2e}")
+            render.log(f"update {row['update']}: loss {row['loss']:.4f}, solved "
+                       f"{row['solved']:.2f}, lr {row['lr']:.2e}")
 
     try:
         result = train(cfg, resume=resume, log=log)
@@ -291,9 +297,9 @@ def train_cmd(
     if as_json:
         render.print_json(summary)
     else:
-        render.err.print(f"wrote {result.out}: fact EM {result.before.get('fact_em', '?')} -> "
-                         f"{result.after['fact_em']} (budget {budget}); stop threshold "
-                         f"{result.threshold}; {result.updates_per_s:.2f} updates/s")
+        render.log(f"wrote {result.out}: fact EM {result.before.get('fact_em', '?')} -> "
+                   f"{result.after['fact_em']} (budget {budget}); stop threshold "
+                   f"{result.threshold}; {result.updates_per_s:.2f} updates/s")
 
 
 def _lexical_weights(value: str, base: str | None) -> list[float] | None:
@@ -329,7 +335,7 @@ def train_eval(
     from qrag_cli.model import load_model, seed_everything
 
     seed_everything(0)
-    examples = load_examples(data, skip_bad, on_bad=lambda m: render.err.print(f"skip {m}"))
+    examples = load_examples(data, skip_bad, on_bad=lambda m: render.log(m, label="skip"))
     qmodel = load_model(model)
     if not lexical_on:
         from qrag_cli.qvalue import without_lexical
@@ -348,7 +354,7 @@ def train_eval(
     for key, m in result.items():
         if isinstance(m, dict):
             name = f"threshold {m['value']:.3f}" if key == "threshold" else key.replace("_", " ")
-            table.add_row(name, f"{m['fact_em']:.3f}", f"{m['fact_f1']:.3f}",
+            table.add_row(render.plain(name), f"{m['fact_em']:.3f}", f"{m['fact_f1']:.3f}",
                           f"{m['mean_steps']:.2f}", str(m["n"]))
     render.out.print(table)
 
@@ -369,8 +375,8 @@ def train_convert(
     if not src.is_file():
         raise UsageError(f"no such file: {src}")
     count = write_examples(
-        CONVERTERS[from_format](src, on_skip=lambda msg: render.err.print(f"skip {msg}")), dest)
-    render.err.print(f"wrote {count} examples to {dest}")
+        CONVERTERS[from_format](src, on_skip=lambda msg: render.log(msg, label="skip")), dest)
+    render.log(f"wrote {count} examples to {dest}")
 
 
 @train_app.command("pack")
@@ -406,8 +412,8 @@ def train_pack(
     if as_json:
         render.print_json(result)
     else:
-        render.err.print(f"wrote {dest}: weights {size / 1e6:.1f} MB "
-                         f"(from {result['source_weights_bytes'] / 1e6:.1f} MB)")
+        render.log(f"wrote {dest}: weights {size / 1e6:.1f} MB "
+                   f"(from {result['source_weights_bytes'] / 1e6:.1f} MB)")
 
 
 def _read_questions(path: Path) -> list[dict]:
@@ -480,18 +486,16 @@ def ask(
     with Asker(resolve_index(index), model, opts) as asker:
         for item in items:
             stream = not as_json and questions is None
-            result = asker.ask(item["question"], on_token=_stream if stream else None)
+            tokens = render.TerminalStream(sys.stdout) if stream else None
+            result = asker.ask(item["question"], on_token=None if tokens is None else tokens.write)
+            if tokens is not None:
+                tokens.close()
             if questions is not None:
                 render.print_json({"id": item.get("id"), **result.to_json(explain)})
             elif as_json:
                 render.print_json(result.to_json(explain))
             else:
                 result.print(show_text=show_text, explain=explain, streamed=stream)
-
-
-def _stream(piece: str) -> None:
-    sys.stdout.write(piece)
-    sys.stdout.flush()
 
 
 @app.command()
@@ -569,12 +573,12 @@ def bench_cmd(
         raise UsageError("--questions and --steps must be at least 1")
     result = suite.run(out, chosen, models=model or (), seed=seed, haystack=haystack,
                        speed=not no_speed, lexical=lexical,
-                       log=lambda msg: render.err.print(escape(msg)))
+                       log=render.log)
     if as_json:
         render.print_json(result)
     else:
-        render.out.print((out / "results.md").read_text(), markup=False, highlight=False)
-        render.err.print(f"results in {out} ({result['seconds']} s)")
+        render.out.print(render.plain((out / "results.md").read_text(), multiline=True))
+        render.log(f"results in {out} ({result['seconds']} s)")
 
 
 @bench_app.command("data")
@@ -596,15 +600,14 @@ def bench_data(
     own = longctx.own_paragraphs(haystack) if haystack else None
     examples = longctx.training_examples(task, n, seed, tokens, own)
     write_examples(examples, output)
-    render.err.print(f"wrote {len(examples)} examples to {output}")
+    render.log(f"wrote {len(examples)} examples to {output}")
 
 
 def main() -> None:
     debug = "--debug" in sys.argv or os.environ.get("QRAG_DEBUG") == "1"
 
     def fail(message: str, code: int) -> None:
-        render.err.print(f"[red]error:[/red] {escape(message)}", markup=True,
-                         highlight=False, soft_wrap=True)
+        render.log(message, label="error:", label_style="red")
         sys.exit(code)
 
     args = sys.argv[1:]
@@ -620,7 +623,7 @@ def main() -> None:
             raise
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        render.err.print("interrupted")
+        render.log("interrupted")
         sys.exit(130)
     except BrokenPipeError:  # `qrag ask ... | head`
         sys.stderr.close()

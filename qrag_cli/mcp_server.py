@@ -291,8 +291,8 @@ def serve(index_dir: Path, model_spec: str | None, llm: str | None, debug: bool 
     server = build_server(service, worker)
     missing = "" if index_exists(index_dir) else \
         f" (not built yet: run `qrag index PATH --index {index_dir}`)"
-    render.err.print(f"qrag mcp: model {service.model.cfg.name}, index {index_dir}{missing}; "
-                     "serving MCP on stdin/stdout", markup=False, highlight=False)
+    render.log(f"qrag mcp: model {service.model.cfg.name}, index {index_dir}{missing}; "
+               "serving MCP on stdin/stdout")
     try:
         server.run("stdio")
     finally:

@@ -6,6 +6,7 @@ never answer (index, search) start fast and work without it.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import importlib.util
 import json
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qrag_cli import render
 from qrag_cli.config import config_dir, private_umask
 from qrag_cli.types import Evidence, LLMError, UsageError
 
@@ -234,8 +236,11 @@ def check_gguf(path: Path) -> None:
 
 
 # llama.cpp logs through one process-wide callback; we keep a reference so ctypes does not
-# free it, and a flag so the latest Reader decides whether logs reach stderr.
-_LOG: dict[str, Any] = {"verbose": False, "callback": None}
+# free it, and a flag so the latest Reader decides whether logs reach stderr. The logs quote
+# the GGUF's own strings (name, chat template): they are cleaned like any text from a file,
+# decoded incrementally because one UTF-8 character may come in two calls.
+_LOG: dict[str, Any] = {"verbose": False, "callback": None,
+                        "decoder": codecs.getincrementaldecoder("utf-8")(errors="replace")}
 
 
 def _route_logs(llama_cpp: Any, verbose: bool) -> None:
@@ -244,8 +249,9 @@ def _route_logs(llama_cpp: Any, verbose: bool) -> None:
 
         def on_log(level: int, text: bytes | None, user_data: Any) -> None:
             if _LOG["verbose"] and text:
+                shown = render.clean(_LOG["decoder"].decode(text), multiline=True)
                 with suppress(OSError):  # fd 2 directly: never stdout, not even sys.stdout
-                    os.write(2, text)
+                    os.write(2, shown.encode())
 
         _LOG["callback"] = llama_cpp.llama_log_callback(on_log)
         llama_cpp.llama_log_set(_LOG["callback"], ctypes.c_void_p(0))
@@ -264,14 +270,22 @@ def _native_output(verbose: bool) -> Iterator[None]:
         yield
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
+    python_streams = (sys.stdout, sys.stderr)
     try:
         if verbose:
             os.dup2(2, 1)
+            # llama-cpp-python prints the GGUF's own strings (its chat template) raw.
+            sys.stdout, sys.stderr = (render.TerminalStream(s) for s in python_streams)
         else:
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
         yield
     finally:
+        if verbose:
+            for stream in (sys.stdout, sys.stderr):
+                with suppress(AttributeError, OSError, ValueError):
+                    stream.close()  # what it held back; the real stream stays open
+            sys.stdout, sys.stderr = python_streams
         for stream in (sys.stdout, sys.stderr):
             with suppress(AttributeError, OSError, ValueError):
                 stream.flush()

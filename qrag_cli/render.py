@@ -1,21 +1,136 @@
-"""Output: rich tables for people, JSON for scripts. stdout = results, stderr = the rest."""
+"""Output: rich tables for people, JSON for scripts. stdout = results, stderr = the rest.
+
+The user's text (paths, chunk text, questions, answers, names, messages that quote them)
+is data: `clean()` is the one door from such text to a terminal. Both consoles treat every
+str as plain text (no markup, no emoji codes); styles come only from Text/style arguments.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType, RenderHook, RenderResult
+from rich.segment import Segment
 from rich.table import Table
+from rich.text import Text
 
 from qrag_cli.types import Episode, Evidence
 
+# C0 controls (but TAB and LF, decided by the layout), DEL and C1 (0x9b is a one-byte CSI
+# on some terminals), bidi embeddings/overrides/isolates (text that reads other than it
+# is: "Trojan Source"), line/paragraph separators, and lone surrogates (undecodable bytes
+# of a filename after os.fsdecode; they cannot even be encoded for output).
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029"
+                     r"\ud800-\udfff]")
+_UNSAFE_MULTILINE = re.compile(r"\r\n|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+                               r"\u2028\u2029\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+# The same code points as JSON escapes: json.dumps(ensure_ascii=False) leaves them raw.
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\r\n":
+        return "\n"
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: show the original byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def clean(text: str, multiline: bool = False) -> str:
+    """User text -> text safe to show on a terminal: every control character and bidi
+    override becomes a visible Python-style escape (ESC -> `\\x1b`, U+202E -> `\\u202e`,
+    CR -> `\\r`). TAB is kept; LF is kept only where the layout has lines (`multiline`, which
+    also reads CR LF as LF), else shown as `\\n` so a message stays one line."""
+    return (_UNSAFE_MULTILINE if multiline else _UNSAFE).sub(_visible, text)
+
+
+def plain(text: str, style: str = "", multiline: bool = False) -> Text:
+    """User text as a rich Text: cleaned, never parsed as markup."""
+    return Text(clean(text, multiline), style=style)
+
+
+class _Cleaned:
+    """Renders its renderable, then cleans every text segment: a last line of defence for
+    text that reached a console without clean() (the layout was measured without it)."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for segment in console.render(self.renderable, options):
+            if segment.control or not _UNSAFE_MULTILINE.search(segment.text):
+                yield segment
+            else:
+                yield Segment(clean(segment.text, multiline=True), segment.style)
+
+
+class _CleanHook(RenderHook):
+    def process_renderables(self, renderables: list[RenderableType]) -> list[RenderableType]:
+        return [_Cleaned(r) for r in renderables]
+
+
+def _console(**kwargs: Any) -> Console:
+    console = Console(markup=False, emoji=False, highlight=False, **kwargs)
+    console.push_render_hook(_CleanHook())
+    return console
+
+
 # Piped output is not cut to 80 columns: paths must survive intact for scripts.
-out = Console(soft_wrap=False, highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = _console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+err = _console(stderr=True, soft_wrap=True)
+
+
+def log(message: str, label: str = "", label_style: str = "", style: str = "") -> None:
+    """One line on stderr, e.g. `log(f"{path}: {why}", label="skip", label_style="yellow")`.
+    The message may quote user text: it is cleaned, and a newline in it stays visible."""
+    line = Text()
+    if label:
+        line.append(label, style=label_style)
+        line.append(" ")
+    line.append(clean(message), style=style)
+    err.print(line)
+
+
+class TerminalStream:
+    """Writes streamed text (LLM tokens, a library's prints) cleaned piece by piece. Pieces
+    are str, so a multi-byte character is never split; a CR is held back until the next
+    piece shows whether it starts a CR LF line break."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.pending = ""
+
+    def write(self, piece: str) -> int:
+        text = self.pending + piece
+        self.pending = "\r" if text.endswith("\r") else ""
+        text = text.removesuffix(self.pending)
+        if text:
+            self.stream.write(clean(text, multiline=True))
+            self.stream.flush()
+        return len(piece)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Write what is held back; the underlying stream stays open."""
+        if self.pending:
+            self.stream.write(clean(self.pending, multiline=True))
+            self.pending = ""
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding: the real stream's
+        return getattr(self.stream, name)
 
 
 def display_path(path: str) -> str:
@@ -30,8 +145,17 @@ def location(ev: Evidence) -> str:
     return f"{display_path(ev.path)}:{ev.start_line}-{ev.end_line}"
 
 
+def json_line(obj: Any) -> str:
+    """`obj` as one line of JSON that keeps the exact text: readable non-ASCII, but the
+    code points clean() would escape are JSON escapes (json.dumps escapes only C0), so the
+    JSON can be shown on a terminal as safely as it parses back."""
+    text = json.dumps(obj, ensure_ascii=False)
+    # Outside strings json.dumps writes only ASCII, so every match is inside a string.
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_line(obj) + "\n")
     sys.stdout.flush()
 
 
@@ -45,7 +169,8 @@ def evidence_json(ev: Evidence, explain: bool = False, absolute: bool = False) -
 
 
 def snippet(text: str, width: int = 90) -> str:
-    flat = " ".join(text.split())
+    """One clean line of at most `width` characters (whitespace runs become one space)."""
+    flat = clean(" ".join(text.split()))
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
@@ -57,13 +182,13 @@ def episode_table(episode: Episode, show_text: bool, explain: bool,
     table.add_column("where", no_wrap=True)
     table.add_column("text", overflow="fold")
     for ev in episode.evidence:
-        table.add_row(str(ev.step), f"{ev.q:.3f}", location(ev),
-                      ev.text if show_text else snippet(ev.text))
+        table.add_row(str(ev.step), f"{ev.q:.3f}", plain(location(ev)),
+                      plain(ev.text, multiline=True) if show_text else snippet(ev.text))
         if explain:
             for chunk_id, q in ev.alternatives:
                 where, text = (alt_rows or {}).get(chunk_id, (f"chunk {chunk_id}", ""))
-                table.add_row("", f"[dim]{q:.3f}[/dim]", f"[dim]{where}[/dim]",
-                              f"[dim]{snippet(text, 60)}[/dim]")
+                table.add_row("", Text(f"{q:.3f}", style="dim"), plain(where, style="dim"),
+                              Text(snippet(text, 60), style="dim"))
     return table
 
 

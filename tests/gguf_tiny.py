@@ -37,9 +37,12 @@ def _vocab() -> tuple[list[bytes], list[float], list[int]]:
 
 
 def write_tiny_gguf(
-    path: Path, *, arch: str = "llama", chat_template: str | None = CHAT_TEMPLATE, seed: int = 0
+    path: Path, *, arch: str = "llama", chat_template: str | None = CHAT_TEMPLATE, seed: int = 0,
+    emit: bytes | None = None,
 ) -> Path:
-    """Write the model to `path`; `arch` other than "llama" makes a file llama.cpp rejects."""
+    """Write the model to `path`; `arch` other than "llama" makes a file llama.cpp rejects.
+
+    `emit`: the only bytes greedy decoding may produce (default: printable ASCII)."""
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny-test")
@@ -83,9 +86,15 @@ def write_tiny_gguf(
         w.add_tensor(f"blk.{i}.ffn_down.weight", rand(N_EMBD, N_FF))
     w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
     out = rand(N_VOCAB, N_EMBD)
-    printable = np.zeros(N_VOCAB, dtype=bool)
-    printable[len(SPECIALS) + 0x20 : len(SPECIALS) + 0x7F] = True
-    out[~printable] = 0.0
+    allowed = np.zeros(N_VOCAB, dtype=bool)
+    if emit is None:
+        allowed[len(SPECIALS) + 0x20 : len(SPECIALS) + 0x7F] = True
+    else:
+        ids = [len(SPECIALS) + b for b in emit]
+        for first, second in zip(ids[0::2], ids[1::2], strict=False):
+            out[second] = -out[first]  # one of a pair always beats the zero rows
+        allowed[ids] = True
+    out[~allowed] = 0.0
     w.add_tensor("output.weight", out)
 
     w.write_header_to_file()
