@@ -122,6 +122,16 @@ class Asker:
     def __exit__(self, *exc: object) -> None:
         self.reader_index.close()
 
+    def note_long_question(self, question: str, label: str = "the question") -> None:
+        """Say on stderr when the retriever cannot see all of a question: its encoder reads
+        the first `question_cap` tokens only (the reader LLM, with --answer, sees it all)."""
+        cap = self.model.cfg.question_cap
+        n_tokens = len(self.model.tokenizer.ids([question])[0])
+        if n_tokens > cap:
+            render.err.print(f"note: {label} is {n_tokens} tokens long; retrieval reads only "
+                             f"its first {cap} (put the key words first)",
+                             markup=False, highlight=False)
+
     def ask(self, question: str, on_token=None) -> AskResult:
         threshold = None if self.opts.no_stop else (
             self.opts.threshold if self.opts.threshold is not None else self.model.cfg.threshold)
