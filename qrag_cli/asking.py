@@ -173,6 +173,15 @@ class Asker:
     def __exit__(self, *exc: object) -> None:
         self.reader_index.close()
 
+    def note_long_question(self, question: str, label: str = "the question") -> None:
+        """Say on stderr when the retriever cannot see all of a question: its encoder reads
+        the first `question_cap` tokens only (the reader LLM, with --answer, sees it all)."""
+        cap = self.model.cfg.question_cap
+        n_tokens = len(self.model.tokenizer.ids([question])[0])
+        if n_tokens > cap:
+            render.log(f"note: {label} is {n_tokens} tokens long; retrieval reads only "
+                       f"its first {cap} (put the key words first)")
+
     def ask(self, question: str, on_token=None, llm=None, steps: int | None = None) -> AskResult:
         """`llm`: a loaded reader to answer with, instead of the one `opts.answer` loaded;
         `steps`: this question's budget, instead of `opts.steps`."""

@@ -6,6 +6,7 @@ Library code raises QragError; only this module turns errors into exit codes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import typer
 from qrag_cli import render
 from qrag_cli.cliparse import RunOrSubcommand, refuse_flag_values
 from qrag_cli.config import ChunkConfig, qrag_home, resolve_index
+from qrag_cli.flags import SEED, check_output, float_range, int_range, size
 from qrag_cli.types import DataError, QragError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -66,12 +68,16 @@ def _progress_enabled() -> bool:
 @app.command()
 def index(
     paths: Annotated[list[Path] | None, typer.Argument(
+        readable=False,  # an unreadable path is reported and skipped, not a usage error
         help="Files or folders to index; none = refresh the folders already indexed.")] = None,
     index: IndexOpt = None,
     model: ModelOpt = None,
-    chunk_tokens: Annotated[int, typer.Option(help="Chunk size in cl100k tokens.")] = 128,
-    overlap: Annotated[int, typer.Option(help="Tokens shared by neighbouring chunks.")] = 16,
-    max_file_size: Annotated[str, typer.Option(help="Skip larger files (e.g. 10MB).")] = "10MB",
+    chunk_tokens: Annotated[int, typer.Option(
+        parser=int_range(16, 2048), help="Chunk size in cl100k tokens.")] = 128,
+    overlap: Annotated[int, typer.Option(
+        parser=int_range(0), help="Tokens shared by neighbouring chunks.")] = 16,
+    max_file_size: Annotated[int, typer.Option(
+        parser=size, show_default="10MB", help="Skip larger files (e.g. 10MB).")] = 10 << 20,
     include_secrets: Annotated[bool, typer.Option(
         help="Also index files holding keys, tokens or passwords (never by default).")] = False,
     as_json: JsonOpt = False,
@@ -81,10 +87,9 @@ def index(
     from qrag_cli.indexer import build_index
     from qrag_cli.model import load_model
 
-    if chunk_tokens < 16 or chunk_tokens > 2048:
-        raise UsageError("--chunk-tokens must be between 16 and 2048")
-    if not 0 <= overlap < chunk_tokens // 2:
-        raise UsageError("--overlap must be >= 0 and less than half of --chunk-tokens")
+    if overlap >= chunk_tokens // 2:
+        raise UsageError(f"--overlap must be from 0 to {chunk_tokens // 2 - 1} (less than half "
+                         f"of --chunk-tokens {chunk_tokens}), not {overlap}")
     index_dir = resolve_index(index)
     qmodel = load_model(model)
     chunk_cfg = ChunkConfig(chunk_tokens=chunk_tokens, overlap=overlap)
@@ -109,12 +114,12 @@ def index(
             task = bar.add_task("indexing", total=None)
             summary = build_index(
                 paths or [], index_dir, qmodel, chunk_cfg,
-                max_file_size=_parse_size(max_file_size), include_secrets=include_secrets,
+                max_file_size=max_file_size, include_secrets=include_secrets,
                 on_problem=problem,
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     else:
         summary = build_index(paths or [], index_dir, qmodel, chunk_cfg,
-                              max_file_size=_parse_size(max_file_size),
+                              max_file_size=max_file_size,
                               include_secrets=include_secrets, on_problem=problem)
     if summary.rebuild:
         render.log(f"full rebuild: {summary.rebuild}")
@@ -128,17 +133,6 @@ def index(
         f"{summary.chunks_embedded} chunks embedded ({rate:,.0f} tokens/s) in "
         f"{summary.seconds:.1f}s; index {index_dir}: {summary.files_total} files, "
         f"{summary.chunks_total} chunks")
-
-
-def _parse_size(text: str) -> int:
-    units = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
-             "G": 1 << 30, "GB": 1 << 30}
-    value = text.strip().upper()
-    number = value.rstrip("KMGB")
-    try:
-        return int(float(number) * units[value[len(number):]])
-    except (ValueError, KeyError):
-        raise UsageError(f"bad size {text!r}: use e.g. 500KB, 10MB, 1GB") from None
 
 
 @app.command()
@@ -203,19 +197,26 @@ def train_cmd(
     eval_files: Annotated[list[Path] | None, typer.Option(
         "--eval", help="Held-out JSONL; repeat for one file per domain (selection: mean EM).")
     ] = None,
-    eval_split: Annotated[float, typer.Option(help="Held-out share when no --eval.")] = 0.1,
+    eval_split: Annotated[float, typer.Option(
+        parser=float_range(0, 1, lo_open=True, hi_open=True),
+        help="Held-out share when no --eval.")] = 0.1,
     out: Annotated[Path, typer.Option(help="Model folder to write.")] = Path("qrag-model"),
     base: Annotated[str | None, typer.Option(help="Model to start from.")] = None,
-    layers: Annotated[int | None, typer.Option(help="Keep only N encoder layers.")] = None,
-    budget: Annotated[int, typer.Option(help="Picks per episode (T).")] = 3,
-    updates: Annotated[int, typer.Option(help="Gradient updates.")] = 300,
-    batch: Annotated[int, typer.Option(help="Parallel episodes per update.")] = 16,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
-    alpha: Annotated[float, typer.Option(help="Initial temperature.")] = 0.01,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    layers: Annotated[int | None, typer.Option(
+        parser=int_range(1), help="Keep only N encoder layers.")] = None,
+    budget: Annotated[int, typer.Option(parser=int_range(1), help="Picks per episode (T).")] = 3,
+    updates: Annotated[int, typer.Option(parser=int_range(1), help="Gradient updates.")] = 300,
+    batch: Annotated[int, typer.Option(
+        parser=int_range(1), help="Parallel episodes per update.")] = 16,
+    lr: Annotated[float, typer.Option(
+        parser=float_range(0, 1, lo_open=True), help="Peak learning rate.")] = 3e-4,
+    alpha: Annotated[float, typer.Option(
+        parser=float_range(0, lo_open=True), help="Initial temperature.")] = 0.01,
+    seed: Annotated[int, typer.Option(parser=SEED, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     positions: Annotated[str, typer.Option(help="none|relative.")] = "none",
-    eval_every: Annotated[int, typer.Option(help="Updates between evals.")] = 50,
+    eval_every: Annotated[int, typer.Option(
+        parser=int_range(1), help="Updates between evals.")] = 50,
     step_penalty: Annotated[bool, typer.Option(help="Penalise extra steps.")] = False,
     bf16: Annotated[bool, typer.Option("--bf16", help="Gradient pass in bf16 autocast.")] = False,
     frozen_chunks: Annotated[bool, typer.Option(
@@ -227,6 +228,7 @@ def train_cmd(
     only_lexical: Annotated[bool, typer.Option(
         "--only-lexical", help="Keep the encoders; learn only the lexical weights.")] = False,
     warm_start: Annotated[int, typer.Option(
+        parser=int_range(0),
         help="First updates that imitate the oracle over all chunks (then Q-learning).")] = 0,
     stop: Annotated[str, typer.Option(
         help="apply: the calibrated Q threshold becomes the model's stop; record: kept in "
@@ -247,15 +249,17 @@ def train_cmd(
         raise UsageError("give a training JSONL: qrag train DATA.jsonl")
     from qrag_cli.pqn import TrainConfig, train
 
-    if updates < 1 or batch < 1 or budget < 1:
-        raise UsageError("--updates, --batch and --budget must be at least 1")
     if device not in {"cpu", "cuda"} and not device.startswith("cuda:"):
         raise UsageError("--device must be cpu or cuda")
-    if not 0 <= warm_start <= updates:
-        raise UsageError("--warm-start must be between 0 and --updates")
+    if warm_start > updates:
+        raise UsageError(f"--warm-start must be from 0 to --updates ({updates}), not {warm_start}")
     if stop not in {"apply", "record"}:
         raise UsageError("--stop must be 'apply' or 'record'")
     lexical_init = _lexical_weights(lexical, base)
+    if resume is None:  # a resumed run writes to its own folder, by design
+        check_output(out, [("DATA", data), *[("--eval", f) for f in eval_files or []],
+                           ("--base", Path(base) if base and Path(base).exists() else None)],
+                     folder=True)
     cfg = TrainConfig(data=str(data), eval=[str(f) for f in eval_files] if eval_files else None,
                       eval_split=eval_split, out=str(out), base=base, layers=layers,
                       budget=budget, updates=updates, batch=batch, lr=lr, alpha=alpha,
@@ -268,13 +272,22 @@ def train_cmd(
                       skip_bad=skip_bad)
     if resume is not None:
         out = resume  # the run's own settings and folder are kept
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "train_log.jsonl"
-    log_file = log_path.open("a", encoding="utf-8")
+    # The folder and its log are created only when training starts (the first event that is
+    # not a skipped data line): a run refused while its inputs are checked leaves nothing.
+    early_rows: list[dict] = []
+    log_file = None
 
     def log(row: dict) -> None:
-        log_file.write(json.dumps(row) + "\n")
-        log_file.flush()
+        nonlocal log_file
+        if log_file is None and row["event"] != "skip":
+            out.mkdir(parents=True, exist_ok=True)
+            log_file = (out / "train_log.jsonl").open("a", encoding="utf-8")
+            log_file.writelines(json.dumps(r) + "\n" for r in early_rows)
+        if log_file is None:
+            early_rows.append(row)
+        else:
+            log_file.write(json.dumps(row) + "\n")
+            log_file.flush()
         if row["event"] == "skip":
             render.log(row["message"], label="skip")
         elif row["event"] == "eval":
@@ -289,7 +302,8 @@ def train_cmd(
     try:
         result = train(cfg, resume=resume, log=log)
     finally:
-        log_file.close()
+        if log_file is not None:
+            log_file.close()
     summary = {"out": str(result.out), "before": result.before, "after": result.after,
                "threshold": result.threshold, "stop_right_share": result.stop_right_share,
                "updates_per_s": round(result.updates_per_s, 3),
@@ -312,7 +326,7 @@ def _lexical_weights(value: str, base: str | None) -> list[float] | None:
         weights = [float(w) for w in value.split(",")]
     except ValueError:
         weights = []
-    if len(weights) != 2:
+    if len(weights) != 2 or not all(math.isfinite(w) for w in weights):
         raise UsageError("--lexical must be on, off or two weights like 0.1,0.1")
     return weights
 
@@ -321,8 +335,10 @@ def _lexical_weights(value: str, base: str | None) -> list[float] | None:
 def train_eval(
     data: Annotated[Path, typer.Argument(help="Labelled JSONL.")],
     model: ModelOpt = None,
-    budget: Annotated[list[int] | None, typer.Option(help="Fixed budgets (repeatable).")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Override the stored threshold.")] = None,
+    budget: Annotated[list[int] | None, typer.Option(
+        parser=int_range(1), help="Fixed budgets (repeatable).")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        parser=float_range(), help="Override the stored threshold.")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Skip bad data lines.")] = False,
     lexical: LexicalOpt = "on",
     as_json: JsonOpt = False,
@@ -374,6 +390,7 @@ def train_convert(
         raise UsageError(f"--from must be one of {', '.join(CONVERTERS)}")
     if not src.is_file():
         raise UsageError(f"no such file: {src}")
+    check_output(dest, [("IN", src)], folder=False)
     count = write_examples(
         CONVERTERS[from_format](src, on_skip=lambda msg: render.log(msg, label="skip")), dest)
     render.log(f"wrote {count} examples to {dest}")
@@ -397,8 +414,7 @@ def train_pack(
 
     if not (src / "config.json").is_file():
         raise UsageError(f"{src} is not a model folder (no config.json)")
-    if dest.resolve() == src.resolve():
-        raise UsageError("write the compact copy to another folder")
+    check_output(dest, [("MODEL_DIR", src)], folder=True)
     qmodel = load_model(str(src))
     qmodel.cfg.name = dest.name
     qmodel.save(dest, compact=True)
@@ -442,8 +458,10 @@ def ask(
     question: Annotated[str | None, typer.Argument(help="The question.")] = None,
     index: IndexOpt = None,
     model: ModelOpt = None,
-    steps: Annotated[int, typer.Option("--steps", "-n", help="Most chunks to pick.")] = 4,
+    steps: Annotated[int, typer.Option(
+        "--steps", "-n", parser=int_range(1), help="Most chunks to pick.")] = 4,
     threshold: Annotated[float | None, typer.Option(
+        parser=float_range(),
         help="Stop when the best Q falls below this (default: the model's own).")] = None,
     no_stop: Annotated[bool, typer.Option("--no-stop", help="Always use all --steps.")] = False,
     exact: Annotated[bool, typer.Option(help="Score every chunk (no HNSW).")] = False,
@@ -454,12 +472,17 @@ def ask(
         help="JSONL file of {\"id\"?, \"question\"}: prints one JSON line per question.")] = None,
     answer: Annotated[bool, typer.Option(help="Let a local LLM answer from the evidence.")] = False,
     llm: Annotated[str | None, typer.Option(help="GGUF file of the reader LLM.")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Most tokens the LLM generates.")] = 256,
-    temperature: Annotated[float, typer.Option(help="LLM sampling temperature.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="LLM sampling seed.")] = 0,
-    n_ctx: Annotated[int, typer.Option(help="LLM context size in tokens.")] = 4096,
-    threads: Annotated[int | None, typer.Option(help="LLM threads (default: all cores).")] = None,
-    gpu_layers: Annotated[int, typer.Option(help="Layers offloaded to a GPU.")] = 0,
+    max_tokens: Annotated[int, typer.Option(
+        parser=int_range(1), help="Most tokens the LLM generates.")] = 256,
+    temperature: Annotated[float, typer.Option(
+        parser=float_range(0), help="LLM sampling temperature.")] = 0.0,
+    seed: Annotated[int, typer.Option(parser=SEED, help="LLM sampling seed.")] = 0,
+    n_ctx: Annotated[int, typer.Option(
+        parser=int_range(1, 1 << 20), help="LLM context size in tokens.")] = 4096,
+    threads: Annotated[int | None, typer.Option(
+        parser=int_range(1, 1024), help="LLM threads (default: all cores).")] = None,
+    gpu_layers: Annotated[int, typer.Option(
+        parser=int_range(-1), help="Layers offloaded to a GPU (-1: all).")] = 0,
     order: Annotated[str, typer.Option(
         help="Evidence order in the prompt: document|retrieval.")] = "document",
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp logs on stderr.")] = False,
@@ -473,8 +496,6 @@ def ask(
         raise UsageError("give a question, or --questions FILE.jsonl")
     if question is not None and not question.strip():
         raise UsageError("the question is empty")
-    if steps < 1:
-        raise UsageError("--steps must be at least 1")
     if order not in {"document", "retrieval"}:
         raise UsageError("--order must be 'document' or 'retrieval'")
     opts = AskOptions(steps=steps, threshold=threshold, no_stop=no_stop, exact=exact,
@@ -484,7 +505,9 @@ def ask(
                       gpu_layers=gpu_layers, order=order, verbose=verbose)
     items = _read_questions(questions) if questions else [{"question": question}]
     with Asker(resolve_index(index), model, opts) as asker:
-        for item in items:
+        for number, item in enumerate(items, start=1):
+            asker.note_long_question(item["question"], "the question" if questions is None
+                                     else f"question {item.get('id', number)}")
             stream = not as_json and questions is None
             tokens = render.TerminalStream(sys.stdout) if stream else None
             result = asker.ask(item["question"], on_token=None if tokens is None else tokens.write)
@@ -526,10 +549,13 @@ def bench_cmd(
         "--model", "-m", help="Trained Q-RAG model folder to compare (repeatable).")] = None,
     task: Annotated[list[str] | None, typer.Option(help="Only these tasks (repeatable).")] = None,
     length: Annotated[list[int] | None, typer.Option(
-        help="Context lengths in tokens (repeatable).")] = None,
-    questions: Annotated[int | None, typer.Option(help="Questions per task and length.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Retrieval budget (and k of top-k).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the generated tasks and split.")] = 0,
+        parser=int_range(512), help="Context lengths in tokens (repeatable).")] = None,
+    questions: Annotated[int | None, typer.Option(
+        parser=int_range(1), help="Questions per task and length.")] = None,
+    steps: Annotated[int | None, typer.Option(
+        parser=int_range(1), help="Retrieval budget (and k of top-k).")] = None,
+    seed: Annotated[int, typer.Option(
+        parser=SEED, help="Seed of the generated tasks and split.")] = 0,
     haystack: Annotated[Path | None, typer.Option(
         help="Folder of your own text to use as filler.")] = None,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="Skip speed and scale.")] = False,
@@ -554,13 +580,14 @@ def bench_cmd(
         raise UsageError(f"--haystack {haystack}: not a folder")
     if lexical not in {"on", "off", "both"}:
         raise UsageError("--lexical must be 'on', 'off' or 'both'")
+    check_output(out, [("--haystack", haystack),
+                       *[("--model", Path(m)) for m in model or [] if Path(m).exists()]],
+                 folder=True)
     chosen = suite.PROFILES[profile]
     changes: dict = {}
     if task:
         changes["tasks"] = tuple(task)
     if length:
-        if min(length) < 512:
-            raise UsageError("--length is in tokens and must be at least 512")
         changes["lengths"] = tuple(length)
     if questions is not None:
         changes["questions"] = questions
@@ -585,9 +612,10 @@ def bench_cmd(
 def bench_data(
     task: Annotated[str, typer.Argument(help="Task name (see qrag bench --help).")],
     output: Annotated[Path, typer.Argument(help="Training JSONL to write.")],
-    n: Annotated[int, typer.Option(help="Episodes.")] = 1000,
-    tokens: Annotated[int, typer.Option(help="Tokens per episode.")] = 4096,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    n: Annotated[int, typer.Option(parser=int_range(1), help="Episodes.")] = 1000,
+    tokens: Annotated[int, typer.Option(
+        parser=int_range(512), help="Tokens per episode.")] = 4096,
+    seed: Annotated[int, typer.Option(parser=SEED, help="Seed.")] = 0,
     haystack: Annotated[Path | None, typer.Option(help="Folder of filler text.")] = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -597,6 +625,7 @@ def bench_data(
 
     if task not in longctx.STORIES:
         raise UsageError(f"unknown task {task!r}; choose from {', '.join(longctx.TASKS)}")
+    check_output(output, [("--haystack", haystack)], folder=False)
     own = longctx.own_paragraphs(haystack) if haystack else None
     examples = longctx.training_examples(task, n, seed, tokens, own)
     write_examples(examples, output)

@@ -256,6 +256,27 @@ def discover(
     return Discovery(files, skipped)
 
 
+def root_problem(root: Path) -> str | None:
+    """Why a path named on the command line cannot be indexed (a skip reason), or None.
+
+    Checked before anything else touches it: resolving a symlink loop raises, and a
+    missing or unreadable root must not look like a folder whose files were all deleted."""
+    path = os.path.abspath(os.path.expanduser(root))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "broken symlink" if os.path.islink(path) else "no such file or directory"
+    except OSError as e:
+        return _why(e)
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            with os.scandir(path):
+                pass
+        except OSError as e:
+            return _why(e)
+    return None
+
+
 def file_hash(path: Path) -> str:
     """sha256 hex digest of the file's content, read in 1 MiB blocks."""
     h = hashlib.sha256()

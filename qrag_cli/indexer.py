@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qrag_cli.chunk import chunk_document
 from qrag_cli.config import ChunkConfig
-from qrag_cli.discover import FoundFile, discover, file_hash
+from qrag_cli.discover import FoundFile, discover, file_hash, root_problem
 from qrag_cli.model import QModel
 from qrag_cli.readers import read_document
 from qrag_cli.secretscan import RULES_VERSION, find_secret
@@ -23,6 +23,10 @@ MIN_COMMIT_INTERVAL_S = 10.0
 # meta key: the secretscan rules every indexed file was checked under ("off": some files
 # went in with --include-secrets).
 SECRET_RULES_KEY = "secret_rules"
+# Kinds whose text is extracted from markup or a binary format: finding none there is
+# news (plain text files may well be empty, like a package's __init__.py).
+_EXTRACTED = frozenset({"pdf", "html"})
+NO_TEXT = "no text"
 
 
 @dataclass
@@ -87,12 +91,23 @@ def build_index(
     committed every few seconds, so a killed run loses little and the next one resumes.
     """
     started = time.perf_counter()
+    # Paths named on the command line that cannot be read are reported and left out, and
+    # the rest is indexed; only when none is left is it an error (one line naming them).
+    bad_roots = [(str(r), why) for r in roots if (why := root_problem(Path(r)))]
+    if roots and len(bad_roots) == len(roots):
+        raise QragError("nothing to index: " + "; ".join(f"{p}: {why}" for p, why in bad_roots))
+    unusable = {path for path, _ in bad_roots}
+    roots = [r for r in roots if str(r) not in unusable]
     manifest = {"model_name": model.cfg.name, "model_fingerprint": model.cfg.fingerprint,
                 "dim": model.cfg.dim, "chunking": chunk_cfg.to_dict()}
     writer = IndexWriter(index_dir, manifest)
     try:
         summary = IndexSummary(index=str(index_dir), model=model.cfg.name,
                                rebuild=writer.rebuild_reason)
+        for path, why in bad_roots:
+            summary.skipped += 1
+            summary.problems.append({"path": path, "reason": why})
+            on_problem(path, why)
         known_roots = [Path(p) for p in json.loads(writer.meta_get("roots") or "[]")]
         if writer.rebuild_reason:  # a rebuild must cover everything the old index held
             known_roots = [Path(p) for p in json.loads(writer.old_roots or "[]")]
@@ -200,6 +215,16 @@ def build_index(
                 summary.skipped += 1
                 summary.problems.append({"path": item.rel, "reason": f"secret ({why})"})
                 on_problem(item.rel, f"secret ({why})")
+                continue
+            if doc.kind in _EXTRACTED and not doc.text.strip():
+                # A scanned (image-only) PDF or a script-only page: nothing to search, and
+                # indexing it with 0 chunks would hide that from the user.
+                summary.skipped += 1
+                summary.problems.append({"path": item.rel, "reason": NO_TEXT})
+                on_problem(item.rel, NO_TEXT)
+                if job.old_id is not None:  # its earlier text is gone from the file
+                    writer.remove_file(job.old_id)
+                    summary.removed += 1
                 continue
             if job.recheck:
                 summary.unchanged += 1

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import re
-import struct
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 from qrag_cli import render
 from qrag_cli.config import config_dir, private_umask
+from qrag_cli.gguf_file import GGUFFormatError, GGUFInfo, read_header
 from qrag_cli.types import Evidence, LLMError, UsageError
 
 CONFIG_NAME = "config.toml"
@@ -183,56 +183,18 @@ def save_default_llm(path: Path) -> Path:
 # --- loading ---------------------------------------------------------------------------
 
 
-def _gguf_architecture(path: Path) -> str | None:
-    """general.architecture from the GGUF header, to name it in errors; None if unsure.
-
-    Hand-parsed (a few KV records) so the error path needs neither the gguf package nor
-    a full read of the file."""
-    scalar = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-    try:
-        with path.open("rb") as f:
-            if f.read(4) != b"GGUF":
-                return None
-            f.read(4 + 8)  # version, tensor count
-            (n_kv,) = struct.unpack("<Q", f.read(8))
-
-            def string() -> bytes:
-                (n,) = struct.unpack("<Q", f.read(8))
-                return f.read(n)
-
-            def skip(vtype: int) -> None:
-                if vtype in scalar:
-                    f.read(scalar[vtype])
-                elif vtype == 8:
-                    string()
-                elif vtype == 9:
-                    (item, n) = struct.unpack("<IQ", f.read(12))
-                    for _ in range(n):
-                        skip(item)
-                else:
-                    raise ValueError(vtype)
-
-            for _ in range(min(n_kv, 64)):
-                key = string()
-                (vtype,) = struct.unpack("<I", f.read(4))
-                if key == b"general.architecture" and vtype == 8:
-                    return string().decode("utf-8", "replace")
-                skip(vtype)
-    except (OSError, struct.error, ValueError):
-        return None
-    return None
-
-
-def check_gguf(path: Path) -> None:
+def check_gguf(path: Path) -> GGUFInfo:
+    """Refuse, in one line naming the file, anything that is not a whole GGUF model."""
     if not path.is_file():
         raise LLMError(f"no such LLM file: {path}; pass --llm PATH or set QRAG_LLM")
     try:
-        with path.open("rb") as f:
-            magic = f.read(4)
+        return read_header(path)
     except OSError as e:
-        raise LLMError(f"cannot read {path}: {e.strerror}") from e
-    if magic != b"GGUF":
-        raise LLMError(f"{path} is not a GGUF file")
+        raise LLMError(f"cannot read {path}: {e.strerror or e}") from e
+    except GGUFFormatError as e:
+        if str(e) == "no GGUF header":
+            raise LLMError(f"{path} is not a GGUF file") from None
+        raise LLMError(f"{path} is not a valid GGUF model: {e}") from None
 
 
 # llama.cpp logs through one process-wide callback; we keep a reference so ctypes does not
@@ -308,7 +270,7 @@ class Reader:
             raise UsageError("--n-ctx and --max-tokens must be positive")
         self.settings = settings
         self.path = Path(settings.llm).expanduser() if settings.llm else default_llm()
-        check_gguf(self.path)
+        header = check_gguf(self.path)
         try:
             import llama_cpp
         except ImportError as e:
@@ -328,9 +290,9 @@ class Reader:
                     seed=settings.seed,
                     verbose=settings.verbose,
                 )
-        except (ValueError, RuntimeError, OSError) as e:
+        except Exception as e:  # llama-cpp-python reports load failures in several types
             if "load model" in str(e):
-                arch = _gguf_architecture(self.path)
+                arch = header.architecture
                 why = f"unsupported architecture {arch!r}" if arch else "unsupported architecture"
                 raise LLMError(f"llama.cpp cannot load {self.path} ({why} or corrupt file)") from e
             raise LLMError(f"llama.cpp cannot start {self.path}: {e}") from e

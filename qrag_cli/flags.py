@@ -1,0 +1,129 @@
+"""Parsers for numeric command-line flags: every value is checked when the command line is
+parsed, before any work starts, and a bad one is refused in one line that names the flag
+and the allowed range (click prefixes "Invalid value for '--flag':"; exit code 2).
+
+Typer's own min=/max= only name the bound that was crossed and let inf through, so the
+flags use these `parser=` functions instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import typer
+
+from qrag_cli.types import UsageError
+
+SEED_MAX = 2**32 - 1  # numpy and llama.cpp take 32-bit unsigned seeds
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(I?B?)", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+SIZE_MAX = 1 << 50  # 1024 TB: far beyond any file, far below where float arithmetic rounds
+
+
+def _bounds(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    low = None if lo is None else f"{'more than' if lo_open else 'at least'} {lo}"
+    high = None if hi is None else f"{'less than' if hi_open else 'at most'} {hi}"
+    if low and high:
+        return f"from {lo} to {hi}" if not (lo_open or hi_open) else f"{low} and {high}"
+    return low or high or "finite"
+
+
+def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[object], int | None]:
+    """Parser of a whole number from `lo` to `hi` (inclusive; None = unbounded)."""
+    allowed = _bounds(lo, hi, False, False)
+
+    def parse(value: object) -> int | None:
+        if value is None or isinstance(value, int):
+            number = value
+        else:
+            try:
+                number = int(str(value).strip())
+            except ValueError:
+                raise typer.BadParameter(
+                    f"must be a whole number {allowed}, not {value!r}") from None
+        if number is not None and ((lo is not None and number < lo)
+                                   or (hi is not None and number > hi)):
+            raise typer.BadParameter(f"must be {allowed}, not {number}")
+        return number
+
+    return parse
+
+
+def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                hi_open: bool = False) -> Callable[[object], float | None]:
+    """Parser of a finite number within the bounds (`*_open`: the bound itself is out)."""
+    allowed = _bounds(lo, hi, lo_open, hi_open)
+
+    def parse(value: object) -> float | None:
+        if value is None:
+            return None
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise typer.BadParameter(f"must be a number {allowed}, not {value!r}") from None
+        # nan compares False with everything, so it would slip through the bounds below.
+        if not math.isfinite(number) or (
+            lo is not None and (number <= lo if lo_open else number < lo)
+        ) or (hi is not None and (number >= hi if hi_open else number > hi)):
+            what = "a finite number" if allowed == "finite" else f"a number {allowed}"
+            raise typer.BadParameter(f"must be {what}, not {value}")
+        return number
+
+    return parse
+
+
+SEED = int_range(0, SEED_MAX)
+
+
+def parse_size(text: str) -> int:
+    """'500KB', '10MB', '1.5G', '4096' -> bytes (binary units); ValueError when malformed or
+    out of range (1 B to 1024 TB)."""
+    match = _SIZE.fullmatch(text.strip())
+    size = 0.0
+    if match and match.group(3).upper() != "I":
+        size = float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+    if not 1 <= size <= SIZE_MAX:
+        raise ValueError(f"must be a size from 1B to 1024TB such as 500KB, 10MB or 1GB, "
+                         f"not {text[:40]!r}")
+    return int(size)
+
+
+def size(value: object) -> int:
+    """Parser of a byte size flag such as --max-file-size."""
+    if isinstance(value, int):
+        return value
+    try:
+        return parse_size(str(value))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+# ---- output paths -------------------------------------------------------------------------
+def same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file or folder, through links and hard links."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): compare where it would be
+        pass
+    try:
+        return a.expanduser().resolve() == b.expanduser().resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return False
+
+
+def check_output(out: Path, inputs: Iterable[tuple[str, Path | None]], *,
+                 folder: bool) -> None:
+    """Refuse, before anything is written, an output that is one of the command's inputs
+    (writing it would destroy what is being read) or the wrong kind of thing."""
+    for name, path in inputs:
+        if path is not None and same_path(out, path):
+            raise UsageError(f"the output {out} is also the input {name}; write to another path")
+    if folder and out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder; give a folder to write")
+    if not folder and out.is_dir():
+        raise UsageError(f"{out} is a folder; give a file path to write")
