@@ -651,16 +651,24 @@ class IndexWriter:
             with vec_path.open("ab") as fh:  # a short file gets its missing rows, as zeros
                 fh.truncate(self.n_vectors * self.dim * 4)
             if graph is not None:
-                # The graph holds an exact copy of every live vector.
-                copies = _graph_rows(graph, live)
+                # The graph holds an exact copy of every live vector (in blocks: flat memory).
                 rows = np.memmap(vec_path, dtype=np.float32, mode="r+",
                                  shape=(self.n_vectors, self.dim))
-                differ = ~(np.asarray(rows[live]) == copies).all(axis=1)
-                rows[live[differ]] = copies[differ]
+                suspects = live
+                if GRAPH_CRC not in meta:  # a graph nothing vouches for fixes only clear damage
+                    suspects = np.union1d(live[live >= on_disk],
+                                          _zero_rows(rows, live[live < on_disk]))
+                restored = 0
+                for start in range(0, len(suspects), 65536):
+                    part = suspects[start:start + 65536]
+                    copies = _graph_rows(graph, part)
+                    differ = ~(np.asarray(rows[part]) == copies).all(axis=1)
+                    rows[part[differ]] = copies[differ]
+                    restored += int(differ.sum())
                 rows.flush()
                 del rows
-                self.repairs.append(f"{vec_path.name}: {int(differ.sum())} damaged vectors "
-                                    f"restored from the graph ({'; '.join(damage.problems())})")
+                self.repairs.append(f"{vec_path.name}: {restored} damaged vectors restored "
+                                    f"from the graph ({'; '.join(damage.problems())})")
             else:
                 rows = np.memmap(vec_path, dtype=np.float32, mode="r",
                                  shape=(self.n_vectors, self.dim))
