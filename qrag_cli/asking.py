@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,7 +11,7 @@ from qrag_cli import render
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.model import QModel, load_model
 from qrag_cli.qvalue import without_lexical
-from qrag_cli.store import IndexReader
+from qrag_cli.store import IndexReader, corrupt_database
 from qrag_cli.types import Episode, IndexMismatchError, NoIndexError
 
 
@@ -121,7 +122,9 @@ class Asker:
         t1 = time.perf_counter()
         try:
             if model is None:
-                model = load_model(model_spec)
+                # No --model: the model the index was built with.
+                model = load_model(model_spec if model_spec is not None
+                                   else self.reader_index.manifest["model_spec"])
                 if not opts.lexical:
                     without_lexical(model)
             self.model: QModel = model
@@ -190,8 +193,11 @@ class Asker:
             self.opts.threshold if self.opts.threshold is not None else self.model.cfg.threshold)
         clock: dict[str, float] = {}
         t0 = time.perf_counter()
-        episode = run_episodes(self.model, [question], [self.candidates],
-                               StopRule(steps or self.opts.steps, threshold), timings=clock)[0]
+        try:
+            episode = run_episodes(self.model, [question], [self.candidates],
+                                   StopRule(steps or self.opts.steps, threshold), timings=clock)[0]
+        except sqlite3.DatabaseError as exc:  # pages damaged beyond what opening it read
+            raise corrupt_database(self.reader_index.index_dir, exc) from exc
         timings = {**self.load_ms, "encode_ms": clock.get("encode_ms", 0.0),
                    "search_ms": clock.get("search_ms", 0.0),
                    "retrieval_ms": (time.perf_counter() - t0) * 1000}

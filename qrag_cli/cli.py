@@ -16,7 +16,7 @@ import typer
 
 from qrag_cli import render
 from qrag_cli.cliparse import RunOrSubcommand, refuse_flag_values
-from qrag_cli.config import ChunkConfig, qrag_home, resolve_index
+from qrag_cli.config import qrag_home, resolve_index
 from qrag_cli.flags import SEED, check_output, float_range, int_range, size
 from qrag_cli.types import DataError, QragError, UsageError
 
@@ -72,27 +72,41 @@ def index(
         help="Files or folders to index; none = refresh the folders already indexed.")] = None,
     index: IndexOpt = None,
     model: ModelOpt = None,
-    chunk_tokens: Annotated[int, typer.Option(
-        parser=int_range(16, 2048), help="Chunk size in cl100k tokens.")] = 128,
-    overlap: Annotated[int, typer.Option(
-        parser=int_range(0), help="Tokens shared by neighbouring chunks.")] = 16,
-    max_file_size: Annotated[int, typer.Option(
-        parser=size, show_default="10MB", help="Skip larger files (e.g. 10MB).")] = 10 << 20,
+    chunk_tokens: Annotated[int | None, typer.Option(
+        parser=int_range(16, 2048),
+        help="Chunk size in cl100k tokens [default: the index's own, else 128].")] = None,
+    overlap: Annotated[int | None, typer.Option(
+        parser=int_range(0),
+        help="Tokens shared by neighbouring chunks [default: the index's own, else 16].")
+    ] = None,
+    max_file_size: Annotated[int | None, typer.Option(
+        parser=size,
+        help="Skip larger files (e.g. 10MB) [default: the index's own, else 10MB].")] = None,
     include_secrets: Annotated[bool, typer.Option(
         help="Also index files holding keys, tokens or passwords (never by default).")] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Chunk local files into an on-disk HNSW index (incremental)."""
-    from qrag_cli.indexer import build_index
-    from qrag_cli.model import load_model
+    """Chunk local files into an on-disk HNSW index (incremental).
 
-    if overlap >= chunk_tokens // 2:
-        raise UsageError(f"--overlap must be from 0 to {chunk_tokens // 2 - 1} (less than half "
-                         f"of --chunk-tokens {chunk_tokens}), not {overlap}")
+    An existing index keeps the model and settings it was built with unless others are
+    given; damaged index files are repaired.
+    """
+    from qrag_cli.indexer import build_index, settings_for
+    from qrag_cli.model import load_model
+    from qrag_cli.types import ModelError
+
     index_dir = resolve_index(index)
-    qmodel = load_model(model)
-    chunk_cfg = ChunkConfig(chunk_tokens=chunk_tokens, overlap=overlap)
+    settings = settings_for(index_dir, model, chunk_tokens, overlap, max_file_size)
+    try:
+        qmodel = load_model(settings.model_spec)
+    except ModelError as exc:
+        if model is not None:
+            raise
+        raise ModelError(f"index {index_dir} was built with --model {settings.model}, which "
+                         f"cannot be loaded ({exc}); give --model to rebuild it with another"
+                         ) from exc
+    chunk_cfg = settings.chunking
 
     def problem(path: str, why: str) -> None:
         render.log(f"{path}: {why}", label="skip", label_style="yellow")
@@ -114,13 +128,15 @@ def index(
             task = bar.add_task("indexing", total=None)
             summary = build_index(
                 paths or [], index_dir, qmodel, chunk_cfg,
-                max_file_size=max_file_size, include_secrets=include_secrets,
-                on_problem=problem,
+                max_file_size=settings.max_file_size, model_spec=settings.model,
+                include_secrets=include_secrets, on_problem=problem,
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     else:
         summary = build_index(paths or [], index_dir, qmodel, chunk_cfg,
-                              max_file_size=max_file_size,
+                              max_file_size=settings.max_file_size, model_spec=settings.model,
                               include_secrets=include_secrets, on_problem=problem)
+    for repair in summary.repaired:
+        render.log(f"repaired: {repair}")
     if summary.rebuild:
         render.log(f"full rebuild: {summary.rebuild}")
     if as_json:
@@ -136,9 +152,16 @@ def index(
 
 
 @app.command()
-def status(index: IndexOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+def status(
+    index: IndexOpt = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Verify every index file (read-only); exit 1 if any is damaged.")
+    ] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
     """Show indexes: files, chunks, tokens, model, size on disk."""
-    from qrag_cli.store import index_stats, list_indexes
+    from qrag_cli.store import check_index, index_status, list_indexes
 
     folders = [resolve_index(index)] if index else list_indexes(qrag_home())
     if index is None and not folders:
@@ -146,19 +169,38 @@ def status(index: IndexOpt = None, as_json: JsonOpt = False, debug: DebugOpt = F
             render.print_json([])
             return
         raise QragError(f"no indexes under {qrag_home()}; run `qrag index PATH` first")
-    rows = index_stats(folders)
+    # One broken index is listed as broken; it does not hide the healthy ones.
+    rows = [index_status(folder, strict=index is not None and not check) for folder in folders]
+    if check:
+        for row in rows:
+            found = check_index(Path(row["index"]))
+            row["ok"], row["problems"] = found["ok"], found["problems"]
     if as_json:
         render.print_json(rows[0] if index else rows)
-        return
+    else:
+        _print_status(rows, check)
+    if check and not all(row["ok"] for row in rows):
+        raise typer.Exit(1)
+
+
+def _print_status(rows: list[dict], check: bool) -> None:
     from rich.table import Table
 
     table = Table(header_style="bold")
-    for col in ("index", "files", "chunks", "tokens", "model", "size", "updated"):
+    for col in ("index", "files", "chunks", "tokens", "model", "size", "updated", "state"):
         table.add_column(col)
     for row in rows:
+        if check:
+            state = "ok" if row["ok"] else "damaged: " + "; ".join(row["problems"])
+        else:
+            state = f"broken: {row['error']}" if row["broken"] else "ok"
+        if row["broken"]:
+            table.add_row(render.plain(row["index"]), "", "", "", "", "", "", render.plain(state))
+            continue
         table.add_row(render.plain(row["index"]), str(row["files"]), str(row["chunks"]),
                       f"{row['tokens']:,}", render.plain(str(row["model"])),
-                      f"{row['bytes_on_disk'] / 1e6:.1f} MB", render.plain(str(row["updated"])))
+                      f"{row['bytes_on_disk'] / 1e6:.1f} MB", render.plain(str(row["updated"])),
+                      render.plain(state))
     render.out.print(table)
 
 

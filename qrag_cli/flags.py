@@ -93,9 +93,9 @@ def parse_size(text: str) -> int:
     return int(size)
 
 
-def size(value: object) -> int:
-    """Parser of a byte size flag such as --max-file-size."""
-    if isinstance(value, int):
+def size(value: object) -> int | None:
+    """Parser of a byte size flag such as --max-file-size (None: not given)."""
+    if value is None or isinstance(value, int):
         return value
     try:
         return parse_size(str(value))

@@ -12,11 +12,11 @@ from pathlib import Path
 from qrag_cli.chunk import chunk_document
 from qrag_cli.config import ChunkConfig
 from qrag_cli.discover import FoundFile, discover, file_hash, root_problem
-from qrag_cli.model import QModel
+from qrag_cli.model import BASE_NAME, QModel
 from qrag_cli.readers import read_document
 from qrag_cli.secretscan import RULES_VERSION, find_secret
-from qrag_cli.store import IndexWriter
-from qrag_cli.types import Chunk, QragError, ReadError
+from qrag_cli.store import IndexWriter, stored_settings
+from qrag_cli.types import Chunk, QragError, ReadError, UsageError
 
 EMBED_GROUP = 512  # chunks embedded together: enough to length-sort into tight batches
 MIN_COMMIT_INTERVAL_S = 10.0
@@ -27,6 +27,58 @@ SECRET_RULES_KEY = "secret_rules"
 # news (plain text files may well be empty, like a package's __init__.py).
 _EXTRACTED = frozenset({"pdf", "html"})
 NO_TEXT = "no text"
+DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How an index is built. An existing index keeps its own: a setting not given on
+    the command line (None) is the stored one, so `qrag index` with no options refreshes
+    the index as it was built; a setting given and different rebuilds it."""
+
+    model: str  # "default", "base" or a model folder (absolute)
+    chunking: ChunkConfig
+    max_file_size: int
+
+    @property
+    def model_spec(self) -> str | None:
+        """What `load_model` takes."""
+        return None if self.model == "default" else self.model
+
+
+def model_spec_key(spec: str | None) -> str:
+    """The stored form of `--model`: a folder becomes absolute (a refresh may run elsewhere)."""
+    if spec is None or spec == "default":
+        return "default"
+    if spec.lower() in {"base", BASE_NAME.lower(), f"sentence-transformers/{BASE_NAME.lower()}"}:
+        return "base"
+    return str(Path(spec).expanduser().resolve())
+
+
+def settings_for(index_dir: Path, model: str | None = None, chunk_tokens: int | None = None,
+                 overlap: int | None = None, max_file_size: int | None = None) -> IndexSettings:
+    """Settings given (not None) win; the rest come from the index, else the defaults."""
+    stored = stored_settings(index_dir)
+    try:
+        chunking = json.loads(stored.get("chunking", "{}"))
+        stored_size = int(stored["max_file_size"]) if "max_file_size" in stored else None
+    except (ValueError, TypeError):  # unreadable settings: the defaults
+        chunking, stored_size = {}, None
+    defaults = ChunkConfig()
+    tokens = chunk_tokens if chunk_tokens is not None else int(
+        chunking.get("chunk_tokens", defaults.chunk_tokens))
+    shared = overlap if overlap is not None else int(chunking.get("overlap", defaults.overlap))
+    if not 0 <= shared < tokens // 2:
+        raise UsageError(f"--overlap ({shared}) must be >= 0 and less than half of "
+                         f"--chunk-tokens ({tokens})")
+    stored_model = stored.get("model_spec")
+    if stored_model is None and stored.get("model_name") == BASE_NAME:
+        stored_model = "base"  # an index from before model_spec was stored
+    return IndexSettings(
+        model=model_spec_key(model) if model is not None else stored_model or "default",
+        chunking=ChunkConfig(chunk_tokens=tokens, overlap=shared),
+        max_file_size=(max_file_size if max_file_size is not None
+                       else stored_size or DEFAULT_MAX_FILE_SIZE))
 
 
 @dataclass
@@ -46,6 +98,7 @@ class IndexSummary:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     rebuild: str | None = None
+    repaired: list[str] = field(default_factory=list)
     problems: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -80,7 +133,8 @@ def build_index(
     model: QModel,
     chunk_cfg: ChunkConfig,
     *,
-    max_file_size: int = 10 * 1024 * 1024,
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    model_spec: str | None = None,
     include_secrets: bool = False,
     on_problem: Callable[[str, str], None] = lambda path, why: None,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
@@ -89,6 +143,9 @@ def build_index(
 
     Empty `roots` means "refresh the roots this index was built from". Changes are
     committed every few seconds, so a killed run loses little and the next one resumes.
+    Damaged index files are repaired first (`IndexSummary.repaired` says what was done).
+    `model_spec` (how `model` was named, see `model_spec_key`) and `max_file_size` are
+    stored, so a refresh builds the same way.
     """
     started = time.perf_counter()
     # Paths named on the command line that cannot be read are reported and left out, and
@@ -108,10 +165,21 @@ def build_index(
             summary.skipped += 1
             summary.problems.append({"path": path, "reason": why})
             on_problem(path, why)
+        if len(writer.damaged_rows):  # no intact copy left: embed their stored text again
+            texts = writer.chunk_texts(writer.damaged_rows)
+            t0 = time.perf_counter()
+            writer.restore_vectors(writer.damaged_rows, model.embed_chunks(texts))
+            summary.embed_seconds += time.perf_counter() - t0
+            summary.chunks_embedded += len(texts)
+        summary.repaired = list(writer.repairs)
         known_roots = [Path(p) for p in json.loads(writer.meta_get("roots") or "[]")]
         if writer.rebuild_reason:  # a rebuild must cover everything the old index held
             known_roots = [Path(p) for p in json.loads(writer.old_roots or "[]")]
         roots = [Path(r).expanduser().resolve() for r in roots] or known_roots
+        if not roots and writer.rebuild_reason:
+            raise QragError(f"index {index_dir} must be rebuilt ({writer.rebuild_reason}) and "
+                            f"its folders are unknown; rebuild it with "
+                            f"`qrag index PATH --index {index_dir}`")
         if not roots:
             raise QragError("nothing to index: give a path, e.g. `qrag index ./docs`")
         all_roots = sorted({*known_roots, *roots}, key=str)
@@ -165,6 +233,9 @@ def build_index(
                 writer.remove_file(old.id)
                 summary.removed += 1
         writer.meta_set("roots", json.dumps([str(r) for r in all_roots]))
+        if model_spec is not None:
+            writer.meta_set("model_spec", model_spec_key(model_spec))
+        writer.meta_set("max_file_size", str(max_file_size))
 
         # Tests shrink these to exercise many commits on a small corpus.
         embed_group = int(os.environ.get("QRAG_EMBED_GROUP", EMBED_GROUP))

@@ -31,7 +31,7 @@ from qrag_cli.asking import LOAD_TIMINGS, Asker, AskOptions, load_llm
 from qrag_cli.config import qrag_home, resolve_index
 from qrag_cli.model import QModel, load_model
 from qrag_cli.readers import last_line, line_span, read_document
-from qrag_cli.store import index_exists, index_stats, list_indexes, open_reader
+from qrag_cli.store import index_exists, index_status, list_indexes, open_reader
 from qrag_cli.types import QragError, UsageError
 
 MAX_STEPS = 32  # bounds one answer's size: every step adds a whole chunk of text
@@ -101,6 +101,8 @@ class IndexInfo(BaseModel):
     bytes_on_disk: int
     roots: list[str] = Field(description="Files and folders the index covers; `get` reads "
                              "only indexed files under them.")
+    error: str | None = Field(None, description="Set when the index cannot be read (damaged); "
+                              "its counts are then 0. `qrag index` repairs or rebuilds it.")
 
 
 class StatusOutput(BaseModel):
@@ -194,11 +196,16 @@ class Service:
         if not index and self.default_index not in folders and \
                 (self.default_index / "CURRENT").is_file():
             folders.append(self.default_index)  # a folder index given with --index
-        rows = [{"index": row["index"], "files": row["files"], "chunks": row["chunks"],
-                 "tokens": row["tokens"], "model": row["model"],
-                 "generation": row["generation"], "updated": row["updated"],
-                 "bytes_on_disk": row["bytes_on_disk"], "roots": row["roots"]}
-                for row in index_stats(folders)]
+        rows = []
+        for row in (index_status(folder, strict=bool(index)) for folder in folders):
+            if row["broken"]:  # one damaged index does not hide the healthy ones
+                rows.append({"index": row["index"], "files": 0, "chunks": 0, "tokens": 0,
+                             "model": None, "generation": 0, "updated": None,
+                             "bytes_on_disk": 0, "roots": [], "error": row["error"]})
+                continue
+            rows.append({key: row[key] for key in (
+                "index", "files", "chunks", "tokens", "model", "generation", "updated",
+                "bytes_on_disk", "roots")})
         return {"model": self.model.cfg.name, "default_index": str(self.default_index),
                 "indexes": rows}
 

@@ -14,6 +14,12 @@ Layout of one index folder::
 A commit appends vectors (fsync), saves hnsw-<gen+1>.bin (temp + rename), then one
 SQLite transaction switches meta.generation. Until that transaction commits, readers and
 a crashed writer's successor see generation <gen> exactly as it was.
+
+Each commit also records the CRC-32 of the committed vectors region and of the graph file,
+so damage that keeps sizes intact (a file overwritten with zeros) is found by reading the
+files once (~7 ms per 10K chunks). Every writer checks the committed state before it
+changes anything and repairs what is damaged (see `IndexWriter._verify`); `check_index`
+runs the same checks read-only for `qrag status --check`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import sqlite3
 import stat
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +94,8 @@ MIGRATIONS = [
     """,
 ]
 LEXICAL_VERSION = 2  # the schema version that has the lexical table
+VECTORS_CRC = "vectors_crc32"  # meta: CRC-32 of vectors.f32's first n_vectors rows
+GRAPH_CRC = "graph_crc32"  # meta: CRC-32 of hnsw-<generation>.bin
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,32 @@ def _meta(conn: sqlite3.Connection) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
 
+def _crc32(path: Path, length: int, crc: int = 0) -> int:
+    """CRC-32 of the first `length` bytes of `path`, read in blocks (memory stays flat)."""
+    with path.open("rb") as fh:
+        while length > 0:
+            block = fh.read(min(length, 1 << 24))
+            if not block:
+                break
+            crc = zlib.crc32(block, crc)
+            length -= len(block)
+    return crc
+
+
+def _rebuild_hint(index_dir: Path) -> str:
+    return f"rebuild it with `qrag index PATH --index {index_dir}`"
+
+
+def _repair_hint(index_dir: Path) -> str:
+    return f"repair it with `qrag index --index {index_dir}`"
+
+
+def corrupt_database(index_dir: Path, exc: BaseException) -> CorruptIndexError:
+    """The one-line error for an index.sqlite that SQLite cannot read."""
+    return CorruptIndexError(f"index {index_dir} is corrupt (index.sqlite: {exc}); "
+                             f"{_rebuild_hint(index_dir)}")
+
+
 def index_exists(index_dir: Path) -> bool:
     return _read_pointer(index_dir / "CURRENT") is not None
 
@@ -179,8 +214,8 @@ class IndexReader:
             except FileNotFoundError:
                 if attempt == 2:
                     raise CorruptIndexError(
-                        f"index files are missing in {index_dir}; rebuild it with "
-                        f"`qrag index PATH --index {index_dir}`") from None
+                        f"index files are missing in {index_dir}; {_rebuild_hint(index_dir)}"
+                    ) from None
                 time.sleep(0.05)
 
     def _open(self, folder: Path) -> None:
@@ -188,16 +223,24 @@ class IndexReader:
         if not db.is_file():
             raise FileNotFoundError(db)
         self.folder = folder
-        self.conn = _connect(db)
+        try:
+            self.conn = _connect(db)
+        except sqlite3.DatabaseError as exc:
+            raise corrupt_database(self.index_dir, exc) from exc
         try:
             self.conn.execute("BEGIN")  # snapshot: later commits stay invisible to us
             self.meta = _meta(self.conn)
+            self.has_lexical = (self.conn.execute("PRAGMA user_version").fetchone()[0]
+                                >= LEXICAL_VERSION)
+            self.n_chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise CorruptIndexError(f"{db} is corrupt ({exc}); rebuild with `qrag index`") from exc
+            self.conn.close()
+            raise corrupt_database(self.index_dir, exc) from exc
         if int(self.meta.get("format_version", "0")) != FORMAT_VERSION:
+            self.conn.close()
             raise CorruptIndexError(
                 f"index {self.index_dir} has format {self.meta.get('format_version')}, this qrag "
-                f"reads {FORMAT_VERSION}; rebuild it with `qrag index PATH --index ...`")
+                f"reads {FORMAT_VERSION}; {_rebuild_hint(self.index_dir)}")
         self.dim = int(self.meta["dim"])
         self.n_vectors = int(self.meta["n_vectors"])
         self.generation = int(self.meta["generation"])
@@ -206,13 +249,12 @@ class IndexReader:
         expected = self.n_vectors * self.dim * 4
         size = vec_path.stat().st_size if vec_path.exists() else -1
         if size < expected:
-            raise CorruptIndexError(f"{vec_path} is truncated; rebuild with `qrag index`")
+            self.conn.close()
+            raise CorruptIndexError(f"index {self.index_dir} is damaged ({vec_path.name} is "
+                                    f"truncated); {_repair_hint(self.index_dir)}")
         self.vectors = (np.memmap(vec_path, dtype=np.float32, mode="r",
                                   shape=(self.n_vectors, self.dim))
                         if self.n_vectors else np.zeros((0, self.dim), np.float32))
-        self.n_chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
-        self.has_lexical = (self.conn.execute("PRAGMA user_version").fetchone()[0]
-                            >= LEXICAL_VERSION)
 
     @property
     def hnsw(self) -> hnswlib.Index:
@@ -223,8 +265,9 @@ class IndexReader:
             try:
                 index.load_index(str(path))
             except (RuntimeError, OSError) as exc:
-                raise CorruptIndexError(f"{path} cannot be read ({exc}); rebuild with "
-                                        f"`qrag index`") from exc
+                raise CorruptIndexError(f"index {self.index_dir} is damaged ({path.name} cannot "
+                                        f"be read: {exc}); {_repair_hint(self.index_dir)}"
+                                        ) from exc
             index.set_num_threads(1)
             self._hnsw = index
         return self._hnsw
@@ -234,6 +277,7 @@ class IndexReader:
         return {
             "format_version": int(self.meta["format_version"]),
             "model": self.meta.get("model_name"),
+            "model_spec": self.meta.get("model_spec"),
             "model_fingerprint": self.meta.get("model_fingerprint"),
             "dim": self.dim,
             "chunking": json.loads(self.meta.get("chunking", "{}")),
@@ -270,7 +314,7 @@ class IndexReader:
         missing = [i for i in ids if i not in out]
         if missing:
             raise CorruptIndexError(f"index {self.index_dir} refers to missing chunks "
-                                    f"{missing[:3]}; rebuild with `qrag index`")
+                                    f"{missing[:3]}; {_rebuild_hint(self.index_dir)}")
         return [out[i] for i in ids]
 
     def stats(self) -> dict:
@@ -317,6 +361,192 @@ class IndexReader:
     def close(self) -> None:
         self.release()
         self.conn.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Verifying (the writer repairs what these find; `qrag status --check` only reports it)
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Damage:
+    """What is wrong with one store's committed state; empty means healthy."""
+
+    missing_rows: int = 0  # committed vectors past the end of vectors.f32
+    checksum: bool = False  # vectors.f32 differs from what was committed
+    zero_rows: int = 0  # live chunks whose vector is all zeros (no embedding is)
+    graph: str | None = None  # why the HNSW graph cannot be used
+    lexical: str | None = None  # why the BM25 table disagrees with the chunks
+
+    @property
+    def vectors(self) -> bool:
+        return bool(self.missing_rows or self.checksum or self.zero_rows)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.missing_rows:
+            out.append(f"vectors.f32 is truncated ({self.missing_rows} vectors missing)")
+        elif self.checksum:
+            out.append("vectors.f32 does not match its checksum")
+        if self.zero_rows:
+            out.append(f"vectors.f32 has {self.zero_rows} zeroed vectors")
+        if self.graph:
+            out.append(self.graph)
+        if self.lexical:
+            out.append(self.lexical)
+        return out
+
+
+def _zero_rows(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The ids among `ids` whose row of `vectors` is all zeros (in blocks: flat memory)."""
+    found = []
+    for start in range(0, len(ids), 65536):
+        part = ids[start:start + 65536]
+        found.append(part[~np.asarray(vectors[part]).any(axis=1)])
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
+def _inspect_vectors(folder: Path, meta: dict[str, str], live: np.ndarray,
+                     damage: Damage) -> int:
+    """Fill in `damage` for vectors.f32; returns how many committed rows are on disk."""
+    dim, n_vectors = int(meta["dim"]), int(meta["n_vectors"])
+    path = folder / "vectors.f32"
+    size = path.stat().st_size if path.exists() else 0
+    on_disk = min(size // (dim * 4), n_vectors)
+    damage.missing_rows = n_vectors - on_disk
+    stored = meta.get(VECTORS_CRC)
+    if stored is not None and not damage.missing_rows:
+        damage.checksum = _crc32(path, n_vectors * dim * 4) != int(stored)
+    present = live[live < on_disk]
+    if len(present):
+        rows = np.memmap(path, dtype=np.float32, mode="r", shape=(on_disk, dim))
+        damage.zero_rows = len(_zero_rows(rows, present))
+        del rows
+    return on_disk
+
+
+def _open_graph(folder: Path, meta: dict[str, str], live: np.ndarray,
+                max_elements: int | None = None) -> tuple[hnswlib.Index | None, str | None]:
+    """The committed HNSW graph, or (None, why it cannot be used)."""
+    generation = int(meta["generation"])
+    path = folder / f"hnsw-{generation}.bin"
+    if not len(live) and not path.exists():
+        return None, None  # nothing committed yet needs a graph
+    if not path.exists():
+        return None, f"{path.name} is missing"
+    stored = meta.get(GRAPH_CRC)
+    if stored is not None and _crc32(path, path.stat().st_size) != int(stored):
+        return None, f"{path.name} does not match its checksum"
+    graph = hnswlib.Index(space="ip", dim=int(meta["dim"]))
+    try:
+        if max_elements is None:
+            graph.load_index(str(path))
+        else:
+            graph.load_index(str(path), max_elements=max_elements, allow_replace_deleted=False)
+    except (RuntimeError, OSError, ValueError) as exc:
+        return None, f"{path.name} cannot be read ({exc})"
+    lacking = len(set(live.tolist()) - set(graph.get_ids_list()))
+    if lacking:
+        return None, f"{path.name} lacks {lacking} chunks"
+    return graph, None
+
+
+def _graph_rows(graph: hnswlib.Index, ids: np.ndarray) -> np.ndarray:
+    out = [np.asarray(graph.get_items(ids[start:start + 8192], return_type="numpy"),
+                      dtype=np.float32) for start in range(0, len(ids), 8192)]
+    return np.concatenate(out) if out else np.zeros((0, graph.dim), np.float32)
+
+
+def _check_lexical(conn: sqlite3.Connection, full: bool) -> str | None:
+    """Why the BM25 table disagrees with `chunks`, or None. Always: it holds exactly the
+    chunk ids (a few ms per 10K chunks). `full`: FTS5 also compares its whole index with
+    the chunk texts (~0.4 s per 10K chunks, so only `qrag status --check` pays it); that
+    statement takes SQLite's write lock, so it is skipped while a writer runs."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] < LEXICAL_VERSION:
+        return None
+    docs = f"{lexical.FTS_TABLE}_docsize"
+    odd = conn.execute(
+        f"SELECT (SELECT count(*) FROM chunks c LEFT JOIN {docs} d ON d.id = c.id "
+        f"WHERE d.id IS NULL) + (SELECT count(*) FROM {docs} d LEFT JOIN chunks c "
+        "ON c.id = d.id WHERE c.id IS NULL)").fetchone()[0]
+    if odd:
+        return f"the BM25 table disagrees with the chunks ({odd} rows differ)"
+    if not full:
+        return None
+    try:
+        conn.execute(f"INSERT INTO {lexical.FTS_TABLE}({lexical.FTS_TABLE}, rank) "
+                     "VALUES ('integrity-check', 1)")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            return f"the BM25 table is unusable ({exc})"
+    except sqlite3.DatabaseError:
+        return "the BM25 table's index disagrees with the chunk texts"
+    return None
+
+
+def _check_database(conn: sqlite3.Connection) -> str | None:
+    """SQLite's own page-level check of index.sqlite (reads the whole file once)."""
+    rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+    return None if rows == ["ok"] else f"index.sqlite is damaged ({rows[0]})"
+
+
+def check_index(index_dir: Path) -> dict:
+    """Verify the live store of `index_dir` without changing anything: database pages,
+    vector sizes and checksum, zeroed vectors, graph present, intact and complete, BM25
+    table. Returns {"index", "ok", "problems": [one line each]}."""
+    result: dict = {"index": str(index_dir), "ok": False, "problems": []}
+    name = _read_pointer(index_dir / "CURRENT")
+    db = index_dir / name / "index.sqlite" if name else None
+    if db is None or not db.is_file():
+        result["problems"].append("index.sqlite is missing")
+        return result
+    try:
+        conn = _connect(db)
+    except sqlite3.DatabaseError as exc:
+        result["problems"].append(f"index.sqlite is corrupt ({exc})")
+        return result
+    try:
+        conn.execute("PRAGMA busy_timeout=200")  # never wait long for a running writer
+        problem = _check_database(conn)
+        if problem:
+            result["problems"].append(problem)
+            return result
+        meta = _meta(conn)
+        if int(meta.get("format_version", "0")) != FORMAT_VERSION:
+            result["problems"].append(f"index format {meta.get('format_version')} is not "
+                                      f"{FORMAT_VERSION}")
+            return result
+        live = np.array([r[0] for r in conn.execute("SELECT id FROM chunks ORDER BY id")],
+                        np.int64)
+        damage = Damage()
+        _inspect_vectors(index_dir / name, meta, live, damage)
+        damage.graph = _open_graph(index_dir / name, meta, live)[1]
+        damage.lexical = _check_lexical(conn, full=True)
+        result["problems"] = damage.problems()
+    except sqlite3.DatabaseError as exc:
+        result["problems"].append(f"index.sqlite is corrupt ({exc})")
+    finally:
+        conn.close()
+    result["ok"] = not result["problems"]
+    return result
+
+
+def stored_settings(index_dir: Path) -> dict[str, str]:
+    """How the index was built (meta: model_spec, chunking, max_file_size, ...) as the next
+    `qrag index` continues it: an interrupted rebuild's settings first (it resumes), else
+    the live store's; {} when there is none or it cannot be read."""
+    for pointer in ("BUILDING", "CURRENT"):
+        name = _read_pointer(index_dir / pointer)
+        db = index_dir / name / "index.sqlite" if name else None
+        if db is None or not db.is_file():
+            continue
+        try:
+            conn = sqlite3.connect(str(db), timeout=30)
+            try:
+                return _meta(conn)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError:
+            continue
+    return {}
 
 
 # ---------------------------------------------------------------------------------------
@@ -378,18 +608,27 @@ class IndexWriter:
     def _mismatch(self, folder: Path) -> str | None:
         try:
             conn = _connect(folder / "index.sqlite")
-            meta = _meta(conn)
-            conn.close()
-        except sqlite3.DatabaseError:
-            return "the existing index is unreadable"
+            try:
+                meta = _meta(conn)
+                self.old_roots = meta.get("roots")
+                damaged = _check_database(conn)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            return f"the existing index is unreadable (index.sqlite: {exc})"
+        if damaged:  # chunk texts and ids cannot be trusted: start from the files again
+            return f"the existing {damaged}"
         want = self.manifest
-        self.old_roots = meta.get("roots")
         if int(meta.get("format_version", 0)) != FORMAT_VERSION:
             return "the index format changed"
         if meta.get("model_fingerprint") != want["model_fingerprint"]:
             return (f"the model changed ({meta.get('model_name')} -> {want['model_name']})")
-        if json.loads(meta.get("chunking", "{}")) != want["chunking"]:
-            return "the chunking settings changed"
+        had = json.loads(meta.get("chunking", "{}"))
+        if had != want["chunking"]:
+            changes = ", ".join(f"{key} {had.get(key)} -> {value}"
+                                for key, value in want["chunking"].items()
+                                if had.get(key) != value)
+            return f"the chunking settings changed ({changes})"
         return None
 
     def _drop_stale_build(self, building: str | None) -> None:
@@ -412,6 +651,7 @@ class IndexWriter:
                 "chunking": json.dumps(self.manifest["chunking"], sort_keys=True),
                 "generation": "0",
                 "n_vectors": "0",
+                VECTORS_CRC: "0",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             self.conn.execute("BEGIN IMMEDIATE")
@@ -420,32 +660,132 @@ class IndexWriter:
         self.dim = int(meta["dim"])
         self.generation = int(meta["generation"])
         self.n_vectors = int(meta["n_vectors"])
-        # Forget whatever a killed writer left beyond the committed state.
+        self.repairs: list[str] = []
+        self.damaged_rows = np.zeros(0, np.int64)  # vectors to re-embed: `restore_vectors`
+        self._pending_vectors: list[np.ndarray] = []
+        self._dirty = False  # SQLite rows changed
+        self._graph_dirty = False  # chunks added or removed: the graph must be saved
+        self._verify(folder, meta)
+        self.conn.execute("BEGIN IMMEDIATE")
+        if self._lexical_damaged:
+            self.conn.execute(f"INSERT INTO {lexical.FTS_TABLE}({lexical.FTS_TABLE}) "
+                              "VALUES ('rebuild')")
+            self._dirty = True
+
+    def _verify(self, folder: Path, meta: dict[str, str]) -> None:
+        """Check the committed state and repair what is damaged (vectors from the graph's
+        copies or, without a usable graph, marked for re-embedding from their text; the
+        graph from the vectors; the BM25 table from the chunks). What a killed writer left
+        beyond the committed state is dropped first: it is not damage."""
         vec_path = folder / "vectors.f32"
         with vec_path.open("ab") as fh:
-            fh.truncate(self.n_vectors * self.dim * 4)
+            if fh.tell() > self.n_vectors * self.dim * 4:
+                fh.truncate(self.n_vectors * self.dim * 4)
         for stale in folder.glob("hnsw-*.bin"):
             gen = stale.stem.split("-")[-1]
             if gen.isdigit() and int(gen) > self.generation:
                 stale.unlink()
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink()
-        self.hnsw = hnswlib.Index(space="ip", dim=self.dim)
-        hnsw_path = folder / f"hnsw-{self.generation}.bin"
-        if self.generation > 0 and hnsw_path.exists():
-            self.hnsw.load_index(str(hnsw_path), max_elements=max(self.n_vectors, 1024),
-                                 allow_replace_deleted=False)
+        live = np.sort(self._live_ids())
+        damage = Damage()
+        on_disk = _inspect_vectors(folder, meta, live, damage)
+        graph, damage.graph = _open_graph(folder, meta, live, max(self.n_vectors, 1024))
+        damage.lexical = _check_lexical(self.conn, full=False)
+        self._lexical_damaged = damage.lexical is not None
+        if damage.lexical:
+            self.repairs.append(f"BM25 table rebuilt from the chunks ({damage.lexical})")
+        if damage.vectors:
+            with vec_path.open("ab") as fh:  # a short file gets its missing rows, as zeros
+                fh.truncate(self.n_vectors * self.dim * 4)
+            if graph is not None:
+                # The graph holds an exact copy of every live vector (in blocks: flat memory).
+                rows = np.memmap(vec_path, dtype=np.float32, mode="r+",
+                                 shape=(self.n_vectors, self.dim))
+                suspects = live
+                if GRAPH_CRC not in meta:  # a graph nothing vouches for fixes only clear damage
+                    suspects = np.union1d(live[live >= on_disk],
+                                          _zero_rows(rows, live[live < on_disk]))
+                restored = 0
+                for start in range(0, len(suspects), 65536):
+                    part = suspects[start:start + 65536]
+                    copies = _graph_rows(graph, part)
+                    differ = ~(np.asarray(rows[part]) == copies).all(axis=1)
+                    rows[part[differ]] = copies[differ]
+                    restored += int(differ.sum())
+                rows.flush()
+                del rows
+                self.repairs.append(f"{vec_path.name}: {restored} damaged vectors restored "
+                                    f"from the graph ({'; '.join(damage.problems())})")
+            else:
+                rows = np.memmap(vec_path, dtype=np.float32, mode="r",
+                                 shape=(self.n_vectors, self.dim))
+                if damage.checksum:  # no copy says which rows are wrong: all of them
+                    bad = live
+                else:
+                    bad = np.union1d(live[live >= on_disk],
+                                     _zero_rows(rows, live[live < on_disk]))
+                del rows
+                self.damaged_rows = bad
+                self.repairs.append(f"{vec_path.name}: {len(bad)} damaged vectors re-embedded "
+                                    f"from their chunk text ({'; '.join(damage.problems())})")
+        if graph is None:
+            graph = hnswlib.Index(space="ip", dim=self.dim)
+            graph.init_index(max_elements=max(self.n_vectors, 1024), M=HNSW_M,
+                             ef_construction=HNSW_EF_CONSTRUCTION)
+            if len(live):  # graph lost or damaged but vectors committed: rebuild it
+                self._graph_dirty = self._dirty = True
+                self.repairs.append(f"HNSW graph rebuilt from the vectors ({damage.graph})")
+        self.hnsw = graph
+        stored_crc = meta.get(VECTORS_CRC)
+        if damage.vectors:
+            if not len(self.damaged_rows):
+                self._store_vectors_checksum()
+        elif stored_crc is None:  # an index from before checksums: start recording them
+            self._store_vectors_checksum()
         else:
-            self.hnsw.init_index(max_elements=max(self.n_vectors, 1024), M=HNSW_M,
-                                 ef_construction=HNSW_EF_CONSTRUCTION)
-            if self.n_vectors:  # graph lost but vectors committed: rebuild the graph
-                ids = self._live_ids()
-                vecs = np.fromfile(vec_path, dtype=np.float32).reshape(-1, self.dim)
-                self.hnsw.add_items(vecs[ids], ids)
-        self._pending_vectors: list[np.ndarray] = []
-        self._dirty = False  # SQLite rows changed
-        self._graph_dirty = False  # chunks added or removed: the graph must be saved
-        self.conn.execute("BEGIN IMMEDIATE")
+            self._vectors_crc = int(stored_crc)
+        if self._graph_dirty and not len(self.damaged_rows):
+            self._fill_graph(live)
+
+    def _fill_graph(self, ids: np.ndarray) -> None:
+        rows = np.memmap(self.folder / "vectors.f32", dtype=np.float32, mode="r",
+                         shape=(self.n_vectors, self.dim))
+        for start in range(0, len(ids), 65536):
+            part = ids[start:start + 65536]
+            self.hnsw.add_items(np.asarray(rows[part]), part)
+        del rows
+
+    def _store_vectors_checksum(self) -> None:
+        """After vectors were rewritten in place: fsync them, then record their checksum
+        (committed with the next commit; a kill before that leaves a mismatch, which the
+        next run repairs again)."""
+        path = self.folder / "vectors.f32"
+        with path.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        self._vectors_crc = _crc32(path, self.n_vectors * self.dim * 4)
+        self._dirty = True
+
+    def chunk_texts(self, ids: Sequence[int]) -> list[str]:
+        """The stored text of chunks `ids`, in that order."""
+        texts = dict(self.conn.execute(
+            f"SELECT id, text FROM chunks WHERE id IN ({','.join('?' * len(ids))})",
+            [int(i) for i in ids]).fetchall()) if len(ids) else {}
+        return [texts[int(i)] for i in ids]
+
+    def restore_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Write re-embedded vectors for `damaged_rows` in place, then rebuild the graph."""
+        if not np.array_equal(np.asarray(ids), self.damaged_rows):
+            raise ValueError("restore exactly the damaged rows")
+        rows = np.memmap(self.folder / "vectors.f32", dtype=np.float32, mode="r+",
+                         shape=(self.n_vectors, self.dim))
+        rows[self.damaged_rows] = np.asarray(vectors, dtype=np.float32)
+        rows.flush()
+        del rows
+        self.damaged_rows = np.zeros(0, np.int64)
+        self._store_vectors_checksum()
+        if self._graph_dirty:
+            self._fill_graph(np.sort(self._live_ids()))
 
     def _live_ids(self) -> np.ndarray:
         return np.array([r[0] for r in self.conn.execute("SELECT id FROM chunks")], np.int64)
@@ -513,15 +853,21 @@ class IndexWriter:
 
     def commit(self) -> None:
         """Make every staged change durable and visible, all or nothing."""
+        if len(self.damaged_rows):
+            raise RuntimeError("restore_vectors() must come before commit()")
         if not self._dirty:
             return
         new_vectors = self.pending_chunks
+        crc = self._vectors_crc
         if new_vectors:
             with (self.folder / "vectors.f32").open("ab") as fh:
                 for block in self._pending_vectors:
-                    fh.write(block.tobytes())
+                    data = block.tobytes()
+                    fh.write(data)
+                    crc = zlib.crc32(data, crc)  # append-only: the checksum extends
                 fh.flush()
                 os.fsync(fh.fileno())
+        meta = [("generation", str(self.generation)), (VECTORS_CRC, str(crc))]
         # Stat-only changes (touched files, roots) leave the graph alone: saving it costs
         # seconds on a large index and would make every no-op run rewrite it.
         gen = self.generation + 1 if self._graph_dirty else self.generation
@@ -532,18 +878,21 @@ class IndexWriter:
             with tmp.open("rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
+            meta = [("generation", str(gen)), (VECTORS_CRC, str(crc)),
+                    (GRAPH_CRC, str(_crc32(final, final.stat().st_size)))]
             # Corpus order: path, then chunk position in the file.
             self.conn.execute(
                 "UPDATE chunks SET ordinal = r.rn FROM (SELECT c.id AS id, row_number() OVER "
                 "(ORDER BY f.path, c.seq) - 1 AS rn FROM chunks c JOIN files f ON "
                 "f.id = c.file_id) AS r WHERE chunks.id = r.id AND chunks.ordinal != r.rn")
         self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-            ("generation", str(gen)),
+            *meta,
             ("n_vectors", str(self.n_vectors + new_vectors)),
             ("updated", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         ])
         self.conn.execute("COMMIT")
         self.generation = gen
+        self._vectors_crc = crc
         self.n_vectors += new_vectors
         self._pending_vectors = []
         self._dirty = self._graph_dirty = False
@@ -609,13 +958,19 @@ def open_reader(index_dir: Path) -> Iterator[IndexReader]:
         reader.close()
 
 
-def index_stats(folders: Iterable[Path]) -> list[dict]:
-    """`qrag status`: one row per index (files, chunks, tokens, model, size, ...)."""
-    rows = []
-    for folder in folders:
-        with open_reader(folder) as reader:
-            rows.append({"index": str(folder), **reader.stats()})
-    return rows
+def index_status(index_dir: Path, strict: bool = False) -> dict:
+    """`qrag status`'s row for one index: {"index", "broken": False, **stats}, or, when it
+    cannot be opened, {"index", "broken": True, "error"} (`strict`: raise that error)."""
+    try:
+        with open_reader(index_dir) as reader:
+            try:
+                return {"index": str(index_dir), "broken": False, **reader.stats()}
+            except sqlite3.DatabaseError as exc:
+                raise corrupt_database(index_dir, exc) from exc
+    except QragError as exc:
+        if strict:
+            raise
+        return {"index": str(index_dir), "broken": True, "error": str(exc)}
 
 
 def list_indexes(root: Path) -> list[Path]:

@@ -169,7 +169,7 @@ def test_errors_are_one_clear_line(hop_index: Path, tmp_path: Path, base_model) 
         folder = reader.folder
         gen = reader.generation
     (folder / f"hnsw-{gen}.bin").write_bytes(b"garbage")
-    one_line_error(run_qrag("ask", "x"), "rebuild")
+    one_line_error(run_qrag("ask", "x"), "repair it with `qrag index --index")
     with (folder / "vectors.f32").open("r+b") as fh:
         fh.truncate(100)
     one_line_error(run_qrag("ask", "x", "--exact"), "truncated")
