@@ -51,6 +51,7 @@ def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[object]
             raise typer.BadParameter(f"must be {allowed}, not {number}")
         return number
 
+    parse.__name__ = "integer"  # help shows a parser's name, upper-cased, as its type
     return parse
 
 
@@ -74,6 +75,7 @@ def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bo
             raise typer.BadParameter(f"must be {what}, not {value}")
         return number
 
+    parse.__name__ = "float"  # help shows a parser's name, upper-cased, as its type
     return parse
 
 

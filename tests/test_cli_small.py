@@ -39,6 +39,7 @@ def test_version_comes_from_the_package_metadata() -> None:
 def test_help_names_types_and_shows_flags_as_flags(command: list[str]) -> None:
     proc = run_qrag(*command, "--help", check=True)
     assert not TYPE_PLACEHOLDER.search(proc.stdout), proc.stdout
+    assert " PARSE " not in proc.stdout, proc.stdout  # a range-checked flag shows its type
     assert proc.stdout.count("Usage: qrag " + " ".join(command)) == 1, proc.stdout
     help_line = next(line for line in proc.stdout.splitlines() if "│ --help" in line)
     assert re.search(r"--help\s+Show this message", help_line), help_line  # no type column
