@@ -19,7 +19,7 @@ install:
 
 test:
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 lint:
 	$(VENV)/bin/ruff check .
