@@ -12,7 +12,7 @@ from pathlib import Path
 from qrag_cli.chunk import chunk_document
 from qrag_cli.config import ChunkConfig
 from qrag_cli.discover import FoundFile, discover, file_hash, root_problem
-from qrag_cli.model import BASE_NAME, QModel
+from qrag_cli.model import BASE_NAME, QModel, is_base_name
 from qrag_cli.readers import read_document
 from qrag_cli.secretscan import RULES_VERSION, find_secret
 from qrag_cli.store import IndexWriter, stored_settings
@@ -50,7 +50,7 @@ def model_spec_key(spec: str | None) -> str:
     """The stored form of `--model`: a folder becomes absolute (a refresh may run elsewhere)."""
     if spec is None or spec == "default":
         return "default"
-    if spec.lower() in {"base", BASE_NAME.lower(), f"sentence-transformers/{BASE_NAME.lower()}"}:
+    if is_base_name(spec):
         return "base"
     return str(Path(spec).expanduser().resolve())
 
@@ -161,10 +161,18 @@ def build_index(
     try:
         summary = IndexSummary(index=str(index_dir), model=model.cfg.name,
                                rebuild=writer.rebuild_reason)
-        for path, why in bad_roots:
-            summary.skipped += 1
+
+        def report(path: str, why: str, failed: bool = False, shown: str | None = None) -> None:
+            """A file left out: counted, listed in the summary and shown to the user."""
+            if failed:
+                summary.failed += 1
+            else:
+                summary.skipped += 1
             summary.problems.append({"path": path, "reason": why})
-            on_problem(path, why)
+            on_problem(path, why if shown is None else shown)
+
+        for path, why in bad_roots:
+            report(path, why)
         if len(writer.damaged_rows):  # no intact copy left: embed their stored text again
             texts = writer.chunk_texts(writer.damaged_rows)
             t0 = time.perf_counter()
@@ -187,9 +195,7 @@ def build_index(
             roots = all_roots
         found = discover(roots, max_file_size=max_file_size, include_secrets=include_secrets)
         for skip in found.skipped:
-            summary.skipped += 1
-            summary.problems.append({"path": skip.path, "reason": skip.reason})
-            on_problem(skip.path, skip.reason)
+            report(skip.path, skip.reason)
 
         scan_secrets = not include_secrets
         # Kept files were checked under the rules of the run that indexed them. When those
@@ -215,10 +221,7 @@ def build_index(
             try:
                 digest = file_hash(item.path)
             except OSError as exc:
-                summary.failed += 1
-                why = f"unreadable: {exc.strerror or exc}"
-                summary.problems.append({"path": item.rel, "reason": why})
-                on_problem(item.rel, why)
+                report(item.rel, f"unreadable: {exc.strerror or exc}", failed=True)
                 continue
             if old and old.hash == digest:
                 writer.touch_file(old.id, item.size, item.mtime_ns)
@@ -274,28 +277,20 @@ def build_index(
                 if job.recheck:  # indexed when it was readable; it has not changed since
                     summary.unchanged += 1
                     continue
-                summary.failed += 1
-                summary.problems.append({"path": item.rel, "reason": str(exc)})
-                on_problem(item.rel, str(exc).removeprefix(f"{item.path}: "))
+                report(item.rel, str(exc), failed=True,
+                       shown=str(exc).removeprefix(f"{item.path}: "))
                 continue
-            why = find_secret(doc, (Path(item.rel).name, item.path.name)) if scan_secrets else None
-            if why:  # refused whole; an indexed version (older or kept) goes too
-                if job.old_id is not None:
+            secret = find_secret(doc, (Path(item.rel).name, item.path.name)) \
+                if scan_secrets else None
+            # A secret is refused whole. A scanned (image-only) PDF or a script-only page has
+            # nothing to search, and indexing it with 0 chunks would hide that from the user.
+            refused = f"secret ({secret})" if secret else (
+                NO_TEXT if doc.kind in _EXTRACTED and not doc.text.strip() else None)
+            if refused:
+                if job.old_id is not None:  # an indexed version (older or kept) goes too
                     writer.remove_file(job.old_id)
                     summary.removed += 1
-                summary.skipped += 1
-                summary.problems.append({"path": item.rel, "reason": f"secret ({why})"})
-                on_problem(item.rel, f"secret ({why})")
-                continue
-            if doc.kind in _EXTRACTED and not doc.text.strip():
-                # A scanned (image-only) PDF or a script-only page: nothing to search, and
-                # indexing it with 0 chunks would hide that from the user.
-                summary.skipped += 1
-                summary.problems.append({"path": item.rel, "reason": NO_TEXT})
-                on_problem(item.rel, NO_TEXT)
-                if job.old_id is not None:  # its earlier text is gone from the file
-                    writer.remove_file(job.old_id)
-                    summary.removed += 1
+                report(item.rel, refused)
                 continue
             if job.recheck:
                 summary.unchanged += 1

@@ -193,8 +193,7 @@ class Service:
 
     def status(self, index: str | None) -> dict:
         folders = [resolve_index(index)] if index else list_indexes(qrag_home())
-        if not index and self.default_index not in folders and \
-                (self.default_index / "CURRENT").is_file():
+        if not index and self.default_index not in folders and index_exists(self.default_index):
             folders.append(self.default_index)  # a folder index given with --index
         rows = []
         for row in (index_status(folder, strict=bool(index)) for folder in folders):

@@ -541,13 +541,18 @@ def load_qrag_folder(folder: Path) -> QModel:
                   encoder_config, folder)
 
 
+def is_base_name(spec: str) -> bool:
+    """Whether `--model` names the untrained base encoder ("base" or its Hub names)."""
+    return spec.lower() in {"base", BASE_NAME.lower(), f"sentence-transformers/{BASE_NAME.lower()}"}
+
+
 def load_model(spec: str | None = None) -> QModel:
     """`--model`: None = shipped trained model if any, else the base; a name; or a folder."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     if spec is None:
         shipped = default_model_dir()
         return load_qrag_folder(shipped) if shipped else from_base()
-    if spec.lower() in {"base", BASE_NAME.lower(), f"sentence-transformers/{BASE_NAME.lower()}"}:
+    if is_base_name(spec):
         return from_base()
     if spec == "default":
         return load_model(None)

@@ -25,13 +25,13 @@ from qrag_cli.types import Episode, Evidence
 # on some terminals), bidi embeddings/overrides/isolates (text that reads other than it
 # is: "Trojan Source"), line/paragraph separators, and lone surrogates (undecodable bytes
 # of a filename after os.fsdecode; they cannot even be encoded for output).
-_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029"
-                     r"\ud800-\udfff]")
-_UNSAFE_MULTILINE = re.compile(r"\r\n|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
-                               r"\u2028\u2029\ud800-\udfff]")
+_BEYOND_C0 = r"\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff"
+_UNSAFE = re.compile(rf"[\x00-\x08\x0a-\x1f{_BEYOND_C0}]")
+_UNSAFE_MULTILINE = re.compile(rf"\r\n|[\x00-\x08\x0b-\x1f{_BEYOND_C0}]")
 _NAMED = {"\n": "\\n", "\r": "\\r"}
-# The same code points as JSON escapes: json.dumps(ensure_ascii=False) leaves them raw.
-_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]")
+# The same code points as JSON escapes: json.dumps(ensure_ascii=False) leaves them raw
+# (it escapes C0 itself).
+_JSON_UNSAFE = re.compile(f"[{_BEYOND_C0}]")
 
 
 def _visible(match: re.Match[str]) -> str:

@@ -353,8 +353,7 @@ class IndexReader:
             if _meta(self.conn) == self.meta:
                 return True
         except sqlite3.DatabaseError as exc:
-            raise CorruptIndexError(f"{self.folder / 'index.sqlite'} is corrupt ({exc}); "
-                                    f"rebuild with `qrag index`") from exc
+            raise corrupt_database(self.index_dir, exc) from exc
         self.release()
         return False
 
@@ -415,12 +414,18 @@ def _inspect_vectors(folder: Path, meta: dict[str, str], live: np.ndarray,
     stored = meta.get(VECTORS_CRC)
     if stored is not None and not damage.missing_rows:
         damage.checksum = _crc32(path, n_vectors * dim * 4) != int(stored)
-    present = live[live < on_disk]
-    if len(present):
+        if not damage.checksum:
+            return on_disk  # the rows are as committed, and no committed embedding is zero
+    if on_disk:
         rows = np.memmap(path, dtype=np.float32, mode="r", shape=(on_disk, dim))
-        damage.zero_rows = len(_zero_rows(rows, present))
+        damage.zero_rows = len(_zero_rows(rows, live[live < on_disk]))
         del rows
     return on_disk
+
+
+def _clearly_damaged(rows: np.ndarray, live: np.ndarray, on_disk: int) -> np.ndarray:
+    """Live ids whose vector is past the end of the file or all zeros."""
+    return np.union1d(live[live >= on_disk], _zero_rows(rows, live[live < on_disk]))
 
 
 def _open_graph(folder: Path, meta: dict[str, str], live: np.ndarray,
@@ -704,8 +709,7 @@ class IndexWriter:
                                  shape=(self.n_vectors, self.dim))
                 suspects = live
                 if GRAPH_CRC not in meta:  # a graph nothing vouches for fixes only clear damage
-                    suspects = np.union1d(live[live >= on_disk],
-                                          _zero_rows(rows, live[live < on_disk]))
+                    suspects = _clearly_damaged(rows, live, on_disk)
                 restored = 0
                 for start in range(0, len(suspects), 65536):
                     part = suspects[start:start + 65536]
@@ -720,11 +724,8 @@ class IndexWriter:
             else:
                 rows = np.memmap(vec_path, dtype=np.float32, mode="r",
                                  shape=(self.n_vectors, self.dim))
-                if damage.checksum:  # no copy says which rows are wrong: all of them
-                    bad = live
-                else:
-                    bad = np.union1d(live[live >= on_disk],
-                                     _zero_rows(rows, live[live < on_disk]))
+                # Without a copy, a checksum mismatch cannot say which rows: all of them.
+                bad = live if damage.checksum else _clearly_damaged(rows, live, on_disk)
                 del rows
                 self.damaged_rows = bad
                 self.repairs.append(f"{vec_path.name}: {len(bad)} damaged vectors re-embedded "
