@@ -11,7 +11,7 @@ from qrag_cli import render
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.model import QModel, load_model
 from qrag_cli.qvalue import without_lexical
-from qrag_cli.store import IndexReader, corrupt_database
+from qrag_cli.store import IndexSnapshot, corrupt_database
 from qrag_cli.types import Episode, IndexMismatchError, NoIndexError
 
 
@@ -114,9 +114,9 @@ class Asker:
         self.opts = opts
         self.index_dir = index_dir
         self.model_spec = model_spec
-        self.reader_index = IndexReader(index_dir)  # first: "no index" fails fast
-        if self.reader_index.n_chunks == 0:
-            self.reader_index.close()
+        self.snapshot = IndexSnapshot(index_dir)  # first: "no index" fails fast
+        if self.snapshot.n_chunks == 0:
+            self.snapshot.close()
             raise NoIndexError(f"index {index_dir} is empty (no text was found to index); "
                                f"index files with text: `qrag index PATH --index {index_dir}`")
         t1 = time.perf_counter()
@@ -124,16 +124,16 @@ class Asker:
             if model is None:
                 # No --model: the model the index was built with.
                 model = load_model(model_spec if model_spec is not None
-                                   else self.reader_index.manifest["model_spec"])
+                                   else self.snapshot.manifest["model_spec"])
                 if not opts.lexical:
                     without_lexical(model)
             self.model: QModel = model
-            self._check_model(self.reader_index)
+            self._check_model(self.snapshot)
         except BaseException:
-            self.reader_index.close()
+            self.snapshot.close()
             raise
         t2 = time.perf_counter()
-        self.candidates = IndexCandidates(self.reader_index, exact=opts.exact)
+        self.candidates = IndexCandidates(self.snapshot, exact=opts.exact)
         self.llm = None
         self.load_ms = {"open_index_ms": (t1 - t0) * 1000, "load_model_ms": (t2 - t1) * 1000}
         if opts.answer:
@@ -141,8 +141,8 @@ class Asker:
             self.llm = load_llm(opts)
             self.load_ms["load_llm_ms"] = (time.perf_counter() - t3) * 1000
 
-    def _check_model(self, reader: IndexReader) -> None:
-        manifest = reader.manifest
+    def _check_model(self, snapshot: IndexSnapshot) -> None:
+        manifest = snapshot.manifest
         if manifest["model_fingerprint"] != self.model.cfg.fingerprint:
             raise IndexMismatchError(
                 f"index {self.index_dir} was built with model {manifest['model']!r} but "
@@ -153,28 +153,28 @@ class Asker:
     def refresh(self) -> None:
         """Move to the latest committed index state (a long-lived Asker calls this before
         each question). The model stays loaded; the index is reopened only when another
-        state was committed, and a half-written one is never seen (see IndexReader)."""
-        if self.reader_index.renew():
+        state was committed, and a half-written one is never seen (see IndexSnapshot)."""
+        if self.snapshot.renew():
             return
-        reader = IndexReader(self.index_dir)
+        fresh = IndexSnapshot(self.index_dir)
         try:
-            self._check_model(reader)  # a rebuild may have switched models
+            self._check_model(fresh)  # a rebuild may have switched models
         except BaseException:
-            reader.close()
+            fresh.close()
             raise
-        self.reader_index.close()
-        self.reader_index = reader
-        self.candidates = IndexCandidates(reader, exact=self.opts.exact)
+        self.snapshot.close()
+        self.snapshot = fresh
+        self.candidates = IndexCandidates(fresh, exact=self.opts.exact)
 
     def release(self) -> None:
         """Let go of the index snapshot until the next `refresh` (idle between questions)."""
-        self.reader_index.release()
+        self.snapshot.release()
 
     def __enter__(self) -> Asker:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.reader_index.close()
+        self.snapshot.close()
 
     def note_long_question(self, question: str, label: str = "the question") -> None:
         """Say on stderr when the retriever cannot see all of a question: its encoder reads
@@ -197,11 +197,11 @@ class Asker:
             episode = run_episodes(self.model, [question], [self.candidates],
                                    StopRule(steps or self.opts.steps, threshold), timings=clock)[0]
         except sqlite3.DatabaseError as exc:  # pages damaged beyond what opening it read
-            raise corrupt_database(self.reader_index.index_dir, exc) from exc
+            raise corrupt_database(self.snapshot.index_dir, exc) from exc
         timings = {**self.load_ms, "encode_ms": clock.get("encode_ms", 0.0),
                    "search_ms": clock.get("search_ms", 0.0),
                    "retrieval_ms": (time.perf_counter() - t0) * 1000}
-        result = AskResult(question, self.model.cfg.name, str(self.reader_index.index_dir),
+        result = AskResult(question, self.model.cfg.name, str(self.snapshot.index_dir),
                            episode, timings)
         if self.opts.explain:
             alt_ids = sorted({c for ev in episode.evidence for c, _ in ev.alternatives})

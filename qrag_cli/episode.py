@@ -17,7 +17,7 @@ from qrag_cli import qvalue
 from qrag_cli.lexical import MemoryLexicon
 from qrag_cli.model import QModel
 from qrag_cli.qvalue import Candidates
-from qrag_cli.store import ChunkRow, IndexReader
+from qrag_cli.store import ChunkRow, IndexSnapshot
 from qrag_cli.types import Episode, Evidence, IndexMismatchError
 
 ALTERNATIVES = 5  # top-k kept per step: --explain, the soft value and exploration use it
@@ -72,9 +72,9 @@ class IndexCandidates:
     """The on-disk index: HNSW and FTS5 propose, stored exact vectors decide (or every
     chunk, `exact`)."""
 
-    def __init__(self, reader: IndexReader, exact: bool = False, pool: int = qvalue.POOL,
+    def __init__(self, snapshot: IndexSnapshot, exact: bool = False, pool: int = qvalue.POOL,
                  ef: int = 256) -> None:
-        self.reader = reader
+        self.snapshot = snapshot
         self.exact = exact
         self.pool = pool  # HNSW candidates rescored per step
         self.ef = ef
@@ -82,38 +82,38 @@ class IndexCandidates:
         self._ordinals: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return self.reader.n_chunks
+        return self.snapshot.n_chunks
 
     @property
     def total(self) -> int:
-        return self.reader.n_chunks
+        return self.snapshot.n_chunks
 
     @property
     def id_space(self) -> int:
-        return self.reader.n_vectors
+        return self.snapshot.n_vectors
 
     def ordinals(self, ids):
         if self._ordinals is None:
-            self._ordinals = self.reader.ordinal_table()
+            self._ordinals = self.snapshot.ordinal_table()
         return self._ordinals[np.asarray(ids)]
 
     def vectors(self, ids):
-        return np.asarray(self.reader.vectors[ids], dtype=np.float32)
+        return np.asarray(self.snapshot.vectors[ids], dtype=np.float32)
 
     def bm25(self, words):
-        if not self.reader.has_lexical:
+        if not self.snapshot.has_lexical:
             raise IndexMismatchError(
-                f"index {self.reader.index_dir} predates lexical search; run `qrag index "
-                f"--index {self.reader.index_dir}` once (nothing is re-embedded) or pass "
+                f"index {self.snapshot.index_dir} predates lexical search; run `qrag index "
+                f"--index {self.snapshot.index_dir}` once (nothing is re-embedded) or pass "
                 "--lexical off")
-        return self.reader.bm25(words)
+        return self.snapshot.bm25(words)
 
     def propose(self, state, k, exclude):
         if not self.exact:
-            want = min(max(k, self.pool) + len(exclude), self.reader.n_chunks)
+            want = min(max(k, self.pool) + len(exclude), self.snapshot.n_chunks)
             if want == 0:
                 return np.zeros(0, np.int64)
-            hnsw = self.reader.hnsw
+            hnsw = self.snapshot.hnsw
             hnsw.set_ef(max(self.ef, want))
             try:
                 labels, _ = hnsw.knn_query(state[None, :], k=want)
@@ -121,14 +121,14 @@ class IndexCandidates:
             except RuntimeError:  # graph holes after many deletions: fall back to brute force
                 self.exact = True
         if self._live is None:
-            self._live = self.reader.live_ids()
+            self._live = self.snapshot.live_ids()
         ids = self._live
         if exclude:
             ids = ids[~np.isin(ids, np.fromiter(exclude, np.int64))]
         return ids
 
     def rows(self, ids):
-        return self.reader.chunks([int(i) for i in ids])
+        return self.snapshot.chunks([int(i) for i in ids])
 
 
 Policy = Callable[[np.ndarray], int]

@@ -29,9 +29,9 @@ from pydantic import BaseModel, Field
 from qrag_cli import render
 from qrag_cli.asking import LOAD_TIMINGS, Asker, AskOptions, load_llm
 from qrag_cli.config import qrag_home, resolve_index
+from qrag_cli.documents import last_line, line_span, read_document
 from qrag_cli.model import QModel, load_model
-from qrag_cli.readers import last_line, line_span, read_document
-from qrag_cli.store import index_exists, index_status, list_indexes, open_reader
+from qrag_cli.store import index_exists, index_status, list_indexes, open_snapshot
 from qrag_cli.types import QragError, UsageError
 
 MAX_STEPS = 32  # bounds one answer's size: every step adds a whole chunk of text
@@ -169,14 +169,14 @@ class Service:
         index_dir = self._index(index)
         # The index stores resolved paths: resolving here also sees through `..` and links.
         real = Path(path).expanduser().resolve()
-        with open_reader(index_dir) as reader:
-            roots = reader.roots
+        with open_snapshot(index_dir) as snapshot:
+            roots = snapshot.roots
             if not any(real.is_relative_to(root) for root in roots):
                 raise UsageError(f"{path} is outside the roots of index {index_dir} "
                                  f"({', '.join(map(str, roots)) or 'none'}); refused")
             # Under a root is not enough: secrets, ignored and binary files are never indexed
             # and must not be served either.
-            if not reader.has_file(str(real)):
+            if not snapshot.has_file(str(real)):
                 raise UsageError(f"{path} is not in index {index_dir} (ignored, secret, binary "
                                  f"or not indexed yet: run `qrag index`); refused")
         doc = read_document(real)

@@ -199,7 +199,7 @@ def index_exists(index_dir: Path) -> bool:
 # ---------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------
-class IndexReader:
+class IndexSnapshot:
     """A consistent snapshot of the last committed index (one read transaction)."""
 
     def __init__(self, index_dir: Path) -> None:
@@ -951,21 +951,21 @@ def _make_private(index_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def open_reader(index_dir: Path) -> Iterator[IndexReader]:
-    reader = IndexReader(index_dir)
+def open_snapshot(index_dir: Path) -> Iterator[IndexSnapshot]:
+    snapshot = IndexSnapshot(index_dir)
     try:
-        yield reader
+        yield snapshot
     finally:
-        reader.close()
+        snapshot.close()
 
 
 def index_status(index_dir: Path, strict: bool = False) -> dict:
     """`qrag status`'s row for one index: {"index", "broken": False, **stats}, or, when it
     cannot be opened, {"index", "broken": True, "error"} (`strict`: raise that error)."""
     try:
-        with open_reader(index_dir) as reader:
+        with open_snapshot(index_dir) as snapshot:
             try:
-                return {"index": str(index_dir), "broken": False, **reader.stats()}
+                return {"index": str(index_dir), "broken": False, **snapshot.stats()}
             except sqlite3.DatabaseError as exc:
                 raise corrupt_database(index_dir, exc) from exc
     except QragError as exc:

@@ -15,7 +15,7 @@ from qrag_cli.config import ChunkConfig, resolve_index
 from qrag_cli.episode import IndexCandidates, MemoryCandidates, StopRule, boltzmann, run_episodes
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model
-from qrag_cli.store import open_reader
+from qrag_cli.store import open_snapshot
 
 EVIDENCE_KEYS = {"step", "q", "chunk_id", "path", "start_line", "end_line", "text"}
 
@@ -59,8 +59,8 @@ def test_each_step_is_conditioned_on_the_picked_chunks(base_model, hop_corpus) -
 
 
 def test_picked_chunks_are_excluded_and_exhaustion_stops(hop_index: Path, base_model) -> None:
-    with open_reader(hop_index) as reader:
-        episode = run_episodes(base_model, [HOP_QUESTION], [IndexCandidates(reader)],
+    with open_snapshot(hop_index) as snapshot:
+        episode = run_episodes(base_model, [HOP_QUESTION], [IndexCandidates(snapshot)],
                                StopRule(max_steps=20))[0]
     ids = [ev.chunk_id for ev in episode.evidence]
     assert len(ids) == len(set(ids)) == 8
@@ -69,8 +69,8 @@ def test_picked_chunks_are_excluded_and_exhaustion_stops(hop_index: Path, base_m
 
 
 def test_threshold_and_budget_stops(hop_index: Path, base_model) -> None:
-    with open_reader(hop_index) as reader:
-        src = IndexCandidates(reader)
+    with open_snapshot(hop_index) as snapshot:
+        src = IndexCandidates(snapshot)
         high = run_episodes(base_model, [HOP_QUESTION], [src], StopRule(4, threshold=10.0))[0]
         low = run_episodes(base_model, [HOP_QUESTION], [src], StopRule(4, threshold=-10.0))[0]
         mid_q = high.evidence[0].alternatives[1][1]
@@ -126,12 +126,12 @@ def test_ann_agrees_with_exact(tmp_path: Path, base_model) -> None:
     index_dir = resolve_index("agree")
     build_index([corpus], index_dir, base_model, ChunkConfig(chunk_tokens=48, overlap=0))
     questions = [f"what is the code for item {i}-{i % 4}" for i in range(0, 150, 5)]
-    with open_reader(index_dir) as reader:
-        assert reader.n_chunks > 400
-        ann = run_episodes(base_model, questions, [IndexCandidates(reader)] * len(questions),
+    with open_snapshot(index_dir) as snapshot:
+        assert snapshot.n_chunks > 400
+        ann = run_episodes(base_model, questions, [IndexCandidates(snapshot)] * len(questions),
                            StopRule(3))
         exact = run_episodes(base_model, questions,
-                             [IndexCandidates(reader, exact=True)] * len(questions), StopRule(3))
+                             [IndexCandidates(snapshot, exact=True)] * len(questions), StopRule(3))
     same = sum(a.chunk_id == b.chunk_id for ea, eb in zip(ann, exact, strict=True)
                for a, b in zip(ea.evidence, eb.evidence, strict=True))
     assert same / (3 * len(questions)) >= 0.99
@@ -165,9 +165,9 @@ def test_errors_are_one_clear_line(hop_index: Path, tmp_path: Path, base_model) 
     model.save(other)
     one_line_error(run_qrag("ask", "x", "--model", str(other)), "re-index")
 
-    with open_reader(hop_index) as reader:
-        folder = reader.folder
-        gen = reader.generation
+    with open_snapshot(hop_index) as snapshot:
+        folder = snapshot.folder
+        gen = snapshot.generation
     (folder / f"hnsw-{gen}.bin").write_bytes(b"garbage")
     one_line_error(run_qrag("ask", "x"), "repair it with `qrag index --index")
     with (folder / "vectors.f32").open("r+b") as fh:

@@ -18,7 +18,7 @@ from conftest import QRAG, REPO, run_qrag
 from test_index import check_consistent, make_corpus
 
 from qrag_cli.config import resolve_index
-from qrag_cli.store import open_reader
+from qrag_cli.store import open_snapshot
 from qrag_cli.types import NoIndexError
 
 TYPE_PLACEHOLDER = re.compile(r"<(bool|str|int|float|path)>")
@@ -100,8 +100,8 @@ def test_ask_on_an_empty_index_says_so(tmp_path: Path) -> None:
 
 def _generation(index_dir: Path) -> int:
     try:
-        with open_reader(index_dir) as reader:
-            return reader.generation
+        with open_snapshot(index_dir) as snapshot:
+            return snapshot.generation
     except NoIndexError:
         return -1
 

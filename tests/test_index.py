@@ -17,7 +17,7 @@ from conftest import QRAG, REPO, run_qrag
 
 from qrag_cli.config import ChunkConfig, resolve_index
 from qrag_cli.indexer import build_index
-from qrag_cli.store import IndexReader, open_reader
+from qrag_cli.store import IndexSnapshot, open_snapshot
 from qrag_cli.types import NoIndexError
 
 
@@ -39,25 +39,25 @@ def check_consistent(index_dir: Path, verify_fts: bool = True) -> int:
     """Every committed chunk has a vector and a graph node, and (`verify_fts`, which needs
     the write lock: not while a writer runs) BM25's table matches the chunks; returns
     the chunk count."""
-    with open_reader(index_dir) as reader:
-        ids = reader.live_ids()
-        assert len(ids) == reader.n_chunks
-        assert (ids < reader.n_vectors).all()
+    with open_snapshot(index_dir) as snapshot:
+        ids = snapshot.live_ids()
+        assert len(ids) == snapshot.n_chunks
+        assert (ids < snapshot.n_vectors).all()
         if len(ids):
-            graph = set(reader.hnsw.get_ids_list())
+            graph = set(snapshot.hnsw.get_ids_list())
             assert set(ids.tolist()) <= graph
-            stored = np.asarray(reader.hnsw.get_items(ids[:5], return_type="numpy"))
-            assert np.allclose(stored, reader.vectors[ids[:5]], atol=1e-6)
-            files = reader.conn.execute("SELECT sum(n_chunks) FROM files").fetchone()[0]
-            assert files == reader.n_chunks
+            stored = np.asarray(snapshot.hnsw.get_items(ids[:5], return_type="numpy"))
+            assert np.allclose(stored, snapshot.vectors[ids[:5]], atol=1e-6)
+            files = snapshot.conn.execute("SELECT sum(n_chunks) FROM files").fetchone()[0]
+            assert files == snapshot.n_chunks
         # BM25's table holds exactly the committed chunks' words (FTS5 verifies its index
         # against the chunks table; raises on any difference).
         if not verify_fts:
-            return reader.n_chunks
-        check = sqlite3.connect(reader.folder / "index.sqlite")
+            return snapshot.n_chunks
+        check = sqlite3.connect(snapshot.folder / "index.sqlite")
         check.execute("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
         check.close()
-        return reader.n_chunks
+        return snapshot.n_chunks
 
 
 def test_index_and_status(hop_corpus: Path, base_model, qrag_home: Path) -> None:
@@ -74,15 +74,15 @@ def test_index_and_status(hop_corpus: Path, base_model, qrag_home: Path) -> None
 def test_incremental_touch_edit_delete_rename(hop_corpus: Path, base_model) -> None:
     index_dir = resolve_index("inc")
     build_index([hop_corpus], index_dir, base_model, ChunkConfig())
-    with open_reader(index_dir) as r:
+    with open_snapshot(index_dir) as r:
         first_ids = set(r.live_ids().tolist())
 
-    with open_reader(index_dir) as r:
+    with open_snapshot(index_dir) as r:
         generation = r.generation
     again = build_index([hop_corpus], index_dir, base_model, ChunkConfig())
     assert (again.new, again.changed, again.removed, again.unchanged) == (0, 0, 0, 8)
     assert again.chunks_embedded == 0
-    with open_reader(index_dir) as r:
+    with open_snapshot(index_dir) as r:
         assert r.generation == generation  # a no-op run does not rewrite the graph
 
     os.utime(hop_corpus / "a.txt", ns=(1, 1))  # touched: same content, new mtime
@@ -93,7 +93,7 @@ def test_incremental_touch_edit_delete_rename(hop_corpus: Path, base_model) -> N
     assert (s.new, s.changed, s.removed, s.unchanged) == (1, 1, 2, 5)
     assert s.chunks_embedded == 2 and s.chunks_total == 7
     assert check_consistent(index_dir) == 7
-    with open_reader(index_dir) as r:
+    with open_snapshot(index_dir) as r:
         rows = r.chunks(r.live_ids().tolist())
         texts = {Path(row.path).name: row.text for row in rows}
         assert "Norrvik" in texts["b.txt"] and "d5.txt" not in texts
@@ -124,7 +124,7 @@ def test_chunking_change_rebuilds_and_old_index_stays_readable(hop_corpus, base_
     s = build_index([hop_corpus], index_dir, base_model, ChunkConfig(chunk_tokens=64))
     assert s.rebuild and "chunking" in s.rebuild
     assert s.new == 8 and s.chunks_total == 8
-    with open_reader(index_dir) as r:
+    with open_snapshot(index_dir) as r:
         assert r.manifest["chunking"]["chunk_tokens"] == 64
     assert len(list(index_dir.glob("store-*"))) == 1  # the old store was removed
 
@@ -150,7 +150,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
     for name in ("binary.dat", "broken.pdf", ".env", "id_rsa", "fifo.txt"):
         assert name in err, f"{name} not reported: {err}"
     assert "Traceback" not in err
-    with open_reader(resolve_index(None)) as r:
+    with open_snapshot(resolve_index(None)) as r:
         texts = " ".join(row.text for row in r.chunks(r.live_ids().tolist()))
         paths = {Path(row.path).name for row in r.chunks(r.live_ids().tolist())}
     assert "café" in texts and "supersecret" not in texts and "PRIVATE KEY" not in texts
@@ -167,7 +167,7 @@ def _start_index(corpus: Path, home: Path, name: str) -> subprocess.Popen:
 
 def _generation(index_dir: Path) -> int:
     try:
-        with open_reader(index_dir) as r:
+        with open_snapshot(index_dir) as r:
             return r.generation
     except NoIndexError:
         return -1
@@ -209,19 +209,19 @@ def test_reader_sees_committed_state_while_indexing(tmp_path: Path, qrag_home: P
     try:
         while proc.poll() is None:
             try:
-                reader = IndexReader(index_dir)
+                snapshot = IndexSnapshot(index_dir)
             except NoIndexError:
                 time.sleep(0.02)
                 continue
             try:
                 seen_counts.append(check_consistent(index_dir, verify_fts=False))
-                if reader.n_chunks:  # this snapshot, which may be older than the check's
+                if snapshot.n_chunks:  # this snapshot, which may be older than the check's
                     episode = run_episodes(base_model, ["code for item 2-0"],
-                                           [IndexCandidates(reader)], StopRule(2))[0]
+                                           [IndexCandidates(snapshot)], StopRule(2))[0]
                     assert episode.evidence
                 reads += 1
             finally:
-                reader.close()
+                snapshot.close()
     finally:
         proc.wait(timeout=300)
     assert proc.returncode == 0, proc.stderr.read().decode()

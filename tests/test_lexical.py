@@ -17,7 +17,7 @@ from qrag_cli.config import ChunkConfig
 from qrag_cli.episode import IndexCandidates, MemoryCandidates, StopRule, run_episodes
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model, trainable
-from qrag_cli.store import open_reader
+from qrag_cli.store import open_snapshot
 
 TOWNS = ("Arnholt Brevik Calder Dunmore Elvang Fennick Garroway Hesketh Ilmby Jorvale "
          "Kettering Lowmoor").split()
@@ -77,25 +77,25 @@ def test_index_keeps_bm25_in_step_and_old_indexes_gain_it(tmp_path: Path, base_m
     root = compass_corpus(tmp_path / "docs")
     index = tmp_path / "idx"
     build_index([root], index, base_model, ChunkConfig())
-    with open_reader(index) as reader:
-        assert reader.has_lexical
-        ids, _ = reader.bm25(["varga"])
-        paths = {r.path.rsplit("/", 1)[-1] for r in reader.chunks(ids.tolist())}
+    with open_snapshot(index) as snapshot:
+        assert snapshot.has_lexical
+        ids, _ = snapshot.bm25(["varga"])
+        paths = {r.path.rsplit("/", 1)[-1] for r in snapshot.chunks(ids.tolist())}
     assert paths == {"weaver-00.txt", "compass-08.txt"}
     (root / "weaver-00.txt").write_text("Ines Varga moved away and sells rope in Calder.\n")
     (root / "compass-08.txt").unlink()
     build_index([root], index, base_model, ChunkConfig())
-    with open_reader(index) as reader:
-        ids, _ = reader.bm25(["varga", "weaver"])
-        texts = [r.text for r in reader.chunks(ids.tolist())]
+    with open_snapshot(index) as snapshot:
+        ids, _ = snapshot.bm25(["varga", "weaver"])
+        texts = [r.text for r in snapshot.chunks(ids.tolist())]
         assert any("sells rope" in t for t in texts)
         assert not any("Ines Varga is a weaver" in t or "number 8 " in t for t in texts)
-        assert len(reader.bm25(["weaver"])[0]) == 11  # one weaver note changed its words
+        assert len(snapshot.bm25(["weaver"])[0]) == 11  # one weaver note changed its words
 
     # An index written before the lexical table: refused with the fix, then upgraded by
     # the next `qrag index` without embedding anything again.
-    with open_reader(index) as reader:
-        db = reader.folder / "index.sqlite"
+    with open_snapshot(index) as snapshot:
+        db = snapshot.folder / "index.sqlite"
     conn = sqlite3.connect(db)
     conn.executescript("DROP TRIGGER chunks_fts_insert; DROP TRIGGER chunks_fts_delete; "
                        "DROP TABLE chunks_fts; PRAGMA user_version=1;")
@@ -111,8 +111,8 @@ def test_index_keeps_bm25_in_step_and_old_indexes_gain_it(tmp_path: Path, base_m
     assert dense.returncode == 0, dense.stderr
     summary = build_index([root], index, base_model, ChunkConfig())
     assert summary.tokens_embedded == 0
-    with open_reader(index) as reader:
-        assert reader.has_lexical and len(reader.bm25(["weaver"])[0]) == 11
+    with open_snapshot(index) as snapshot:
+        assert snapshot.has_lexical and len(snapshot.bm25(["weaver"])[0]) == 11
 
 
 def test_lexical_off_is_the_pure_dense_q(tmp_path: Path, base_model) -> None:
@@ -121,15 +121,15 @@ def test_lexical_off_is_the_pure_dense_q(tmp_path: Path, base_model) -> None:
     hybrid = trainable(load_model("base"), frozen_chunks=True, lexical=[0.5, 0.5])
     dense = qvalue.without_lexical(trainable(load_model("base"), frozen_chunks=True,
                                              lexical=[0.5, 0.5]))
-    with open_reader(tmp_path / "idx") as reader:
-        source = IndexCandidates(reader, exact=True)
+    with open_snapshot(tmp_path / "idx") as snapshot:
+        source = IndexCandidates(snapshot, exact=True)
         ep_dense = run_episodes(dense, [COMPASS_QUESTION], [source], StopRule(2))[0]
         ep_hybrid = run_episodes(hybrid, [COMPASS_QUESTION], [source], StopRule(2))[0]
         state = qvalue.start(dense, [COMPASS_QUESTION])[0]
         for ev in ep_dense.evidence:  # Q is exactly <E_s(s), E_a(a)>
             vec = dense.embed_states([qvalue.state_tokens(dense, state)])[0]
-            assert ev.q == pytest.approx(float(reader.vectors[ev.chunk_id] @ vec), abs=1e-5)
-            state = qvalue.pick(dense, state, reader.chunks([ev.chunk_id])[0])
+            assert ev.q == pytest.approx(float(snapshot.vectors[ev.chunk_id] @ vec), abs=1e-5)
+            state = qvalue.pick(dense, state, snapshot.chunks([ev.chunk_id])[0])
     # The hybrid's first pick scores its full lexical weight on top of the dense term.
     first = ep_hybrid.evidence[0]
     assert "number 7 " in first.text and first.q > ep_dense.evidence[0].q + 0.4

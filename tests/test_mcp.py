@@ -19,7 +19,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from qrag_cli.config import ChunkConfig, resolve_index
 from qrag_cli.indexer import build_index
-from qrag_cli.store import open_reader
+from qrag_cli.store import open_snapshot
 
 EVIDENCE_KEYS = {"step", "q", "chunk_id", "path", "start_line", "end_line", "text"}
 NEW_FILE = ("Harbour log, spring.\n"
@@ -164,8 +164,8 @@ def test_warm_server_sees_a_reindex_from_another_process(hop_index: Path, hop_co
             proc = await asyncio.to_thread(run_qrag, "index", "--json")
             assert proc.returncode == 0, proc.stderr
             assert json.loads(proc.stdout)["new"] == 1
-            with open_reader(hop_index) as reader:
-                wal = reader.folder / "index.sqlite-wal"
+            with open_snapshot(hop_index) as snapshot:
+                wal = snapshot.folder / "index.sqlite-wal"
             # The writer's final checkpoint emptied the WAL: an idle server holds no snapshot.
             assert not wal.exists() or wal.stat().st_size == 0
 

@@ -20,7 +20,7 @@ from conftest import REPO, run_qrag
 from gguf_tiny import CHAT_TEMPLATE, write_tiny_gguf
 
 from qrag_cli import render
-from qrag_cli.readers import read_document
+from qrag_cli.documents import read_document
 
 # Code points that must never reach a terminal raw: ESC, BEL, backspace, CR, DEL, C1 CSI,
 # a bidi override (Trojan Source) and an isolate.

@@ -21,10 +21,10 @@ from gguf_tiny import write_tiny_gguf
 
 from qrag_cli.bench import longctx
 from qrag_cli.config import ChunkConfig, resolve_index
+from qrag_cli.documents import read_document
 from qrag_cli.indexer import build_index
-from qrag_cli.readers import read_document
 from qrag_cli.secretscan import RULES_VERSION, find_secret, secret_name
-from qrag_cli.store import open_reader
+from qrag_cli.store import open_snapshot
 
 ALNUM = string.ascii_letters + string.digits
 
@@ -170,11 +170,11 @@ def test_plain_names(name: str) -> None:
 # -- through the real CLI ---------------------------------------------------------------
 def indexed(index: str) -> dict[str, str]:
     """File name -> all its indexed text."""
-    with open_reader(resolve_index(index)) as reader:
+    with open_snapshot(resolve_index(index)) as snapshot:
         out: dict[str, str] = {}
-        for row in reader.chunks(reader.live_ids().tolist()):
+        for row in snapshot.chunks(snapshot.live_ids().tolist()):
             out[Path(row.path).name] = out.get(Path(row.path).name, "") + row.text
-        names = {Path(p).name for (p,) in reader.conn.execute("SELECT path FROM files")}
+        names = {Path(p).name for (p,) in snapshot.conn.execute("SELECT path FROM files")}
     assert set(out) <= names
     return {name: out.get(name, "") for name in names}
 
@@ -275,8 +275,8 @@ def test_index_built_under_older_rules_is_rechecked(tmp_path: Path, base_model) 
     write(docs / "pgp.txt", "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF\n")
     index_dir = resolve_index(None)
     build_index([docs], index_dir, base_model, ChunkConfig(), include_secrets=True)
-    with open_reader(index_dir) as reader:
-        db = reader.folder / "index.sqlite"
+    with open_snapshot(index_dir) as snapshot:
+        db = snapshot.folder / "index.sqlite"
     conn = sqlite3.connect(db)  # what an index written by an older qrag looks like
     with conn:
         conn.execute("DELETE FROM meta WHERE key = 'secret_rules'")
@@ -290,8 +290,8 @@ def test_index_built_under_older_rules_is_rechecked(tmp_path: Path, base_model) 
     # Kept files are re-read once, not on every run (the secret is new each time: refused).
     again = build_index([], index_dir, base_model, ChunkConfig())
     assert (again.unchanged, again.removed, again.skipped) == (1, 0, 1)
-    with open_reader(index_dir) as reader:
-        assert reader.meta["secret_rules"] == str(RULES_VERSION)
+    with open_snapshot(index_dir) as snapshot:
+        assert snapshot.meta["secret_rules"] == str(RULES_VERSION)
 
 
 def test_bench_haystack_leaves_out_files_with_secrets(tmp_path: Path) -> None:

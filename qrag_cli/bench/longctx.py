@@ -27,7 +27,7 @@ from pathlib import Path
 from qrag_cli.chunk import count_tokens
 from qrag_cli.datasets import BabiQuestion, Example, read_babi, training_chunks
 from qrag_cli.discover import discover
-from qrag_cli.readers import read_document
+from qrag_cli.documents import read_document
 from qrag_cli.secretscan import find_secret
 from qrag_cli.types import ReadError, UsageError
 

@@ -21,7 +21,7 @@ import numpy as np
 from qrag_cli.config import ChunkConfig
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.model import QModel, load_model
-from qrag_cli.store import IndexWriter, open_reader
+from qrag_cli.store import IndexWriter, open_snapshot
 from qrag_cli.types import Chunk
 
 QUESTIONS = [
@@ -37,8 +37,8 @@ QUESTIONS = [
 def build_synthetic(index_dir: Path, source_index: Path, n_chunks: int, seed: int = 0,
                     noise: float = 0.35) -> None:
     model = load_model(None)
-    with open_reader(source_index) as reader:
-        real = np.asarray(reader.vectors[reader.live_ids()], dtype=np.float32)
+    with open_snapshot(source_index) as snapshot:
+        real = np.asarray(snapshot.vectors[snapshot.live_ids()], dtype=np.float32)
     rng = np.random.default_rng(seed)
     writer = IndexWriter(index_dir, {"model_name": model.cfg.name,
                                      "model_fingerprint": model.cfg.fingerprint,
@@ -61,10 +61,10 @@ def measure(index_dir: Path, questions: Sequence[str] = QUESTIONS * 3, steps: in
     """Warm per-step latency, ANN/exact agreement and cold `qrag ask`, one question at a
     time as `ask` runs them (batching changes bf16 rounding, not the search)."""
     model = model or load_model(model_spec)
-    with open_reader(index_dir) as reader:
-        ann, exact = IndexCandidates(reader), IndexCandidates(reader, exact=True)
+    with open_snapshot(index_dir) as snapshot:
+        ann, exact = IndexCandidates(snapshot), IndexCandidates(snapshot, exact=True)
         t0 = time.perf_counter()
-        _ = reader.hnsw
+        _ = snapshot.hnsw
         load_s = time.perf_counter() - t0
         run_episodes(model, list(questions[:1]), [ann], StopRule(steps))  # warm-up
         step_ms, search_ms, agree, total = [], [], 0, 0
@@ -78,7 +78,7 @@ def measure(index_dir: Path, questions: Sequence[str] = QUESTIONS * 3, steps: in
             for x, y in zip(a.evidence, b.evidence, strict=False):
                 total += 1
                 agree += x.chunk_id == y.chunk_id
-        n_chunks = reader.n_chunks
+        n_chunks = snapshot.n_chunks
     cold = []
     extra = ["--model", model_spec] if model_spec else []
     for q in questions[:3]:

@@ -15,7 +15,7 @@ from qrag_cli.bench.scale import measure
 from qrag_cli.config import ChunkConfig
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model
-from qrag_cli.store import open_reader
+from qrag_cli.store import open_snapshot
 
 WORDS = ("the a of to in river town engine ferry salmon plateau inventor mill harbour winter "
          "bread lamp valve turbine patent captain locksmith library festival timetable north "
@@ -59,9 +59,9 @@ def run(tokens: int = 1_000_000, model_spec: str | None = None, questions: int =
     result["index"] = {"seconds": summary.seconds, "chunks": summary.chunks_total,
                        "tokens": summary.tokens_embedded,
                        "tokens_per_s": summary.tokens_embedded / summary.seconds}
-    with open_reader(index_dir) as reader:
-        texts = [r.text for r in reader.chunks(reader.live_ids().tolist())]
-        size = sum(p.stat().st_size for p in reader.folder.iterdir() if p.is_file())
+    with open_snapshot(index_dir) as snapshot:
+        texts = [r.text for r in snapshot.chunks(snapshot.live_ids().tolist())]
+        size = sum(p.stat().st_size for p in snapshot.folder.iterdir() if p.is_file())
     result["index"]["bytes_on_disk"] = size
     result["index"]["mb_per_1m_tokens"] = size / 1e6 / (summary.tokens_embedded / 1e6)
 

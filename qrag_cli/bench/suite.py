@@ -29,7 +29,7 @@ from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.indexer import build_index
 from qrag_cli.model import QModel, load_model
 from qrag_cli.qvalue import without_lexical
-from qrag_cli.store import open_reader
+from qrag_cli.store import open_snapshot
 from qrag_cli.types import UsageError
 
 SHARED_DATA = longctx.SHARED_DATA  # ../shared/data; defined where bAbI tasks read it
@@ -80,8 +80,8 @@ def bm25_top_k(index_dir: Path, questions: Sequence[str], k: int) -> Retrieved:
     """BM25 over the chunk texts of the base index (the same chunks every method sees)."""
     import bm25s
 
-    with open_reader(index_dir) as reader:
-        texts = [r.text for r in reader.chunks(reader.live_ids().tolist())]
+    with open_snapshot(index_dir) as snapshot:
+        texts = [r.text for r in snapshot.chunks(snapshot.live_ids().tolist())]
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
                     show_progress=False)
@@ -103,8 +103,8 @@ def episodes(model: QModel, top_k: bool = False) -> Callable[[Path, Sequence[str
     def retrieve(index_dir: Path, questions: Sequence[str], budget: int) -> Retrieved:
         stop = StopRule(1) if top_k else StopRule(budget, model.cfg.threshold)
         out = []
-        with open_reader(index_dir) as reader:
-            source = IndexCandidates(reader)
+        with open_snapshot(index_dir) as snapshot:
+            source = IndexCandidates(snapshot)
             run_episodes(model, list(questions[:1]), [source], stop)  # warm-up
             for q in questions:
                 t0 = time.perf_counter()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qrag_cli.readers import decode_bytes, read_document
+from qrag_cli.documents import decode_bytes, read_document
 from qrag_cli.types import Document, ReadError
 
 
