@@ -9,7 +9,8 @@ from pathlib import Path
 
 from qrag_cli import render
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
-from qrag_cli.model import QModel, load_model
+from qrag_cli.model import load_model
+from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import without_lexical
 from qrag_cli.store import IndexSnapshot, corrupt_database
 from qrag_cli.types import Episode, IndexMismatchError, NoIndexError

@@ -101,7 +101,7 @@ def index(
     try:
         qmodel = load_model(settings.model_spec)
     except ModelError as exc:
-        if model is not None:
+        if model is not None or not index_dir.exists():  # --model given, or a new index
             raise
         raise ModelError(f"index {index_dir} was built with --model {settings.model}, which "
                          f"cannot be loaded ({exc}); give --model to rebuild it with another"
@@ -390,7 +390,8 @@ def train_eval(
     lexical_on = _lexical_on(lexical)
     from qrag_cli.datasets import load_examples
     from qrag_cli.evaluate import evaluate
-    from qrag_cli.model import load_model, seed_everything
+    from qrag_cli.model import load_model
+    from qrag_cli.pqn import seed_everything
 
     seed_everything(0)
     examples = load_examples(data, skip_bad, on_bad=lambda m: render.log(m, label="skip"))
@@ -451,15 +452,14 @@ def train_pack(
     import shutil
     from dataclasses import asdict
 
-    from qrag_cli.model import load_model
-    from qrag_cli.pqn import write_model_card
+    from qrag_cli.model import load_model, save_model, write_model_card
 
     if not (src / "config.json").is_file():
         raise UsageError(f"{src} is not a model folder (no config.json)")
     check_output(dest, [("MODEL_DIR", src)], folder=True)
     qmodel = load_model(str(src))
     qmodel.cfg.name = dest.name
-    qmodel.save(dest, compact=True)
+    save_model(qmodel, dest, compact=True)
     write_model_card(dest, {"config": asdict(qmodel.cfg)})  # under its new name
     if (src / "train_log.jsonl").is_file():
         shutil.copyfile(src / "train_log.jsonl", dest / "train_log.jsonl")

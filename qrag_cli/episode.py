@@ -15,7 +15,7 @@ import numpy as np
 
 from qrag_cli import qvalue
 from qrag_cli.lexical import MemoryLexicon
-from qrag_cli.model import QModel
+from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import Candidates
 from qrag_cli.store import ChunkRow, IndexSnapshot
 from qrag_cli.types import Episode, Evidence, IndexMismatchError

@@ -10,7 +10,7 @@ import numpy as np
 
 from qrag_cli.datasets import Example
 from qrag_cli.episode import MemoryCandidates, StopRule, run_episodes
-from qrag_cli.model import QModel
+from qrag_cli.qnet import QModel
 from qrag_cli.types import Episode
 
 

@@ -13,7 +13,8 @@ from qrag_cli.chunk import chunk_document
 from qrag_cli.config import ChunkConfig
 from qrag_cli.discover import FoundFile, discover, file_hash, root_problem
 from qrag_cli.documents import read_document
-from qrag_cli.model import BASE_NAME, QModel, is_base_name
+from qrag_cli.model import BASE_NAME, is_base_name
+from qrag_cli.qnet import QModel
 from qrag_cli.secretscan import RULES_VERSION, find_secret
 from qrag_cli.store import IndexWriter, stored_settings
 from qrag_cli.types import Chunk, QragError, ReadError, UsageError

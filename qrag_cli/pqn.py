@@ -1,8 +1,9 @@
 """Q-RAG training: value-based soft Q-learning of the embedder, in one file (cleanrl style).
 
-Read top to bottom: config -> pure maths (schedules, soft value, lambda-returns, Polyak)
--> rollout (the same `run_episodes` that `qrag ask` uses) -> targets -> loss -> update
--> eval, checkpoint, threshold calibration. Only the embedder learns; no LLM in the loop.
+Read top to bottom: config -> setup (seeding, `trainable`) -> pure maths (schedules, soft
+value, lambda-returns, Polyak) -> rollout (the same `run_episodes` that `qrag ask` uses)
+-> targets -> loss -> update -> eval, checkpoint, threshold calibration. Only the embedder
+learns; no LLM in the loop.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +27,15 @@ from qrag_cli.datasets import Example, data_hash, load_examples, split
 from qrag_cli.episode import StopRule, boltzmann, run_episodes
 from qrag_cli.evaluate import calibrate_threshold, example_sources, run_examples, score
 from qrag_cli.model import (
-    QModel,
+    BASE_NAME,
     from_base,
     load_model,
     load_qrag_folder,
-    seed_everything,
-    trainable,
+    save_model,
+    write_model_card,
 )
-from qrag_cli.types import DataError, UsageError
+from qrag_cli.qnet import QModel
+from qrag_cli.types import DataError, ModelError, UsageError
 
 
 @dataclass
@@ -130,6 +133,50 @@ class TrainConfig:
     """Keep the token-embedding tables fixed. They are 11.7M of the 15M weights of a
     2-layer MiniLM encoder; updating them doubled the cost of Adam and backward without
     improving held-out retrieval in short runs."""
+
+
+# ---- setup: seeding, the model to train --------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """The one seeding function: `qrag train` and `train eval` call it first."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def trainable(model: QModel, normalize: bool = False, scale: float = 0.1,
+              positions: str = "none", frozen_chunks: bool = False,
+              lexical: list[float] | None = None) -> QModel:
+    """Separate E_s and E_a copies of `model`, set up for Q-learning (raw dot products,
+    scaled down so initial Q values are small, as in the reference).
+
+    `frozen_chunks` keeps E_a the untrained base encoder (unit vectors, as it was trained)
+    and gives only E_s the Q-learning settings: the trained model starts from exactly the
+    base model's ranking, and chunk vectors never drift away from the space the base
+    learned from a billion sentence pairs.
+
+    `lexical` starts the lexical terms of Q at these weights (None: the model's own).
+    A frozen-chunk model trains on with its own settings (a second stage of training).
+    """
+    lexical = lexical if lexical is not None else model.cfg.lexical
+    state = copy.deepcopy(model.state_encoder)
+    if model.cfg.chunk_source() == "base":  # a second stage: E_a and every setting stay
+        cfg = replace(model.cfg, threshold=None, lexical=lexical)
+        chunk = model.chunk_encoder
+    elif frozen_chunks:
+        if not (model.cfg.chunk_source() == "shared" and model.cfg.base.startswith(BASE_NAME)):
+            raise ModelError("--frozen-chunks trains from the untrained base model")
+        state.normalize, state.scale = normalize, scale
+        chunk = model.chunk_encoder.requires_grad_(False)
+        cfg = replace(model.cfg, shared=False, threshold=None, positions=positions,
+                      frozen_chunks=True, state_normalize=normalize, state_scale=scale,
+                      lexical=lexical)
+    else:
+        state.normalize, state.scale = normalize, scale
+        chunk = copy.deepcopy(model.chunk_encoder)
+        chunk.normalize, chunk.scale = normalize, scale
+        cfg = replace(model.cfg, shared=False, normalize=normalize, scale=scale,
+                      threshold=None, positions=positions, lexical=lexical)
+    return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config), model.folder)
 
 
 # ---- pure maths ---------------------------------------------------------------------------
@@ -365,7 +412,7 @@ def save_checkpoint(folder: Path, model: QModel, target_state: nn.Module,
                     best: float, rng: np.random.Generator, cfg: TrainConfig,
                     run_info: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model")
+    save_model(model, folder / "model")
     tensors = {f"target_state.{k}": v.contiguous() for k, v in target_state.state_dict().items()}
     if not model.cfg.frozen_chunks:  # a frozen E_a is the base: nothing to keep
         tensors.update({f"target_chunk.{k}": v.contiguous()
@@ -390,56 +437,6 @@ def load_checkpoint(folder: Path) -> tuple[QModel, dict, dict[str, torch.Tensor]
     meta = json.loads((folder / "train_state.json").read_text())
     return load_qrag_folder(folder / "model"), meta, load_file(
         str(folder / "train_state.safetensors"))
-
-
-def write_model_card(out: Path, info: dict) -> None:
-    """A human-readable card beside the weights, written from config.json alone (so the
-    card says exactly what the recipe wrote; the full numbers stay in config.json)."""
-    cfg = info["config"]
-    train_cfg, metrics = cfg.get("train") or {}, cfg.get("metrics") or {}
-
-    def per_file(m: dict | None) -> str:
-        if not m:
-            return "-"
-        files = "; ".join(f"{name} {v['fact_em']}"
-                          for name, v in (m.get("by_file") or {}).items())
-        return (f"fact EM {m.get('fact_em')}, F1 {m.get('fact_f1')}"
-                + (f" ({files})" if files else ""))
-
-    what = "E_s (E_a is the base, frozen)" if cfg.get("frozen_chunks") else "E_s and E_a"
-    if train_cfg and not train_cfg.get("train_encoder", True):
-        what = "only the lexical weights (encoders as in the starting model)"
-    lexical = cfg.get("lexical")
-    lines = [
-        f"# {cfg['name']}", "",
-        f"Q-RAG model written by `qrag train` from {train_cfg.get('base') or cfg['base']} "
-        f"(encoder {cfg['base']}, {cfg.get('dim')}-d, positions: {cfg['positions']}).", "",
-        "| | |", "|---|---|",
-        "| Q | <E_s(s), E_a(a)>" + (f" + {lexical[0]} x BM25(question) + {lexical[1]} x "
-                                   "BM25(new words of picked chunks), each scaled to [0, 1]"
-                                   if lexical else " (dense only)") + " |",
-        f"| trained | {what} |",
-        f"| data | `{train_cfg.get('data')}` (sha256 {train_cfg.get('data_hash')}), "
-        f"{train_cfg.get('train_examples')} train / {train_cfg.get('eval_examples')} eval |",
-        f"| settings | budget {train_cfg.get('budget')}, {train_cfg.get('updates')} updates x "
-        f"{train_cfg.get('batch')} episodes ({train_cfg.get('warm_start', 0)} warm-start "
-        f"imitation updates first), lr {train_cfg.get('lr')} (lexical "
-        f"{train_cfg.get('lexical_lr')}), alpha {train_cfg.get('alpha')}, lambda "
-        f"{train_cfg.get('lam')}, tau {train_cfg.get('tau')}, seed {train_cfg.get('seed')} |",
-        f"| training time | {train_cfg.get('seconds')} s on {train_cfg.get('device')}; weights "
-        f"from update {metrics.get('kept_update')} (best on eval) |",
-        f"| eval before | {per_file(metrics.get('before'))} |",
-        f"| eval after | {per_file(metrics.get('after'))} |",
-        f"| stop | threshold {cfg.get('threshold')} (calibrated: "
-        f"{metrics.get('calibrated_threshold')}; right step in "
-        f"{metrics.get('stop_right_share')} of eval episodes) |", "",
-    ]
-    lines += ["Held-out benchmark tables (BM25, dense, untrained, this model with and without "
-              "its lexical terms): `BENCHMARKS.md` in the qrag repository; reproduce with "
-              "`qrag bench --profile quick --model MODEL_DIR --lexical both`.", ""]
-    tmp = out / ".MODEL_CARD.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out / "MODEL_CARD.md")
 
 
 # ---- the loop ------------------------------------------------------------------------------
@@ -574,7 +571,7 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         # The starting model is a candidate too: a run never ships worse than it began.
         best = before["select"]
         model.cfg.metrics = {"eval": before, "update": 0}
-        model.save(out)
+        save_model(model, out)
     t_start = time.perf_counter()
     done = 0
     for update in range(start, cfg.updates):
@@ -620,7 +617,7 @@ def train(cfg: TrainConfig, resume: Path | None = None,
             if metrics["select"] > best:  # best-on-eval is what gets shipped
                 best = metrics["select"]
                 model.cfg.metrics = {"eval": metrics, "update": update + 1}
-                model.save(out)
+                save_model(model, out)
             save_checkpoint(ckpt, model, target_state, target_chunk, opt, update + 1, best,
                             rng, cfg, {"before": before, "curve": curve, "seconds": round(
                                 seconds_before + time.perf_counter() - t_start, 1)})
@@ -642,7 +639,7 @@ def train(cfg: TrainConfig, resume: Path | None = None,
                        "train_examples": len(train_set), "eval_examples": len(eval_set),
                        "seconds": round(seconds_before + elapsed, 1)}
     final.cfg.name = out.name
-    final.save(out)
+    save_model(final, out)
     write_model_card(out, {"config": asdict(final.cfg)})
     return TrainResult(out=out, before=before, after=after, threshold=threshold,
                        stop_right_share=right_share,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from qrag_cli import lexical
-from qrag_cli.model import QModel
+from qrag_cli.qnet import QModel
 from qrag_cli.store import ChunkRow
 
 POOL = 64  # candidates proposed per signal (dense, each lexical feature) and step

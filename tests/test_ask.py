@@ -14,7 +14,7 @@ from qrag_cli import qvalue
 from qrag_cli.config import ChunkConfig, resolve_index
 from qrag_cli.episode import IndexCandidates, MemoryCandidates, StopRule, boltzmann, run_episodes
 from qrag_cli.indexer import build_index
-from qrag_cli.model import load_model
+from qrag_cli.model import load_model, save_model
 from qrag_cli.store import open_snapshot
 
 EVIDENCE_KEYS = {"step", "q", "chunk_id", "path", "start_line", "end_line", "text"}
@@ -162,7 +162,7 @@ def test_errors_are_one_clear_line(hop_index: Path, tmp_path: Path, base_model) 
     other = tmp_path / "other-model"
     model = load_model("base")
     model.cfg.scale = 0.5  # a different embedding function -> a different fingerprint
-    model.save(other)
+    save_model(model, other)
     one_line_error(run_qrag("ask", "x", "--model", str(other)), "re-index")
 
     with open_snapshot(hop_index) as snapshot:

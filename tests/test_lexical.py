@@ -16,7 +16,8 @@ from qrag_cli import lexical, qvalue
 from qrag_cli.config import ChunkConfig
 from qrag_cli.episode import IndexCandidates, MemoryCandidates, StopRule, run_episodes
 from qrag_cli.indexer import build_index
-from qrag_cli.model import load_model, trainable
+from qrag_cli.model import load_model, save_model
+from qrag_cli.pqn import trainable
 from qrag_cli.store import open_snapshot
 
 TOWNS = ("Arnholt Brevik Calder Dunmore Elvang Fennick Garroway Hesketh Ilmby Jorvale "
@@ -101,7 +102,7 @@ def test_index_keeps_bm25_in_step_and_old_indexes_gain_it(tmp_path: Path, base_m
                        "DROP TABLE chunks_fts; PRAGMA user_version=1;")
     conn.close()
     model = trainable(load_model("base"), frozen_chunks=True, lexical=[0.3, 0.3])
-    model.save(tmp_path / "hybrid")
+    save_model(model, tmp_path / "hybrid")
     proc = run_qrag("ask", COMPASS_QUESTION, "--index", str(index), "--model",
                     str(tmp_path / "hybrid"))
     assert proc.returncode != 0 and "predates lexical search" in proc.stderr

@@ -10,7 +10,8 @@ import torch
 from conftest import run_qrag
 
 from qrag_cli import qvalue
-from qrag_cli.model import from_base, load_model, trainable
+from qrag_cli.model import from_base, load_model, save_model
+from qrag_cli.pqn import trainable
 from qrag_cli.types import ModelError
 
 
@@ -32,7 +33,7 @@ def test_compact_bert_matches_transformers(base_model) -> None:
 
 def test_save_load_round_trip_and_fingerprint(tmp_path: Path) -> None:
     model = trainable(from_base(layers=2), scale=0.1)
-    model.save(tmp_path / "m")
+    save_model(model, tmp_path / "m")
     again = load_model(str(tmp_path / "m"))
     texts = ["Ada put the key in the red box.", "The red box is kept in the attic."]
     assert np.allclose(model.embed_chunks(texts), again.embed_chunks(texts), atol=1e-6)
@@ -42,7 +43,7 @@ def test_save_load_round_trip_and_fingerprint(tmp_path: Path) -> None:
     assert base.cfg.fingerprint != again.cfg.fingerprint
     with torch.no_grad():
         again.chunk_encoder.backbone.layers[0].ffn_out.bias.add_(0.01)
-    again.save(tmp_path / "m")  # different weights -> different fingerprint
+    save_model(again, tmp_path / "m")  # different weights -> different fingerprint
     assert load_model(str(tmp_path / "m")).cfg.fingerprint != model.cfg.fingerprint
 
 
@@ -55,7 +56,7 @@ def test_compact_save_keeps_only_what_training_changed(tmp_path: Path) -> None:
             for name, p in enc.backbone.named_parameters():
                 if name.startswith("layers."):
                     p.add_(torch.randn_like(p) * 1e-3)
-    model.save(tmp_path / "full")
+    save_model(model, tmp_path / "full")
     run_qrag("train", "pack", str(tmp_path / "full"), str(tmp_path / "small"), check=True)
     stored = load_file(str(tmp_path / "small" / "model.safetensors"))
     assert all(v.dtype == torch.float16 for v in stored.values())
@@ -91,7 +92,7 @@ def test_frozen_chunk_model_keeps_the_base_vectors_and_indexes(tmp_path: Path, h
         for name, p in model.state_encoder.backbone.named_parameters():
             if name.startswith("layers."):
                 p.add_(torch.randn_like(p) * 1e-3)
-    model.save(tmp_path / "full")
+    save_model(model, tmp_path / "full")
     run_qrag("train", "pack", str(tmp_path / "full"), str(tmp_path / "small"), check=True)
     for folder in ("full", "small"):
         stored = load_file(str(tmp_path / folder / "model.safetensors"))

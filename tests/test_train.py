@@ -226,12 +226,13 @@ def test_warm_start_learns_in_a_tenth_of_the_updates(tmp_path: Path) -> None:
 def test_only_lexical_learns_the_bm25_weights(tmp_path: Path) -> None:
     """Encoders fixed, two scalars learned from zero: the BM25 weights grow (the container
     a first pick names is what finds the second fact) and held-out EM rises."""
-    from qrag_cli.model import from_base, trainable
+    from qrag_cli.model import from_base, save_model
+    from qrag_cli.pqn import trainable
 
     write_examples(two_hop_task(300, seed=0), tmp_path / "train.jsonl")
     write_examples(two_hop_task(40, seed=1), tmp_path / "eval.jsonl")
     start = trainable(from_base(layers=2), frozen_chunks=True, lexical=[0.0, 0.0])
-    start.save(tmp_path / "start")
+    save_model(start, tmp_path / "start")
     out = tmp_path / "model"
     result = json.loads(run_qrag(
         "train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"),

@@ -20,7 +20,8 @@ import numpy as np
 
 from qrag_cli.config import ChunkConfig
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
-from qrag_cli.model import QModel, load_model
+from qrag_cli.model import load_model
+from qrag_cli.qnet import QModel
 from qrag_cli.store import IndexWriter, open_snapshot
 from qrag_cli.types import Chunk
 

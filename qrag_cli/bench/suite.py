@@ -27,7 +27,8 @@ from qrag_cli.config import ChunkConfig
 from qrag_cli.datasets import Example, write_examples
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.indexer import build_index
-from qrag_cli.model import QModel, load_model
+from qrag_cli.model import load_model
+from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import without_lexical
 from qrag_cli.store import open_snapshot
 from qrag_cli.types import UsageError

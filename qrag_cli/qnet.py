@@ -1,0 +1,194 @@
+"""The Q network: what Q-RAG computes, Q(s, a) = <E_s(state), E_a(chunk)>.
+
+Two encoders, the state encoder E_s and the chunk (action) encoder E_a, turn token ids into
+vectors; `QModel` binds them to their tokenizer and settings (`ModelConfig`) and embeds
+chunks and states in length-sorted batches. Nothing here reads or writes a model folder:
+that is model.py (config, discovery, load/save/compact, fingerprints, card).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from qrag_cli.types import ModelError
+
+if TYPE_CHECKING:  # model.py builds QModels, so it imports this module, not the reverse
+    from qrag_cli.model import ModelConfig
+
+
+class Encoder(nn.Module):
+    """A Hugging Face encoder with mean pooling (the base model's own pooling)."""
+
+    def __init__(self, backbone: nn.Module, normalize: bool, scale: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.normalize = normalize
+        self.scale = scale
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        if self.normalize:
+            pooled = nn.functional.normalize(pooled.float(), dim=-1)
+        return pooled.float() * self.scale
+
+
+class TextTokenizer:
+    """The encoder's own tokenizer through `tokenizers` (no transformers import at ask time)."""
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        path = folder / "tokenizer.json"
+        try:
+            self.tok = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise ModelError(f"cannot load tokenizer {path}: {exc}") from exc
+        self.tok.no_truncation()
+        self.tok.no_padding()
+        self.folder = folder
+        special = {}
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                special.update(json.loads((folder / name).read_text()))
+
+        def token_id(key: str, default: str) -> int:
+            value = special.get(key, default)
+            value = value.get("content", default) if isinstance(value, dict) else value
+            found = self.tok.token_to_id(value)
+            if found is None:
+                raise ModelError(f"{path} has no {key} {value!r}")
+            return found
+
+        self.cls_token_id = token_id("cls_token", "[CLS]")
+        self.sep_token_id = token_id("sep_token", "[SEP]")
+        self.pad_token_id = token_id("pad_token", "[PAD]")
+
+    def ids(self, texts: Sequence[str], cap: int | None = None) -> list[list[int]]:
+        encoded = self.tok.encode_batch(list(texts), add_special_tokens=False)
+        return [e.ids[:cap] if cap is not None else e.ids for e in encoded]
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json",
+                     "vocab.txt"):
+            if (self.folder / name).is_file():
+                shutil.copyfile(self.folder / name, folder / name)
+
+
+class HFBackbone(nn.Module):
+    """Any other transformers encoder (slower import; BERT-family models avoid it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return (self.model(input_ids=input_ids, attention_mask=attention_mask)[0],)
+
+
+class QModel(nn.Module):
+    """State encoder E_s, chunk encoder E_a, tokenizer and the settings that bind them."""
+
+    def __init__(self, cfg: ModelConfig, state_encoder: Encoder, chunk_encoder: Encoder,
+                 tokenizer: TextTokenizer, encoder_config: dict,
+                 folder: Path | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.state_encoder = state_encoder
+        self.chunk_encoder = chunk_encoder
+        self.tokenizer = tokenizer
+        self.encoder_config = encoder_config
+        self.folder = folder
+        # A parameter, so `qrag train` learns it with the encoders; saved in config.json.
+        self.lexical_weights = (nn.Parameter(torch.tensor(cfg.lexical, dtype=torch.float32))
+                                if cfg.lexical is not None else None)
+        # Inference (chunks at index time, states at each step) runs in bf16 where the CPU
+        # has native bf16 (AVX512-BF16/AMX): ~2x faster, scores move by ~1e-3. Training
+        # rollouts and evaluation use the same path, so a model is measured as it is used.
+        self.infer_dtype = inference_dtype()
+
+    # ---- text -> token ids ----------------------------------------------------------
+    def chunk_ids(self, texts: Sequence[str], cap: int) -> list[list[int]]:
+        """Token ids without special tokens, each cut to `cap`."""
+        return self.tokenizer.ids(texts, cap)
+
+    def fits(self, text: str) -> bool:
+        """Whether a chunk embeds without truncation (the chunker asks this)."""
+        return len(self.tokenizer.ids([text])[0]) + 2 <= self.cfg.max_tokens
+
+    # ---- embedding --------------------------------------------------------------------
+    def _batches(self, seqs: Sequence[list[int]], token_budget: int):
+        """Length-sorted batches bounded by padded tokens: no wasted padding."""
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and len(seqs[order[end]]) * (end - start + 1) <= token_budget:
+                end += 1
+            yield order[start:end]
+            start = end
+
+    def _pad(self, seqs: Sequence[list[int]], device: torch.device):
+        width = max(len(s) for s in seqs)
+        pad_id = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        return ids.to(device), mask.to(device)
+
+    def encode(self, encoder: Encoder, seqs: Sequence[list[int]], token_budget: int = 16384,
+               grad: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Embed token-id sequences (with special tokens) in length-sorted batches."""
+        device = next(encoder.parameters()).device
+        if not seqs:
+            return torch.zeros((0, self.cfg.dim), device=device)
+        out: list[torch.Tensor | None] = [None] * len(seqs)
+        ctx = torch.enable_grad() if grad else torch.inference_mode()
+        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+        with ctx, autocast:
+            for batch in self._batches(seqs, token_budget):
+                ids, mask = self._pad([seqs[i] for i in batch], device)
+                vecs = encoder(ids, mask)
+                for row, i in enumerate(batch):
+                    out[i] = vecs[row]
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def action_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """[CLS] chunk [SEP], cut to the chunk encoder's length: E_a's input."""
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        return [[cls_id, *s, sep_id] for s in self.chunk_ids(texts, self.cfg.max_tokens - 2)]
+
+    def embed_chunks(self, texts: Sequence[str]) -> np.ndarray:
+        """E_a over chunk texts -> float32 [n, dim] (what `qrag index` stores)."""
+        return self.encode(self.chunk_encoder, self.action_ids(texts),
+                           dtype=self.infer_dtype).float().cpu().numpy()
+
+    def embed_states(self, states: Sequence[list[int]]) -> np.ndarray:
+        """E_s over assembled state token ids -> float32 [n, dim]."""
+        return self.encode(self.state_encoder, states, dtype=self.infer_dtype).float().cpu().numpy()
+
+
+def inference_dtype() -> torch.dtype:
+    """bf16 where the CPU computes it natively, else fp32; QRAG_DTYPE=fp32|bf16 overrides."""
+    forced = os.environ.get("QRAG_DTYPE", "").lower()
+    if forced in {"fp32", "bf16"}:
+        return torch.bfloat16 if forced == "bf16" else torch.float32
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return torch.float32
+    return torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & set(flags) else torch.float32
