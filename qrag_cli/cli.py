@@ -28,6 +28,8 @@ IndexOpt = Annotated[str | None, typer.Option(
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Model folder, 'base' (untrained all-MiniLM-L6-v2) or 'default'.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")]
+# main() reads --debug from argv before parsing (an error raised while parsing needs it
+# too); each command still declares the flag so that typer accepts and documents it.
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 LexicalOpt = Annotated[str, typer.Option(
     "--lexical", help="on: Q adds the model's learned BM25 terms (if it has them); off: the "

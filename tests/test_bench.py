@@ -85,9 +85,9 @@ def test_bench_runs_every_method_through_the_cli(tmp_path: Path) -> None:
                                        "qrag m", "qrag m (dense Q)"}  # hybrid and ablation
     assert len(methods) == 10
     for row in result["rows"]:
-        assert 0 <= row["fact_em"] <= 1 and row["n"] == 3 and row["chunks"] > 10
-        assert row["mean_steps"] <= 3
+        assert row["n"] == 3 and row["chunks"] > 10 and row["mean_steps"] <= 3
         per_q = row["per_question"]
+        assert all(q["fact_em"] in (0.0, 1.0) for q in per_q)  # all gold facts, or not
         assert len(per_q) == 3 and row["fact_em"] == sum(q["fact_em"] for q in per_q) / 3
     assert (out / "results.md").read_text().count("| qa2 |") == 5
     assert (out / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"

@@ -35,7 +35,8 @@ def test_version_comes_from_the_package_metadata() -> None:
 
 @pytest.mark.parametrize("command", [[], ["index"], ["status"], ["config"], ["ask"],
                                      ["train"], ["train", "eval"], ["train", "convert"],
-                                     ["train", "pack"], ["bench"], ["bench", "data"]])
+                                     ["train", "pack"], ["bench"], ["bench", "data"],
+                                     ["mcp"]])
 def test_help_names_types_and_shows_flags_as_flags(command: list[str]) -> None:
     proc = run_qrag(*command, "--help", check=True)
     assert not TYPE_PLACEHOLDER.search(proc.stdout), proc.stdout
@@ -43,6 +44,8 @@ def test_help_names_types_and_shows_flags_as_flags(command: list[str]) -> None:
     assert proc.stdout.count("Usage: qrag " + " ".join(command)) == 1, proc.stdout
     help_line = next(line for line in proc.stdout.splitlines() if "│ --help" in line)
     assert re.search(r"--help\s+Show this message", help_line), help_line  # no type column
+    # main() reads --debug itself; every command declares it so that typer accepts it.
+    assert ("--debug" in proc.stdout) == bool(command), proc.stdout
     if command == ["ask"]:
         assert "INTEGER" in proc.stdout and "TEXT" in proc.stdout
         json_line = next(line for line in proc.stdout.splitlines() if "--json" in line)

@@ -4,11 +4,13 @@ than the untrained base on held-out episodes it never saw."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from conftest import REPO, run_qrag
 
-from qrag_cli.model import BASE_NAME, base_model_dir, load_model
+from qrag_cli.model import BASE_NAME, ModelConfig, QModel, base_model_dir, load_model
+from qrag_cli.pqn import TrainConfig, write_model_card
 
 DEFAULT = REPO / "models" / "qrag-default"
 
@@ -21,14 +23,7 @@ def test_shipped_default_is_compact_and_used_unless_another_is_asked_for(
     model = load_model(None)
     assert model.folder == DEFAULT and model.cfg.name == "qrag-default"
     assert model.cfg.frozen_chunks and model.cfg.delta_base
-    # Written by the recipe (make train-default), not by hand: a hybrid Q with learned
-    # BM25 weights, and the calibrated stop recorded but not applied (`--stop record`).
-    assert model.cfg.lexical is not None and len(model.cfg.lexical) == 2
-    assert all(w > 0 for w in model.cfg.lexical)
-    assert not model.cfg.train["train_encoder"] and model.cfg.train["warm_start"] > 0
-    assert model.cfg.metrics["kept_update"] is not None and model.cfg.metrics["curve"]
-    assert model.cfg.threshold is None and not model.cfg.train["apply_stop"]
-    assert model.cfg.metrics["calibrated_threshold"] is not None
+    assert_written_by_the_recipe(model, tmp_path)
     # E_a is the base: an index built with either serves both.
     assert model.cfg.fingerprint == load_model("base").cfg.fingerprint
     assert base_model_dir().is_dir()
@@ -44,6 +39,40 @@ def test_shipped_default_is_compact_and_used_unless_another_is_asked_for(
     assert base["model"] == BASE_NAME
     proc = run_qrag("ask", question, "--index", index, "--model", str(tmp_path / "nope"))
     assert proc.returncode != 0 and "no such model" in proc.stderr
+
+
+def assert_written_by_the_recipe(model: QModel, tmp_path: Path) -> None:
+    """config.json and the card are what `make train-default` (stage 2, then `train
+    pack`) writes, not edited by hand: only keys the code writes, the Makefile's settings,
+    the kept update the curve's best, and the card made from the config alone."""
+    config = json.loads((DEFAULT / "config.json").read_text())
+    assert set(config) == {"format", *(f.name for f in fields(ModelConfig))}
+    assert set(config["train"]) == {*(f.name for f in fields(TrainConfig)), "data_hash",
+                                    "train_examples", "eval_examples", "seconds"}
+    metrics = config["metrics"]
+    assert set(metrics) == {"before", "after", "threshold", "calibrated_threshold",
+                            "stop_right_share", "curve", "kept_update"}
+    recipe = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    words = next(line for line in recipe.splitlines()
+                 if "--only-lexical" in line and not line.startswith("#")).split()
+    flag = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+    train = config["train"]
+    assert not train["train_encoder"]  # --only-lexical
+    assert train["lexical"] == [float(w) for w in flag["--lexical"].split(",")]
+    assert train["apply_stop"] is (flag["--stop"] == "apply")
+    for name in ("warm_start", "updates", "eval_every", "budget", "batch", "seed"):
+        assert train[name] == int(flag["--" + name.replace("_", "-")]), name
+    assert train["lr"] == float(flag["--lr"]) and train["alpha"] == float(flag["--alpha"])
+    curve = metrics["curve"]
+    assert [row["update"] for row in curve] == list(range(0, train["updates"] + 1,
+                                                          train["eval_every"]))
+    best = max(row["select"] for row in curve)  # a tie keeps the earlier weights
+    assert metrics["kept_update"] == next(r["update"] for r in curve if r["select"] == best)
+    # A hybrid Q with the learned BM25 weights; the calibrated stop recorded, not applied.
+    assert model.cfg.lexical == config["lexical"] and len(config["lexical"]) == 2
+    assert config["threshold"] is None and metrics["calibrated_threshold"] > 0
+    write_model_card(tmp_path, {"config": asdict(model.cfg)})
+    assert (tmp_path / "MODEL_CARD.md").read_text() == (DEFAULT / "MODEL_CARD.md").read_text()
 
 
 def test_shipped_default_beats_the_base_on_held_out_questions(shared_data: Path) -> None:
