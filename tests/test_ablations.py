@@ -12,7 +12,7 @@ from conftest import run_qrag
 
 from qrag_cli.bench.tasks import two_hop_task
 from qrag_cli.datasets import write_examples
-from qrag_cli.model import from_base, trainable
+from qrag_cli.model import from_base
 from qrag_cli.pqn import (
     TrainConfig,
     collect,
@@ -21,6 +21,7 @@ from qrag_cli.pqn import (
     q_online,
     targets,
     td_loss,
+    trainable,
 )
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from conftest import REPO, run_qrag
 
-from qrag_cli.model import BASE_NAME, ModelConfig, QModel, base_model_dir, load_model
-from qrag_cli.pqn import TrainConfig, write_model_card
+from qrag_cli.model import BASE_NAME, ModelConfig, base_model_dir, load_model, write_model_card
+from qrag_cli.pqn import TrainConfig
+from qrag_cli.qnet import QModel
 
 DEFAULT = REPO / "models" / "qrag-default"
 

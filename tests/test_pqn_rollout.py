@@ -17,7 +17,7 @@ from qrag_cli import qvalue
 from qrag_cli.bench.tasks import two_hop_task
 from qrag_cli.episode import StopRule, greedy, run_episodes
 from qrag_cli.evaluate import example_sources
-from qrag_cli.model import ModelConfig, QModel, from_base, trainable
+from qrag_cli.model import ModelConfig, from_base
 from qrag_cli.pqn import (
     Rollout,
     TrainConfig,
@@ -27,7 +27,9 @@ from qrag_cli.pqn import (
     imitation_loss,
     q_online,
     targets,
+    trainable,
 )
+from qrag_cli.qnet import QModel
 from qrag_cli.types import Episode
 
 
