@@ -125,7 +125,7 @@ class Asker:
             if model is None:
                 # No --model: the model the index was built with.
                 model = load_model(model_spec if model_spec is not None
-                                   else self.snapshot.manifest["model_spec"])
+                                   else self.snapshot.manifest.model_spec)
                 if not opts.lexical:
                     without_lexical(model)
             self.model: QModel = model
@@ -144,9 +144,9 @@ class Asker:
 
     def _check_model(self, snapshot: IndexSnapshot) -> None:
         manifest = snapshot.manifest
-        if manifest["model_fingerprint"] != self.model.cfg.fingerprint:
+        if manifest.model_fingerprint != self.model.cfg.fingerprint:
             raise IndexMismatchError(
-                f"index {self.index_dir} was built with model {manifest['model']!r} but "
+                f"index {self.index_dir} was built with model {manifest.model_name!r} but "
                 f"{self.model.cfg.name!r} was asked for; re-index with "
                 f"`qrag index --index {self.index_dir} --model {self.model_spec or 'default'}` "
                 f"or pass the index's model with --model")

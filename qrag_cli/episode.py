@@ -13,14 +13,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qrag_cli import qvalue
+from qrag_cli import qvalue, render
 from qrag_cli.lexical import MemoryLexicon
 from qrag_cli.qnet import QModel
-from qrag_cli.qvalue import Candidates
+from qrag_cli.qvalue import Action, Candidates
 from qrag_cli.store import ChunkRow, IndexSnapshot
 from qrag_cli.types import Episode, Evidence, IndexMismatchError
 
 ALTERNATIVES = 5  # top-k kept per step: --explain, the soft value and exploration use it
+IN_MEMORY = "episode"  # the `path` of evidence picked from chunks held in memory
+
+
+@dataclass(frozen=True)
+class MemoryChunk:
+    """A chunk held in memory (training, evaluation): no file behind it, and its id is
+    its position in the episode's chunk list."""
+
+    id: int
+    ordinal: int
+    text: str
 
 
 class MemoryCandidates:
@@ -28,11 +39,10 @@ class MemoryCandidates:
 
     `lexicon` (an in-memory FTS5 table of the texts) is built on first use, or shared."""
 
-    def __init__(self, texts: Sequence[str], vectors: np.ndarray, path: str = "episode",
+    def __init__(self, texts: Sequence[str], vectors: np.ndarray,
                  lexicon: MemoryLexicon | None = None) -> None:
         self.texts = list(texts)
         self._vectors = np.asarray(vectors, dtype=np.float32)
-        self.path = path
         self._lexicon = lexicon
 
     def __len__(self) -> int:
@@ -63,21 +73,26 @@ class MemoryCandidates:
             self._lexicon = MemoryLexicon(self.texts)
         return self._lexicon.bm25(words)
 
-    def rows(self, ids):
-        return [ChunkRow(id=int(i), path=self.path, seq=int(i), ordinal=int(i), start_line=0,
-                         end_line=0, n_tokens=0, text=self.texts[i]) for i in ids]
+    def rows(self, ids) -> list[MemoryChunk]:
+        return [MemoryChunk(id=int(i), ordinal=int(i), text=self.texts[i]) for i in ids]
 
 
 class IndexCandidates:
     """The on-disk index: HNSW and FTS5 propose, stored exact vectors decide (or every
-    chunk, `exact`)."""
+    chunk, `exact`).
+
+    A failed HNSW search falls back to every chunk for as long as this object lives (one
+    snapshot): `notify` says so once, on stderr by default. The next snapshot (a new
+    `qrag ask`, or `qrag mcp` after the index changed) tries the graph again."""
 
     def __init__(self, snapshot: IndexSnapshot, exact: bool = False, pool: int = qvalue.POOL,
-                 ef: int = 256) -> None:
+                 ef: int = 256, notify: Callable[[str], None] = render.log) -> None:
         self.snapshot = snapshot
-        self.exact = exact
+        self.exact = exact  # asked for (--exact): every chunk is a candidate
+        self.fallback: str | None = None  # why the HNSW graph was given up, if it was
         self.pool = pool  # HNSW candidates rescored per step
         self.ef = ef
+        self._notify = notify
         self._live: np.ndarray | None = None
         self._ordinals: np.ndarray | None = None
 
@@ -109,7 +124,7 @@ class IndexCandidates:
         return self.snapshot.bm25(words)
 
     def propose(self, state, k, exclude):
-        if not self.exact:
+        if not self.exact and self.fallback is None:
             want = min(max(k, self.pool) + len(exclude), self.snapshot.n_chunks)
             if want == 0:
                 return np.zeros(0, np.int64)
@@ -118,8 +133,16 @@ class IndexCandidates:
             try:
                 labels, _ = hnsw.knn_query(state[None, :], k=want)
                 return np.array([i for i in labels[0] if int(i) not in exclude], dtype=np.int64)
-            except RuntimeError:  # graph holes after many deletions: fall back to brute force
-                self.exact = True
+            except RuntimeError as exc:
+                # hnswlib reaches fewer than `want` live chunks: holes after many deletions,
+                # or a damaged graph. Every chunk, scored exactly, gives the right answer
+                # (slower); the graph is not asked again while this snapshot lives.
+                self.fallback = str(exc)
+                where = self.snapshot.index_dir
+                self._notify(f"note: HNSW search failed on index {where} ({exc}); searching "
+                             "every chunk exactly instead (slower, same results) until the "
+                             f"index is opened again; if this repeats, `qrag index --index "
+                             f"{where}` repairs a damaged graph")
         if self._live is None:
             self._live = self.snapshot.live_ids()
         ids = self._live
@@ -127,7 +150,7 @@ class IndexCandidates:
             ids = ids[~np.isin(ids, np.fromiter(exclude, np.int64))]
         return ids
 
-    def rows(self, ids):
+    def rows(self, ids) -> list[ChunkRow]:
         return self.snapshot.chunks([int(i) for i in ids])
 
 
@@ -155,6 +178,14 @@ class StopRule:
     max_steps: int = 4
     threshold: float | None = None
     """Stop before a pick whose Q is below this (never before the first pick)."""
+
+
+def _location(row: Action) -> tuple[str, int, int]:
+    """(path, start line, end line) of the evidence: a stored chunk's file and lines; a
+    chunk held in memory has no file."""
+    if isinstance(row, ChunkRow):
+        return row.path, row.start_line, row.end_line
+    return IN_MEMORY, 0, 0
 
 
 def run_episodes(
@@ -191,9 +222,10 @@ def run_episodes(
                 continue
             chosen = sources[i].rows([ids[choice]])[0]
             states[i] = qvalue.pick(model, states[i], chosen)
+            path, start_line, end_line = _location(chosen)
             evidence[i].append(Evidence(
-                step=step + 1, q=float(q[choice]), chunk_id=chosen.id, path=chosen.path,
-                start_line=chosen.start_line, end_line=chosen.end_line, text=chosen.text,
+                step=step + 1, q=float(q[choice]), chunk_id=chosen.id, path=path,
+                start_line=start_line, end_line=end_line, text=chosen.text,
                 ordinal=chosen.ordinal,
                 alternatives=tuple((int(a), float(b)) for a, b in zip(ids, q, strict=True)
                                    if int(a) != chosen.id)))

@@ -16,7 +16,7 @@ from qrag_cli.documents import read_document
 from qrag_cli.model import BASE_NAME, is_base_name
 from qrag_cli.qnet import QModel
 from qrag_cli.secretscan import RULES_VERSION, find_secret
-from qrag_cli.store import IndexWriter, stored_settings
+from qrag_cli.store import IndexManifest, IndexWriter, stored_settings
 from qrag_cli.types import Chunk, QragError, ReadError, UsageError
 
 EMBED_GROUP = 512  # chunks embedded together: enough to length-sort into tight batches
@@ -156,8 +156,8 @@ def build_index(
         raise QragError("nothing to index: " + "; ".join(f"{p}: {why}" for p, why in bad_roots))
     unusable = {path for path, _ in bad_roots}
     roots = [r for r in roots if str(r) not in unusable]
-    manifest = {"model_name": model.cfg.name, "model_fingerprint": model.cfg.fingerprint,
-                "dim": model.cfg.dim, "chunking": chunk_cfg.to_dict()}
+    manifest = IndexManifest(model_name=model.cfg.name, model_fingerprint=model.cfg.fingerprint,
+                             dim=model.cfg.dim, chunking=chunk_cfg.to_dict())
     writer = IndexWriter(index_dir, manifest)
     try:
         summary = IndexSummary(index=str(index_dir), model=model.cfg.name,

@@ -28,9 +28,27 @@ import torch
 
 from qrag_cli import lexical
 from qrag_cli.qnet import QModel
-from qrag_cli.store import ChunkRow
 
 POOL = 64  # candidates proposed per signal (dense, each lexical feature) and step
+
+
+class Action(Protocol):
+    """What Q reads of a chunk it can pick: a stored row of the index (store.ChunkRow) or
+    a chunk held in memory for training and evaluation (episode.MemoryChunk)."""
+
+    @property
+    def id(self) -> int:
+        """Chunk id: indexes `Candidates.vectors` and `bm25`."""
+        ...
+
+    @property
+    def ordinal(self) -> int:
+        """Position in document (corpus) order: orders the state, places candidates."""
+        ...
+
+    @property
+    def text(self) -> str:
+        ...
 
 
 class Candidates(Protocol):
@@ -62,7 +80,8 @@ class Candidates(Protocol):
         """Document-order positions of chunk ids."""
         ...
 
-    def rows(self, ids: Sequence[int]) -> list[ChunkRow]:
+    def rows(self, ids: Sequence[int]) -> Sequence[Action]:
+        """The chunks `ids`, in that order."""
         ...
 
 
@@ -73,10 +92,10 @@ class State:
 
     question: str
     question_ids: list[int]
-    picked: tuple[ChunkRow, ...] = ()
+    picked: tuple[Action, ...] = ()
     picked_ids: tuple[list[int], ...] = ()
 
-    def then(self, row: ChunkRow, ids: list[int]) -> State:
+    def then(self, row: Action, ids: list[int]) -> State:
         return replace(self, picked=(*self.picked, row), picked_ids=(*self.picked_ids, ids))
 
     @property
@@ -89,7 +108,7 @@ def start(model: QModel, questions: Sequence[str]) -> list[State]:
     return [State(q, i) for q, i in zip(questions, ids, strict=True)]
 
 
-def pick(model: QModel, state: State, row: ChunkRow) -> State:
+def pick(model: QModel, state: State, row: Action) -> State:
     """The state after taking `row`."""
     return state.then(row, model.chunk_ids([row.text], model.cfg.chunk_cap)[0])
 

@@ -100,6 +100,8 @@ GRAPH_CRC = "graph_crc32"  # meta: CRC-32 of hnsw-<generation>.bin
 
 @dataclass(frozen=True)
 class ChunkRow:
+    """One row of the index's chunks table, with its file's path."""
+
     id: int
     path: str
     seq: int
@@ -108,6 +110,55 @@ class ChunkRow:
     end_line: int
     n_tokens: int
     text: str
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """How an index's vectors were made: a different model or chunking means a rebuild.
+
+    Stored as meta rows (`model_name`, `model_fingerprint`, `dim`, `chunking` as sorted JSON,
+    `model_spec`, `format_version`, `generation`); `to_dict` is its form in `qrag status
+    --json`, whose keys (`model` for the model's name) scripts already read."""
+
+    model_name: str | None  # None only where meta lacks it (an index qrag never wrote)
+    model_fingerprint: str | None
+    dim: int
+    chunking: dict[str, int]  # ChunkConfig.to_dict() of the chunker that cut the files
+    # How `--model` named it (indexer.model_spec_key); None in an index from before qrag
+    # stored it, and in a writer's manifest (the indexer sets it as a meta row).
+    model_spec: str | None = None
+    format_version: int = FORMAT_VERSION
+    generation: int = 0  # of the committed graph and chunks a snapshot reads
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, str]) -> IndexManifest:
+        return cls(model_name=meta.get("model_name"),
+                   model_fingerprint=meta.get("model_fingerprint"),
+                   dim=int(meta["dim"]),
+                   chunking=json.loads(meta.get("chunking", "{}")),
+                   model_spec=meta.get("model_spec"),
+                   format_version=int(meta["format_version"]),
+                   generation=int(meta["generation"]))
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": self.format_version,
+            "model": self.model_name,
+            "model_spec": self.model_spec,
+            "model_fingerprint": self.model_fingerprint,
+            "dim": self.dim,
+            "chunking": dict(self.chunking),
+            "generation": self.generation,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> IndexManifest:
+        """The inverse of `to_dict`."""
+        return cls(model_name=data["model"], model_fingerprint=data["model_fingerprint"],
+                   dim=int(data["dim"]), chunking=dict(data["chunking"]),
+                   model_spec=data.get("model_spec"),
+                   format_version=int(data["format_version"]),
+                   generation=int(data["generation"]))
 
 
 @dataclass(frozen=True)
@@ -273,16 +324,8 @@ class IndexSnapshot:
         return self._hnsw
 
     @property
-    def manifest(self) -> dict:
-        return {
-            "format_version": int(self.meta["format_version"]),
-            "model": self.meta.get("model_name"),
-            "model_spec": self.meta.get("model_spec"),
-            "model_fingerprint": self.meta.get("model_fingerprint"),
-            "dim": self.dim,
-            "chunking": json.loads(self.meta.get("chunking", "{}")),
-            "generation": self.generation,
-        }
+    def manifest(self) -> IndexManifest:
+        return IndexManifest.from_meta(self.meta)
 
     def live_ids(self) -> np.ndarray:
         rows = self.conn.execute("SELECT id FROM chunks ORDER BY id").fetchall()
@@ -323,7 +366,7 @@ class IndexSnapshot:
         size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
         return {"files": files, "chunks": self.n_chunks, "tokens": tokens,
                 "bytes_on_disk": size, "updated": self.meta.get("updated"),
-                "roots": [str(root) for root in self.roots], **self.manifest}
+                "roots": [str(root) for root in self.roots], **self.manifest.to_dict()}
 
     @property
     def roots(self) -> list[Path]:
@@ -560,8 +603,9 @@ def stored_settings(index_dir: Path) -> dict[str, str]:
 class IndexWriter:
     """The one writer of an index folder. Changes become visible only at `commit()`."""
 
-    def __init__(self, index_dir: Path, manifest: dict) -> None:
-        """`manifest`: model_name, model_fingerprint, dim, chunking (dict)."""
+    def __init__(self, index_dir: Path, manifest: IndexManifest) -> None:
+        """`manifest`: the model and chunking the index is (to be) built with; an existing
+        index built otherwise is rebuilt beside the live one."""
         # Everything the writer creates (folders, SQLite and its -wal/-shm, vectors, graphs,
         # temp files, the lock) is private while it runs: the umask covers files that SQLite
         # and hnswlib create themselves. Restored in _release().
@@ -573,7 +617,7 @@ class IndexWriter:
             self._private.close()
             raise
 
-    def _start(self, index_dir: Path, manifest: dict) -> None:
+    def _start(self, index_dir: Path, manifest: IndexManifest) -> None:
         self.index_dir = index_dir
         index_dir.mkdir(parents=True, exist_ok=True)
         self._lock = (index_dir / "index.lock").open("a")
@@ -626,12 +670,12 @@ class IndexWriter:
         want = self.manifest
         if int(meta.get("format_version", 0)) != FORMAT_VERSION:
             return "the index format changed"
-        if meta.get("model_fingerprint") != want["model_fingerprint"]:
-            return (f"the model changed ({meta.get('model_name')} -> {want['model_name']})")
+        if meta.get("model_fingerprint") != want.model_fingerprint:
+            return (f"the model changed ({meta.get('model_name')} -> {want.model_name})")
         had = json.loads(meta.get("chunking", "{}"))
-        if had != want["chunking"]:
+        if had != want.chunking:
             changes = ", ".join(f"{key} {had.get(key)} -> {value}"
-                                for key, value in want["chunking"].items()
+                                for key, value in want.chunking.items()
                                 if had.get(key) != value)
             return f"the chunking settings changed ({changes})"
         return None
@@ -650,10 +694,10 @@ class IndexWriter:
         if fresh or "format_version" not in meta:
             meta = {
                 "format_version": str(FORMAT_VERSION),
-                "model_name": self.manifest["model_name"],
-                "model_fingerprint": self.manifest["model_fingerprint"],
-                "dim": str(self.manifest["dim"]),
-                "chunking": json.dumps(self.manifest["chunking"], sort_keys=True),
+                "model_name": self.manifest.model_name,
+                "model_fingerprint": self.manifest.model_fingerprint,
+                "dim": str(self.manifest.dim),
+                "chunking": json.dumps(self.manifest.chunking, sort_keys=True),
                 "generation": "0",
                 "n_vectors": "0",
                 VECTORS_CRC: "0",

@@ -12,10 +12,17 @@ from test_index import make_corpus
 
 from qrag_cli import qvalue
 from qrag_cli.config import ChunkConfig, resolve_index
-from qrag_cli.episode import IndexCandidates, MemoryCandidates, StopRule, boltzmann, run_episodes
+from qrag_cli.episode import (
+    IndexCandidates,
+    MemoryCandidates,
+    MemoryChunk,
+    StopRule,
+    boltzmann,
+    run_episodes,
+)
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model, save_model
-from qrag_cli.store import open_snapshot
+from qrag_cli.store import ChunkRow, open_snapshot
 
 EVIDENCE_KEYS = {"step", "q", "chunk_id", "path", "start_line", "end_line", "text"}
 
@@ -136,6 +143,14 @@ def test_ann_agrees_with_exact(tmp_path: Path, base_model) -> None:
                for a, b in zip(ea.evidence, eb.evidence, strict=True))
     assert same / (3 * len(questions)) >= 0.99
 
+
+def test_in_memory_chunks_are_not_store_rows() -> None:
+    """Training and evaluation chunks have no file: their own type, no made-up path."""
+    source = MemoryCandidates(["alpha beta", "gamma delta"], np.zeros((2, 4), np.float32))
+    rows = source.rows([1, 0])
+    assert rows == [MemoryChunk(id=1, ordinal=1, text="gamma delta"),
+                    MemoryChunk(id=0, ordinal=0, text="alpha beta")]
+    assert not any(isinstance(row, ChunkRow) for row in rows)
 
 def test_boltzmann_policy_explores_but_prefers_the_best() -> None:
     rng = np.random.default_rng(0)

@@ -125,9 +125,35 @@ def test_chunking_change_rebuilds_and_old_index_stays_readable(hop_corpus, base_
     assert s.rebuild and "chunking" in s.rebuild
     assert s.new == 8 and s.chunks_total == 8
     with open_snapshot(index_dir) as r:
-        assert r.manifest["chunking"]["chunk_tokens"] == 64
+        assert r.manifest.chunking["chunk_tokens"] == 64
     assert len(list(index_dir.glob("store-*"))) == 1  # the old store was removed
 
+
+def test_manifest_keeps_the_stored_form_of_existing_indexes(hop_corpus, base_model) -> None:
+    """The meta rows an index holds and the keys of `qrag status --json` are what qrag
+    wrote before the manifest had a type: existing indexes open, scripts keep working."""
+    from qrag_cli.store import IndexManifest
+
+    index_dir = resolve_index(None)
+    build_index([hop_corpus], index_dir, base_model, ChunkConfig(), model_spec="base")
+    with open_snapshot(index_dir) as snapshot:
+        meta = dict(snapshot.conn.execute("SELECT key, value FROM meta").fetchall())
+        manifest = snapshot.manifest
+    assert meta["format_version"] == "1" and meta["dim"] == "384"
+    assert meta["model_name"] == "all-MiniLM-L6-v2" and meta["model_spec"] == "base"
+    assert meta["chunking"] == '{"chunk_tokens": 128, "overlap": 16, "version": 1}'
+    as_json = {"format_version": 1, "model": "all-MiniLM-L6-v2", "model_spec": "base",
+               "model_fingerprint": meta["model_fingerprint"], "dim": 384,
+               "chunking": {"chunk_tokens": 128, "overlap": 16, "version": 1},
+               "generation": int(meta["generation"])}
+    assert manifest.to_dict() == as_json
+    assert IndexManifest.from_dict(as_json) == manifest
+    status = json.loads(run_qrag("status", "--index", "default", "--json", check=True).stdout)
+    assert {key: status[key] for key in as_json} == as_json
+    # An index from before `model_spec` was stored still opens (and says so with None).
+    older = {key: value for key, value in meta.items() if key != "model_spec"}
+    assert IndexManifest.from_meta(older).model_spec is None
+    assert IndexManifest.from_meta(older).to_dict() == {**as_json, "model_spec": None}
 
 def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
     root = tmp_path / "bad"
@@ -231,12 +257,12 @@ def test_reader_sees_committed_state_while_indexing(tmp_path: Path, qrag_home: P
 
 
 def test_second_writer_is_refused(hop_corpus: Path, base_model) -> None:
-    from qrag_cli.store import IndexWriter
+    from qrag_cli.store import IndexManifest, IndexWriter
     from qrag_cli.types import QragError
 
     index_dir = resolve_index(None)
-    manifest = {"model_name": "m", "model_fingerprint": "f", "dim": 4,
-                "chunking": ChunkConfig().to_dict()}
+    manifest = IndexManifest(model_name="m", model_fingerprint="f", dim=4,
+                             chunking=ChunkConfig().to_dict())
     first = IndexWriter(index_dir, manifest)
     try:
         with pytest.raises(QragError, match="another `qrag index`"):

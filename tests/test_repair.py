@@ -8,11 +8,14 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import hnswlib
 import numpy as np
 import pytest
 from conftest import run_qrag
 
 from qrag_cli.config import resolve_index
+from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
+from qrag_cli.store import IndexSnapshot, open_snapshot
 
 SAMPLE = Path(__file__).resolve().parent.parent / "qrag_cli" / "sample"
 QUESTION = "Who invented the steam engine and where was he born?"
@@ -127,6 +130,62 @@ def test_removed_graph_is_rebuilt(corpus: Path) -> None:
     assert evidence() == before
     assert check()[0] == 0
 
+
+def _graph_lacking_a_chunk(index_dir: Path) -> None:
+    """Replace the committed graph with one that loads but lacks a live chunk (as a stale
+    or damaged file would): hnswlib then cannot return as many chunks as asked for."""
+    with open_snapshot(index_dir) as snapshot:
+        live = snapshot.live_ids()
+        vectors = np.asarray(snapshot.vectors[live[1:]])
+        path = snapshot.folder / f"hnsw-{snapshot.generation}.bin"
+        dim = snapshot.dim
+    graph = hnswlib.Index(space="ip", dim=dim)
+    graph.init_index(max_elements=len(live), M=16, ef_construction=200)
+    graph.add_items(vectors, live[1:])
+    graph.save_index(str(path))
+
+
+def test_failed_graph_search_says_so_and_the_next_snapshot_uses_the_repaired_graph(
+        corpus: Path, base_model, capsys) -> None:
+    notice = "HNSW search failed"
+    run_qrag("index", str(corpus), "--model", "base", check=True)
+    proc = run_qrag("ask", QUESTION, "--json", "--steps", "3", "--no-stop", "--exact")
+    exact = json.loads(proc.stdout)["evidence"]
+    exact_ids = [e["chunk_id"] for e in exact]
+    index_dir = resolve_index(None)
+    _graph_lacking_a_chunk(index_dir)
+
+    # `qrag ask` searches every chunk instead, says so once on stderr, and finds the same.
+    proc = run_qrag("ask", QUESTION, "--json", "--steps", "3", "--no-stop")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count(notice) == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"qrag index --index {index_dir}" in proc.stderr
+    assert json.loads(proc.stdout)["evidence"] == exact
+    assert check()[0] == 1
+
+    # A long-lived snapshot (`qrag mcp`): one notice, then exact search while it lives.
+    first = IndexSnapshot(index_dir)
+    source = IndexCandidates(first)
+    for _ in range(2):
+        episode = run_episodes(base_model, [QUESTION], [source], StopRule(3))[0]
+        assert [ev.chunk_id for ev in episode.evidence] == exact_ids
+    out = capsys.readouterr()
+    assert out.err.count(notice) == 1 and out.out == ""
+    assert source.fallback is not None
+
+    first.release()  # between questions, as `qrag mcp` does
+    proc = run_qrag("index", check=True)
+    assert "graph rebuilt" in proc.stderr
+    assert not first.renew()  # another state was committed: open a new snapshot
+    first.close()
+    with open_snapshot(index_dir) as second:
+        source = IndexCandidates(second)
+        episode = run_episodes(base_model, [QUESTION], [source], StopRule(3))[0]
+        assert [ev.chunk_id for ev in episode.evidence] == exact_ids
+        assert source.fallback is None and second._hnsw is not None  # the graph answered
+    assert notice not in capsys.readouterr().err
+    proc = run_qrag("ask", QUESTION, "--json", "--steps", "3", "--no-stop")
+    assert notice not in proc.stderr and json.loads(proc.stdout)["evidence"] == exact
 
 def test_damaged_bm25_table_is_rebuilt(corpus: Path) -> None:
     run_qrag("index", str(corpus), check=True)

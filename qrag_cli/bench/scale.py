@@ -22,7 +22,7 @@ from qrag_cli.config import ChunkConfig
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.model import load_model
 from qrag_cli.qnet import QModel
-from qrag_cli.store import IndexWriter, open_snapshot
+from qrag_cli.store import IndexManifest, IndexWriter, open_snapshot
 from qrag_cli.types import Chunk
 
 QUESTIONS = [
@@ -41,9 +41,9 @@ def build_synthetic(index_dir: Path, source_index: Path, n_chunks: int, seed: in
     with open_snapshot(source_index) as snapshot:
         real = np.asarray(snapshot.vectors[snapshot.live_ids()], dtype=np.float32)
     rng = np.random.default_rng(seed)
-    writer = IndexWriter(index_dir, {"model_name": model.cfg.name,
-                                     "model_fingerprint": model.cfg.fingerprint,
-                                     "dim": model.cfg.dim, "chunking": ChunkConfig().to_dict()})
+    writer = IndexWriter(index_dir, IndexManifest(
+        model_name=model.cfg.name, model_fingerprint=model.cfg.fingerprint, dim=model.cfg.dim,
+        chunking=ChunkConfig().to_dict()))
     per_file = 1000
     for f in range(0, n_chunks, per_file):
         n = min(per_file, n_chunks - f)
