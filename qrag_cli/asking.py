@@ -8,33 +8,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from qrag_cli import render
+from qrag_cli.config import AskOptions
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.model import load_model
 from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import without_lexical
 from qrag_cli.store import IndexSnapshot, corrupt_database
 from qrag_cli.types import Episode, IndexMismatchError, NoIndexError
-
-
-@dataclass
-class AskOptions:
-    steps: int = 4
-    threshold: float | None = None
-    no_stop: bool = False
-    exact: bool = False
-    lexical: bool = True
-    explain: bool = False
-    answer: bool = False
-    llm: str | None = None
-    max_tokens: int = 256
-    temperature: float = 0.0
-    seed: int = 0
-    n_ctx: int = 4096
-    threads: int | None = None
-    gpu_layers: int = 0
-    order: str = "document"
-    verbose: bool = False
-
 
 LOAD_TIMINGS = ("open_index_ms", "load_model_ms", "load_llm_ms")
 """One-off start-up costs, repeated in every result's timings (the rest are per question)."""
@@ -94,12 +74,9 @@ class AskResult:
 
 
 def load_llm(opts: AskOptions):  # -> reader.Reader (imported late: llama.cpp is heavy)
-    from qrag_cli.reader import Reader, ReaderSettings
+    from qrag_cli.reader import Reader
 
-    return Reader(ReaderSettings(
-        llm=opts.llm, n_ctx=opts.n_ctx, max_tokens=opts.max_tokens,
-        temperature=opts.temperature, seed=opts.seed, threads=opts.threads,
-        gpu_layers=opts.gpu_layers, order=opts.order, verbose=opts.verbose))
+    return Reader(opts.reader)
 
 
 class Asker:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,9 +15,23 @@ import typer
 
 from qrag_cli import render
 from qrag_cli.cliparse import RunOrSubcommand, refuse_flag_values
-from qrag_cli.config import qrag_home, resolve_index
+from qrag_cli.config import (
+    DEFAULT_MAX_FILE_SIZE,
+    AskOptions,
+    ChunkConfig,
+    ReaderSettings,
+    TrainConfig,
+    check_environment,
+    env_value,
+    qrag_home,
+    resolve_index,
+)
 from qrag_cli.flags import SEED, check_output, float_range, int_range, size
 from qrag_cli.types import DataError, QragError, UsageError
+
+# The flags' defaults, declared once in config.py (help shows them).
+_CHUNKING, _ASK, _TRAIN = ChunkConfig(), AskOptions(), TrainConfig()
+_READER = _ASK.reader
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-step Q-value retrieval (Q-RAG) over your own files.")
@@ -64,7 +77,7 @@ def _top_level(
 
 
 def _progress_enabled() -> bool:
-    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    return sys.stderr.isatty() and env_value("TERM") != "dumb"
 
 
 @app.command()
@@ -76,14 +89,17 @@ def index(
     model: ModelOpt = None,
     chunk_tokens: Annotated[int | None, typer.Option(
         parser=int_range(16, 2048),
-        help="Chunk size in cl100k tokens [default: the index's own, else 128].")] = None,
+        help="Chunk size in cl100k tokens "
+        f"[default: the index's own, else {_CHUNKING.chunk_tokens}].")] = None,
     overlap: Annotated[int | None, typer.Option(
         parser=int_range(0),
-        help="Tokens shared by neighbouring chunks [default: the index's own, else 16].")
+        help="Tokens shared by neighbouring chunks "
+        f"[default: the index's own, else {_CHUNKING.overlap}].")
     ] = None,
     max_file_size: Annotated[int | None, typer.Option(
         parser=size,
-        help="Skip larger files (e.g. 10MB) [default: the index's own, else 10MB].")] = None,
+        help="Skip larger files (e.g. 10MB) "
+        f"[default: the index's own, else {DEFAULT_MAX_FILE_SIZE >> 20}MB].")] = None,
     include_secrets: Annotated[bool, typer.Option(
         help="Also index files holding keys, tokens or passwords (never by default).")] = False,
     as_json: JsonOpt = False,
@@ -212,20 +228,32 @@ def config_cmd(
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show settings, or set the default reader LLM once (`--llm PATH`)."""
-    from qrag_cli.reader import check_gguf, default_llm, save_default_llm
+    """Show the settings in effect and their sources, or set the default reader LLM (`--llm`).
+
+    Each setting's source is its default, config.toml or an environment variable.
+    """
+    from qrag_cli.config import effective_settings
+    from qrag_cli.reader import check_gguf, save_default_llm
 
     if llm is not None:
         path = Path(llm).expanduser().resolve()
         check_gguf(path)
         written = save_default_llm(path)
         render.log(f"default reader set to {path} (in {written})")
-    info = {"home": str(qrag_home()), "llm": str(default_llm())}
+    settings = effective_settings()
     if as_json:
-        render.print_json(info)
-    else:
-        for key, value in info.items():
-            render.out.print(render.plain(f"{key}: {value}"))
+        render.print_json({**{s.name: s.value for s in settings},
+                           "sources": {s.name: s.source for s in settings}})
+        return
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    for col in ("setting", "value", "source"):
+        table.add_column(col)
+    for s in settings:
+        shown = s.value if isinstance(s.value, str) else json.dumps(s.value)
+        table.add_row(s.name, render.plain(shown), s.source)
+    render.out.print(table)
 
 
 # `qrag train DATA` trains; `qrag train eval|convert|pack ...` are its subcommands (and
@@ -243,45 +271,53 @@ def train_cmd(
     ] = None,
     eval_split: Annotated[float, typer.Option(
         parser=float_range(0, 1, lo_open=True, hi_open=True),
-        help="Held-out share when no --eval.")] = 0.1,
-    out: Annotated[Path, typer.Option(help="Model folder to write.")] = Path("qrag-model"),
+        help="Held-out share when no --eval.")] = _TRAIN.eval_split,
+    out: Annotated[Path, typer.Option(help="Model folder to write.")] = Path(_TRAIN.out),
     base: Annotated[str | None, typer.Option(help="Model to start from.")] = None,
     layers: Annotated[int | None, typer.Option(
         parser=int_range(1), help="Keep only N encoder layers.")] = None,
-    budget: Annotated[int, typer.Option(parser=int_range(1), help="Picks per episode (T).")] = 3,
-    updates: Annotated[int, typer.Option(parser=int_range(1), help="Gradient updates.")] = 300,
+    budget: Annotated[int, typer.Option(
+        parser=int_range(1), help="Picks per episode (T).")] = _TRAIN.budget,
+    updates: Annotated[int, typer.Option(
+        parser=int_range(1), help="Gradient updates.")] = _TRAIN.updates,
     batch: Annotated[int, typer.Option(
-        parser=int_range(1), help="Parallel episodes per update.")] = 16,
+        parser=int_range(1), help="Parallel episodes per update.")] = _TRAIN.batch,
     lr: Annotated[float, typer.Option(
-        parser=float_range(0, 1, lo_open=True), help="Peak learning rate.")] = 3e-4,
+        parser=float_range(0, 1, lo_open=True), help="Peak learning rate.")] = _TRAIN.lr,
     alpha: Annotated[float, typer.Option(
-        parser=float_range(0, lo_open=True), help="Initial temperature.")] = 0.01,
-    seed: Annotated[int, typer.Option(parser=SEED, help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    positions: Annotated[str, typer.Option(help="none|relative.")] = "none",
+        parser=float_range(0, lo_open=True), help="Initial temperature.")] = _TRAIN.alpha,
+    seed: Annotated[int, typer.Option(parser=SEED, help="Random seed.")] = _TRAIN.seed,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = _TRAIN.device,
+    positions: Annotated[str, typer.Option(help="none|relative.")] = _TRAIN.positions,
     eval_every: Annotated[int, typer.Option(
-        parser=int_range(1), help="Updates between evals.")] = 50,
-    step_penalty: Annotated[bool, typer.Option(help="Penalise extra steps.")] = False,
-    bf16: Annotated[bool, typer.Option("--bf16", help="Gradient pass in bf16 autocast.")] = False,
+        parser=int_range(1), help="Updates between evals.")] = _TRAIN.eval_every,
+    step_penalty: Annotated[bool, typer.Option(help="Penalise extra steps.")
+                            ] = _TRAIN.step_penalty,
+    bf16: Annotated[bool, typer.Option("--bf16", help="Gradient pass in bf16 autocast.")
+                    ] = _TRAIN.bf16,
     frozen_chunks: Annotated[bool, typer.Option(
         "--frozen-chunks", help="Train E_s only; E_a stays the base (indexes stay valid).")
-    ] = False,
+    ] = _TRAIN.frozen_chunks,
     lexical: Annotated[str, typer.Option(
         help="on: learn BM25 terms of Q (start: the base model's weights or 0.1,0.1); off: "
         "pure dense Q; or W_QUESTION,W_PICKED to start from.")] = "off",
     only_lexical: Annotated[bool, typer.Option(
-        "--only-lexical", help="Keep the encoders; learn only the lexical weights.")] = False,
+        "--only-lexical", help="Keep the encoders; learn only the lexical weights.")
+    ] = not _TRAIN.train_encoder,
     warm_start: Annotated[int, typer.Option(
         parser=int_range(0),
-        help="First updates that imitate the oracle over all chunks (then Q-learning).")] = 0,
+        help="First updates that imitate the oracle over all chunks (then Q-learning).")
+    ] = _TRAIN.warm_start,
     stop: Annotated[str, typer.Option(
         help="apply: the calibrated Q threshold becomes the model's stop; record: kept in "
-        "its metrics only (fixed --steps budget).")] = "apply",
-    no_target: Annotated[bool, typer.Option("--no-target", help="Ablation.")] = False,
-    no_soft: Annotated[bool, typer.Option("--no-soft", help="Ablation.")] = False,
-    no_twin: Annotated[bool, typer.Option("--no-twin", help="Ablation.")] = False,
+        "its metrics only (fixed --steps budget).")] = "apply" if _TRAIN.apply_stop else "record",
+    no_target: Annotated[bool, typer.Option("--no-target", help="Ablation.")
+                         ] = not _TRAIN.target_network,
+    no_soft: Annotated[bool, typer.Option("--no-soft", help="Ablation.")
+                       ] = not _TRAIN.soft_value,
+    no_twin: Annotated[bool, typer.Option("--no-twin", help="Ablation.")] = not _TRAIN.twin,
     resume: Annotated[Path | None, typer.Option(help="Continue a run (its out folder).")] = None,
-    skip_bad: Annotated[bool, typer.Option(help="Skip bad data lines.")] = False,
+    skip_bad: Annotated[bool, typer.Option(help="Skip bad data lines.")] = _TRAIN.skip_bad,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -291,7 +327,7 @@ def train_cmd(
     """
     if data is None:
         raise UsageError("give a training JSONL: qrag train DATA.jsonl")
-    from qrag_cli.pqn import TrainConfig, train
+    from qrag_cli.pqn import train
 
     if device not in {"cpu", "cuda"} and not device.startswith("cuda:"):
         raise UsageError("--device must be cpu or cuda")
@@ -503,38 +539,43 @@ def ask(
     index: IndexOpt = None,
     model: ModelOpt = None,
     steps: Annotated[int, typer.Option(
-        "--steps", "-n", parser=int_range(1), help="Most chunks to pick.")] = 4,
+        "--steps", "-n", parser=int_range(1), help="Most chunks to pick.")] = _ASK.steps,
     threshold: Annotated[float | None, typer.Option(
         parser=float_range(),
         help="Stop when the best Q falls below this (default: the model's own).")] = None,
-    no_stop: Annotated[bool, typer.Option("--no-stop", help="Always use all --steps.")] = False,
-    exact: Annotated[bool, typer.Option(help="Score every chunk (no HNSW).")] = False,
-    lexical: LexicalOpt = "on",
+    no_stop: Annotated[bool, typer.Option("--no-stop", help="Always use all --steps.")
+                       ] = _ASK.no_stop,
+    exact: Annotated[bool, typer.Option(help="Score every chunk (no HNSW).")] = _ASK.exact,
+    lexical: LexicalOpt = "on" if _ASK.lexical else "off",
     show_text: Annotated[bool, typer.Option(help="Print whole chunks.")] = False,
-    explain: Annotated[bool, typer.Option(help="Show the top alternatives per step.")] = False,
+    explain: Annotated[bool, typer.Option(help="Show the top alternatives per step.")
+                       ] = _ASK.explain,
     questions: Annotated[Path | None, typer.Option(
         help="JSONL file of {\"id\"?, \"question\"}: prints one JSON line per question.")] = None,
-    answer: Annotated[bool, typer.Option(help="Let a local LLM answer from the evidence.")] = False,
+    answer: Annotated[bool, typer.Option(help="Let a local LLM answer from the evidence.")
+                      ] = _ASK.answer,
     llm: Annotated[str | None, typer.Option(help="GGUF file of the reader LLM.")] = None,
     max_tokens: Annotated[int, typer.Option(
-        parser=int_range(1), help="Most tokens the LLM generates.")] = 256,
+        parser=int_range(1), help="Most tokens the LLM generates.")] = _READER.max_tokens,
     temperature: Annotated[float, typer.Option(
-        parser=float_range(0), help="LLM sampling temperature.")] = 0.0,
-    seed: Annotated[int, typer.Option(parser=SEED, help="LLM sampling seed.")] = 0,
+        parser=float_range(0), help="LLM sampling temperature.")] = _READER.temperature,
+    seed: Annotated[int, typer.Option(parser=SEED, help="LLM sampling seed.")] = _READER.seed,
     n_ctx: Annotated[int, typer.Option(
-        parser=int_range(1, 1 << 20), help="LLM context size in tokens.")] = 4096,
+        parser=int_range(1, 1 << 20), help="LLM context size in tokens.")] = _READER.n_ctx,
     threads: Annotated[int | None, typer.Option(
-        parser=int_range(1, 1024), help="LLM threads (default: all cores).")] = None,
+        parser=int_range(1, 1024), help="LLM threads (default: all cores).")
+    ] = _READER.threads,
     gpu_layers: Annotated[int, typer.Option(
-        parser=int_range(-1), help="Layers offloaded to a GPU (-1: all).")] = 0,
+        parser=int_range(-1), help="Layers offloaded to a GPU (-1: all).")] = _READER.gpu_layers,
     order: Annotated[str, typer.Option(
-        help="Evidence order in the prompt: document|retrieval.")] = "document",
-    verbose: Annotated[bool, typer.Option(help="Show llama.cpp logs on stderr.")] = False,
+        help="Evidence order in the prompt: document|retrieval.")] = _READER.order,
+    verbose: Annotated[bool, typer.Option(help="Show llama.cpp logs on stderr.")
+                       ] = _READER.verbose,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Multi-step Q-value retrieval: evidence with path:line, optionally an answer."""
-    from qrag_cli.asking import Asker, AskOptions
+    from qrag_cli.asking import Asker
 
     if (question is None) == (questions is None):
         raise UsageError("give a question, or --questions FILE.jsonl")
@@ -542,11 +583,12 @@ def ask(
         raise UsageError("the question is empty")
     if order not in {"document", "retrieval"}:
         raise UsageError("--order must be 'document' or 'retrieval'")
+    reader = ReaderSettings(llm=llm, n_ctx=n_ctx, max_tokens=max_tokens,
+                            temperature=temperature, seed=seed, threads=threads,
+                            gpu_layers=gpu_layers, order=order, verbose=verbose)
     opts = AskOptions(steps=steps, threshold=threshold, no_stop=no_stop, exact=exact,
-                      lexical=_lexical_on(lexical),
-                      explain=explain, answer=answer, llm=llm, max_tokens=max_tokens,
-                      temperature=temperature, seed=seed, n_ctx=n_ctx, threads=threads,
-                      gpu_layers=gpu_layers, order=order, verbose=verbose)
+                      lexical=_lexical_on(lexical), explain=explain, answer=answer,
+                      reader=reader)
     items = _read_questions(questions) if questions else [{"question": question}]
     with Asker(resolve_index(index), model, opts) as asker:
         for number, item in enumerate(items, start=1):
@@ -677,7 +719,7 @@ def bench_data(
 
 
 def main() -> None:
-    debug = "--debug" in sys.argv or os.environ.get("QRAG_DEBUG") == "1"
+    debug = "--debug" in sys.argv
 
     def fail(message: str, code: int) -> None:
         render.log(message, label="error:", label_style="red")
@@ -685,6 +727,8 @@ def main() -> None:
 
     args = sys.argv[1:]
     try:
+        debug = debug or env_value("QRAG_DEBUG")
+        check_environment()  # a bad value is refused before any work, naming the variable
         command = typer.main.get_command(app)
         refuse_flag_values(command, args)
         # prog_name: help says `qrag ...` however it was started (`python -m qrag_cli`).

@@ -1,30 +1,146 @@
-"""Where things live, and the settings saved with every index."""
+"""Settings in one place: where things live, the environment variables, config.toml, and
+the defaults of every command. Each setting is declared once, here; the command-line flags
+take their defaults from these declarations, and `qrag config` shows what is in effect.
+
+Standard library, platformdirs and tomli-w only: every command imports this module.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import platformdirs
+import tomli_w
 
-from qrag_cli.types import UsageError
+from qrag_cli.types import ConfigError, UsageError
 
 DEFAULT_INDEX = "default"
+CONFIG_NAME = "config.toml"
+DEFAULT_SOURCE = "default"
+FILE_SOURCE = CONFIG_NAME
+
+
+# --- environment variables -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    meaning: str
+    parse: Callable[[str], Any]
+    """Raw (non-empty) text -> value; ValueError says what is wrong with it."""
+    default: Any = None
+    """The value when the variable is unset or empty."""
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _whole(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            number = int(text.strip())
+        except ValueError:
+            raise ValueError("not a whole number") from None
+        if number < least:
+            raise ValueError(f"must be at least {least}")
+        return number
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        number = float(text.strip())
+    except ValueError:
+        raise ValueError("not a number of seconds") from None
+    if not number >= 0 or number == float("inf"):  # `not >=`: nan is refused too
+        raise ValueError("must be a finite number of seconds, 0 or more")
+    return number
+
+
+def _dtype(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"fp32", "bf16"}:
+        raise ValueError("use fp32 or bf16")
+    return value
+
+
+def _zero_one(text: str) -> bool:
+    if text.strip() not in {"0", "1"}:
+        raise ValueError("use 1 (on) or 0 (off)")
+    return text.strip() == "1"
+
+
+ENV_VARS: dict[str, EnvVar] = {var.name: var for var in (
+    EnvVar("QRAG_HOME", "folder of indexes and config.toml (unset: the platform's user "
+           "data and config folders)", _path),
+    EnvVar("QRAG_MODEL", "model folder used when --model is not given", _path),
+    EnvVar("QRAG_LLM", "reader GGUF used when --llm is not given", _path),
+    EnvVar("QRAG_DTYPE", "inference dtype fp32|bf16 (unset: bf16 where the CPU computes it "
+           "natively, else fp32)", _dtype),
+    EnvVar("QRAG_DEBUG", "1: tracebacks on errors, like --debug", _zero_one, False),
+    # Tests shrink these two to exercise many commits on a small corpus.
+    EnvVar("QRAG_EMBED_GROUP", "chunks embedded together while indexing (enough to "
+           "length-sort into tight batches)", _whole(1), 512),
+    EnvVar("QRAG_COMMIT_INTERVAL", "least seconds between index commits", _seconds, 10.0),
+    # no-color.org: any non-empty value means no colour.
+    EnvVar("NO_COLOR", "set: no colour in output", lambda text: True, False),
+    EnvVar("TERM", "dumb: no progress bars", str),
+)}
+
+
+def env_source(name: str) -> str:
+    return f"environment variable {name}"
+
+
+def env_setting(name: str) -> tuple[Any, str]:
+    """The value of a declared environment variable and its source; ConfigError, naming
+    the variable, when its value is bad."""
+    var = ENV_VARS[name]
+    text = os.environ.get(name, "")
+    if not text:
+        return var.default, DEFAULT_SOURCE
+    try:
+        return var.parse(text), env_source(name)
+    except ValueError as exc:
+        raise ConfigError(f"bad environment variable {name}={text!r}: {exc}") from None
+
+
+def env_value(name: str) -> Any:
+    """The value of a declared environment variable (its default when unset or empty)."""
+    return env_setting(name)[0]
+
+
+def check_environment() -> None:
+    """Refuse a bad value of any qrag environment variable before a command starts."""
+    for name in ENV_VARS:
+        env_setting(name)
+
+
+# --- where things live -----------------------------------------------------------------
 
 
 def qrag_home() -> Path:
     """Root of qrag's data: $QRAG_HOME if set, else the platform's user data dir."""
-    env = os.environ.get("QRAG_HOME")
-    return Path(env).expanduser() if env else Path(platformdirs.user_data_dir("qrag"))
+    return env_value("QRAG_HOME") or Path(platformdirs.user_data_dir("qrag"))
 
 
 def config_dir() -> Path:
     """Folder of `config.toml`: $QRAG_HOME if set (tests), else the user config dir."""
-    env = os.environ.get("QRAG_HOME")
-    return Path(env).expanduser() if env else Path(platformdirs.user_config_dir("qrag"))
+    return env_value("QRAG_HOME") or Path(platformdirs.user_config_dir("qrag"))
+
+
+def config_path() -> Path:
+    return config_dir() / CONFIG_NAME
 
 
 @contextlib.contextmanager
@@ -48,6 +164,50 @@ def resolve_index(name_or_dir: str | None) -> Path:
     return qrag_home() / "indexes" / value
 
 
+# --- config.toml -----------------------------------------------------------------------
+
+
+def read_config(path: Path | None = None) -> dict[str, Any]:
+    """config.toml as a dict ({} when there is none)."""
+    path = path or config_path()
+    if not path.is_file():
+        return {}
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path} ({e}); fix or delete it") from e
+
+
+def set_config(table: str, key: str, value: Any) -> Path:
+    """Set `key` under `[table]` in config.toml, keeping every other key and table the user
+    wrote (their comments are not kept: the file is rewritten); returns its path."""
+    path = config_path()
+    data = read_config(path)
+    section = data.get(table)
+    if not isinstance(section, dict):
+        section = data[table] = {}
+    section[key] = value
+    text = tomli_w.dumps(data)
+    with private_umask():  # the folders qrag creates are its own: 0700 (mkstemp: 0600)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # Temp file in the same folder + os.replace: a crash never leaves a half-written config.
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- defaults of the commands ----------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class ChunkConfig:
     """How files are cut into chunks; a change means a full re-index."""
@@ -61,3 +221,181 @@ class ChunkConfig:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024
+"""`qrag index` skips larger files (a new index; an existing one keeps its own)."""
+
+
+@dataclass
+class ReaderSettings:
+    """The reader LLM (`qrag ask --answer`, `qrag mcp`)."""
+
+    llm: str | None = None  # path to a GGUF; None -> reader.default_llm()
+    n_ctx: int = 4096
+    max_tokens: int = 256
+    temperature: float = 0.0
+    seed: int = 0
+    threads: int | None = None  # None -> os.cpu_count()
+    gpu_layers: int = 0
+    order: str = "document"  # "document" (by Evidence.ordinal) | "retrieval" (by Evidence.step)
+    verbose: bool = False  # llama.cpp logs to stderr only when True
+
+
+@dataclass
+class AskOptions:
+    """`qrag ask` (and the `ask` tool of `qrag mcp`)."""
+
+    steps: int = 4
+    threshold: float | None = None  # None: the model's own
+    no_stop: bool = False
+    exact: bool = False
+    lexical: bool = True
+    explain: bool = False
+    answer: bool = False
+    reader: ReaderSettings = field(default_factory=ReaderSettings)
+
+
+@dataclass
+class TrainConfig:
+    """`qrag train`: its flags take their defaults from here. Saved with every run."""
+
+    data: str = ""
+    """Training JSONL (see datasets.py)."""
+    out: str = "qrag-model"
+    """Model folder to write (best-on-eval weights, config, card, log)."""
+    eval: list[str] | None = None
+    """Held-out JSONL files; if None, `eval_split` of the data is held out. With several
+    (one per domain), best-on-eval keeps the update with the best mean of their fact EMs,
+    so a large domain cannot hide a loss in a small one."""
+    eval_split: float = 0.1
+    """Fraction of the data held out for eval when no --eval file is given."""
+    base: str | None = None
+    """Model to start from (a name or folder); None = the base all-MiniLM-L6-v2."""
+    layers: int | None = None
+    """Keep only the first N encoder layers of the base (small, fast runs)."""
+    budget: int = 3
+    """Episode length T (picks per episode) in rollouts and eval."""
+    updates: int = 300
+    """Gradient updates."""
+    batch: int = 16
+    """Parallel episodes per update (transitions = batch * budget)."""
+    lr: float = 3e-4
+    """Peak AdamW learning rate (the paper's 1.5e-5 is for e5-large on GPU)."""
+    warmup: int = 20
+    """Linear learning-rate warm-up, in updates; then cosine decay to 10%."""
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float = 2.0
+    gamma: float = 0.99
+    """Discount."""
+    lam: float = 0.6
+    """Lambda of the lambda-returns (paper: 0.5-0.65)."""
+    tau: float = 0.05
+    """Polyak rate of the target networks (paper: 0.02-0.1)."""
+    alpha: float = 0.01
+    """Initial temperature of the soft value and of Boltzmann exploration."""
+    alpha_final: float = 0.001
+    """Temperature at the end; annealed along with the learning rate. `qrag train` sets
+    alpha / 10."""
+    top_k: int = 5
+    """Candidates in the soft value and in exploration (reference: 5)."""
+    random_updates: int = 10
+    """Initial updates whose rollouts use a uniform random policy."""
+    scale: float = 0.1
+    """Embedding output scale (reference divides by 10)."""
+    normalize: bool = False
+    """L2-normalise embeddings (Q = scale^2 * cosine); the paper uses raw dot products."""
+    positions: str = "none"
+    """"relative" for order-sensitive tasks (rotary chunk positions)."""
+    step_penalty: bool = False
+    """Reward 0.5 + 0.5*|gold|/|picked| instead of 1, discouraging extra steps."""
+    soft_value: bool = True
+    """Ablation switch: False = hard max in the bootstrap."""
+    target_network: bool = True
+    """Ablation switch: False = bootstrap from the online networks."""
+    twin: bool = True
+    """Ablation switch: False = one critic over the whole vector."""
+    eval_every: int = 50
+    """Updates between evaluations (and checkpoints)."""
+    seed: int = 0
+    device: str = "cpu"
+    skip_bad: bool = False
+    """Skip (and report) bad data lines instead of refusing the file."""
+    bf16: bool = False
+    """Run the gradient pass under bf16 autocast (weights and Adam stay fp32). On a CPU
+    with native bf16 it took a 6-layer update from ~14 s to ~10 s (batch 8, 4K-token
+    episodes); off by default so the learning test keeps its measured fp32 curve."""
+    frozen_chunks: bool = False
+    """Train E_s only; E_a stays the base encoder (cosine, as shipped). The trained model
+    starts from the base ranking, indexes built with the base stay valid, and an update
+    costs about half (no E_a gradients, no E_a target network, chunk vectors cached)."""
+    lexical: list[float] | None = None
+    """Start the lexical terms of Q ([question BM25, picked-chunk BM25], qvalue.py) at
+    these weights and learn them; None = the starting model's (pure dense for the base)."""
+    lexical_lr: float = 1e-2
+    """Peak learning rate of the two lexical weights (scalars move slowly at an encoder's
+    rate); follows the same schedule."""
+    train_encoder: bool = True
+    """False: E_s (and E_a) stay as they are and only the lexical weights learn (a cheap
+    second stage on top of a trained encoder)."""
+    warm_start: int = 0
+    """First updates that imitate the oracle instead of Q-learning: over *every* chunk of
+    each visited state, cross-entropy of softmax(Q / warm_temperature) against the gold
+    chunks not yet picked. One state teaches its whole ranking, not one scored action."""
+    warm_temperature: float = 0.05
+    """Temperature of the warm-start softmax, in Q units."""
+    apply_stop: bool = True
+    """Ship the calibrated stop threshold as the model's default stop. False records it
+    (metrics.calibrated_threshold) and ships a fixed budget: for a threshold that costs
+    fact EM on validation."""
+    freeze_embeddings: bool = True
+    """Keep the token-embedding tables fixed. They are 11.7M of the 15M weights of a
+    2-layer MiniLM encoder; updating them doubled the cost of Adam and backward without
+    improving held-out retrieval in short runs."""
+
+# --- what is in effect (`qrag config`) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    value: Any  # JSON-ready: str, number, bool or None
+    source: str  # "default", "config.toml" or "environment variable NAME"
+
+
+def effective_settings() -> list[Setting]:
+    """Every setting a command starts from, with where its value came from."""
+    # Imported here: both import this module, and the model brings torch.
+    from qrag_cli.model import default_model_dir
+    from qrag_cli.reader import find_default_llm
+
+    def from_env(setting: str, name: str) -> Setting:
+        value, source = env_setting(name)
+        return Setting(setting, str(value) if isinstance(value, Path) else value, source)
+
+    home_source = env_setting("QRAG_HOME")[1]
+    rows = [Setting("home", str(qrag_home()), home_source),
+            Setting("config_file", str(config_path()), home_source)]
+    model, source = env_setting("QRAG_MODEL")
+    if model is None:  # the trained model installed with qrag (missing: an error)
+        model = default_model_dir()
+    rows.append(Setting("model", str(model), source))
+    llm, source = find_default_llm()
+    rows.append(Setting("llm", None if llm is None else str(llm), source))
+    dtype = from_env("dtype", "QRAG_DTYPE")
+    rows.append(Setting("dtype", dtype.value or "auto", dtype.source))
+    rows += [from_env(setting, name) for setting, name in (
+        ("debug", "QRAG_DEBUG"), ("embed_group", "QRAG_EMBED_GROUP"),
+        ("commit_interval", "QRAG_COMMIT_INTERVAL"), ("no_color", "NO_COLOR"),
+        ("term", "TERM"))]
+    chunking, ask = ChunkConfig(), AskOptions()
+    defaults: dict[str, Any] = {
+        "index.chunk_tokens": chunking.chunk_tokens, "index.overlap": chunking.overlap,
+        "index.max_file_size": DEFAULT_MAX_FILE_SIZE, "ask.steps": ask.steps,
+        **{f"reader.{key}": value for key, value in asdict(ask.reader).items()
+           if key not in {"llm", "verbose"}},
+    }
+    rows += [Setting(name, value, DEFAULT_SOURCE) for name, value in defaults.items()]
+    return rows

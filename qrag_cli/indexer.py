@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qrag_cli.chunk import chunk_document
-from qrag_cli.config import ChunkConfig
+from qrag_cli.config import DEFAULT_MAX_FILE_SIZE, ChunkConfig, env_value
 from qrag_cli.discover import FoundFile, discover, file_hash, root_problem
 from qrag_cli.documents import read_document
 from qrag_cli.model import BASE_NAME, is_base_name
@@ -19,8 +18,6 @@ from qrag_cli.secretscan import RULES_VERSION, find_secret
 from qrag_cli.store import IndexManifest, IndexWriter, stored_settings
 from qrag_cli.types import Chunk, QragError, ReadError, UsageError
 
-EMBED_GROUP = 512  # chunks embedded together: enough to length-sort into tight batches
-MIN_COMMIT_INTERVAL_S = 10.0
 # meta key: the secretscan rules every indexed file was checked under ("off": some files
 # went in with --include-secrets).
 SECRET_RULES_KEY = "secret_rules"
@@ -28,7 +25,6 @@ SECRET_RULES_KEY = "secret_rules"
 # news (plain text files may well be empty, like a package's __init__.py).
 _EXTRACTED = frozenset({"pdf", "html"})
 NO_TEXT = "no text"
-DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -241,9 +237,8 @@ def build_index(
             writer.meta_set("model_spec", model_spec_key(model_spec))
         writer.meta_set("max_file_size", str(max_file_size))
 
-        # Tests shrink these to exercise many commits on a small corpus.
-        embed_group = int(os.environ.get("QRAG_EMBED_GROUP", EMBED_GROUP))
-        min_interval = float(os.environ.get("QRAG_COMMIT_INTERVAL", MIN_COMMIT_INTERVAL_S))
+        embed_group = env_value("QRAG_EMBED_GROUP")
+        min_interval = env_value("QRAG_COMMIT_INTERVAL")
         total = len(todo)
         last_commit = time.perf_counter()
         commit_cost = 0.0

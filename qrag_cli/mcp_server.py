@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from qrag_cli import render
 from qrag_cli.asking import LOAD_TIMINGS, Asker, AskOptions, load_llm
-from qrag_cli.config import qrag_home, resolve_index
+from qrag_cli.config import ReaderSettings, qrag_home, resolve_index
 from qrag_cli.documents import last_line, line_span, read_document
 from qrag_cli.model import load_model
 from qrag_cli.qnet import QModel
@@ -120,7 +120,7 @@ class Service:
         self.default_index = default_index
         self.model_spec = model_spec
         self.model: QModel = load_model(model_spec)
-        self.llm_opts = AskOptions(llm=llm)
+        self.llm_opts = AskOptions(reader=ReaderSettings(llm=llm))
         self.llm = None  # loaded on the first `answer` request: most agents never ask
         self.askers: dict[Path, Asker] = {}
 
@@ -251,7 +251,7 @@ def build_server(service: Service, worker: ThreadPoolExecutor) -> MCPServer:
         question: Annotated[str, Field(description="The question, in natural language.")],
         steps: Annotated[int, Field(
             description=f"Most evidence chunks to pick (1-{MAX_STEPS}); retrieval may stop "
-            "sooner when the model judges the evidence complete.")] = 4,
+            "sooner when the model judges the evidence complete.")] = AskOptions().steps,
         index: IndexArg = None,
         answer: Annotated[bool, Field(
             description="Also let the local reader LLM answer from the evidence (slower: "

@@ -52,6 +52,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qrag_cli.bert import Bert
+from qrag_cli.config import env_value
 from qrag_cli.qnet import Encoder, HFBackbone, QModel, TextTokenizer
 from qrag_cli.types import ModelError
 
@@ -94,7 +95,7 @@ def shipped_models_dir() -> Path:
 def default_model_dir() -> Path:
     """The model used when none is named: QRAG_MODEL=DIR, else the one installed with qrag.
     Missing is an error: falling back to the base would quietly answer worse."""
-    env = os.environ.get("QRAG_MODEL")
+    env = env_value("QRAG_MODEL")
     if env:
         if not (Path(env) / "config.json").is_file():
             raise ModelError(f"QRAG_MODEL={env} is not a model folder (no config.json)")

@@ -1,9 +1,9 @@
 """Q-RAG training: value-based soft Q-learning of the embedder, in one file (cleanrl style).
 
-Read top to bottom: config -> setup (seeding, `trainable`) -> pure maths (schedules, soft
-value, lambda-returns, Polyak) -> rollout (the same `run_episodes` that `qrag ask` uses)
--> targets -> loss -> update -> eval, checkpoint, threshold calibration. Only the embedder
-learns; no LLM in the loop.
+Read top to bottom: setup (seeding, `trainable`) -> pure maths (schedules, soft value,
+lambda-returns, Polyak) -> rollout (the same `run_episodes` that `qrag ask` uses) -> targets
+-> loss -> update -> eval, checkpoint, threshold calibration. The settings (`TrainConfig`)
+live in config.py with every other default. Only the embedder learns; no LLM in the loop.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qrag_cli import qvalue
+from qrag_cli.config import TrainConfig
 from qrag_cli.datasets import Example, data_hash, load_examples, split
 from qrag_cli.episode import StopRule, boltzmann, run_episodes
 from qrag_cli.evaluate import calibrate_threshold, example_sources, run_examples, score
@@ -36,103 +37,6 @@ from qrag_cli.model import (
 )
 from qrag_cli.qnet import QModel
 from qrag_cli.types import DataError, ModelError, UsageError
-
-
-@dataclass
-class TrainConfig:
-    data: str = ""
-    """Training JSONL (see datasets.py)."""
-    out: str = "qrag-model"
-    """Model folder to write (best-on-eval weights, config, card, log)."""
-    eval: list[str] | None = None
-    """Held-out JSONL files; if None, `eval_split` of the data is held out. With several
-    (one per domain), best-on-eval keeps the update with the best mean of their fact EMs,
-    so a large domain cannot hide a loss in a small one."""
-    eval_split: float = 0.1
-    """Fraction of the data held out for eval when no --eval file is given."""
-    base: str | None = None
-    """Model to start from (a name or folder); None = the base all-MiniLM-L6-v2."""
-    layers: int | None = None
-    """Keep only the first N encoder layers of the base (small, fast runs)."""
-    budget: int = 3
-    """Episode length T (picks per episode) in rollouts and eval."""
-    updates: int = 300
-    """Gradient updates."""
-    batch: int = 16
-    """Parallel episodes per update (transitions = batch * budget)."""
-    lr: float = 5e-5
-    """Peak AdamW learning rate (the paper's 1.5e-5 is for e5-large on GPU)."""
-    warmup: int = 20
-    """Linear learning-rate warm-up, in updates; then cosine decay to 10%."""
-    weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    grad_clip: float = 2.0
-    gamma: float = 0.99
-    """Discount."""
-    lam: float = 0.6
-    """Lambda of the lambda-returns (paper: 0.5-0.65)."""
-    tau: float = 0.05
-    """Polyak rate of the target networks (paper: 0.02-0.1)."""
-    alpha: float = 0.05
-    """Initial temperature of the soft value and of Boltzmann exploration."""
-    alpha_final: float = 0.005
-    """Temperature at the end; annealed along with the learning rate."""
-    top_k: int = 5
-    """Candidates in the soft value and in exploration (reference: 5)."""
-    random_updates: int = 10
-    """Initial updates whose rollouts use a uniform random policy."""
-    scale: float = 0.1
-    """Embedding output scale (reference divides by 10)."""
-    normalize: bool = False
-    """L2-normalise embeddings (Q = scale^2 * cosine); the paper uses raw dot products."""
-    positions: str = "none"
-    """"relative" for order-sensitive tasks (rotary chunk positions)."""
-    step_penalty: bool = False
-    """Reward 0.5 + 0.5*|gold|/|picked| instead of 1, discouraging extra steps."""
-    soft_value: bool = True
-    """Ablation switch: False = hard max in the bootstrap."""
-    target_network: bool = True
-    """Ablation switch: False = bootstrap from the online networks."""
-    twin: bool = True
-    """Ablation switch: False = one critic over the whole vector."""
-    eval_every: int = 50
-    """Updates between evaluations (and checkpoints)."""
-    seed: int = 0
-    device: str = "cpu"
-    skip_bad: bool = False
-    """Skip (and report) bad data lines instead of refusing the file."""
-    bf16: bool = False
-    """Run the gradient pass under bf16 autocast (weights and Adam stay fp32). On a CPU
-    with native bf16 it took a 6-layer update from ~14 s to ~10 s (batch 8, 4K-token
-    episodes); off by default so the learning test keeps its measured fp32 curve."""
-    frozen_chunks: bool = False
-    """Train E_s only; E_a stays the base encoder (cosine, as shipped). The trained model
-    starts from the base ranking, indexes built with the base stay valid, and an update
-    costs about half (no E_a gradients, no E_a target network, chunk vectors cached)."""
-    lexical: list[float] | None = None
-    """Start the lexical terms of Q ([question BM25, picked-chunk BM25], qvalue.py) at
-    these weights and learn them; None = the starting model's (pure dense for the base)."""
-    lexical_lr: float = 1e-2
-    """Peak learning rate of the two lexical weights (scalars move slowly at an encoder's
-    rate); follows the same schedule."""
-    train_encoder: bool = True
-    """False: E_s (and E_a) stay as they are and only the lexical weights learn (a cheap
-    second stage on top of a trained encoder)."""
-    warm_start: int = 0
-    """First updates that imitate the oracle instead of Q-learning: over *every* chunk of
-    each visited state, cross-entropy of softmax(Q / warm_temperature) against the gold
-    chunks not yet picked. One state teaches its whole ranking, not one scored action."""
-    warm_temperature: float = 0.05
-    """Temperature of the warm-start softmax, in Q units."""
-    apply_stop: bool = True
-    """Ship the calibrated stop threshold as the model's default stop. False records it
-    (metrics.calibrated_threshold) and ships a fixed budget: for a threshold that costs
-    fact EM on validation."""
-    freeze_embeddings: bool = True
-    """Keep the token-embedding tables fixed. They are 11.7M of the 15M weights of a
-    2-layer MiniLM encoder; updating them doubled the cost of Adam and backward without
-    improving held-out retrieval in short runs."""
 
 
 # ---- setup: seeding, the model to train --------------------------------------------------

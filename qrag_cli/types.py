@@ -45,6 +45,10 @@ class LLMError(QragError):
     """The reader LLM cannot be loaded or cannot fit the evidence."""
 
 
+class ConfigError(QragError):
+    """config.toml or a qrag environment variable holds a bad value."""
+
+
 @dataclass(frozen=True)
 class Document:
     """Text extracted from one file, with a map back to source lines.
