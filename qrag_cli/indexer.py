@@ -16,7 +16,15 @@ from qrag_cli.documents import read_document
 from qrag_cli.model import BASE_NAME, QModel, is_base_name
 from qrag_cli.secretscan import RULES_VERSION, find_secret
 from qrag_cli.store import IndexWriter, stored_settings
-from qrag_cli.types import Chunk, QragError, ReadError, UsageError
+from qrag_cli.types import (
+    Chunk,
+    OnProblem,
+    Problem,
+    QragError,
+    ReadError,
+    UsageError,
+    ignore_problem,
+)
 
 EMBED_GROUP = 512  # chunks embedded together: enough to length-sort into tight batches
 MIN_COMMIT_INTERVAL_S = 10.0
@@ -136,7 +144,7 @@ def build_index(
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     model_spec: str | None = None,
     include_secrets: bool = False,
-    on_problem: Callable[[str, str], None] = lambda path, why: None,
+    on_problem: OnProblem = ignore_problem,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> IndexSummary:
     """Bring the index at `index_dir` up to date with `roots`.
@@ -169,7 +177,7 @@ def build_index(
             else:
                 summary.skipped += 1
             summary.problems.append({"path": path, "reason": why})
-            on_problem(path, why if shown is None else shown)
+            on_problem(Problem(path, why if shown is None else shown))
 
         for path, why in bad_roots:
             report(path, why)
@@ -195,7 +203,7 @@ def build_index(
             roots = all_roots
         found = discover(roots, max_file_size=max_file_size, include_secrets=include_secrets)
         for skip in found.skipped:
-            report(skip.path, skip.reason)
+            report(skip.where, skip.why)
 
         scan_secrets = not include_secrets
         # Kept files were checked under the rules of the run that indexed them. When those

