@@ -24,8 +24,14 @@ import sys
 from pathlib import Path
 
 from qrag_cli.bench.longctx import TASKS, training_examples
-from qrag_cli.bench.suite import SHARED_DATA, real_examples
-from qrag_cli.datasets import Example, from_hotpotqa, split, write_examples
+from qrag_cli.datasets import (
+    SHARED_DATA,
+    Example,
+    from_hotpotqa,
+    real_examples,
+    split,
+    write_examples,
+)
 
 GENERATED_PER_TASK = 300
 EXTRA_HOTPOT = "hotpotqa_train_500b.json"
@@ -70,7 +76,7 @@ def main(out: Path) -> None:
         val_gen += training_examples(task, 5, 99, stories=STORIES_PER_DOC)
     mix += pool_all(real_fit, real_fit, REAL_DRAWS, 3)
     extra = list(from_hotpotqa(SHARED_DATA / EXTRA_HOTPOT,
-                               on_skip=lambda msg: print(f"note: {msg}", file=sys.stderr)))
+                               on_problem=lambda p: print(f"note: {p}", file=sys.stderr)))
     mix += pool_all(extra, [*extra, *real_fit], EXTRA_DRAWS, 6)
     random.Random(7).shuffle(mix)
     n_mix = write_examples(mix, out / "mix.jsonl")

@@ -1,20 +1,29 @@
-"""`qrag ask`: open the index, load the model once, run the episode, hand evidence to the LLM."""
+"""`qrag ask`: open the index, load the model once, run the episode, hand evidence to the LLM.
+
+Returns data (`AskResult`); the callers (cli, mcp_server) show it, through `render`.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from qrag_cli import render
 from qrag_cli.config import AskOptions
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
+from qrag_cli.files import display_path
 from qrag_cli.model import load_model
 from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import without_lexical
-from qrag_cli.store import IndexSnapshot, corrupt_database
+from qrag_cli.store import ChunkRow, IndexSnapshot, corrupt_database
 from qrag_cli.types import Episode, IndexMismatchError, NoIndexError
+
+if TYPE_CHECKING:  # reader.py is imported only when an answer is asked for
+    from qrag_cli.reader import Answer, Reader
+
 
 LOAD_TIMINGS = ("open_index_ms", "load_model_ms", "load_llm_ms")
 """One-off start-up costs, repeated in every result's timings (the rest are per question)."""
@@ -27,53 +36,12 @@ class AskResult:
     index: str
     episode: Episode
     timings_ms: dict[str, float]
-    answer: object | None = None  # reader.Answer
-    alt_rows: dict[int, tuple[str, str]] = field(default_factory=dict)
-
-    def to_json(self, explain: bool = False, absolute: bool = False) -> dict:
-        """`absolute`: paths as stored, for a client whose working directory is not ours."""
-        obj = {
-            "question": self.question, "model": self.model, "index": self.index,
-            "evidence": [render.evidence_json(ev, explain, absolute)
-                         for ev in self.episode.evidence],
-            "stop": self.episode.stop, "answer": None,
-            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
-        }
-        if self.answer is not None:
-            ans = self.answer
-            stored = {ev.chunk_id: ev.path for ev in self.episode.evidence}
-            obj["answer"] = ans.text.strip()
-            obj["citations"] = [
-                {"n": n, "chunk_id": ans.used[n - 1].chunk_id,
-                 # The LLM saw short paths (see ask); scripts get what the evidence shows.
-                 "path": (stored[ans.used[n - 1].chunk_id] if absolute
-                          else ans.used[n - 1].path),
-                 "start_line": ans.used[n - 1].start_line,
-                 "end_line": ans.used[n - 1].end_line} for n in ans.citations]
-            obj["trimmed"] = [ev.chunk_id for ev in ans.trimmed]
-        return obj
-
-    def print(self, show_text: bool, explain: bool, streamed: bool) -> None:
-        if self.answer is not None:
-            ans = self.answer
-            if not streamed:
-                render.out.print(render.plain(ans.text.strip(), multiline=True))
-            else:
-                render.out.print()
-            render.out.print()
-            for n, ev in enumerate(ans.used, start=1):
-                mark = "*" if n in ans.citations else " "
-                render.out.print(render.plain(f"{mark}[{n}] {render.location(ev)}"))
-            if ans.trimmed:
-                render.log(f"note: {len(ans.trimmed)} evidence chunk(s) did not fit "
-                           f"--n-ctx and were left out of the prompt")
-            return
-        render.out.print(render.episode_table(self.episode, show_text, explain, self.alt_rows))
-        render.log(f"{render.stop_reason(self.episode)}; "
-                   f"{self.timings_ms.get('retrieval_ms', 0):.0f} ms", style="dim")
+    answer: Answer | None = None  # with --answer: the reader LLM's answer
+    # --explain: the stored chunk of every alternative shown, by chunk id
+    alternatives: dict[int, ChunkRow] = field(default_factory=dict)
 
 
-def load_llm(opts: AskOptions):  # -> reader.Reader (imported late: llama.cpp is heavy)
+def load_llm(opts: AskOptions) -> Reader:  # imported here: llama.cpp is heavy
     from qrag_cli.reader import Reader
 
     return Reader(opts.reader)
@@ -112,7 +80,7 @@ class Asker:
             raise
         t2 = time.perf_counter()
         self.candidates = IndexCandidates(self.snapshot, exact=opts.exact)
-        self.llm = None
+        self.llm: Reader | None = None
         self.load_ms = {"open_index_ms": (t1 - t0) * 1000, "load_model_ms": (t2 - t1) * 1000}
         if opts.answer:
             t3 = time.perf_counter()
@@ -154,17 +122,15 @@ class Asker:
     def __exit__(self, *exc: object) -> None:
         self.snapshot.close()
 
-    def note_long_question(self, question: str, label: str = "the question") -> None:
-        """Say on stderr when the retriever cannot see all of a question: its encoder reads
-        the first `question_cap` tokens only (the reader LLM, with --answer, sees it all)."""
-        cap = self.model.cfg.question_cap
-        n_tokens = len(self.model.tokenizer.ids([question])[0])
-        if n_tokens > cap:
-            render.log(f"note: {label} is {n_tokens} tokens long; retrieval reads only "
-                       f"its first {cap} (put the key words first)")
+    def question_tokens(self, question: str) -> int:
+        """The question's length in the retriever's tokens: its encoder reads only the first
+        `model.cfg.question_cap` of them (the reader LLM, with --answer, sees it all)."""
+        return len(self.model.tokenizer.ids([question])[0])
 
-    def ask(self, question: str, on_token=None, llm=None, steps: int | None = None) -> AskResult:
-        """`llm`: a loaded reader to answer with, instead of the one `opts.answer` loaded;
+    def ask(self, question: str, on_token: Callable[[str], None] | None = None,
+            llm: Reader | None = None, steps: int | None = None) -> AskResult:
+        """`on_token`: called with each piece of the answer as the LLM writes it;
+        `llm`: a loaded reader to answer with, instead of the one `opts.answer` loaded;
         `steps`: this question's budget, instead of `opts.steps`."""
         llm = llm if llm is not None else self.llm
         threshold = None if self.opts.no_stop else (
@@ -183,13 +149,11 @@ class Asker:
                            episode, timings)
         if self.opts.explain:
             alt_ids = sorted({c for ev in episode.evidence for c, _ in ev.alternatives})
-            result.alt_rows = {r.id: (f"{render.display_path(r.path)}:{r.start_line}-"
-                                      f"{r.end_line}", r.text)
-                               for r in self.candidates.rows(alt_ids)}
+            result.alternatives = {r.id: r for r in self.candidates.rows(alt_ids)}
         if llm is not None:
             t1 = time.perf_counter()
             # Short display paths: absolute ones would spend the LLM's context on prefixes.
-            shown = [replace(ev, path=render.display_path(ev.path)) for ev in episode.evidence]
+            shown = [replace(ev, path=display_path(ev.path)) for ev in episode.evidence]
             result.answer = llm.answer(question, shown, on_token=on_token)
             timings["answer_ms"] = (time.perf_counter() - t1) * 1000
             timings.update({f"llm_{k}": v for k, v in result.answer.timings.items()})

@@ -27,7 +27,7 @@ from qrag_cli.config import (
     resolve_index,
 )
 from qrag_cli.flags import SEED, check_output, float_range, int_range, size
-from qrag_cli.types import DataError, QragError, UsageError
+from qrag_cli.types import QragError, UsageError
 
 # The flags' defaults, declared once in config.py (help shows them).
 _CHUNKING, _ASK, _TRAIN = ChunkConfig(), AskOptions(), TrainConfig()
@@ -126,9 +126,6 @@ def index(
                          ) from exc
     chunk_cfg = settings.chunking
 
-    def problem(path: str, why: str) -> None:
-        render.log(f"{path}: {why}", label="skip", label_style="yellow")
-
     if _progress_enabled():
         from rich.progress import (
             BarColumn,
@@ -147,12 +144,12 @@ def index(
             summary = build_index(
                 paths or [], index_dir, qmodel, chunk_cfg,
                 max_file_size=settings.max_file_size, model_spec=settings.model,
-                include_secrets=include_secrets, on_problem=problem,
+                include_secrets=include_secrets, on_problem=render.problem,
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     else:
         summary = build_index(paths or [], index_dir, qmodel, chunk_cfg,
                               max_file_size=settings.max_file_size, model_spec=settings.model,
-                              include_secrets=include_secrets, on_problem=problem)
+                              include_secrets=include_secrets, on_problem=render.problem)
     for repair in summary.repaired:
         render.log(f"repaired: {repair}")
     if summary.rebuild:
@@ -369,7 +366,7 @@ def train_cmd(
             log_file.write(json.dumps(row) + "\n")
             log_file.flush()
         if row["event"] == "skip":
-            render.log(row["message"], label="skip")
+            render.problem(row["message"])
         elif row["event"] == "eval":
             by_file = "".join(f"; {name} {m['fact_em']:.3f}"
                               for name, m in (row.get("by_file") or {}).items())
@@ -432,7 +429,7 @@ def train_eval(
     from qrag_cli.pqn import seed_everything
 
     seed_everything(0)
-    examples = load_examples(data, skip_bad, on_bad=lambda m: render.log(m, label="skip"))
+    examples = load_examples(data, skip_bad, on_problem=render.problem)
     qmodel = load_model(model)
     if not lexical_on:
         from qrag_cli.qvalue import without_lexical
@@ -473,7 +470,7 @@ def train_convert(
         raise UsageError(f"no such file: {src}")
     check_output(dest, [("IN", src)], folder=False)
     count = write_examples(
-        CONVERTERS[from_format](src, on_skip=lambda msg: render.log(msg, label="skip")), dest)
+        CONVERTERS[from_format](src, on_problem=render.problem), dest)
     render.log(f"wrote {count} examples to {dest}")
 
 
@@ -510,27 +507,6 @@ def train_pack(
     else:
         render.log(f"wrote {dest}: weights {size / 1e6:.1f} MB "
                    f"(from {result['source_weights_bytes'] / 1e6:.1f} MB)")
-
-
-def _read_questions(path: Path) -> list[dict]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
-    items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(item, dict) or not str(item.get("question", "")).strip():
-            raise DataError(f'{path}:{number}: expected {{"question": "..."}}')
-        items.append(item)
-    if not items:
-        raise DataError(f"{path} has no questions")
-    return items
 
 
 @app.command()
@@ -576,6 +552,7 @@ def ask(
 ) -> None:
     """Multi-step Q-value retrieval: evidence with path:line, optionally an answer."""
     from qrag_cli.asking import Asker
+    from qrag_cli.datasets import load_questions
 
     if (question is None) == (questions is None):
         raise UsageError("give a question, or --questions FILE.jsonl")
@@ -589,22 +566,26 @@ def ask(
     opts = AskOptions(steps=steps, threshold=threshold, no_stop=no_stop, exact=exact,
                       lexical=_lexical_on(lexical), explain=explain, answer=answer,
                       reader=reader)
-    items = _read_questions(questions) if questions else [{"question": question}]
+    items = load_questions(questions) if questions else [{"question": question}]
     with Asker(resolve_index(index), model, opts) as asker:
         for number, item in enumerate(items, start=1):
-            asker.note_long_question(item["question"], "the question" if questions is None
-                                     else f"question {item.get('id', number)}")
+            n_tokens, cap = asker.question_tokens(item["question"]), asker.model.cfg.question_cap
+            if n_tokens > cap:
+                label = ("the question" if questions is None
+                         else f"question {item.get('id', number)}")
+                render.log(f"note: {label} is {n_tokens} tokens long; retrieval reads only "
+                           f"its first {cap} (put the key words first)")
             stream = not as_json and questions is None
             tokens = render.TerminalStream(sys.stdout) if stream else None
             result = asker.ask(item["question"], on_token=None if tokens is None else tokens.write)
             if tokens is not None:
                 tokens.close()
             if questions is not None:
-                render.print_json({"id": item.get("id"), **result.to_json(explain)})
+                render.print_json({"id": item.get("id"), **render.ask_json(result, explain)})
             elif as_json:
-                render.print_json(result.to_json(explain))
+                render.print_json(render.ask_json(result, explain))
             else:
-                result.print(show_text=show_text, explain=explain, streamed=stream)
+                render.print_ask(result, show_text=show_text, explain=explain, streamed=stream)
 
 
 @app.command()

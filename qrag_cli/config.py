@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import platformdirs
 import tomli_w
 
+from qrag_cli.files import atomic_write
 from qrag_cli.types import ConfigError, UsageError
 
 DEFAULT_INDEX = "default"
@@ -189,19 +189,10 @@ def set_config(table: str, key: str, value: Any) -> Path:
         section = data[table] = {}
     section[key] = value
     text = tomli_w.dumps(data)
-    with private_umask():  # the folders qrag creates are its own: 0700 (mkstemp: 0600)
+    with private_umask():  # the folders qrag creates are its own: 0700
         path.parent.mkdir(parents=True, exist_ok=True)
-    # Temp file in the same folder + os.replace: a crash never leaves a half-written config.
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # files.atomic_write: a crash never leaves a half-written config; 0600 as mkstemp gave.
+    atomic_write(path, text, mode=0o600)
     return path
 
 

@@ -1,4 +1,5 @@
-"""Training data: the JSONL schema, validation with line numbers, converters, splits.
+"""Training data: the JSONL schema, validation with line numbers, converters, splits, and
+where the shared real data sets (../shared/data) are found.
 
 One line = one episode source::
 
@@ -11,14 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from qrag_cli.types import DataError
+from qrag_cli.files import atomic_output
+from qrag_cli.types import (
+    DataError,
+    OnProblem,
+    Problem,
+    QragError,
+    UsageError,
+    ignore_problem,
+)
 
 
 @dataclass(frozen=True)
@@ -37,79 +44,117 @@ class Example:
         return json.dumps(obj, ensure_ascii=False)
 
 
+class _Invalid(ValueError):
+    """Why one decoded line is not an example (the caller knows where it is)."""
+
+
 def parse_example(obj: object, where: str) -> Example:
     """Validate one decoded line; raise DataError naming `where` (file:line) and the field."""
+    try:
+        return _example(obj, where)
+    except _Invalid as exc:
+        raise DataError(f"{where}: {exc}") from None
+
+
+def _example(obj: object, where: str) -> Example:
     if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a JSON object")
+        raise _Invalid("expected a JSON object")
     question = obj.get("question")
     chunks = obj.get("chunks")
     support = obj.get("support")
     if not isinstance(question, str) or not question.strip():
-        raise DataError(f"{where}: 'question' must be a non-empty string")
+        raise _Invalid("'question' must be a non-empty string")
     if not isinstance(chunks, list) or not chunks or not all(isinstance(c, str) for c in chunks):
-        raise DataError(f"{where}: 'chunks' must be a non-empty list of strings")
+        raise _Invalid("'chunks' must be a non-empty list of strings")
     if not isinstance(support, list) or not support or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in support):
-        raise DataError(f"{where}: 'support' must be a non-empty list of chunk indexes")
+        raise _Invalid("'support' must be a non-empty list of chunk indexes")
     bad = [i for i in support if not 0 <= i < len(chunks)]
     if bad:
-        raise DataError(f"{where}: support index {bad[0]} is outside 0..{len(chunks) - 1}")
+        raise _Invalid(f"support index {bad[0]} is outside 0..{len(chunks) - 1}")
     if len(set(support)) != len(support):
-        raise DataError(f"{where}: 'support' repeats an index")
+        raise _Invalid("'support' repeats an index")
     answer = obj.get("answer")
     if answer is not None and not isinstance(answer, str):
-        raise DataError(f"{where}: 'answer' must be a string")
+        raise _Invalid("'answer' must be a string")
     return Example(id=str(obj.get("id", where)), question=question, chunks=tuple(chunks),
                    support=tuple(sorted(support)), answer=answer)
 
 
-def _text_lines(path: Path) -> list[str]:
-    """A UTF-8 text file's lines; DataError naming the file when it cannot be read."""
+def _read_text(path: Path, read_error: type[QragError] = DataError) -> str:
+    """A UTF-8 text file's text; `read_error` (DataError unless told) naming the file when
+    it cannot be read, DataError when it is not UTF-8."""
     try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise read_error(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text: {exc.reason}") from exc
 
 
-def load_examples(path: Path, skip_bad: bool = False,
-                  on_bad: Callable[[str], None] = lambda msg: None) -> list[Example]:
-    """Read a training JSONL. A bad line refuses the file unless `skip_bad` (then reported)."""
-    lines = _text_lines(path)
-    examples: list[Example] = []
+def _text_lines(path: Path) -> list[str]:
+    return _read_text(path).splitlines()
+
+
+def _json_lines(path: Path, lines: Iterable[str], on_problem: OnProblem | None
+                ) -> Iterator[tuple[str, object]]:
+    """(where, value) for each non-blank line, where = "path:line". A line that is not JSON
+    raises DataError naming it, or is reported to `on_problem` and skipped."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
-            examples.append(parse_example(json.loads(line), where))
+            yield where, json.loads(line)
         except json.JSONDecodeError as exc:
-            err = DataError(f"{where}: not JSON ({exc.msg})")
+            why = f"not JSON ({exc.msg})"
+            if on_problem is None:
+                raise DataError(f"{where}: {why}") from None
+            on_problem(Problem(where, why))
+
+
+def read_jsonl(path: Path, on_problem: OnProblem | None = None,
+               read_error: type[QragError] = DataError) -> Iterator[tuple[str, object]]:
+    """The one JSONL reader (training data, --questions, official JSONL files): see
+    `_json_lines`; `read_error` as for `_read_text`."""
+    return _json_lines(path, _read_text(path, read_error).splitlines(), on_problem)
+
+
+def load_examples(path: Path, skip_bad: bool = False,
+                  on_problem: OnProblem = ignore_problem) -> list[Example]:
+    """Read a training JSONL. A bad line refuses the file unless `skip_bad` (then reported)."""
+    examples: list[Example] = []
+    for where, obj in read_jsonl(path, on_problem if skip_bad else None):
+        try:
+            examples.append(_example(obj, where))
+        except _Invalid as exc:
             if not skip_bad:
-                raise err from None
-            on_bad(str(err))
-        except DataError as err:
-            if not skip_bad:
-                raise DataError(f"{err} (use --skip-bad to skip bad lines)") from None
-            on_bad(str(err))
+                raise DataError(f"{where}: {exc} (use --skip-bad to skip bad lines)") from None
+            on_problem(Problem(where, str(exc)))
     if not examples:
         raise DataError(f"{path} has no usable examples")
     return examples
 
 
+def load_questions(path: Path) -> list[dict]:
+    """`qrag ask --questions`: JSONL of {"id"?, "question"}; any bad line refuses the file."""
+    items = []
+    for where, item in read_jsonl(path, read_error=UsageError):
+        if not isinstance(item, dict) or not str(item.get("question", "")).strip():
+            raise DataError(f'{where}: expected {{"question": "..."}}')
+        items.append(item)
+    if not items:
+        raise DataError(f"{path} has no questions")
+    return items
+
+
 def write_examples(examples: Iterable[Example], path: Path) -> int:
-    """Write JSONL atomically (temp file + rename); returns the count."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    """Write JSONL atomically (see files.atomic_output); returns the count."""
     count = 0
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_output(Path(path)) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for ex in examples:
             fh.write(ex.to_json() + "\n")
             count += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return count
 
 
@@ -130,7 +175,7 @@ def split(examples: list[Example], fraction: float, seed: int
 
 # ---- converters: official formats -> training JSONL ------------------------------------
 def _read_json_or_jsonl(path: Path) -> Iterator[tuple[str, object]]:
-    text = Path(path).read_text(encoding="utf-8")
+    text = _read_text(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -140,19 +185,10 @@ def _read_json_or_jsonl(path: Path) -> Iterator[tuple[str, object]]:
         for i, item in enumerate(items):
             yield f"{path}[{i}]", item
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
+    yield from _json_lines(path, text.splitlines(), None)
 
 
-def _ignore(message: str) -> None:
-    pass
-
-
-def from_hotpotqa(path: Path, on_skip: Callable[[str], None] = _ignore) -> Iterator[Example]:
+def from_hotpotqa(path: Path, on_problem: OnProblem = ignore_problem) -> Iterator[Example]:
     """HotpotQA / 2WikiMultihopQA: one chunk per paragraph ("Title: sentences")."""
     for where, item in _read_json_or_jsonl(path):
         try:
@@ -163,8 +199,9 @@ def from_hotpotqa(path: Path, on_skip: Callable[[str], None] = _ignore) -> Itera
             lengths = {title: len(sents) for title, sents in item["context"]}
             for title, sent in item["supporting_facts"]:  # as in the official train file
                 if title in lengths and not 0 <= sent < lengths[title]:
-                    on_skip(f"{where}: supporting sentence {sent} of {title!r} is past the "
-                            f"end of its {lengths[title]} sentences; its paragraph stays gold")
+                    on_problem(Problem(where, f"supporting sentence {sent} of {title!r} is past "
+                                       f"the end of its {lengths[title]} sentences; its "
+                                       "paragraph stays gold"))
             yield parse_example({"id": item.get("_id", where), "question": item["question"],
                                  "chunks": chunks, "support": support,
                                  "answer": item.get("answer")}, where)
@@ -172,12 +209,12 @@ def from_hotpotqa(path: Path, on_skip: Callable[[str], None] = _ignore) -> Itera
             raise DataError(f"{where}: not a HotpotQA record ({exc})") from None
 
 
-def from_musique(path: Path, on_skip: Callable[[str], None] = _ignore) -> Iterator[Example]:
+def from_musique(path: Path, on_problem: OnProblem = ignore_problem) -> Iterator[Example]:
     """MuSiQue: one chunk per paragraph; unanswerable questions are left out (reported)."""
     for where, item in _read_json_or_jsonl(path):
         try:
             if item.get("answerable") is False:
-                on_skip(f"{where}: unanswerable question left out")
+                on_problem(Problem(where, "unanswerable question left out"))
                 continue
             paras = sorted(item["paragraphs"], key=lambda p: p["idx"])
             chunks = [f"{p['title']}: {p['paragraph_text'].strip()}" for p in paras]
@@ -189,7 +226,7 @@ def from_musique(path: Path, on_skip: Callable[[str], None] = _ignore) -> Iterat
             raise DataError(f"{where}: not a MuSiQue record ({exc})") from None
 
 
-def from_hotpotqa_evidence(path: Path, on_skip: Callable[[str], None] = _ignore,
+def from_hotpotqa_evidence(path: Path, on_problem: OnProblem = ignore_problem,
                            distractors: int = 8) -> Iterator[Example]:
     """HotpotQA gold-evidence records (`question`, `answer`, `evidence`: the supporting
     sentences only): each evidence sentence is a gold chunk, and `distractors` evidence
@@ -206,7 +243,7 @@ def from_hotpotqa_evidence(path: Path, on_skip: Callable[[str], None] = _ignore,
     for number, (where, item) in enumerate(items, start=1):
         gold = list(dict.fromkeys(str(e).strip() for e in item["evidence"]))
         if not gold or len(gold) > 4:
-            on_skip(f"{where}: {len(gold)} evidence sentences (1 to 4 fit), left out")
+            on_problem(Problem(where, f"{len(gold)} evidence sentences (1 to 4 fit), left out"))
             continue
         rng = random.Random(item["question"])
         others = [s for s in rng.sample(pool, min(len(pool), distractors + len(gold)))
@@ -230,7 +267,7 @@ def training_chunks(text: str) -> list[str]:
     return [c.text for c in chunk_document(doc, ChunkConfig(overlap=0))]
 
 
-def from_ruler(path: Path, on_skip: Callable[[str], None] = _ignore) -> Iterator[Example]:
+def from_ruler(path: Path, on_problem: OnProblem = ignore_problem) -> Iterator[Example]:
     """RULER's prepared JSONL (`index`, `input`, `outputs`, ...): the last line of `input`
     is the question, the text above it is cut by the real chunker (no overlap), and the
     gold chunks are those holding an expected output (a needle's value, a tracked
@@ -311,7 +348,7 @@ def read_babi(path: Path) -> list[BabiQuestion]:
     return out
 
 
-def from_babi(path: Path, on_skip: Callable[[str], None] = _ignore,
+def from_babi(path: Path, on_problem: OnProblem = ignore_problem,
               filler_tokens: int = 1024) -> Iterator[Example]:
     """bAbI (BabiLong-style): each question's story, one sentence per fact, spread in
     story order through about `filler_tokens` of generated prose (seeded by the question's
@@ -329,14 +366,14 @@ def from_babi(path: Path, on_skip: Callable[[str], None] = _ignore,
         try:
             support = gold_chunks(chunks, [story])
         except LookupError as exc:
-            on_skip(f"{q.where}: {exc}; question left out")
+            on_problem(Problem(q.where, f"{exc}; question left out"))
             continue
         yield parse_example({"id": f"{Path(path).name}:{q.line}", "question": q.question,
                              "chunks": chunks, "support": sorted(set(support)),
                              "answer": q.answer}, q.where)
 
 
-CONVERTERS: dict[str, Callable[..., Iterator[Example]]] = {  # (path, on_skip=...)
+CONVERTERS: dict[str, Callable[..., Iterator[Example]]] = {  # (path, on_problem=...)
     "ruler": from_ruler,
     "hotpotqa": from_hotpotqa,
     "2wiki": from_hotpotqa,  # 2WikiMultihopQA shares HotpotQA's context/supporting_facts
@@ -344,3 +381,23 @@ CONVERTERS: dict[str, Callable[..., Iterator[Example]]] = {  # (path, on_skip=..
     "hotpotqa-evidence": from_hotpotqa_evidence,
     "babi": from_babi,
 }
+
+
+# ---- the shared real data beside the repository (../shared/data) ------------------------
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BABI_FILES = {"qa1": "qa1_single-supporting-fact", "qa2": "qa2_two-supporting-facts",
+              "qa3": "qa3_three-supporting-facts"}
+
+
+def babi_path(task: str, split: str) -> Path:
+    """The real bAbI file of `task` ("qa1".."qa3"), split "train" or "test"."""
+    return SHARED_DATA / "babi" / f"{BABI_FILES[task]}_{split}.txt"
+
+
+def real_examples() -> list[Example] | None:
+    """The shared HotpotQA + MuSiQue samples (None when ../shared/data is absent). The
+    bench holds out `split(real_examples(), 0.5, seed)[1]`; training may use the rest."""
+    hot, mus = SHARED_DATA / "hotpotqa_train_200.json", SHARED_DATA / "musique_train_100.jsonl"
+    if not (hot.is_file() and mus.is_file()):
+        return None
+    return list(from_hotpotqa(hot)) + list(from_musique(mus))

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pathspec
 
+from qrag_cli.documents import SNIFF_BYTES, is_binary
 from qrag_cli.secretscan import secret_name
-from qrag_cli.types import QragError
+from qrag_cli.types import Problem, QragError
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,10 @@ class FoundFile:
     mtime_ns: int
 
 
-@dataclass(frozen=True)
-class Skipped:
-    path: str  # display path, as FoundFile.rel
-    reason: str
-
-
 @dataclass
 class Discovery:
     files: list[FoundFile]  # sorted by rel: this is corpus order
-    skipped: list[Skipped]  # only what a user wants to hear about, sorted by path
+    skipped: list[Problem]  # only what a user wants to hear about, sorted by display path
 
 
 # Folders that are never content: tool caches, dependency trees, build outputs.
@@ -61,9 +56,6 @@ _SKIP_DIRS = frozenset(
 _VENV_NAMES = frozenset({"venv", ".venv", "env"})
 # Later rule files win, so a .qragignore can `!`-include a file that .gitignore excludes.
 _RULE_FILES = (".gitignore", ".qragignore")
-_HEAD = 8192  # bytes sniffed for NUL (binary); content secrets are the indexer's job
-# UTF-16/32 text is full of NUL bytes, but a BOM marks it as text the reader can decode.
-_TEXT_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 
 _Specs = tuple[tuple[str, pathspec.PathSpec], ...]  # (folder rel to anchor, rules), deepest last
 
@@ -84,7 +76,7 @@ class _Walker:
     include_secrets: bool
     cwd_prefix: str = field(default_factory=lambda: os.getcwd().rstrip(os.sep) + os.sep)
     files: list[FoundFile] = field(default_factory=list)
-    skipped: dict[str, Skipped] = field(default_factory=dict)
+    skipped: dict[str, Problem] = field(default_factory=dict)
     seen_files: set[str] = field(default_factory=set)
     seen_dirs: set[tuple[int, int]] = field(default_factory=set)
     stack: list[_DirTask] = field(default_factory=list)
@@ -100,7 +92,7 @@ class _Walker:
 
     def skip(self, path: str, reason: str) -> None:
         shown = self.display(path)
-        self.skipped.setdefault(shown, Skipped(shown, reason))
+        self.skipped.setdefault(shown, Problem(shown, reason))
 
     def inside_roots(self, real: str) -> bool:
         return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.real_roots)
@@ -208,13 +200,14 @@ class _Walker:
         if st.st_size > self.max_file_size:
             self.skip(path, f"too large ({_fmt_sizes(st.st_size, self.max_file_size)})")
             return
+        # Binary files are skipped here, on their head; content secrets are the indexer's job.
         try:
             with open(real, "rb") as f:
-                head = f.read(_HEAD)
+                head = f.read(SNIFF_BYTES)
         except OSError as e:
             self.skip(path, _why(e))
             return
-        if b"\0" in head and not _binary_but_readable(path, head):
+        if is_binary(Path(path), head):
             self.skip(path, "binary")
             return
         self.files.append(FoundFile(Path(real), self.display(path), st.st_size, st.st_mtime_ns))
@@ -252,7 +245,7 @@ def discover(
             walker.stack.append(_DirTask(path, rel, os.path.realpath(path), specs, is_root=True))
     walker.run()
     files = sorted(walker.files, key=lambda f: f.rel)
-    skipped = sorted(walker.skipped.values(), key=lambda s: s.path)
+    skipped = sorted(walker.skipped.values(), key=lambda s: s.where)
     return Discovery(files, skipped)
 
 
@@ -352,11 +345,6 @@ def _repo_context(root: str) -> tuple[str, _Specs]:
             for name in _RULE_FILES:
                 specs = _add_rules(specs, rel, os.path.join(folder, name))
     return top, specs
-
-
-def _binary_but_readable(path: str, head: bytes) -> bool:
-    """PDFs are binary yet have a text layer; BOM-marked UTF-16/32 text is full of NULs."""
-    return path.lower().endswith(".pdf") or head.startswith((b"%PDF-", *_TEXT_BOMS))
 
 
 def _fmt_sizes(size: int, limit: int) -> str:

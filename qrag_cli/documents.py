@@ -44,7 +44,10 @@ _KINDS: dict[str, str] = {
 }
 _CODE_NAMES = frozenset({"makefile", "dockerfile", "gnumakefile", "justfile", "rakefile"})
 _NON_ASCII_CHAR = re.compile("[^\x00-\x7f\ufffd]")
+# UTF-16/32 text is full of NUL bytes, but a BOM marks it as text decode_bytes can read.
 _TEXT_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)
+_PDF_MAGIC = b"%PDF-"
+SNIFF_BYTES = 8192  # the head of a file looked at for NUL bytes (binary)
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 
 
@@ -53,6 +56,19 @@ def kind_of(path: Path) -> str:
     if path.name.lower() in _CODE_NAMES:
         return "code"
     return _KINDS.get(path.suffix.lower().lstrip("."), "text")
+
+
+def _is_pdf(path: Path, head: bytes) -> bool:
+    return kind_of(path) == "pdf" or head.startswith(_PDF_MAGIC)
+
+
+def is_binary(path: Path, head: bytes) -> bool:
+    """Whether a file starting with `head` holds no text qrag can read: a NUL byte in its
+    first SNIFF_BYTES, unless it is a PDF (binary, but with a text layer) or BOM-marked
+    UTF-16/32 text. The one test: discover() skips such files without reading them whole;
+    read_document() refuses them, for paths that did not come through discover()."""
+    return b"\0" in head[:SNIFF_BYTES] and not (_is_pdf(path, head)
+                                                or head.startswith(_TEXT_BOMS))
 
 
 def read_document(path: Path) -> Document:
@@ -67,12 +83,12 @@ def read_document(path: Path) -> Document:
         raise ReadError(f"{path}: {e.strerror or e}") from e
     if not data:
         return Document("", kind, ())
-    if kind == "pdf" or data.startswith(b"%PDF-"):
+    if _is_pdf(path, data):
         return _read_pdf(path, data)
-    if kind == "html":
+    if kind == "html":  # read as its visible text, whatever bytes hide in its markup
         text = _normalise_newlines(_decode_html(data))
         return _html_document(path, text)
-    if b"\0" in data[:8192] and not data.startswith(_TEXT_BOMS):
+    if is_binary(path, data):
         raise ReadError(f"{path}: binary file")
     text = _normalise_newlines(decode_bytes(data))
     return Document(text, kind, _line_starts(text))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qrag_cli import qvalue, render
+from qrag_cli.datasets import Example
 from qrag_cli.lexical import MemoryLexicon
 from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import Action, Candidates
@@ -75,6 +76,26 @@ class MemoryCandidates:
 
     def rows(self, ids) -> list[MemoryChunk]:
         return [MemoryChunk(id=int(i), ordinal=int(i), text=self.texts[i]) for i in ids]
+
+
+def example_sources(model: QModel, examples: Sequence[Example],
+                    cache: dict[str, np.ndarray] | None = None) -> list[MemoryCandidates]:
+    """Each example's own chunks, embedded with E_a in one batch (as `qrag index` would).
+
+    `cache` maps chunk text to its vector, for an E_a that does not change (filled here)."""
+    texts = [c for ex in examples for c in ex.chunks]
+    if cache is None:
+        vectors = model.embed_chunks(texts)
+    else:
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            cache.update(zip(missing, model.embed_chunks(missing), strict=True))
+        vectors = np.stack([cache[t] for t in texts])
+    sources, offset = [], 0
+    for ex in examples:
+        sources.append(MemoryCandidates(ex.chunks, vectors[offset:offset + len(ex.chunks)]))
+        offset += len(ex.chunks)
+    return sources
 
 
 class IndexCandidates:

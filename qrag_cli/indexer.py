@@ -16,7 +16,15 @@ from qrag_cli.model import BASE_NAME, is_base_name
 from qrag_cli.qnet import QModel
 from qrag_cli.secretscan import RULES_VERSION, find_secret
 from qrag_cli.store import IndexManifest, IndexWriter, stored_settings
-from qrag_cli.types import Chunk, QragError, ReadError, UsageError
+from qrag_cli.types import (
+    Chunk,
+    OnProblem,
+    Problem,
+    QragError,
+    ReadError,
+    UsageError,
+    ignore_problem,
+)
 
 # meta key: the secretscan rules every indexed file was checked under ("off": some files
 # went in with --include-secrets).
@@ -133,7 +141,7 @@ def build_index(
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     model_spec: str | None = None,
     include_secrets: bool = False,
-    on_problem: Callable[[str, str], None] = lambda path, why: None,
+    on_problem: OnProblem = ignore_problem,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> IndexSummary:
     """Bring the index at `index_dir` up to date with `roots`.
@@ -166,7 +174,7 @@ def build_index(
             else:
                 summary.skipped += 1
             summary.problems.append({"path": path, "reason": why})
-            on_problem(path, why if shown is None else shown)
+            on_problem(Problem(path, why if shown is None else shown))
 
         for path, why in bad_roots:
             report(path, why)
@@ -192,7 +200,7 @@ def build_index(
             roots = all_roots
         found = discover(roots, max_file_size=max_file_size, include_secrets=include_secrets)
         for skip in found.skipped:
-            report(skip.path, skip.reason)
+            report(skip.where, skip.why)
 
         scan_secrets = not include_secrets
         # Kept files were checked under the rules of the run that indexed them. When those

@@ -152,7 +152,7 @@ class Service:
         finally:
             if index_dir in self.askers:
                 self.askers[index_dir].release()
-        out = result.to_json(absolute=True)
+        out = render.ask_json(result, absolute=True)
         out["stop_reason"] = render.stop_reason(result.episode)
         out["timings_ms"] = {k: v for k, v in out["timings_ms"].items() if k not in LOAD_TIMINGS}
         return out

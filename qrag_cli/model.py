@@ -53,6 +53,7 @@ from torch import nn
 
 from qrag_cli.bert import Bert
 from qrag_cli.config import env_value
+from qrag_cli.files import atomic_write, fsync_folder, sync_tree
 from qrag_cli.qnet import Encoder, HFBackbone, QModel, TextTokenizer
 from qrag_cli.types import ModelError
 
@@ -400,6 +401,7 @@ def save_model(model: QModel, folder: Path, compact: bool = False) -> None:
                                       _embedding_settings(cfg) + (cfg.delta_base or ""),
                                       full=True)
     (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
+    sync_tree(tmp)  # durable before the rename that publishes it (see files.py)
     if folder.exists():
         for extra in folder.iterdir():  # keep what others keep here (training log, card)
             if not (tmp / extra.name).exists():
@@ -410,6 +412,7 @@ def save_model(model: QModel, folder: Path, compact: bool = False) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(folder)
+    fsync_folder(folder.parent)
     model.cfg = cfg
     model.folder = folder
 
@@ -460,9 +463,7 @@ def write_model_card(out: Path, info: dict) -> None:
     lines += ["Held-out benchmark tables (BM25, dense, untrained, this model with and without "
               "its lexical terms): `BENCHMARKS.md` in the qrag repository; reproduce with "
               "`qrag bench --profile quick --model MODEL_DIR --lexical both`.", ""]
-    tmp = out / ".MODEL_CARD.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out / "MODEL_CARD.md")
+    atomic_write(out / "MODEL_CARD.md", "\n".join(lines))
 
 
 

@@ -25,8 +25,9 @@ from torch import nn
 from qrag_cli import qvalue
 from qrag_cli.config import TrainConfig
 from qrag_cli.datasets import Example, data_hash, load_examples, split
-from qrag_cli.episode import StopRule, boltzmann, run_episodes
-from qrag_cli.evaluate import calibrate_threshold, example_sources, run_examples, score
+from qrag_cli.episode import StopRule, boltzmann, example_sources, run_episodes
+from qrag_cli.evaluate import calibrate_threshold, run_examples, score
+from qrag_cli.files import atomic_output, atomic_write
 from qrag_cli.model import (
     BASE_NAME,
     from_base,
@@ -325,14 +326,11 @@ def save_checkpoint(folder: Path, model: QModel, target_state: nn.Module,
     for idx, state in opt_state["state"].items():
         for key, value in state.items():
             tensors[f"opt.{idx}.{key}"] = torch.as_tensor(value).contiguous()
-    tmp = folder / ".train_state.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / "train_state.safetensors")
+    with atomic_output(folder / "train_state.safetensors") as tmp:
+        save_file(tensors, str(tmp))
     meta = {"update": update, "best": best, "rng": rng.bit_generator.state, **(run_info or {}),
             "param_groups": opt_state["param_groups"], "config": asdict(cfg)}
-    tmp = folder / ".train_state.json.tmp"
-    tmp.write_text(json.dumps(meta))
-    tmp.replace(folder / "train_state.json")
+    atomic_write(folder / "train_state.json", json.dumps(meta))
 
 
 def load_checkpoint(folder: Path) -> tuple[QModel, dict, dict[str, torch.Tensor]]:
@@ -388,7 +386,7 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         cfg = TrainConfig(**{**saved, "updates": max(cfg.updates, meta["update"])})
     seed_everything(cfg.seed)
     data = load_examples(Path(cfg.data), cfg.skip_bad,
-                         on_bad=lambda msg: log({"event": "skip", "message": msg}))
+                         on_problem=lambda p: log({"event": "skip", "message": str(p)}))
     if isinstance(cfg.eval, str):  # a checkpoint written before --eval took several files
         cfg.eval = [cfg.eval]
     if cfg.eval:

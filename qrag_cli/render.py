@@ -8,11 +8,9 @@ str as plain text (no markup, no emoji codes); styles come only from Text/style 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console, ConsoleOptions, RenderableType, RenderHook, RenderResult
 from rich.segment import Segment
@@ -20,7 +18,11 @@ from rich.table import Table
 from rich.text import Text
 
 from qrag_cli.config import env_value
-from qrag_cli.types import Episode, Evidence
+from qrag_cli.files import display_path
+from qrag_cli.types import Episode, Evidence, Problem
+
+if TYPE_CHECKING:
+    from qrag_cli.asking import AskResult
 
 # C0 controls (but TAB and LF, decided by the layout), DEL and C1 (0x9b is a one-byte CSI
 # on some terminals), bidi embeddings/overrides/isolates (text that reads other than it
@@ -103,6 +105,11 @@ def log(message: str, label: str = "", label_style: str = "", style: str = "") -
     err.print(line)
 
 
+def problem(found: Problem | str) -> None:
+    """Something left out and carried on past (a file, a data line): one `skip` line."""
+    log(str(found), label="skip", label_style="yellow")
+
+
 class TerminalStream:
     """Writes streamed text (LLM tokens, a library's prints) cleaned piece by piece. Pieces
     are str, so a multi-byte character is never split; a CR is held back until the next
@@ -133,14 +140,6 @@ class TerminalStream:
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding: the real stream's
         return getattr(self.stream, name)
-
-
-def display_path(path: str) -> str:
-    """Relative to the working directory when under it (clickable, short), else as stored."""
-    try:
-        return os.path.relpath(path) if Path(path).is_relative_to(Path.cwd()) else path
-    except ValueError:
-        return path
 
 
 def location(ev: Evidence) -> str:
@@ -198,3 +197,51 @@ def stop_reason(episode: Episode) -> str:
     return {"threshold": "stopped: best Q fell below the model's stop threshold",
             "budget": "stopped: step budget reached",
             "exhausted": "stopped: no chunks left"}[episode.stop]
+
+
+# ---- `qrag ask` / the mcp `ask` tool ------------------------------------------------------
+def ask_json(result: AskResult, explain: bool = False, absolute: bool = False) -> dict:
+    """`absolute`: paths as stored, for a client whose working directory is not ours."""
+    obj = {
+        "question": result.question, "model": result.model, "index": result.index,
+        "evidence": [evidence_json(ev, explain, absolute) for ev in result.episode.evidence],
+        "stop": result.episode.stop, "answer": None,
+        "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
+    }
+    if result.answer is not None:
+        ans = result.answer
+        stored = {ev.chunk_id: ev.path for ev in result.episode.evidence}
+        obj["answer"] = ans.text.strip()
+        obj["citations"] = [
+            {"n": n, "chunk_id": ans.used[n - 1].chunk_id,
+             # The LLM saw short paths (see Asker.ask); scripts get what the evidence shows.
+             "path": (stored[ans.used[n - 1].chunk_id] if absolute
+                      else ans.used[n - 1].path),
+             "start_line": ans.used[n - 1].start_line,
+             "end_line": ans.used[n - 1].end_line} for n in ans.citations]
+        obj["trimmed"] = [ev.chunk_id for ev in ans.trimmed]
+    return obj
+
+
+def print_ask(result: AskResult, show_text: bool, explain: bool, streamed: bool) -> None:
+    """For people: the answer and its sources (the answer itself already `streamed` to
+    stdout, or not), else the evidence table; notes on stderr."""
+    if result.answer is not None:
+        ans = result.answer
+        if not streamed:
+            out.print(plain(ans.text.strip(), multiline=True))
+        else:
+            out.print()
+        out.print()
+        for n, ev in enumerate(ans.used, start=1):
+            mark = "*" if n in ans.citations else " "
+            out.print(plain(f"{mark}[{n}] {location(ev)}"))
+        if ans.trimmed:
+            log(f"note: {len(ans.trimmed)} evidence chunk(s) did not fit "
+                f"--n-ctx and were left out of the prompt")
+        return
+    alt_rows = {i: (f"{display_path(r.path)}:{r.start_line}-{r.end_line}", r.text)
+                for i, r in result.alternatives.items()}
+    out.print(episode_table(result.episode, show_text, explain, alt_rows))
+    log(f"{stop_reason(result.episode)}; "
+        f"{result.timings_ms.get('retrieval_ms', 0):.0f} ms", style="dim")

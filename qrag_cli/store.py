@@ -43,6 +43,7 @@ import numpy as np
 
 from qrag_cli import lexical
 from qrag_cli.config import private_umask
+from qrag_cli.files import atomic_output, atomic_write
 from qrag_cli.types import Chunk, CorruptIndexError, NoIndexError, QragError
 
 FORMAT_VERSION = 1
@@ -197,20 +198,6 @@ def _read_pointer(path: Path) -> str | None:
         return path.read_text().strip() or None
     except FileNotFoundError:
         return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _meta(conn: sqlite3.Connection) -> dict[str, str]:
@@ -651,7 +638,7 @@ class IndexWriter:
         self._open(index_dir / name, fresh=True)
         # A first index goes live at once (each commit is then usable and a killed run
         # resumes); a rebuild stays beside the live index until `finish()` swaps it in.
-        _write_atomic(index_dir / ("BUILDING" if current else "CURRENT"), name.encode())
+        atomic_write(index_dir / ("BUILDING" if current else "CURRENT"), name.encode())
 
     # -- setup --
     def _mismatch(self, folder: Path) -> str | None:
@@ -918,11 +905,8 @@ class IndexWriter:
         gen = self.generation + 1 if self._graph_dirty else self.generation
         if self._graph_dirty:
             final = self.folder / f"hnsw-{gen}.bin"
-            tmp = self.folder / f".hnsw-{gen}.bin.tmp"
-            self.hnsw.save_index(str(tmp))
-            with tmp.open("rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            with atomic_output(final) as tmp:
+                self.hnsw.save_index(str(tmp))
             meta = [("generation", str(gen)), (VECTORS_CRC, str(crc)),
                     (GRAPH_CRC, str(_crc32(final, final.stat().st_size)))]
             # Corpus order: path, then chunk position in the file.
@@ -958,7 +942,7 @@ class IndexWriter:
         self.conn.close()
         current = _read_pointer(self.index_dir / "CURRENT")
         if current != self.folder.name:
-            _write_atomic(self.index_dir / "CURRENT", self.folder.name.encode())
+            atomic_write(self.index_dir / "CURRENT", self.folder.name.encode())
             with contextlib.suppress(FileNotFoundError):
                 (self.index_dir / "BUILDING").unlink()
             if current:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -47,6 +48,26 @@ class LLMError(QragError):
 
 class ConfigError(QragError):
     """config.toml or a qrag environment variable holds a bad value."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something left out and carried on past: a file not indexed, a data line or question
+    skipped. The one way every layer reports one (never dropped silently); the CLI shows
+    `str(problem)`, one line."""
+
+    where: str  # a path as shown to the user, or path:line
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.why}"
+
+
+OnProblem = Callable[[Problem], None]
+
+
+def ignore_problem(problem: Problem) -> None:
+    """The default OnProblem of a library call whose caller did not ask to hear."""
 
 
 @dataclass(frozen=True)

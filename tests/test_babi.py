@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_qrag
 
+from qrag_cli import datasets
 from qrag_cli.bench import longctx
 from qrag_cli.chunk import count_tokens
 from qrag_cli.datasets import from_babi, load_examples, read_babi
-from qrag_cli.types import DataError, UsageError
+from qrag_cli.types import DataError, Problem, UsageError
 
 BABI = REPO.parent / "shared" / "data" / "babi"
 QA2_TEST = BABI / "qa2_two-supporting-facts_test.txt"
@@ -52,8 +53,8 @@ def test_read_babi_restarts_stories_and_maps_support_lines(tmp_path: Path) -> No
 def test_convert_babi_points_at_the_supporting_sentences(tmp_path: Path) -> None:
     src = tmp_path / "small.txt"
     src.write_text(SMALL)
-    skipped: list[str] = []
-    examples = list(from_babi(src, on_skip=skipped.append))
+    skipped: list[Problem] = []
+    examples = list(from_babi(src, on_problem=skipped.append))
     assert not skipped and len(examples) == 3
     assert examples == list(from_babi(src))  # seeded by the question: deterministic
     for ex, q in zip(examples, read_babi(src), strict=True):
@@ -175,7 +176,7 @@ def test_training_examples_of_real_tasks_come_from_the_train_files(
 
 def test_real_tasks_name_the_missing_file(monkeypatch: pytest.MonkeyPatch,
                                           tmp_path: Path) -> None:
-    monkeypatch.setattr(longctx, "SHARED_DATA", tmp_path)
+    monkeypatch.setattr(datasets, "SHARED_DATA", tmp_path)
     with pytest.raises(UsageError, match=r"qa3_three-supporting-facts_test\.txt.*missing"):
         longctx.make_eval("qa3", 1024, 2, seed=0)
     with pytest.raises(UsageError, match=r"qa1_single-supporting-fact_train\.txt"):

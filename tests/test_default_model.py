@@ -81,8 +81,7 @@ def test_shipped_default_beats_the_base_on_held_out_questions(shared_data: Path)
     fresh bAbI-style stories among same-shaped distractor stories (a seed training never
     used): the shipped model finds all gold facts more often than the untrained base."""
     from qrag_cli.bench.longctx import training_examples
-    from qrag_cli.bench.suite import real_examples
-    from qrag_cli.datasets import split
+    from qrag_cli.datasets import real_examples, split
     from qrag_cli.evaluate import run_examples, score
 
     real = real_examples()

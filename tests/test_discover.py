@@ -26,7 +26,7 @@ def found(d: Discovery) -> list[str]:
 
 
 def reasons(d: Discovery) -> dict[str, str]:
-    return {s.path: s.reason for s in d.skipped}
+    return {s.where: s.why for s in d.skipped}
 
 
 @pytest.fixture

@@ -283,7 +283,7 @@ def test_index_built_under_older_rules_is_rechecked(tmp_path: Path, base_model) 
     conn.close()
     problems: list[tuple[str, str]] = []
     summary = build_index([], index_dir, base_model, ChunkConfig(),
-                          on_problem=lambda path, why: problems.append((path, why)))
+                          on_problem=lambda p: problems.append((p.where, p.why)))
     assert (summary.removed, summary.unchanged, summary.chunks_embedded) == (1, 1, 0)
     assert [Path(p).name for p, _ in problems] == ["pgp.txt"]
     assert set(indexed("default")) == {"a.md"}

@@ -42,7 +42,7 @@ def test_bad_lines_are_named_and_refused_or_skipped(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data.jsonl:3: support index 3"):
         load_examples(path)
     skipped: list[str] = []
-    examples = load_examples(path, skip_bad=True, on_bad=skipped.append)
+    examples = load_examples(path, skip_bad=True, on_problem=lambda p: skipped.append(str(p)))
     assert len(examples) == 6 and len(skipped) == 2 and ":5:" in skipped[1]
     proc = run_qrag("train", str(path), "--out", str(tmp_path / "m"), "--updates", "1")
     assert proc.returncode != 0 and "data.jsonl:3" in proc.stderr and "--skip-bad" in proc.stderr
@@ -95,8 +95,8 @@ def test_training_learns_what_single_step_cannot(tmp_path: Path) -> None:
     """The learning proof: on the two-hop task the container fact is findable only through
     the first fact, so single-step top-2 and the untrained episode both fail; a short CPU
     run of the RL trainer on a 2-layer encoder must lift held-out fact EM to >= 0.9."""
-    from qrag_cli.episode import StopRule, run_episodes
-    from qrag_cli.evaluate import example_sources, fact_scores
+    from qrag_cli.episode import StopRule, example_sources, run_episodes
+    from qrag_cli.evaluate import fact_scores
     from qrag_cli.model import from_base
 
     train, held_out = two_hop_task(3000, seed=0), two_hop_task(60, seed=1)

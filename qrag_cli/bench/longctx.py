@@ -25,15 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qrag_cli.chunk import count_tokens
-from qrag_cli.datasets import BabiQuestion, Example, read_babi, training_chunks
+from qrag_cli.datasets import (
+    BABI_FILES,
+    BabiQuestion,
+    Example,
+    babi_path,
+    read_babi,
+    training_chunks,
+)
 from qrag_cli.discover import discover
 from qrag_cli.documents import read_document
 from qrag_cli.secretscan import find_secret
 from qrag_cli.types import ReadError, UsageError
-
-# The shared real data beside the repository (../shared/data). Defined here rather than
-# in suite.py, which imports this module, because the real bAbI tasks read it.
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt",
          "qa1", "qa2", "qa3", "qa1_gen", "qa2_gen", "qa3_gen")
@@ -224,8 +227,6 @@ def qa3(rng: random.Random, names: Names) -> Story:
 
 
 # ---- real bAbI stories -------------------------------------------------------------------
-BABI_FILES = {"qa1": "qa1_single-supporting-fact", "qa2": "qa2_two-supporting-facts",
-              "qa3": "qa3_three-supporting-facts"}
 # Every real bAbI story reuses these four people and three objects (qa1-qa3).
 BABI_PEOPLE = ("Mary", "John", "Sandra", "Daniel")
 BABI_OBJECTS = ("football", "apple", "milk")
@@ -237,11 +238,6 @@ _BABI_ENTITY = re.compile(r"\b(" + "|".join((*BABI_PEOPLE, *BABI_OBJECTS)) + r")
 # into a "4K" one. With the distinct-sentence rule it leaves 966 qa1, 448 qa2 and 72 qa3
 # test questions (940, 420 and 97 train questions).
 BABI_MAX_SENTENCES = 15
-
-
-def babi_path(task: str, split: str) -> Path:
-    """The real bAbI file of `task` ("qa1".."qa3"), split "train" or "test"."""
-    return SHARED_DATA / "babi" / f"{BABI_FILES[task]}_{split}.txt"
 
 
 def babi_questions(task: str, split: str) -> tuple[BabiQuestion, ...]:

@@ -24,8 +24,9 @@ import numpy as np
 
 from qrag_cli.bench import longctx
 from qrag_cli.config import ChunkConfig
-from qrag_cli.datasets import Example, write_examples
+from qrag_cli.datasets import real_examples, write_examples
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
+from qrag_cli.files import atomic_output, atomic_write
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model
 from qrag_cli.qnet import QModel
@@ -33,7 +34,6 @@ from qrag_cli.qvalue import without_lexical
 from qrag_cli.store import open_snapshot
 from qrag_cli.types import UsageError
 
-SHARED_DATA = longctx.SHARED_DATA  # ../shared/data; defined where bAbI tasks read it
 K = 1024
 
 
@@ -158,17 +158,6 @@ class Indexes:
         return index_dir, summary.chunks_total
 
 
-def real_examples() -> list[Example] | None:
-    """The shared HotpotQA + MuSiQue samples (None when ../shared/data is absent). The
-    bench holds out `split(real_examples(), 0.5, seed)[1]`; training may use the rest."""
-    from qrag_cli.datasets import from_hotpotqa, from_musique
-
-    hot, mus = SHARED_DATA / "hotpotqa_train_200.json", SHARED_DATA / "musique_train_100.jsonl"
-    if not (hot.is_file() and mus.is_file()):
-        return None
-    return list(from_hotpotqa(hot)) + list(from_musique(mus))
-
-
 def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx.Story]] | None:
     """HotpotQA + MuSiQue samples: every paragraph in one corpus; held-out questions."""
     from qrag_cli.datasets import split
@@ -270,8 +259,8 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
         result["scale"] = curve
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    (out / "results.md").write_text(markdown(result))
+    atomic_write(out / "results.json", json.dumps(result, indent=2))
+    atomic_write(out / "results.md", markdown(result))
     plots(result, out)
     return result
 
@@ -338,7 +327,8 @@ def plots(result: dict, out: Path) -> None:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "accuracy_vs_length.png", dpi=110)
+        with atomic_output(out / "accuracy_vs_length.png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
     if result.get("scale") or result.get("speed"):
         pts = sorted([result["speed"]["ask"], *result.get("scale", [])],
@@ -353,5 +343,6 @@ def plots(result: dict, out: Path) -> None:
         ax.set_ylabel("ms")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "latency_vs_size.png", dpi=110)
+        with atomic_output(out / "latency_vs_size.png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
