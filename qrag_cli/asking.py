@@ -55,9 +55,13 @@ class Asker:
     """
 
     def __init__(self, index_dir: Path, model_spec: str | None, opts: AskOptions,
-                 model: QModel | None = None) -> None:
+                 model: QModel | None = None,
+                 notify: Callable[[str], None] | None = None) -> None:
+        """`notify`: told of what the user should know but that is not a result (a search
+        that fell back to exact); the CLI passes its stderr log."""
         t0 = time.perf_counter()
         self.opts = opts
+        self.notify = notify
         self.index_dir = index_dir
         self.model_spec = model_spec
         self.snapshot = IndexSnapshot(index_dir)  # first: "no index" fails fast
@@ -79,7 +83,7 @@ class Asker:
             self.snapshot.close()
             raise
         t2 = time.perf_counter()
-        self.candidates = IndexCandidates(self.snapshot, exact=opts.exact)
+        self.candidates = IndexCandidates(self.snapshot, exact=opts.exact, notify=notify)
         self.llm: Reader | None = None
         self.load_ms = {"open_index_ms": (t1 - t0) * 1000, "load_model_ms": (t2 - t1) * 1000}
         if opts.answer:
@@ -110,7 +114,7 @@ class Asker:
             raise
         self.snapshot.close()
         self.snapshot = fresh
-        self.candidates = IndexCandidates(fresh, exact=self.opts.exact)
+        self.candidates = IndexCandidates(fresh, exact=self.opts.exact, notify=self.notify)
 
     def release(self) -> None:
         """Let go of the index snapshot until the next `refresh` (idle between questions)."""

@@ -567,7 +567,7 @@ def ask(
                       lexical=_lexical_on(lexical), explain=explain, answer=answer,
                       reader=reader)
     items = load_questions(questions) if questions else [{"question": question}]
-    with Asker(resolve_index(index), model, opts) as asker:
+    with Asker(resolve_index(index), model, opts, notify=render.log) as asker:
         for number, item in enumerate(items, start=1):
             n_tokens, cap = asker.question_tokens(item["question"]), asker.model.cfg.question_cap
             if n_tokens > cap:

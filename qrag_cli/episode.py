@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qrag_cli import qvalue, render
+from qrag_cli import qvalue
 from qrag_cli.datasets import Example
 from qrag_cli.lexical import MemoryLexicon
 from qrag_cli.qnet import QModel
@@ -103,11 +103,13 @@ class IndexCandidates:
     chunk, `exact`).
 
     A failed HNSW search falls back to every chunk for as long as this object lives (one
-    snapshot): `notify` says so once, on stderr by default. The next snapshot (a new
+    snapshot): `notify` (the CLI passes its stderr log) is told once, and `fallback` keeps
+    why. Library code never prints, so without `notify` only `fallback` says so. The next
+    snapshot (a new
     `qrag ask`, or `qrag mcp` after the index changed) tries the graph again."""
 
     def __init__(self, snapshot: IndexSnapshot, exact: bool = False, pool: int = qvalue.POOL,
-                 ef: int = 256, notify: Callable[[str], None] = render.log) -> None:
+                 ef: int = 256, notify: Callable[[str], None] | None = None) -> None:
         self.snapshot = snapshot
         self.exact = exact  # asked for (--exact): every chunk is a candidate
         self.fallback: str | None = None  # why the HNSW graph was given up, if it was
@@ -160,10 +162,11 @@ class IndexCandidates:
                 # (slower); the graph is not asked again while this snapshot lives.
                 self.fallback = str(exc)
                 where = self.snapshot.index_dir
-                self._notify(f"note: HNSW search failed on index {where} ({exc}); searching "
-                             "every chunk exactly instead (slower, same results) until the "
-                             f"index is opened again; if this repeats, `qrag index --index "
-                             f"{where}` repairs a damaged graph")
+                if self._notify is not None:
+                    self._notify(f"note: HNSW search failed on index {where} ({exc}); searching "
+                                 "every chunk exactly instead (slower, same results) until "
+                                 "the index is opened again; if this repeats, `qrag index "
+                                 f"--index {where}` repairs a damaged graph")
         if self._live is None:
             self._live = self.snapshot.live_ids()
         ids = self._live

@@ -130,7 +130,8 @@ class Service:
     def _asker(self, index_dir: Path) -> Asker:
         asker = self.askers.get(index_dir)
         if asker is None:
-            asker = Asker(index_dir, self.model_spec, AskOptions(), model=self.model)
+            asker = Asker(index_dir, self.model_spec, AskOptions(), model=self.model,
+                          notify=render.log)
             self.askers[index_dir] = asker
         return asker
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import run_qrag
 
+from qrag_cli import render
 from qrag_cli.config import resolve_index
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.store import IndexSnapshot, open_snapshot
@@ -165,7 +166,7 @@ def test_failed_graph_search_says_so_and_the_next_snapshot_uses_the_repaired_gra
 
     # A long-lived snapshot (`qrag mcp`): one notice, then exact search while it lives.
     first = IndexSnapshot(index_dir)
-    source = IndexCandidates(first)
+    source = IndexCandidates(first, notify=render.log)
     for _ in range(2):
         episode = run_episodes(base_model, [QUESTION], [source], StopRule(3))[0]
         assert [ev.chunk_id for ev in episode.evidence] == exact_ids
@@ -179,7 +180,7 @@ def test_failed_graph_search_says_so_and_the_next_snapshot_uses_the_repaired_gra
     assert not first.renew()  # another state was committed: open a new snapshot
     first.close()
     with open_snapshot(index_dir) as second:
-        source = IndexCandidates(second)
+        source = IndexCandidates(second, notify=render.log)
         episode = run_episodes(base_model, [QUESTION], [source], StopRule(3))[0]
         assert [ev.chunk_id for ev in episode.evidence] == exact_ids
         assert source.fallback is None and second._hnsw is not None  # the graph answered
