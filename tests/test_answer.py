@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_qrag
+from conftest import run_qrag
 from gguf_tiny import write_tiny_gguf
 
-SAMPLE = REPO / "qrag_cli" / "sample"
+# One llama.cpp thread: on a busy machine its spinning worker threads slow it many times over.
+ONE_THREAD = ("--threads", "1")
 
 
 @pytest.fixture(scope="module")
@@ -17,14 +18,9 @@ def tiny_gguf(tmp_path_factory) -> Path:
     return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
 
 
-@pytest.fixture
-def sample_index() -> None:
-    run_qrag("index", str(SAMPLE), check=True)
-
-
 def test_answer_json_with_tiny_model(sample_index, tiny_gguf: Path) -> None:
     proc = run_qrag("ask", "Where was Ada Lindqvist born?", "--answer", "--llm", str(tiny_gguf),
-                    "--max-tokens", "8", "--json", "--steps", "2", check=True)
+                    *ONE_THREAD, "--max-tokens", "8", "--json", "--steps", "2", check=True)
     out = json.loads(proc.stdout)  # llama.cpp logs must not leak into stdout
     assert isinstance(out["answer"], str) and isinstance(out["citations"], list)
     assert len(out["evidence"]) == 2 and out["trimmed"] == []
@@ -33,7 +29,7 @@ def test_answer_json_with_tiny_model(sample_index, tiny_gguf: Path) -> None:
 
 def test_answer_streams_then_lists_evidence(sample_index, tiny_gguf: Path) -> None:
     proc = run_qrag("ask", "Where was Ada Lindqvist born?", "--answer", "--llm", str(tiny_gguf),
-                    "--max-tokens", "8", "--steps", "2", check=True)
+                    *ONE_THREAD, "--max-tokens", "8", "--steps", "2", check=True)
     lines = proc.stdout.rstrip("\n").splitlines()
     assert lines[-1].lstrip(" *").startswith("[2] qrag_cli/sample/")
     assert lines[-2].lstrip(" *").startswith("[1] qrag_cli/sample/")
@@ -41,7 +37,8 @@ def test_answer_streams_then_lists_evidence(sample_index, tiny_gguf: Path) -> No
 
 def test_small_context_trims_and_says_so(sample_index, tiny_gguf: Path) -> None:
     proc = run_qrag("ask", "Where was Ada Lindqvist born?", "--answer", "--llm", str(tiny_gguf),
-                    "--max-tokens", "8", "--steps", "3", "--n-ctx", "1100", "--json", check=True)
+                    *ONE_THREAD, "--max-tokens", "8", "--steps", "3", "--n-ctx", "1100", "--json",
+                    check=True)
     out = json.loads(proc.stdout)
     assert out["trimmed"], "n_ctx 1100 cannot hold three chunks in a byte-level vocabulary"
 
@@ -66,7 +63,7 @@ def test_default_reader_is_configurable(tmp_path: Path, tiny_gguf: Path) -> None
 
 def test_smollm2_answers_from_the_evidence(sample_index) -> None:
     proc = run_qrag("ask", "In which town was Ada Lindqvist born?", "--answer", "--steps", "1",
-                    "--json", check=True)
+                    "--json", *ONE_THREAD, check=True)
     out = json.loads(proc.stdout)
     assert any("Tarsholm" in ev["text"] for ev in out["evidence"])
     assert "tarsholm" in out["answer"].lower()

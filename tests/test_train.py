@@ -119,7 +119,8 @@ def test_training_learns_what_single_step_cannot(tmp_path: Path) -> None:
                     "--alpha", "0.01", "--eval-every", "100", "--json", check=True,
                     # Only a guard against a hang: ~5 min on a quiet CPU with native bf16,
                     # ~15 on a busy one, and ~9.5 s/update (~2 h) with load 8-10 on 2 cores.
-                    timeout=3 * 3600)
+                    # A subprocess, so that the limit applies (3 s of start-up is noise here).
+                    timeout=3 * 3600, process=True)
     result = json.loads(proc.stdout)
     assert result["before"]["fact_em"] <= 0.35
     assert result["after"]["fact_em"] >= 0.9, result
