@@ -19,10 +19,12 @@ install:
 
 test:
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest -q --durations=15
 
 lint:
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo:
 	QRAG_HOME=$${QRAG_HOME:-$$(mktemp -d)} sh -c '\

@@ -54,9 +54,14 @@ class Asker:
     it is used as given, `opts.lexical` is then the caller's business.
     """
 
-    def __init__(self, index_dir: Path, model_spec: str | None, opts: AskOptions,
-                 model: QModel | None = None,
-                 notify: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        index_dir: Path,
+        model_spec: str | None,
+        opts: AskOptions,
+        model: QModel | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
         """`notify`: told of what the user should know but that is not a result (a search
         that fell back to exact); the CLI passes its stderr log."""
         t0 = time.perf_counter()
@@ -67,14 +72,17 @@ class Asker:
         self.snapshot = IndexSnapshot(index_dir)  # first: "no index" fails fast
         if self.snapshot.n_chunks == 0:
             self.snapshot.close()
-            raise NoIndexError(f"index {index_dir} is empty (no text was found to index); "
-                               f"index files with text: `qrag index PATH --index {index_dir}`")
+            raise NoIndexError(
+                f"index {index_dir} is empty (no text was found to index); "
+                f"index files with text: `qrag index PATH --index {index_dir}`"
+            )
         t1 = time.perf_counter()
         try:
             if model is None:
                 # No --model: the model the index was built with.
-                model = load_model(model_spec if model_spec is not None
-                                   else self.snapshot.manifest.model_spec)
+                model = load_model(
+                    model_spec if model_spec is not None else self.snapshot.manifest.model_spec
+                )
                 if not opts.lexical:
                     without_lexical(model)
             self.model: QModel = model
@@ -98,7 +106,8 @@ class Asker:
                 f"index {self.index_dir} was built with model {manifest.model_name!r} but "
                 f"{self.model.cfg.name!r} was asked for; re-index with "
                 f"`qrag index --index {self.index_dir} --model {self.model_spec or 'default'}` "
-                f"or pass the index's model with --model")
+                f"or pass the index's model with --model"
+            )
 
     def refresh(self) -> None:
         """Move to the latest committed index state (a long-lived Asker calls this before
@@ -131,26 +140,45 @@ class Asker:
         `model.cfg.question_cap` of them (the reader LLM, with --answer, sees it all)."""
         return len(self.model.tokenizer.ids([question])[0])
 
-    def ask(self, question: str, on_token: Callable[[str], None] | None = None,
-            llm: Reader | None = None, steps: int | None = None) -> AskResult:
+    def ask(
+        self,
+        question: str,
+        on_token: Callable[[str], None] | None = None,
+        llm: Reader | None = None,
+        steps: int | None = None,
+    ) -> AskResult:
         """`on_token`: called with each piece of the answer as the LLM writes it;
         `llm`: a loaded reader to answer with, instead of the one `opts.answer` loaded;
         `steps`: this question's budget, instead of `opts.steps`."""
         llm = llm if llm is not None else self.llm
-        threshold = None if self.opts.no_stop else (
-            self.opts.threshold if self.opts.threshold is not None else self.model.cfg.threshold)
+        threshold = (
+            None
+            if self.opts.no_stop
+            else (
+                self.opts.threshold if self.opts.threshold is not None else self.model.cfg.threshold
+            )
+        )
         clock: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
-            episode = run_episodes(self.model, [question], [self.candidates],
-                                   StopRule(steps or self.opts.steps, threshold), timings=clock)[0]
+            episode = run_episodes(
+                self.model,
+                [question],
+                [self.candidates],
+                StopRule(steps or self.opts.steps, threshold),
+                timings=clock,
+            )[0]
         except sqlite3.DatabaseError as exc:  # pages damaged beyond what opening it read
             raise corrupt_database(self.snapshot.index_dir, exc) from exc
-        timings = {**self.load_ms, "encode_ms": clock.get("encode_ms", 0.0),
-                   "search_ms": clock.get("search_ms", 0.0),
-                   "retrieval_ms": (time.perf_counter() - t0) * 1000}
-        result = AskResult(question, self.model.cfg.name, str(self.snapshot.index_dir),
-                           episode, timings)
+        timings = {
+            **self.load_ms,
+            "encode_ms": clock.get("encode_ms", 0.0),
+            "search_ms": clock.get("search_ms", 0.0),
+            "retrieval_ms": (time.perf_counter() - t0) * 1000,
+        }
+        result = AskResult(
+            question, self.model.cfg.name, str(self.snapshot.index_dir), episode, timings
+        )
         if self.opts.explain:
             alt_ids = sorted({c for ev in episode.evidence for c, _ in ev.alternatives})
             result.alternatives = {r.id: r for r in self.candidates.rows(alt_ids)}

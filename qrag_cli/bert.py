@@ -16,8 +16,9 @@ from torch.nn import functional as F
 
 
 class BertLayer(nn.Module):
-    def __init__(self, hidden: int, heads: int, ffn: int, eps: float, dropout: float,
-                 attn_dropout: float) -> None:
+    def __init__(
+        self, hidden: int, heads: int, ffn: int, eps: float, dropout: float, attn_dropout: float
+    ) -> None:
         super().__init__()
         self.heads = heads
         self.query = nn.Linear(hidden, hidden)
@@ -39,9 +40,13 @@ class BertLayer(nn.Module):
             return t.view(batch, length, self.heads, head_dim).transpose(1, 2)
 
         context = F.scaled_dot_product_attention(
-            split(self.query(x)), split(self.key(x)), split(self.value(x)), attn_mask=mask,
+            split(self.query(x)),
+            split(self.key(x)),
+            split(self.value(x)),
+            attn_mask=mask,
             dropout_p=self.attn_dropout if self.training else 0.0,
-            scale=1.0 / math.sqrt(head_dim))
+            scale=1.0 / math.sqrt(head_dim),
+        )
         context = context.transpose(1, 2).reshape(batch, length, hidden)
         x = self.attn_norm(x + self.dropout(self.attn_out(context)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
@@ -61,13 +66,18 @@ class Bert(nn.Module):
         self.embed_norm = nn.LayerNorm(hidden, eps=eps)
         self.dropout = nn.Dropout(config.get("hidden_dropout_prob", 0.1))
         self.layers = nn.ModuleList(
-            BertLayer(hidden, config["num_attention_heads"], config["intermediate_size"], eps,
-                      config.get("hidden_dropout_prob", 0.1),
-                      config.get("attention_probs_dropout_prob", 0.1))
-            for _ in range(config["num_hidden_layers"]))
+            BertLayer(
+                hidden,
+                config["num_attention_heads"],
+                config["intermediate_size"],
+                eps,
+                config.get("hidden_dropout_prob", 0.1),
+                config.get("attention_probs_dropout_prob", 0.1),
+            )
+            for _ in range(config["num_hidden_layers"])
+        )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                ) -> tuple[torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor]:
         length = input_ids.shape[1]
         positions = torch.arange(length, device=input_ids.device)
         x = self.word(input_ids) + self.position(positions)[None] + self.token_type.weight[0]
@@ -90,10 +100,16 @@ class Bert(nn.Module):
         if ours in table:
             return table[ours]
         _, index, module, param = ours.split(".")
-        sub = {"query": "attention.self.query", "key": "attention.self.key",
-               "value": "attention.self.value", "attn_out": "attention.output.dense",
-               "attn_norm": "attention.output.LayerNorm", "ffn_in": "intermediate.dense",
-               "ffn_out": "output.dense", "ffn_norm": "output.LayerNorm"}[module]
+        sub = {
+            "query": "attention.self.query",
+            "key": "attention.self.key",
+            "value": "attention.self.value",
+            "attn_out": "attention.output.dense",
+            "attn_norm": "attention.output.LayerNorm",
+            "ffn_in": "intermediate.dense",
+            "ffn_out": "output.dense",
+            "ffn_norm": "output.LayerNorm",
+        }[module]
         return f"encoder.layer.{index}.{sub}.{param}"
 
     def load_hf_state(self, tensors: dict[str, torch.Tensor]) -> None:

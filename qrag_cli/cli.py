@@ -33,20 +33,35 @@ from qrag_cli.types import QragError, UsageError
 _CHUNKING, _ASK, _TRAIN = ChunkConfig(), AskOptions(), TrainConfig()
 _READER = _ASK.reader
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Multi-step Q-value retrieval (Q-RAG) over your own files.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Multi-step Q-value retrieval (Q-RAG) over your own files.",
+)
 
-IndexOpt = Annotated[str | None, typer.Option(
-    "--index", "-i", help="Index name (under $QRAG_HOME/indexes) or folder.")]
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", help="Model folder, 'base' (untrained all-MiniLM-L6-v2) or 'default'.")]
+IndexOpt = Annotated[
+    str | None,
+    typer.Option("--index", "-i", help="Index name (under $QRAG_HOME/indexes) or folder."),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="Model folder, 'base' (untrained all-MiniLM-L6-v2) or 'default'."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")]
 # main() reads --debug from argv before parsing (an error raised while parsing needs it
 # too); each command still declares the flag so that typer accepts and documents it.
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
-LexicalOpt = Annotated[str, typer.Option(
-    "--lexical", help="on: Q adds the model's learned BM25 terms (if it has them); off: the "
-    "pure dense Q (ablation).")]
+LexicalOpt = Annotated[
+    str,
+    typer.Option(
+        "--lexical",
+        help="on: Q adds the model's learned BM25 terms (if it has them); off: the "
+        "pure dense Q (ablation).",
+    ),
+]
 
 
 def _lexical_on(value: str) -> bool:
@@ -69,9 +84,15 @@ def _print_version(wanted: bool) -> None:
 
 @app.callback()
 def _top_level(
-    show_version: Annotated[bool, typer.Option(
-        "--version", is_eager=True, callback=_print_version,
-        help="Print the qrag version and exit.")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the qrag version and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Multi-step Q-value retrieval (Q-RAG) over your own files."""
 
@@ -82,26 +103,43 @@ def _progress_enabled() -> bool:
 
 @app.command()
 def index(
-    paths: Annotated[list[Path] | None, typer.Argument(
-        readable=False,  # an unreadable path is reported and skipped, not a usage error
-        help="Files or folders to index; none = refresh the folders already indexed.")] = None,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            readable=False,  # an unreadable path is reported and skipped, not a usage error
+            help="Files or folders to index; none = refresh the folders already indexed.",
+        ),
+    ] = None,
     index: IndexOpt = None,
     model: ModelOpt = None,
-    chunk_tokens: Annotated[int | None, typer.Option(
-        parser=int_range(16, 2048),
-        help="Chunk size in cl100k tokens "
-        f"[default: the index's own, else {_CHUNKING.chunk_tokens}].")] = None,
-    overlap: Annotated[int | None, typer.Option(
-        parser=int_range(0),
-        help="Tokens shared by neighbouring chunks "
-        f"[default: the index's own, else {_CHUNKING.overlap}].")
+    chunk_tokens: Annotated[
+        int | None,
+        typer.Option(
+            parser=int_range(16, 2048),
+            help="Chunk size in cl100k tokens "
+            f"[default: the index's own, else {_CHUNKING.chunk_tokens}].",
+        ),
     ] = None,
-    max_file_size: Annotated[int | None, typer.Option(
-        parser=size,
-        help="Skip larger files (e.g. 10MB) "
-        f"[default: the index's own, else {DEFAULT_MAX_FILE_SIZE >> 20}MB].")] = None,
-    include_secrets: Annotated[bool, typer.Option(
-        help="Also index files holding keys, tokens or passwords (never by default).")] = False,
+    overlap: Annotated[
+        int | None,
+        typer.Option(
+            parser=int_range(0),
+            help="Tokens shared by neighbouring chunks "
+            f"[default: the index's own, else {_CHUNKING.overlap}].",
+        ),
+    ] = None,
+    max_file_size: Annotated[
+        int | None,
+        typer.Option(
+            parser=size,
+            help="Skip larger files (e.g. 10MB) "
+            f"[default: the index's own, else {DEFAULT_MAX_FILE_SIZE >> 20}MB].",
+        ),
+    ] = None,
+    include_secrets: Annotated[
+        bool,
+        typer.Option(help="Also index files holding keys, tokens or passwords (never by default)."),
+    ] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -121,9 +159,10 @@ def index(
     except ModelError as exc:
         if model is not None or not index_dir.exists():  # --model given, or a new index
             raise
-        raise ModelError(f"index {index_dir} was built with --model {settings.model}, which "
-                         f"cannot be loaded ({exc}); give --model to rebuild it with another"
-                         ) from exc
+        raise ModelError(
+            f"index {index_dir} was built with --model {settings.model}, which "
+            f"cannot be loaded ({exc}); give --model to rebuild it with another"
+        ) from exc
     chunk_cfg = settings.chunking
 
     if _progress_enabled():
@@ -136,20 +175,37 @@ def index(
         )
 
         # markup=False: the consoles read no markup, and a description is never parsed as any.
-        with Progress(TextColumn("{task.description}", style="progress.description",
-                                 markup=False), BarColumn(),
-                      MofNCompleteColumn(), TimeRemainingColumn(), console=render.err,
-                      transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}", style="progress.description", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=render.err,
+            transient=True,
+        ) as bar:
             task = bar.add_task("indexing", total=None)
             summary = build_index(
-                paths or [], index_dir, qmodel, chunk_cfg,
-                max_file_size=settings.max_file_size, model_spec=settings.model,
-                include_secrets=include_secrets, on_problem=render.problem,
-                on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+                paths or [],
+                index_dir,
+                qmodel,
+                chunk_cfg,
+                max_file_size=settings.max_file_size,
+                model_spec=settings.model,
+                include_secrets=include_secrets,
+                on_problem=render.problem,
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
     else:
-        summary = build_index(paths or [], index_dir, qmodel, chunk_cfg,
-                              max_file_size=settings.max_file_size, model_spec=settings.model,
-                              include_secrets=include_secrets, on_problem=render.problem)
+        summary = build_index(
+            paths or [],
+            index_dir,
+            qmodel,
+            chunk_cfg,
+            max_file_size=settings.max_file_size,
+            model_spec=settings.model,
+            include_secrets=include_secrets,
+            on_problem=render.problem,
+        )
     for repair in summary.repaired:
         render.log(f"repaired: {repair}")
     if summary.rebuild:
@@ -163,14 +219,18 @@ def index(
         f"{summary.unchanged} unchanged, {summary.failed} failed, {summary.skipped} skipped; "
         f"{summary.chunks_embedded} chunks embedded ({rate:,.0f} tokens/s) in "
         f"{summary.seconds:.1f}s; index {index_dir}: {summary.files_total} files, "
-        f"{summary.chunks_total} chunks")
+        f"{summary.chunks_total} chunks"
+    )
 
 
 @app.command()
 def status(
     index: IndexOpt = None,
-    check: Annotated[bool, typer.Option(
-        "--check", help="Verify every index file (read-only); exit 1 if any is damaged.")
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Verify every index file (read-only); exit 1 if any is damaged."
+        ),
     ] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -212,10 +272,16 @@ def _print_status(rows: list[dict], check: bool) -> None:
         if row["broken"]:
             table.add_row(render.plain(row["index"]), "", "", "", "", "", "", render.plain(state))
             continue
-        table.add_row(render.plain(row["index"]), str(row["files"]), str(row["chunks"]),
-                      f"{row['tokens']:,}", render.plain(str(row["model"])),
-                      f"{row['bytes_on_disk'] / 1e6:.1f} MB", render.plain(str(row["updated"])),
-                      render.plain(state))
+        table.add_row(
+            render.plain(row["index"]),
+            str(row["files"]),
+            str(row["chunks"]),
+            f"{row['tokens']:,}",
+            render.plain(str(row["model"])),
+            f"{row['bytes_on_disk'] / 1e6:.1f} MB",
+            render.plain(str(row["updated"])),
+            render.plain(state),
+        )
     render.out.print(table)
 
 
@@ -239,8 +305,9 @@ def config_cmd(
         render.log(f"default reader set to {path} (in {written})")
     settings = effective_settings()
     if as_json:
-        render.print_json({**{s.name: s.value for s in settings},
-                           "sources": {s.name: s.source for s in settings}})
+        render.print_json(
+            {**{s.name: s.value for s in settings}, "sources": {s.name: s.source for s in settings}}
+        )
         return
     from rich.table import Table
 
@@ -255,63 +322,93 @@ def config_cmd(
 
 # `qrag train DATA` trains; `qrag train eval|convert|pack ...` are its subcommands (and
 # `qrag bench` / `qrag bench data` alike): see cliparse.RunOrSubcommand.
-train_app = typer.Typer(cls=RunOrSubcommand, invoke_without_command=True,
-                        subcommand_metavar="| COMMAND [ARGS]...")
+train_app = typer.Typer(
+    cls=RunOrSubcommand, invoke_without_command=True, subcommand_metavar="| COMMAND [ARGS]..."
+)
 app.add_typer(train_app, name="train")
 
 
 @train_app.callback()
 def train_cmd(
     data: Annotated[Path | None, typer.Argument(help="Training JSONL.")] = None,
-    eval_files: Annotated[list[Path] | None, typer.Option(
-        "--eval", help="Held-out JSONL; repeat for one file per domain (selection: mean EM).")
+    eval_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--eval", help="Held-out JSONL; repeat for one file per domain (selection: mean EM)."
+        ),
     ] = None,
-    eval_split: Annotated[float, typer.Option(
-        parser=float_range(0, 1, lo_open=True, hi_open=True),
-        help="Held-out share when no --eval.")] = _TRAIN.eval_split,
+    eval_split: Annotated[
+        float,
+        typer.Option(
+            parser=float_range(0, 1, lo_open=True, hi_open=True),
+            help="Held-out share when no --eval.",
+        ),
+    ] = _TRAIN.eval_split,
     out: Annotated[Path, typer.Option(help="Model folder to write.")] = Path(_TRAIN.out),
     base: Annotated[str | None, typer.Option(help="Model to start from.")] = None,
-    layers: Annotated[int | None, typer.Option(
-        parser=int_range(1), help="Keep only N encoder layers.")] = None,
-    budget: Annotated[int, typer.Option(
-        parser=int_range(1), help="Picks per episode (T).")] = _TRAIN.budget,
-    updates: Annotated[int, typer.Option(
-        parser=int_range(1), help="Gradient updates.")] = _TRAIN.updates,
-    batch: Annotated[int, typer.Option(
-        parser=int_range(1), help="Parallel episodes per update.")] = _TRAIN.batch,
-    lr: Annotated[float, typer.Option(
-        parser=float_range(0, 1, lo_open=True), help="Peak learning rate.")] = _TRAIN.lr,
-    alpha: Annotated[float, typer.Option(
-        parser=float_range(0, lo_open=True), help="Initial temperature.")] = _TRAIN.alpha,
+    layers: Annotated[
+        int | None, typer.Option(parser=int_range(1), help="Keep only N encoder layers.")
+    ] = None,
+    budget: Annotated[
+        int, typer.Option(parser=int_range(1), help="Picks per episode (T).")
+    ] = _TRAIN.budget,
+    updates: Annotated[
+        int, typer.Option(parser=int_range(1), help="Gradient updates.")
+    ] = _TRAIN.updates,
+    batch: Annotated[
+        int, typer.Option(parser=int_range(1), help="Parallel episodes per update.")
+    ] = _TRAIN.batch,
+    lr: Annotated[
+        float, typer.Option(parser=float_range(0, 1, lo_open=True), help="Peak learning rate.")
+    ] = _TRAIN.lr,
+    alpha: Annotated[
+        float, typer.Option(parser=float_range(0, lo_open=True), help="Initial temperature.")
+    ] = _TRAIN.alpha,
     seed: Annotated[int, typer.Option(parser=SEED, help="Random seed.")] = _TRAIN.seed,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = _TRAIN.device,
     positions: Annotated[str, typer.Option(help="none|relative.")] = _TRAIN.positions,
-    eval_every: Annotated[int, typer.Option(
-        parser=int_range(1), help="Updates between evals.")] = _TRAIN.eval_every,
-    step_penalty: Annotated[bool, typer.Option(help="Penalise extra steps.")
-                            ] = _TRAIN.step_penalty,
-    bf16: Annotated[bool, typer.Option("--bf16", help="Gradient pass in bf16 autocast.")
-                    ] = _TRAIN.bf16,
-    frozen_chunks: Annotated[bool, typer.Option(
-        "--frozen-chunks", help="Train E_s only; E_a stays the base (indexes stay valid).")
+    eval_every: Annotated[
+        int, typer.Option(parser=int_range(1), help="Updates between evals.")
+    ] = _TRAIN.eval_every,
+    step_penalty: Annotated[bool, typer.Option(help="Penalise extra steps.")] = _TRAIN.step_penalty,
+    bf16: Annotated[
+        bool, typer.Option("--bf16", help="Gradient pass in bf16 autocast.")
+    ] = _TRAIN.bf16,
+    frozen_chunks: Annotated[
+        bool,
+        typer.Option(
+            "--frozen-chunks", help="Train E_s only; E_a stays the base (indexes stay valid)."
+        ),
     ] = _TRAIN.frozen_chunks,
-    lexical: Annotated[str, typer.Option(
-        help="on: learn BM25 terms of Q (start: the base model's weights or 0.1,0.1); off: "
-        "pure dense Q; or W_QUESTION,W_PICKED to start from.")] = "off",
-    only_lexical: Annotated[bool, typer.Option(
-        "--only-lexical", help="Keep the encoders; learn only the lexical weights.")
+    lexical: Annotated[
+        str,
+        typer.Option(
+            help="on: learn BM25 terms of Q (start: the base model's weights or 0.1,0.1); off: "
+            "pure dense Q; or W_QUESTION,W_PICKED to start from."
+        ),
+    ] = "off",
+    only_lexical: Annotated[
+        bool,
+        typer.Option("--only-lexical", help="Keep the encoders; learn only the lexical weights."),
     ] = not _TRAIN.train_encoder,
-    warm_start: Annotated[int, typer.Option(
-        parser=int_range(0),
-        help="First updates that imitate the oracle over all chunks (then Q-learning).")
+    warm_start: Annotated[
+        int,
+        typer.Option(
+            parser=int_range(0),
+            help="First updates that imitate the oracle over all chunks (then Q-learning).",
+        ),
     ] = _TRAIN.warm_start,
-    stop: Annotated[str, typer.Option(
-        help="apply: the calibrated Q threshold becomes the model's stop; record: kept in "
-        "its metrics only (fixed --steps budget).")] = "apply" if _TRAIN.apply_stop else "record",
-    no_target: Annotated[bool, typer.Option("--no-target", help="Ablation.")
-                         ] = not _TRAIN.target_network,
-    no_soft: Annotated[bool, typer.Option("--no-soft", help="Ablation.")
-                       ] = not _TRAIN.soft_value,
+    stop: Annotated[
+        str,
+        typer.Option(
+            help="apply: the calibrated Q threshold becomes the model's stop; record: kept in "
+            "its metrics only (fixed --steps budget)."
+        ),
+    ] = "apply" if _TRAIN.apply_stop else "record",
+    no_target: Annotated[
+        bool, typer.Option("--no-target", help="Ablation.")
+    ] = not _TRAIN.target_network,
+    no_soft: Annotated[bool, typer.Option("--no-soft", help="Ablation.")] = not _TRAIN.soft_value,
     no_twin: Annotated[bool, typer.Option("--no-twin", help="Ablation.")] = not _TRAIN.twin,
     resume: Annotated[Path | None, typer.Option(help="Continue a run (its out folder).")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Skip bad data lines.")] = _TRAIN.skip_bad,
@@ -334,19 +431,44 @@ def train_cmd(
         raise UsageError("--stop must be 'apply' or 'record'")
     lexical_init = _lexical_weights(lexical, base)
     if resume is None:  # a resumed run writes to its own folder, by design
-        check_output(out, [("DATA", data), *[("--eval", f) for f in eval_files or []],
-                           ("--base", Path(base) if base and Path(base).exists() else None)],
-                     folder=True)
-    cfg = TrainConfig(data=str(data), eval=[str(f) for f in eval_files] if eval_files else None,
-                      eval_split=eval_split, out=str(out), base=base, layers=layers,
-                      budget=budget, updates=updates, batch=batch, lr=lr, alpha=alpha,
-                      alpha_final=alpha / 10, seed=seed, device=device, positions=positions,
-                      eval_every=eval_every, step_penalty=step_penalty, bf16=bf16,
-                      frozen_chunks=frozen_chunks, lexical=lexical_init,
-                      train_encoder=not only_lexical, warm_start=warm_start,
-                      apply_stop=stop == "apply",
-                      target_network=not no_target, soft_value=not no_soft, twin=not no_twin,
-                      skip_bad=skip_bad)
+        check_output(
+            out,
+            [
+                ("DATA", data),
+                *[("--eval", f) for f in eval_files or []],
+                ("--base", Path(base) if base and Path(base).exists() else None),
+            ],
+            folder=True,
+        )
+    cfg = TrainConfig(
+        data=str(data),
+        eval=[str(f) for f in eval_files] if eval_files else None,
+        eval_split=eval_split,
+        out=str(out),
+        base=base,
+        layers=layers,
+        budget=budget,
+        updates=updates,
+        batch=batch,
+        lr=lr,
+        alpha=alpha,
+        alpha_final=alpha / 10,
+        seed=seed,
+        device=device,
+        positions=positions,
+        eval_every=eval_every,
+        step_penalty=step_penalty,
+        bf16=bf16,
+        frozen_chunks=frozen_chunks,
+        lexical=lexical_init,
+        train_encoder=not only_lexical,
+        warm_start=warm_start,
+        apply_stop=stop == "apply",
+        target_network=not no_target,
+        soft_value=not no_soft,
+        twin=not no_twin,
+        skip_bad=skip_bad,
+    )
     if resume is not None:
         out = resume  # the run's own settings and folder are kept
     # The folder and its log are created only when training starts (the first event that is
@@ -368,29 +490,41 @@ def train_cmd(
         if row["event"] == "skip":
             render.problem(row["message"])
         elif row["event"] == "eval":
-            by_file = "".join(f"; {name} {m['fact_em']:.3f}"
-                              for name, m in (row.get("by_file") or {}).items())
-            render.log(f"update {row['update']}: eval fact EM {row['fact_em']:.3f}, "
-                       f"F1 {row['fact_f1']:.3f}{by_file}")
+            by_file = "".join(
+                f"; {name} {m['fact_em']:.3f}" for name, m in (row.get("by_file") or {}).items()
+            )
+            render.log(
+                f"update {row['update']}: eval fact EM {row['fact_em']:.3f}, "
+                f"F1 {row['fact_f1']:.3f}{by_file}"
+            )
         elif _progress_enabled() and row["update"] % 10 == 0:
-            render.log(f"update {row['update']}: loss {row['loss']:.4f}, solved "
-                       f"{row['solved']:.2f}, lr {row['lr']:.2e}")
+            render.log(
+                f"update {row['update']}: loss {row['loss']:.4f}, solved "
+                f"{row['solved']:.2f}, lr {row['lr']:.2e}"
+            )
 
     try:
         result = train(cfg, resume=resume, log=log)
     finally:
         if log_file is not None:
             log_file.close()
-    summary = {"out": str(result.out), "before": result.before, "after": result.after,
-               "threshold": result.threshold, "stop_right_share": result.stop_right_share,
-               "updates_per_s": round(result.updates_per_s, 3),
-               "episodes_per_s": round(result.episodes_per_s, 3)}
+    summary = {
+        "out": str(result.out),
+        "before": result.before,
+        "after": result.after,
+        "threshold": result.threshold,
+        "stop_right_share": result.stop_right_share,
+        "updates_per_s": round(result.updates_per_s, 3),
+        "episodes_per_s": round(result.episodes_per_s, 3),
+    }
     if as_json:
         render.print_json(summary)
     else:
-        render.log(f"wrote {result.out}: fact EM {result.before.get('fact_em', '?')} -> "
-                   f"{result.after['fact_em']} (budget {budget}); stop threshold "
-                   f"{result.threshold}; {result.updates_per_s:.2f} updates/s")
+        render.log(
+            f"wrote {result.out}: fact EM {result.before.get('fact_em', '?')} -> "
+            f"{result.after['fact_em']} (budget {budget}); stop threshold "
+            f"{result.threshold}; {result.updates_per_s:.2f} updates/s"
+        )
 
 
 def _lexical_weights(value: str, base: str | None) -> list[float] | None:
@@ -412,10 +546,12 @@ def _lexical_weights(value: str, base: str | None) -> list[float] | None:
 def train_eval(
     data: Annotated[Path, typer.Argument(help="Labelled JSONL.")],
     model: ModelOpt = None,
-    budget: Annotated[list[int] | None, typer.Option(
-        parser=int_range(1), help="Fixed budgets (repeatable).")] = None,
-    threshold: Annotated[float | None, typer.Option(
-        parser=float_range(), help="Override the stored threshold.")] = None,
+    budget: Annotated[
+        list[int] | None, typer.Option(parser=int_range(1), help="Fixed budgets (repeatable).")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(parser=float_range(), help="Override the stored threshold.")
+    ] = None,
     skip_bad: Annotated[bool, typer.Option(help="Skip bad data lines.")] = False,
     lexical: LexicalOpt = "on",
     as_json: JsonOpt = False,
@@ -435,8 +571,12 @@ def train_eval(
         from qrag_cli.qvalue import without_lexical
 
         without_lexical(qmodel)
-    result = {"model": qmodel.cfg.name, "data": str(data), "lexical": qmodel.cfg.lexical,
-              **evaluate(qmodel, examples, budget or [1, 2, 3, 4], threshold)}
+    result = {
+        "model": qmodel.cfg.name,
+        "data": str(data),
+        "lexical": qmodel.cfg.lexical,
+        **evaluate(qmodel, examples, budget or [1, 2, 3, 4], threshold),
+    }
     if as_json:
         render.print_json(result)
         return
@@ -448,8 +588,13 @@ def train_eval(
     for key, m in result.items():
         if isinstance(m, dict):
             name = f"threshold {m['value']:.3f}" if key == "threshold" else key.replace("_", " ")
-            table.add_row(render.plain(name), f"{m['fact_em']:.3f}", f"{m['fact_f1']:.3f}",
-                          f"{m['mean_steps']:.2f}", str(m["n"]))
+            table.add_row(
+                render.plain(name),
+                f"{m['fact_em']:.3f}",
+                f"{m['fact_f1']:.3f}",
+                f"{m['mean_steps']:.2f}",
+                str(m["n"]),
+            )
     render.out.print(table)
 
 
@@ -457,8 +602,9 @@ def train_eval(
 def train_convert(
     src: Annotated[Path, typer.Argument(help="File in an official format.")],
     dest: Annotated[Path, typer.Argument(help="Training JSONL to write.")],
-    from_format: Annotated[str, typer.Option(
-        "--from", help="hotpotqa|hotpotqa-evidence|musique|2wiki|ruler|babi.")] = "",
+    from_format: Annotated[
+        str, typer.Option("--from", help="hotpotqa|hotpotqa-evidence|musique|2wiki|ruler|babi.")
+    ] = "",
     debug: DebugOpt = False,
 ) -> None:
     """Convert official HotpotQA / MuSiQue / 2Wiki / RULER / bAbI files to the training JSONL."""
@@ -469,8 +615,7 @@ def train_convert(
     if not src.is_file():
         raise UsageError(f"no such file: {src}")
     check_output(dest, [("IN", src)], folder=False)
-    count = write_examples(
-        CONVERTERS[from_format](src, on_problem=render.problem), dest)
+    count = write_examples(CONVERTERS[from_format](src, on_problem=render.problem), dest)
     render.log(f"wrote {count} examples to {dest}")
 
 
@@ -499,14 +644,20 @@ def train_pack(
     if (src / "train_log.jsonl").is_file():
         shutil.copyfile(src / "train_log.jsonl", dest / "train_log.jsonl")
     size = (dest / "model.safetensors").stat().st_size
-    result = {"src": str(src), "dest": str(dest), "weights_bytes": size,
-              "source_weights_bytes": (src / "model.safetensors").stat().st_size,
-              "fingerprint": qmodel.cfg.fingerprint}
+    result = {
+        "src": str(src),
+        "dest": str(dest),
+        "weights_bytes": size,
+        "source_weights_bytes": (src / "model.safetensors").stat().st_size,
+        "fingerprint": qmodel.cfg.fingerprint,
+    }
     if as_json:
         render.print_json(result)
     else:
-        render.log(f"wrote {dest}: weights {size / 1e6:.1f} MB "
-                   f"(from {result['source_weights_bytes'] / 1e6:.1f} MB)")
+        render.log(
+            f"wrote {dest}: weights {size / 1e6:.1f} MB "
+            f"(from {result['source_weights_bytes'] / 1e6:.1f} MB)"
+        )
 
 
 @app.command()
@@ -514,39 +665,54 @@ def ask(
     question: Annotated[str | None, typer.Argument(help="The question.")] = None,
     index: IndexOpt = None,
     model: ModelOpt = None,
-    steps: Annotated[int, typer.Option(
-        "--steps", "-n", parser=int_range(1), help="Most chunks to pick.")] = _ASK.steps,
-    threshold: Annotated[float | None, typer.Option(
-        parser=float_range(),
-        help="Stop when the best Q falls below this (default: the model's own).")] = None,
-    no_stop: Annotated[bool, typer.Option("--no-stop", help="Always use all --steps.")
-                       ] = _ASK.no_stop,
+    steps: Annotated[
+        int, typer.Option("--steps", "-n", parser=int_range(1), help="Most chunks to pick.")
+    ] = _ASK.steps,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            parser=float_range(),
+            help="Stop when the best Q falls below this (default: the model's own).",
+        ),
+    ] = None,
+    no_stop: Annotated[
+        bool, typer.Option("--no-stop", help="Always use all --steps.")
+    ] = _ASK.no_stop,
     exact: Annotated[bool, typer.Option(help="Score every chunk (no HNSW).")] = _ASK.exact,
     lexical: LexicalOpt = "on" if _ASK.lexical else "off",
     show_text: Annotated[bool, typer.Option(help="Print whole chunks.")] = False,
-    explain: Annotated[bool, typer.Option(help="Show the top alternatives per step.")
-                       ] = _ASK.explain,
-    questions: Annotated[Path | None, typer.Option(
-        help="JSONL file of {\"id\"?, \"question\"}: prints one JSON line per question.")] = None,
-    answer: Annotated[bool, typer.Option(help="Let a local LLM answer from the evidence.")
-                      ] = _ASK.answer,
+    explain: Annotated[
+        bool, typer.Option(help="Show the top alternatives per step.")
+    ] = _ASK.explain,
+    questions: Annotated[
+        Path | None,
+        typer.Option(help='JSONL file of {"id"?, "question"}: prints one JSON line per question.'),
+    ] = None,
+    answer: Annotated[
+        bool, typer.Option(help="Let a local LLM answer from the evidence.")
+    ] = _ASK.answer,
     llm: Annotated[str | None, typer.Option(help="GGUF file of the reader LLM.")] = None,
-    max_tokens: Annotated[int, typer.Option(
-        parser=int_range(1), help="Most tokens the LLM generates.")] = _READER.max_tokens,
-    temperature: Annotated[float, typer.Option(
-        parser=float_range(0), help="LLM sampling temperature.")] = _READER.temperature,
+    max_tokens: Annotated[
+        int, typer.Option(parser=int_range(1), help="Most tokens the LLM generates.")
+    ] = _READER.max_tokens,
+    temperature: Annotated[
+        float, typer.Option(parser=float_range(0), help="LLM sampling temperature.")
+    ] = _READER.temperature,
     seed: Annotated[int, typer.Option(parser=SEED, help="LLM sampling seed.")] = _READER.seed,
-    n_ctx: Annotated[int, typer.Option(
-        parser=int_range(1, 1 << 20), help="LLM context size in tokens.")] = _READER.n_ctx,
-    threads: Annotated[int | None, typer.Option(
-        parser=int_range(1, 1024), help="LLM threads (default: all cores).")
+    n_ctx: Annotated[
+        int, typer.Option(parser=int_range(1, 1 << 20), help="LLM context size in tokens.")
+    ] = _READER.n_ctx,
+    threads: Annotated[
+        int | None,
+        typer.Option(parser=int_range(1, 1024), help="LLM threads (default: all cores)."),
     ] = _READER.threads,
-    gpu_layers: Annotated[int, typer.Option(
-        parser=int_range(-1), help="Layers offloaded to a GPU (-1: all).")] = _READER.gpu_layers,
-    order: Annotated[str, typer.Option(
-        help="Evidence order in the prompt: document|retrieval.")] = _READER.order,
-    verbose: Annotated[bool, typer.Option(help="Show llama.cpp logs on stderr.")
-                       ] = _READER.verbose,
+    gpu_layers: Annotated[
+        int, typer.Option(parser=int_range(-1), help="Layers offloaded to a GPU (-1: all).")
+    ] = _READER.gpu_layers,
+    order: Annotated[
+        str, typer.Option(help="Evidence order in the prompt: document|retrieval.")
+    ] = _READER.order,
+    verbose: Annotated[bool, typer.Option(help="Show llama.cpp logs on stderr.")] = _READER.verbose,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -560,21 +726,39 @@ def ask(
         raise UsageError("the question is empty")
     if order not in {"document", "retrieval"}:
         raise UsageError("--order must be 'document' or 'retrieval'")
-    reader = ReaderSettings(llm=llm, n_ctx=n_ctx, max_tokens=max_tokens,
-                            temperature=temperature, seed=seed, threads=threads,
-                            gpu_layers=gpu_layers, order=order, verbose=verbose)
-    opts = AskOptions(steps=steps, threshold=threshold, no_stop=no_stop, exact=exact,
-                      lexical=_lexical_on(lexical), explain=explain, answer=answer,
-                      reader=reader)
+    reader = ReaderSettings(
+        llm=llm,
+        n_ctx=n_ctx,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        threads=threads,
+        gpu_layers=gpu_layers,
+        order=order,
+        verbose=verbose,
+    )
+    opts = AskOptions(
+        steps=steps,
+        threshold=threshold,
+        no_stop=no_stop,
+        exact=exact,
+        lexical=_lexical_on(lexical),
+        explain=explain,
+        answer=answer,
+        reader=reader,
+    )
     items = load_questions(questions) if questions else [{"question": question}]
     with Asker(resolve_index(index), model, opts, notify=render.log) as asker:
         for number, item in enumerate(items, start=1):
             n_tokens, cap = asker.question_tokens(item["question"]), asker.model.cfg.question_cap
             if n_tokens > cap:
-                label = ("the question" if questions is None
-                         else f"question {item.get('id', number)}")
-                render.log(f"note: {label} is {n_tokens} tokens long; retrieval reads only "
-                           f"its first {cap} (put the key words first)")
+                label = (
+                    "the question" if questions is None else f"question {item.get('id', number)}"
+                )
+                render.log(
+                    f"note: {label} is {n_tokens} tokens long; retrieval reads only "
+                    f"its first {cap} (put the key words first)"
+                )
             stream = not as_json and questions is None
             tokens = render.TerminalStream(sys.stdout) if stream else None
             result = asker.ask(item["question"], on_token=None if tokens is None else tokens.write)
@@ -592,8 +776,11 @@ def ask(
 def mcp(
     index: IndexOpt = None,
     model: ModelOpt = None,
-    llm: Annotated[str | None, typer.Option(
-        help="GGUF of the reader LLM for `ask` with answer (default: the configured one).")
+    llm: Annotated[
+        str | None,
+        typer.Option(
+            help="GGUF of the reader LLM for `ask` with answer (default: the configured one)."
+        ),
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -603,8 +790,9 @@ def mcp(
     serve(resolve_index(index), model, llm, debug=debug)
 
 
-bench_app = typer.Typer(cls=RunOrSubcommand, invoke_without_command=True,
-                        subcommand_metavar="| COMMAND [ARGS]...")
+bench_app = typer.Typer(
+    cls=RunOrSubcommand, invoke_without_command=True, subcommand_metavar="| COMMAND [ARGS]..."
+)
 app.add_typer(bench_app, name="bench")
 
 
@@ -612,24 +800,37 @@ app.add_typer(bench_app, name="bench")
 def bench_cmd(
     profile: Annotated[str, typer.Option(help="quick (< 15 min on 2 cores) or full.")] = "quick",
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("bench-results"),
-    model: Annotated[list[str] | None, typer.Option(
-        "--model", "-m", help="Trained Q-RAG model folder to compare (repeatable).")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Trained Q-RAG model folder to compare (repeatable)."),
+    ] = None,
     task: Annotated[list[str] | None, typer.Option(help="Only these tasks (repeatable).")] = None,
-    length: Annotated[list[int] | None, typer.Option(
-        parser=int_range(512), help="Context lengths in tokens (repeatable).")] = None,
-    questions: Annotated[int | None, typer.Option(
-        parser=int_range(1), help="Questions per task and length.")] = None,
-    steps: Annotated[int | None, typer.Option(
-        parser=int_range(1), help="Retrieval budget (and k of top-k).")] = None,
-    seed: Annotated[int, typer.Option(
-        parser=SEED, help="Seed of the generated tasks and split.")] = 0,
-    haystack: Annotated[Path | None, typer.Option(
-        help="Folder of your own text to use as filler.")] = None,
+    length: Annotated[
+        list[int] | None,
+        typer.Option(parser=int_range(512), help="Context lengths in tokens (repeatable)."),
+    ] = None,
+    questions: Annotated[
+        int | None, typer.Option(parser=int_range(1), help="Questions per task and length.")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(parser=int_range(1), help="Retrieval budget (and k of top-k).")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(parser=SEED, help="Seed of the generated tasks and split.")
+    ] = 0,
+    haystack: Annotated[
+        Path | None, typer.Option(help="Folder of your own text to use as filler.")
+    ] = None,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="Skip speed and scale.")] = False,
     no_real: Annotated[bool, typer.Option("--no-real", help="Skip HotpotQA/MuSiQue.")] = False,
-    lexical: Annotated[str, typer.Option(
-        "--lexical", help="on: Q-RAG models use their BM25 terms; off: dense Q only; both: "
-        "each model twice (the ablation).")] = "on",
+    lexical: Annotated[
+        str,
+        typer.Option(
+            "--lexical",
+            help="on: Q-RAG models use their BM25 terms; off: dense Q only; both: "
+            "each model twice (the ablation).",
+        ),
+    ] = "on",
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -647,9 +848,14 @@ def bench_cmd(
         raise UsageError(f"--haystack {haystack}: not a folder")
     if lexical not in {"on", "off", "both"}:
         raise UsageError("--lexical must be 'on', 'off' or 'both'")
-    check_output(out, [("--haystack", haystack),
-                       *[("--model", Path(m)) for m in model or [] if Path(m).exists()]],
-                 folder=True)
+    check_output(
+        out,
+        [
+            ("--haystack", haystack),
+            *[("--model", Path(m)) for m in model or [] if Path(m).exists()],
+        ],
+        folder=True,
+    )
     chosen = suite.PROFILES[profile]
     changes: dict = {}
     if task:
@@ -665,9 +871,16 @@ def bench_cmd(
     chosen = replace(chosen, **changes)
     if chosen.questions < 1 or chosen.steps < 1:
         raise UsageError("--questions and --steps must be at least 1")
-    result = suite.run(out, chosen, models=model or (), seed=seed, haystack=haystack,
-                       speed=not no_speed, lexical=lexical,
-                       log=render.log)
+    result = suite.run(
+        out,
+        chosen,
+        models=model or (),
+        seed=seed,
+        haystack=haystack,
+        speed=not no_speed,
+        lexical=lexical,
+        log=render.log,
+    )
     if as_json:
         render.print_json(result)
     else:
@@ -680,8 +893,7 @@ def bench_data(
     task: Annotated[str, typer.Argument(help="Task name (see qrag bench --help).")],
     output: Annotated[Path, typer.Argument(help="Training JSONL to write.")],
     n: Annotated[int, typer.Option(parser=int_range(1), help="Episodes.")] = 1000,
-    tokens: Annotated[int, typer.Option(
-        parser=int_range(512), help="Tokens per episode.")] = 4096,
+    tokens: Annotated[int, typer.Option(parser=int_range(512), help="Tokens per episode.")] = 4096,
     seed: Annotated[int, typer.Option(parser=SEED, help="Seed.")] = 0,
     haystack: Annotated[Path | None, typer.Option(help="Folder of filler text.")] = None,
     debug: DebugOpt = False,

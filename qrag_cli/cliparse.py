@@ -60,11 +60,16 @@ def refuse_flag_values(root: Any, args: Sequence[str]) -> None:
     while start < len(args) and args[start] in getattr(command, "commands", {}):
         command = command.commands[args[start]]
         start += 1
-    flags = {opt for param in command.params if getattr(param, "is_flag", False)
-             for opt in (*param.opts, *param.secondary_opts)}
-    for arg, following in zip(args[start:], args[start + 1:], strict=False):
+    flags = {
+        opt
+        for param in command.params
+        if getattr(param, "is_flag", False)
+        for opt in (*param.opts, *param.secondary_opts)
+    }
+    for arg, following in zip(args[start:], args[start + 1 :], strict=False):
         if arg == "--":
             return
         if arg in flags and following.lower() in BOOL_WORDS:
-            raise UsageError(f"{arg} is a flag and takes no value: drop {following!r} "
-                             f"(write {arg} alone)")
+            raise UsageError(
+                f"{arg} is a flag and takes no value: drop {following!r} (write {arg} alone)"
+            )

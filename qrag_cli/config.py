@@ -80,22 +80,36 @@ def _zero_one(text: str) -> bool:
     return text.strip() == "1"
 
 
-ENV_VARS: dict[str, EnvVar] = {var.name: var for var in (
-    EnvVar("QRAG_HOME", "folder of indexes and config.toml (unset: the platform's user "
-           "data and config folders)", _path),
-    EnvVar("QRAG_MODEL", "model folder used when --model is not given", _path),
-    EnvVar("QRAG_LLM", "reader GGUF used when --llm is not given", _path),
-    EnvVar("QRAG_DTYPE", "inference dtype fp32|bf16 (unset: bf16 where the CPU computes it "
-           "natively, else fp32)", _dtype),
-    EnvVar("QRAG_DEBUG", "1: tracebacks on errors, like --debug", _zero_one, False),
-    # Tests shrink these two to exercise many commits on a small corpus.
-    EnvVar("QRAG_EMBED_GROUP", "chunks embedded together while indexing (enough to "
-           "length-sort into tight batches)", _whole(1), 512),
-    EnvVar("QRAG_COMMIT_INTERVAL", "least seconds between index commits", _seconds, 10.0),
-    # no-color.org: any non-empty value means no colour.
-    EnvVar("NO_COLOR", "set: no colour in output", lambda text: True, False),
-    EnvVar("TERM", "dumb: no progress bars", str),
-)}
+ENV_VARS: dict[str, EnvVar] = {
+    var.name: var
+    for var in (
+        EnvVar(
+            "QRAG_HOME",
+            "folder of indexes and config.toml (unset: the platform's user "
+            "data and config folders)",
+            _path,
+        ),
+        EnvVar("QRAG_MODEL", "model folder used when --model is not given", _path),
+        EnvVar("QRAG_LLM", "reader GGUF used when --llm is not given", _path),
+        EnvVar(
+            "QRAG_DTYPE",
+            "inference dtype fp32|bf16 (unset: bf16 where the CPU computes it natively, else fp32)",
+            _dtype,
+        ),
+        EnvVar("QRAG_DEBUG", "1: tracebacks on errors, like --debug", _zero_one, False),
+        # Tests shrink these two to exercise many commits on a small corpus.
+        EnvVar(
+            "QRAG_EMBED_GROUP",
+            "chunks embedded together while indexing (enough to length-sort into tight batches)",
+            _whole(1),
+            512,
+        ),
+        EnvVar("QRAG_COMMIT_INTERVAL", "least seconds between index commits", _seconds, 10.0),
+        # no-color.org: any non-empty value means no colour.
+        EnvVar("NO_COLOR", "set: no colour in output", lambda text: True, False),
+        EnvVar("TERM", "dumb: no progress bars", str),
+    )
+}
 
 
 def env_source(name: str) -> str:
@@ -346,6 +360,7 @@ class TrainConfig:
     2-layer MiniLM encoder; updating them doubled the cost of Adam and backward without
     improving held-out retrieval in short runs."""
 
+
 # --- what is in effect (`qrag config`) -------------------------------------------------
 
 
@@ -367,8 +382,10 @@ def effective_settings() -> list[Setting]:
         return Setting(setting, str(value) if isinstance(value, Path) else value, source)
 
     home_source = env_setting("QRAG_HOME")[1]
-    rows = [Setting("home", str(qrag_home()), home_source),
-            Setting("config_file", str(config_path()), home_source)]
+    rows = [
+        Setting("home", str(qrag_home()), home_source),
+        Setting("config_file", str(config_path()), home_source),
+    ]
     model, source = env_setting("QRAG_MODEL")
     if model is None:  # the trained model installed with qrag (missing: an error)
         model = default_model_dir()
@@ -377,16 +394,27 @@ def effective_settings() -> list[Setting]:
     rows.append(Setting("llm", None if llm is None else str(llm), source))
     dtype = from_env("dtype", "QRAG_DTYPE")
     rows.append(Setting("dtype", dtype.value or "auto", dtype.source))
-    rows += [from_env(setting, name) for setting, name in (
-        ("debug", "QRAG_DEBUG"), ("embed_group", "QRAG_EMBED_GROUP"),
-        ("commit_interval", "QRAG_COMMIT_INTERVAL"), ("no_color", "NO_COLOR"),
-        ("term", "TERM"))]
+    rows += [
+        from_env(setting, name)
+        for setting, name in (
+            ("debug", "QRAG_DEBUG"),
+            ("embed_group", "QRAG_EMBED_GROUP"),
+            ("commit_interval", "QRAG_COMMIT_INTERVAL"),
+            ("no_color", "NO_COLOR"),
+            ("term", "TERM"),
+        )
+    ]
     chunking, ask = ChunkConfig(), AskOptions()
     defaults: dict[str, Any] = {
-        "index.chunk_tokens": chunking.chunk_tokens, "index.overlap": chunking.overlap,
-        "index.max_file_size": DEFAULT_MAX_FILE_SIZE, "ask.steps": ask.steps,
-        **{f"reader.{key}": value for key, value in asdict(ask.reader).items()
-           if key not in {"llm", "verbose"}},
+        "index.chunk_tokens": chunking.chunk_tokens,
+        "index.overlap": chunking.overlap,
+        "index.max_file_size": DEFAULT_MAX_FILE_SIZE,
+        "ask.steps": ask.steps,
+        **{
+            f"reader.{key}": value
+            for key, value in asdict(ask.reader).items()
+            if key not in {"llm", "verbose"}
+        },
     }
     rows += [Setting(name, value, DEFAULT_SOURCE) for name, value in defaults.items()]
     return rows

@@ -66,8 +66,11 @@ def _example(obj: object, where: str) -> Example:
         raise _Invalid("'question' must be a non-empty string")
     if not isinstance(chunks, list) or not chunks or not all(isinstance(c, str) for c in chunks):
         raise _Invalid("'chunks' must be a non-empty list of strings")
-    if not isinstance(support, list) or not support or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in support):
+    if (
+        not isinstance(support, list)
+        or not support
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in support)
+    ):
         raise _Invalid("'support' must be a non-empty list of chunk indexes")
     bad = [i for i in support if not 0 <= i < len(chunks)]
     if bad:
@@ -77,8 +80,13 @@ def _example(obj: object, where: str) -> Example:
     answer = obj.get("answer")
     if answer is not None and not isinstance(answer, str):
         raise _Invalid("'answer' must be a string")
-    return Example(id=str(obj.get("id", where)), question=question, chunks=tuple(chunks),
-                   support=tuple(sorted(support)), answer=answer)
+    return Example(
+        id=str(obj.get("id", where)),
+        question=question,
+        chunks=tuple(chunks),
+        support=tuple(sorted(support)),
+        answer=answer,
+    )
 
 
 def _read_text(path: Path, read_error: type[QragError] = DataError) -> str:
@@ -96,8 +104,9 @@ def _text_lines(path: Path) -> list[str]:
     return _read_text(path).splitlines()
 
 
-def _json_lines(path: Path, lines: Iterable[str], on_problem: OnProblem | None
-                ) -> Iterator[tuple[str, object]]:
+def _json_lines(
+    path: Path, lines: Iterable[str], on_problem: OnProblem | None
+) -> Iterator[tuple[str, object]]:
     """(where, value) for each non-blank line, where = "path:line". A line that is not JSON
     raises DataError naming it, or is reported to `on_problem` and skipped."""
     for number, line in enumerate(lines, start=1):
@@ -113,15 +122,17 @@ def _json_lines(path: Path, lines: Iterable[str], on_problem: OnProblem | None
             on_problem(Problem(where, why))
 
 
-def read_jsonl(path: Path, on_problem: OnProblem | None = None,
-               read_error: type[QragError] = DataError) -> Iterator[tuple[str, object]]:
+def read_jsonl(
+    path: Path, on_problem: OnProblem | None = None, read_error: type[QragError] = DataError
+) -> Iterator[tuple[str, object]]:
     """The one JSONL reader (training data, --questions, official JSONL files): see
     `_json_lines`; `read_error` as for `_read_text`."""
     return _json_lines(path, _read_text(path, read_error).splitlines(), on_problem)
 
 
-def load_examples(path: Path, skip_bad: bool = False,
-                  on_problem: OnProblem = ignore_problem) -> list[Example]:
+def load_examples(
+    path: Path, skip_bad: bool = False, on_problem: OnProblem = ignore_problem
+) -> list[Example]:
     """Read a training JSONL. A bad line refuses the file unless `skip_bad` (then reported)."""
     examples: list[Example] = []
     for where, obj in read_jsonl(path, on_problem if skip_bad else None):
@@ -162,15 +173,18 @@ def data_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def split(examples: list[Example], fraction: float, seed: int
-          ) -> tuple[list[Example], list[Example]]:
+def split(
+    examples: list[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
     """A seeded (train, eval) split; eval gets `fraction` of the examples (at least one)."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     n_eval = max(1, round(len(examples) * fraction)) if len(examples) > 1 else 0
     held = set(order[:n_eval])
-    return ([e for i, e in enumerate(examples) if i not in held],
-            [e for i, e in enumerate(examples) if i in held])
+    return (
+        [e for i, e in enumerate(examples) if i not in held],
+        [e for i, e in enumerate(examples) if i in held],
+    )
 
 
 # ---- converters: official formats -> training JSONL ------------------------------------
@@ -199,12 +213,24 @@ def from_hotpotqa(path: Path, on_problem: OnProblem = ignore_problem) -> Iterato
             lengths = {title: len(sents) for title, sents in item["context"]}
             for title, sent in item["supporting_facts"]:  # as in the official train file
                 if title in lengths and not 0 <= sent < lengths[title]:
-                    on_problem(Problem(where, f"supporting sentence {sent} of {title!r} is past "
-                                       f"the end of its {lengths[title]} sentences; its "
-                                       "paragraph stays gold"))
-            yield parse_example({"id": item.get("_id", where), "question": item["question"],
-                                 "chunks": chunks, "support": support,
-                                 "answer": item.get("answer")}, where)
+                    on_problem(
+                        Problem(
+                            where,
+                            f"supporting sentence {sent} of {title!r} is past "
+                            f"the end of its {lengths[title]} sentences; its "
+                            "paragraph stays gold",
+                        )
+                    )
+            yield parse_example(
+                {
+                    "id": item.get("_id", where),
+                    "question": item["question"],
+                    "chunks": chunks,
+                    "support": support,
+                    "answer": item.get("answer"),
+                },
+                where,
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{where}: not a HotpotQA record ({exc})") from None
 
@@ -219,15 +245,23 @@ def from_musique(path: Path, on_problem: OnProblem = ignore_problem) -> Iterator
             paras = sorted(item["paragraphs"], key=lambda p: p["idx"])
             chunks = [f"{p['title']}: {p['paragraph_text'].strip()}" for p in paras]
             support = [i for i, p in enumerate(paras) if p["is_supporting"]]
-            yield parse_example({"id": item["id"], "question": item["question"],
-                                 "chunks": chunks, "support": support,
-                                 "answer": item.get("answer")}, where)
+            yield parse_example(
+                {
+                    "id": item["id"],
+                    "question": item["question"],
+                    "chunks": chunks,
+                    "support": support,
+                    "answer": item.get("answer"),
+                },
+                where,
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{where}: not a MuSiQue record ({exc})") from None
 
 
-def from_hotpotqa_evidence(path: Path, on_problem: OnProblem = ignore_problem,
-                           distractors: int = 8) -> Iterator[Example]:
+def from_hotpotqa_evidence(
+    path: Path, on_problem: OnProblem = ignore_problem, distractors: int = 8
+) -> Iterator[Example]:
     """HotpotQA gold-evidence records (`question`, `answer`, `evidence`: the supporting
     sentences only): each evidence sentence is a gold chunk, and `distractors` evidence
     sentences of other questions (seeded by the question) fill the episode. Records with
@@ -246,14 +280,21 @@ def from_hotpotqa_evidence(path: Path, on_problem: OnProblem = ignore_problem,
             on_problem(Problem(where, f"{len(gold)} evidence sentences (1 to 4 fit), left out"))
             continue
         rng = random.Random(item["question"])
-        others = [s for s in rng.sample(pool, min(len(pool), distractors + len(gold)))
-                  if s not in gold][:distractors]
+        others = [
+            s for s in rng.sample(pool, min(len(pool), distractors + len(gold))) if s not in gold
+        ][:distractors]
         chunks = gold + others
         rng.shuffle(chunks)
-        yield parse_example({"id": item.get("_id", f"{Path(path).name}:{number}"),
-                             "question": item["question"],
-                             "chunks": chunks, "support": sorted(chunks.index(g) for g in gold),
-                             "answer": item.get("answer")}, where)
+        yield parse_example(
+            {
+                "id": item.get("_id", f"{Path(path).name}:{number}"),
+                "question": item["question"],
+                "chunks": chunks,
+                "support": sorted(chunks.index(g) for g in gold),
+                "answer": item.get("answer"),
+            },
+            where,
+        )
 
 
 def training_chunks(text: str) -> list[str]:
@@ -280,9 +321,16 @@ def from_ruler(path: Path, on_problem: OnProblem = ignore_problem) -> Iterator[E
             support = [i for i, c in enumerate(chunks) if any(o in c for o in outputs)]
             if not support:
                 raise DataError(f"{where}: no chunk holds any of the outputs {outputs[:3]}")
-            yield parse_example({"id": str(item.get("index", where)), "question": question,
-                                 "chunks": chunks, "support": support,
-                                 "answer": ", ".join(outputs)}, where)
+            yield parse_example(
+                {
+                    "id": str(item.get("index", where)),
+                    "question": question,
+                    "chunks": chunks,
+                    "support": support,
+                    "answer": ", ".join(outputs),
+                },
+                where,
+            )
         except (KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{where}: not a RULER record ({exc})") from None
 
@@ -323,8 +371,10 @@ def read_babi(path: Path) -> list[BabiQuestion]:
         if n == 1:
             sentences, index_of = [], {}
         elif n != last + 1:
-            raise DataError(f"{where}: line number {n} follows {last} (expected {last + 1} "
-                            "or 1 for a new story)")
+            raise DataError(
+                f"{where}: line number {n} follows {last} (expected {last + 1} "
+                "or 1 for a new story)"
+            )
         last = n
         if "\t" not in rest:
             index_of[n] = len(sentences)
@@ -332,24 +382,33 @@ def read_babi(path: Path) -> list[BabiQuestion]:
             continue
         fields = rest.split("\t")
         if len(fields) != 3 or not fields[0].strip() or not fields[1].strip():
-            raise DataError(f"{where}: a question line needs 'question<TAB>answer<TAB>"
-                            "supporting line numbers'")
+            raise DataError(
+                f"{where}: a question line needs 'question<TAB>answer<TAB>supporting line numbers'"
+            )
         numbers = fields[2].split()
         if not numbers or not all(x.isascii() and x.isdigit() for x in numbers):
             raise DataError(f"{where}: supporting line numbers {fields[2]!r} are not numbers")
         missing = [x for x in numbers if int(x) not in index_of]
         if missing:
-            raise DataError(f"{where}: supporting line {missing[0]} is not a story line "
-                            "before this question")
-        out.append(BabiQuestion(question=fields[0].strip(), answer=fields[1].strip(),
-                                sentences=tuple(sentences),
-                                support=tuple(index_of[int(x)] for x in numbers),
-                                path=str(path), line=number))
+            raise DataError(
+                f"{where}: supporting line {missing[0]} is not a story line before this question"
+            )
+        out.append(
+            BabiQuestion(
+                question=fields[0].strip(),
+                answer=fields[1].strip(),
+                sentences=tuple(sentences),
+                support=tuple(index_of[int(x)] for x in numbers),
+                path=str(path),
+                line=number,
+            )
+        )
     return out
 
 
-def from_babi(path: Path, on_problem: OnProblem = ignore_problem,
-              filler_tokens: int = 1024) -> Iterator[Example]:
+def from_babi(
+    path: Path, on_problem: OnProblem = ignore_problem, filler_tokens: int = 1024
+) -> Iterator[Example]:
     """bAbI (BabiLong-style): each question's story, one sentence per fact, spread in
     story order through about `filler_tokens` of generated prose (seeded by the question's
     file name and line, so a rerun writes the same file), cut by the real chunker without
@@ -361,16 +420,22 @@ def from_babi(path: Path, on_problem: OnProblem = ignore_problem,
     for q in read_babi(path):
         rng = random.Random(f"babi/{Path(path).name}:{q.line}")
         story = Story(q.question, q.answer, q.sentences, q.support)
-        chunks = training_chunks("\n\n".join(haystack([story], filler_tokens, filler(rng),
-                                                       rng)))
+        chunks = training_chunks("\n\n".join(haystack([story], filler_tokens, filler(rng), rng)))
         try:
             support = gold_chunks(chunks, [story])
         except LookupError as exc:
             on_problem(Problem(q.where, f"{exc}; question left out"))
             continue
-        yield parse_example({"id": f"{Path(path).name}:{q.line}", "question": q.question,
-                             "chunks": chunks, "support": sorted(set(support)),
-                             "answer": q.answer}, q.where)
+        yield parse_example(
+            {
+                "id": f"{Path(path).name}:{q.line}",
+                "question": q.question,
+                "chunks": chunks,
+                "support": sorted(set(support)),
+                "answer": q.answer,
+            },
+            q.where,
+        )
 
 
 CONVERTERS: dict[str, Callable[..., Iterator[Example]]] = {  # (path, on_problem=...)
@@ -385,8 +450,11 @@ CONVERTERS: dict[str, Callable[..., Iterator[Example]]] = {  # (path, on_problem
 
 # ---- the shared real data beside the repository (../shared/data) ------------------------
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-BABI_FILES = {"qa1": "qa1_single-supporting-fact", "qa2": "qa2_two-supporting-facts",
-              "qa3": "qa3_three-supporting-facts"}
+BABI_FILES = {
+    "qa1": "qa1_single-supporting-fact",
+    "qa2": "qa2_two-supporting-facts",
+    "qa3": "qa3_three-supporting-facts",
+}
 
 
 def babi_path(task: str, split: str) -> Path:

@@ -67,8 +67,7 @@ def is_binary(path: Path, head: bytes) -> bool:
     first SNIFF_BYTES, unless it is a PDF (binary, but with a text layer) or BOM-marked
     UTF-16/32 text. The one test: discover() skips such files without reading them whole;
     read_document() refuses them, for paths that did not come through discover()."""
-    return b"\0" in head[:SNIFF_BYTES] and not (_is_pdf(path, head)
-                                                or head.startswith(_TEXT_BOMS))
+    return b"\0" in head[:SNIFF_BYTES] and not (_is_pdf(path, head) or head.startswith(_TEXT_BOMS))
 
 
 def read_document(path: Path) -> Document:

@@ -40,8 +40,9 @@ class MemoryCandidates:
 
     `lexicon` (an in-memory FTS5 table of the texts) is built on first use, or shared."""
 
-    def __init__(self, texts: Sequence[str], vectors: np.ndarray,
-                 lexicon: MemoryLexicon | None = None) -> None:
+    def __init__(
+        self, texts: Sequence[str], vectors: np.ndarray, lexicon: MemoryLexicon | None = None
+    ) -> None:
         self.texts = list(texts)
         self._vectors = np.asarray(vectors, dtype=np.float32)
         self._lexicon = lexicon
@@ -78,8 +79,9 @@ class MemoryCandidates:
         return [MemoryChunk(id=int(i), ordinal=int(i), text=self.texts[i]) for i in ids]
 
 
-def example_sources(model: QModel, examples: Sequence[Example],
-                    cache: dict[str, np.ndarray] | None = None) -> list[MemoryCandidates]:
+def example_sources(
+    model: QModel, examples: Sequence[Example], cache: dict[str, np.ndarray] | None = None
+) -> list[MemoryCandidates]:
     """Each example's own chunks, embedded with E_a in one batch (as `qrag index` would).
 
     `cache` maps chunk text to its vector, for an E_a that does not change (filled here)."""
@@ -93,7 +95,7 @@ def example_sources(model: QModel, examples: Sequence[Example],
         vectors = np.stack([cache[t] for t in texts])
     sources, offset = [], 0
     for ex in examples:
-        sources.append(MemoryCandidates(ex.chunks, vectors[offset:offset + len(ex.chunks)]))
+        sources.append(MemoryCandidates(ex.chunks, vectors[offset : offset + len(ex.chunks)]))
         offset += len(ex.chunks)
     return sources
 
@@ -108,8 +110,14 @@ class IndexCandidates:
     snapshot (a new
     `qrag ask`, or `qrag mcp` after the index changed) tries the graph again."""
 
-    def __init__(self, snapshot: IndexSnapshot, exact: bool = False, pool: int = qvalue.POOL,
-                 ef: int = 256, notify: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: IndexSnapshot,
+        exact: bool = False,
+        pool: int = qvalue.POOL,
+        ef: int = 256,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.exact = exact  # asked for (--exact): every chunk is a candidate
         self.fallback: str | None = None  # why the HNSW graph was given up, if it was
@@ -143,7 +151,8 @@ class IndexCandidates:
             raise IndexMismatchError(
                 f"index {self.snapshot.index_dir} predates lexical search; run `qrag index "
                 f"--index {self.snapshot.index_dir}` once (nothing is re-embedded) or pass "
-                "--lexical off")
+                "--lexical off"
+            )
         return self.snapshot.bm25(words)
 
     def propose(self, state, k, exclude):
@@ -163,10 +172,12 @@ class IndexCandidates:
                 self.fallback = str(exc)
                 where = self.snapshot.index_dir
                 if self._notify is not None:
-                    self._notify(f"note: HNSW search failed on index {where} ({exc}); searching "
-                                 "every chunk exactly instead (slower, same results) until "
-                                 "the index is opened again; if this repeats, `qrag index "
-                                 f"--index {where}` repairs a damaged graph")
+                    self._notify(
+                        f"note: HNSW search failed on index {where} ({exc}); searching "
+                        "every chunk exactly instead (slower, same results) until "
+                        "the index is opened again; if this repeats, `qrag index "
+                        f"--index {where}` repairs a damaged graph"
+                    )
         if self._live is None:
             self._live = self.snapshot.live_ids()
         ids = self._live
@@ -235,8 +246,9 @@ def run_episodes(
         state_vecs = model.embed_states([qvalue.state_tokens(model, states[i]) for i in live])
         t1 = time.perf_counter()
         for row, i in enumerate(live):
-            ids, q = qvalue.best(model, state_vecs[row], sources[i], states[i],
-                                 max(alternatives, 1))
+            ids, q = qvalue.best(
+                model, state_vecs[row], sources[i], states[i], max(alternatives, 1)
+            )
             if len(ids) == 0:
                 stops[i] = "exhausted"
                 continue
@@ -247,15 +259,28 @@ def run_episodes(
             chosen = sources[i].rows([ids[choice]])[0]
             states[i] = qvalue.pick(model, states[i], chosen)
             path, start_line, end_line = _location(chosen)
-            evidence[i].append(Evidence(
-                step=step + 1, q=float(q[choice]), chunk_id=chosen.id, path=path,
-                start_line=start_line, end_line=end_line, text=chosen.text,
-                ordinal=chosen.ordinal,
-                alternatives=tuple((int(a), float(b)) for a, b in zip(ids, q, strict=True)
-                                   if int(a) != chosen.id)))
+            evidence[i].append(
+                Evidence(
+                    step=step + 1,
+                    q=float(q[choice]),
+                    chunk_id=chosen.id,
+                    path=path,
+                    start_line=start_line,
+                    end_line=end_line,
+                    text=chosen.text,
+                    ordinal=chosen.ordinal,
+                    alternatives=tuple(
+                        (int(a), float(b))
+                        for a, b in zip(ids, q, strict=True)
+                        if int(a) != chosen.id
+                    ),
+                )
+            )
         t2 = time.perf_counter()
         clock["encode_ms"] = clock.get("encode_ms", 0.0) + (t1 - t0) * 1000
         clock["search_ms"] = clock.get("search_ms", 0.0) + (t2 - t1) * 1000
         clock["steps"] = clock.get("steps", 0) + 1
-    return [Episode(question=questions[i], evidence=evidence[i], stop=stops[i] or "budget")
-            for i in range(n)]
+    return [
+        Episode(question=questions[i], evidence=evidence[i], stop=stops[i] or "budget")
+        for i in range(n)
+    ]

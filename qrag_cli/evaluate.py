@@ -25,15 +25,24 @@ def fact_scores(picked: Sequence[int], support: Sequence[int]) -> tuple[float, f
     return em, 2 * precision * recall / (precision + recall)
 
 
-def run_examples(model: QModel, examples: Sequence[Example], budget: int,
-                 threshold: float | None = None, batch: int = 32,
-                 cache: dict[str, np.ndarray] | None = None) -> list[Episode]:
+def run_examples(
+    model: QModel,
+    examples: Sequence[Example],
+    budget: int,
+    threshold: float | None = None,
+    batch: int = 32,
+    cache: dict[str, np.ndarray] | None = None,
+) -> list[Episode]:
     """Greedy episodes over each example's own chunks, exactly as `ask` acts."""
     episodes: list[Episode] = []
     for start in range(0, len(examples), batch):
-        part = examples[start:start + batch]
-        episodes += run_episodes(model, [ex.question for ex in part],
-                                 example_sources(model, part, cache), StopRule(budget, threshold))
+        part = examples[start : start + batch]
+        episodes += run_episodes(
+            model,
+            [ex.question for ex in part],
+            example_sources(model, part, cache),
+            StopRule(budget, threshold),
+        )
     return episodes
 
 
@@ -45,12 +54,17 @@ class Metrics:
     n: int
 
     def to_dict(self) -> dict:
-        return {"fact_em": round(self.fact_em, 4), "fact_f1": round(self.fact_f1, 4),
-                "mean_steps": round(self.mean_steps, 3), "n": self.n}
+        return {
+            "fact_em": round(self.fact_em, 4),
+            "fact_f1": round(self.fact_f1, 4),
+            "mean_steps": round(self.mean_steps, 3),
+            "n": self.n,
+        }
 
 
-def score(episodes: Sequence[Episode], examples: Sequence[Example],
-          cut: Sequence[int] | None = None) -> Metrics:
+def score(
+    episodes: Sequence[Episode], examples: Sequence[Example], cut: Sequence[int] | None = None
+) -> Metrics:
     """Metrics of episodes, optionally truncated to `cut[i]` picks."""
     ems, f1s, steps = [], [], []
     for i, (ep, ex) in enumerate(zip(episodes, examples, strict=True)):
@@ -72,8 +86,9 @@ def _cut_at(episode: Episode, threshold: float) -> int:
     return min(keep, len(episode.evidence))
 
 
-def calibrate_threshold(episodes: Sequence[Episode], examples: Sequence[Example]
-                        ) -> tuple[float | None, Metrics, float]:
+def calibrate_threshold(
+    episodes: Sequence[Episode], examples: Sequence[Example]
+) -> tuple[float | None, Metrics, float]:
     """The Q threshold that maximises fact F1 on no-stop greedy episodes.
 
     Greedy episodes are deterministic, so cutting a full-budget episode where the rule
@@ -83,8 +98,7 @@ def calibrate_threshold(episodes: Sequence[Episode], examples: Sequence[Example]
     qs = sorted({ev.q for ep in episodes for ev in ep.evidence[1:]})
     if not qs:
         return None, score(episodes, examples), 0.0
-    candidates = [qs[0] - 1e-6, *[(a + b) / 2 for a, b in itertools.pairwise(qs)],
-                  qs[-1] + 1e-6]
+    candidates = [qs[0] - 1e-6, *[(a + b) / 2 for a, b in itertools.pairwise(qs)], qs[-1] + 1e-6]
     if len(candidates) > 400:
         candidates = list(np.quantile(candidates, np.linspace(0, 1, 400)))
     best: tuple[float, float, float] | None = None
@@ -98,14 +112,19 @@ def calibrate_threshold(episodes: Sequence[Episode], examples: Sequence[Example]
     right = 0
     for ep, ex, cut in zip(episodes, examples, cuts, strict=True):
         picked = [ev.chunk_id for ev in ep.evidence]
-        done_at = next((t + 1 for t in range(len(picked))
-                        if set(ex.support) <= set(picked[: t + 1])), None)
+        done_at = next(
+            (t + 1 for t in range(len(picked)) if set(ex.support) <= set(picked[: t + 1])), None
+        )
         right += done_at is not None and cut == done_at
     return threshold, score(episodes, examples, cuts), right / max(len(episodes), 1)
 
 
-def evaluate(model: QModel, examples: Sequence[Example], budgets: Sequence[int],
-             threshold: float | None = None) -> dict:
+def evaluate(
+    model: QModel,
+    examples: Sequence[Example],
+    budgets: Sequence[int],
+    threshold: float | None = None,
+) -> dict:
     """Fixed budgets, plus the stored (or given) threshold with the largest budget."""
     out: dict = {}
     for budget in budgets:

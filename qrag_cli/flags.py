@@ -45,9 +45,11 @@ def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[object]
                 number = int(str(value).strip())
             except ValueError:
                 raise typer.BadParameter(
-                    f"must be a whole number {allowed}, not {value!r}") from None
-        if number is not None and ((lo is not None and number < lo)
-                                   or (hi is not None and number > hi)):
+                    f"must be a whole number {allowed}, not {value!r}"
+                ) from None
+        if number is not None and (
+            (lo is not None and number < lo) or (hi is not None and number > hi)
+        ):
             raise typer.BadParameter(f"must be {allowed}, not {number}")
         return number
 
@@ -55,8 +57,13 @@ def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[object]
     return parse
 
 
-def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-                hi_open: bool = False) -> Callable[[object], float | None]:
+def float_range(
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> Callable[[object], float | None]:
     """Parser of a finite number within the bounds (`*_open`: the bound itself is out)."""
     allowed = _bounds(lo, hi, lo_open, hi_open)
 
@@ -68,9 +75,11 @@ def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bo
         except ValueError:
             raise typer.BadParameter(f"must be a number {allowed}, not {value!r}") from None
         # nan compares False with everything, so it would slip through the bounds below.
-        if not math.isfinite(number) or (
-            lo is not None and (number <= lo if lo_open else number < lo)
-        ) or (hi is not None and (number >= hi if hi_open else number > hi)):
+        if (
+            not math.isfinite(number)
+            or (lo is not None and (number <= lo if lo_open else number < lo))
+            or (hi is not None and (number >= hi if hi_open else number > hi))
+        ):
             what = "a finite number" if allowed == "finite" else f"a number {allowed}"
             raise typer.BadParameter(f"must be {what}, not {value}")
         return number
@@ -90,8 +99,9 @@ def parse_size(text: str) -> int:
     if match and match.group(3).upper() != "I":
         size = float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
     if not 1 <= size <= SIZE_MAX:
-        raise ValueError(f"must be a size from 1B to 1024TB such as 500KB, 10MB or 1GB, "
-                         f"not {text[:40]!r}")
+        raise ValueError(
+            f"must be a size from 1B to 1024TB such as 500KB, 10MB or 1GB, not {text[:40]!r}"
+        )
     return int(size)
 
 
@@ -118,8 +128,7 @@ def same_path(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output(out: Path, inputs: Iterable[tuple[str, Path | None]], *,
-                 folder: bool) -> None:
+def check_output(out: Path, inputs: Iterable[tuple[str, Path | None]], *, folder: bool) -> None:
     """Refuse, before anything is written, an output that is one of the command's inputs
     (writing it would destroy what is being read) or the wrong kind of thing."""
     for name, path in inputs:

@@ -24,8 +24,19 @@ MAX_DIMS = 4  # GGML_MAX_DIMS
 DEFAULT_ALIGNMENT = 32
 
 # Metadata value types: id -> struct format of one scalar.
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
-            12: "d"}
+_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
 _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 
@@ -79,13 +90,14 @@ class _Cursor:
         n = int(self.scalar("Q", what))
         if n * min_item_bytes > self.left:
             raise GGUFFormatError(
-                f"corrupt or truncated header ({what} {n} cannot fit in the file)")
+                f"corrupt or truncated header ({what} {n} cannot fit in the file)"
+            )
         return n
 
     def string(self, what: str) -> bytes:
         n = self.count(1, f"{what} length")
         start = self.take(n, what)
-        return bytes(self.buf[start:start + n])
+        return bytes(self.buf[start : start + n])
 
     def skip_strings(self, n: int, what: str) -> None:
         """Skip `n` strings: the tokenizer's vocabulary and merges are 10^4-10^5 of them,
@@ -111,8 +123,11 @@ class _Cursor:
         elif vtype == _ARRAY:
             item = int(self.scalar("I", what))
             if item in _SCALARS:
-                self.take(self.count(struct.calcsize(_SCALARS[item]), what)
-                          * struct.calcsize(_SCALARS[item]), what)
+                self.take(
+                    self.count(struct.calcsize(_SCALARS[item]), what)
+                    * struct.calcsize(_SCALARS[item]),
+                    what,
+                )
             elif item == _STRING:
                 self.skip_strings(self.count(8, what), what)  # a string is >= 8 bytes
             elif item == _ARRAY:
@@ -145,7 +160,8 @@ def _walk(cur: _Cursor) -> GGUFInfo:
     n_tensors = int(cur.scalar("Q", "tensor count"))
     if n_tensors * 24 > cur.left:
         raise GGUFFormatError(
-            f"corrupt or truncated header (tensor count {n_tensors} cannot fit in the file)")
+            f"corrupt or truncated header (tensor count {n_tensors} cannot fit in the file)"
+        )
     n_kv = cur.count(13, "metadata count")
     architecture: str | None = None
     alignment = DEFAULT_ALIGNMENT
@@ -181,5 +197,6 @@ def _walk(cur: _Cursor) -> GGUFInfo:
         if offset + size > data_bytes:
             raise GGUFFormatError(
                 f"truncated (tensor {name} needs {data_start + offset + size:,} bytes, "
-                f"the file has {len(cur.buf):,})")
+                f"the file has {len(cur.buf):,})"
+            )
     return GGUFInfo(version, n_tensors, architecture)

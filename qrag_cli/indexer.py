@@ -60,8 +60,13 @@ def model_spec_key(spec: str | None) -> str:
     return str(Path(spec).expanduser().resolve())
 
 
-def settings_for(index_dir: Path, model: str | None = None, chunk_tokens: int | None = None,
-                 overlap: int | None = None, max_file_size: int | None = None) -> IndexSettings:
+def settings_for(
+    index_dir: Path,
+    model: str | None = None,
+    chunk_tokens: int | None = None,
+    overlap: int | None = None,
+    max_file_size: int | None = None,
+) -> IndexSettings:
     """Settings given (not None) win; the rest come from the index, else the defaults."""
     stored = stored_settings(index_dir)
     try:
@@ -70,20 +75,26 @@ def settings_for(index_dir: Path, model: str | None = None, chunk_tokens: int | 
     except (ValueError, TypeError):  # unreadable settings: the defaults
         chunking, stored_size = {}, None
     defaults = ChunkConfig()
-    tokens = chunk_tokens if chunk_tokens is not None else int(
-        chunking.get("chunk_tokens", defaults.chunk_tokens))
+    tokens = (
+        chunk_tokens
+        if chunk_tokens is not None
+        else int(chunking.get("chunk_tokens", defaults.chunk_tokens))
+    )
     shared = overlap if overlap is not None else int(chunking.get("overlap", defaults.overlap))
     if not 0 <= shared < tokens // 2:
-        raise UsageError(f"--overlap ({shared}) must be >= 0 and less than half of "
-                         f"--chunk-tokens ({tokens})")
+        raise UsageError(
+            f"--overlap ({shared}) must be >= 0 and less than half of --chunk-tokens ({tokens})"
+        )
     stored_model = stored.get("model_spec")
     if stored_model is None and stored.get("model_name") == BASE_NAME:
         stored_model = "base"  # an index from before model_spec was stored
     return IndexSettings(
         model=model_spec_key(model) if model is not None else stored_model or "default",
         chunking=ChunkConfig(chunk_tokens=tokens, overlap=shared),
-        max_file_size=(max_file_size if max_file_size is not None
-                       else stored_size or DEFAULT_MAX_FILE_SIZE))
+        max_file_size=(
+            max_file_size if max_file_size is not None else stored_size or DEFAULT_MAX_FILE_SIZE
+        ),
+    )
 
 
 @dataclass
@@ -160,12 +171,17 @@ def build_index(
         raise QragError("nothing to index: " + "; ".join(f"{p}: {why}" for p, why in bad_roots))
     unusable = {path for path, _ in bad_roots}
     roots = [r for r in roots if str(r) not in unusable]
-    manifest = IndexManifest(model_name=model.cfg.name, model_fingerprint=model.cfg.fingerprint,
-                             dim=model.cfg.dim, chunking=chunk_cfg.to_dict())
+    manifest = IndexManifest(
+        model_name=model.cfg.name,
+        model_fingerprint=model.cfg.fingerprint,
+        dim=model.cfg.dim,
+        chunking=chunk_cfg.to_dict(),
+    )
     writer = IndexWriter(index_dir, manifest)
     try:
-        summary = IndexSummary(index=str(index_dir), model=model.cfg.name,
-                               rebuild=writer.rebuild_reason)
+        summary = IndexSummary(
+            index=str(index_dir), model=model.cfg.name, rebuild=writer.rebuild_reason
+        )
 
         def report(path: str, why: str, failed: bool = False, shown: str | None = None) -> None:
             """A file left out: counted, listed in the summary and shown to the user."""
@@ -190,9 +206,11 @@ def build_index(
             known_roots = [Path(p) for p in json.loads(writer.old_roots or "[]")]
         roots = [Path(r).expanduser().resolve() for r in roots] or known_roots
         if not roots and writer.rebuild_reason:
-            raise QragError(f"index {index_dir} must be rebuilt ({writer.rebuild_reason}) and "
-                            f"its folders are unknown; rebuild it with "
-                            f"`qrag index PATH --index {index_dir}`")
+            raise QragError(
+                f"index {index_dir} must be rebuilt ({writer.rebuild_reason}) and "
+                f"its folders are unknown; rebuild it with "
+                f"`qrag index PATH --index {index_dir}`"
+            )
         if not roots:
             raise QragError("nothing to index: give a path, e.g. `qrag index ./docs`")
         all_roots = sorted({*known_roots, *roots}, key=str)
@@ -265,8 +283,15 @@ def build_index(
                     summary.changed += 1
                 else:
                     summary.new += 1
-                writer.add_file(str(p.found.path), p.hash, p.found.size, p.found.mtime_ns,
-                                p.kind, p.chunks, vectors[offset:offset + n])
+                writer.add_file(
+                    str(p.found.path),
+                    p.hash,
+                    p.found.size,
+                    p.found.mtime_ns,
+                    p.kind,
+                    p.chunks,
+                    vectors[offset : offset + n],
+                )
                 offset += n
                 summary.chunks_embedded += n
                 summary.tokens_embedded += sum(c.n_tokens for c in p.chunks)
@@ -281,15 +306,20 @@ def build_index(
                 if job.recheck:  # indexed when it was readable; it has not changed since
                     summary.unchanged += 1
                     continue
-                report(item.rel, str(exc), failed=True,
-                       shown=str(exc).removeprefix(f"{item.path}: "))
+                report(
+                    item.rel, str(exc), failed=True, shown=str(exc).removeprefix(f"{item.path}: ")
+                )
                 continue
-            secret = find_secret(doc, (Path(item.rel).name, item.path.name)) \
-                if scan_secrets else None
+            secret = (
+                find_secret(doc, (Path(item.rel).name, item.path.name)) if scan_secrets else None
+            )
             # A secret is refused whole. A scanned (image-only) PDF or a script-only page has
             # nothing to search, and indexing it with 0 chunks would hide that from the user.
-            refused = f"secret ({secret})" if secret else (
-                NO_TEXT if doc.kind in _EXTRACTED and not doc.text.strip() else None)
+            refused = (
+                f"secret ({secret})"
+                if secret
+                else (NO_TEXT if doc.kind in _EXTRACTED and not doc.text.strip() else None)
+            )
             if refused:
                 if job.old_id is not None:  # an indexed version (older or kept) goes too
                     writer.remove_file(job.old_id)

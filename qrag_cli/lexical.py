@@ -27,7 +27,8 @@ TOKENIZE = "unicode61 remove_diacritics 2"
 MAX_TERMS = 48  # a query is cut to its first terms: a whole picked chunk is ~100 words
 
 # Function words carry no evidence; left in, a long query matches every chunk.
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a about above after again against all also am an and any are as at be because been before
 being below between both but by can could did do does doing down during each few for from
 further had has have having he her here hers herself him himself his how i if in into is it
@@ -35,7 +36,8 @@ its itself just me more most my myself no nor not now of off on once only or oth
 ourselves out over own same she should so some such than that the their theirs them
 themselves then there these they this those through to too under until up very was we were
 what when where which while who whom why will with would you your yours yourself yourselves
-""".split())
+""".split()
+)
 
 _WORD = re.compile(r"[^\W_]+")  # letters and digits, as FTS5's unicode61 tokenizer splits
 
@@ -43,10 +45,10 @@ _WORD = re.compile(r"[^\W_]+")  # letters and digits, as FTS5's unicode61 tokeni
 def terms(text: str) -> list[str]:
     """Lower-cased content words of `text` without diacritics (as the FTS5 tokenizer
     stores them), first occurrence order, no repeats."""
-    plain = "".join(c for c in unicodedata.normalize("NFKD", text)
-                    if not unicodedata.combining(c))
-    seen = dict.fromkeys(w for w in (m.group(0).lower() for m in _WORD.finditer(plain))
-                         if w not in STOPWORDS)
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    seen = dict.fromkeys(
+        w for w in (m.group(0).lower() for m in _WORD.finditer(plain)) if w not in STOPWORDS
+    )
     return list(seen)
 
 
@@ -58,16 +60,19 @@ def match_expression(words: Sequence[str]) -> str:
 def create_table(conn: sqlite3.Connection, external: bool) -> None:
     """The FTS5 table; `external` indexes the `chunks` table's text by chunk id."""
     content = ", content='chunks', content_rowid='id'" if external else ""
-    conn.execute(f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(text{content}, "
-                 f"tokenize='{TOKENIZE}')")
+    conn.execute(
+        f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(text{content}, tokenize='{TOKENIZE}')"
+    )
 
 
 def bm25(conn: sqlite3.Connection, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(chunk ids, BM25 scores > 0) of every chunk matching any of `words`."""
     if not words:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    rows = conn.execute(f"SELECT rowid, bm25({FTS_TABLE}) FROM {FTS_TABLE} "
-                        f"WHERE {FTS_TABLE} MATCH ?", (match_expression(words),)).fetchall()
+    rows = conn.execute(
+        f"SELECT rowid, bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ?",
+        (match_expression(words),),
+    ).fetchall()
     if not rows:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
@@ -81,8 +86,9 @@ class MemoryLexicon:
     def __init__(self, texts: Iterable[str]) -> None:
         self.conn = sqlite3.connect(":memory:", check_same_thread=False)
         create_table(self.conn, external=False)
-        self.conn.executemany(f"INSERT INTO {FTS_TABLE}(rowid, text) VALUES (?, ?)",
-                              enumerate(texts))
+        self.conn.executemany(
+            f"INSERT INTO {FTS_TABLE}(rowid, text) VALUES (?, ?)", enumerate(texts)
+        )
 
     def bm25(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return bm25(self.conn, words)

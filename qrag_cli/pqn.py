@@ -48,9 +48,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def trainable(model: QModel, normalize: bool = False, scale: float = 0.1,
-              positions: str = "none", frozen_chunks: bool = False,
-              lexical: list[float] | None = None) -> QModel:
+def trainable(
+    model: QModel,
+    normalize: bool = False,
+    scale: float = 0.1,
+    positions: str = "none",
+    frozen_chunks: bool = False,
+    lexical: list[float] | None = None,
+) -> QModel:
     """Separate E_s and E_a copies of `model`, set up for Q-learning (raw dot products,
     scaled down so initial Q values are small, as in the reference).
 
@@ -72,15 +77,29 @@ def trainable(model: QModel, normalize: bool = False, scale: float = 0.1,
             raise ModelError("--frozen-chunks trains from the untrained base model")
         state.normalize, state.scale = normalize, scale
         chunk = model.chunk_encoder.requires_grad_(False)
-        cfg = replace(model.cfg, shared=False, threshold=None, positions=positions,
-                      frozen_chunks=True, state_normalize=normalize, state_scale=scale,
-                      lexical=lexical)
+        cfg = replace(
+            model.cfg,
+            shared=False,
+            threshold=None,
+            positions=positions,
+            frozen_chunks=True,
+            state_normalize=normalize,
+            state_scale=scale,
+            lexical=lexical,
+        )
     else:
         state.normalize, state.scale = normalize, scale
         chunk = copy.deepcopy(model.chunk_encoder)
         chunk.normalize, chunk.scale = normalize, scale
-        cfg = replace(model.cfg, shared=False, normalize=normalize, scale=scale,
-                      threshold=None, positions=positions, lexical=lexical)
+        cfg = replace(
+            model.cfg,
+            shared=False,
+            normalize=normalize,
+            scale=scale,
+            threshold=None,
+            positions=positions,
+            lexical=lexical,
+        )
     return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config), model.folder)
 
 
@@ -106,8 +125,9 @@ def soft_value(q: torch.Tensor, alpha: float, soft: bool = True) -> torch.Tensor
     return alpha * torch.logsumexp(q / alpha, dim=-1)
 
 
-def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, gamma: float,
-                   lam: float) -> torch.Tensor:
+def lambda_returns(
+    rewards: torch.Tensor, next_values: torch.Tensor, gamma: float, lam: float
+) -> torch.Tensor:
     """G_t = r_t + gamma * ((1 - lam) * V(s_{t+1}) + lam * G_{t+1}); the last step is terminal.
 
     `rewards[t]` and `next_values[t]` (V of the state after step t) for one episode.
@@ -130,8 +150,9 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
         t.mul_(1 - tau).add_(o.detach(), alpha=tau)
 
 
-def episode_rewards(picks: Sequence[int], support: Sequence[int], step_penalty: bool
-                    ) -> list[float]:
+def episode_rewards(
+    picks: Sequence[int], support: Sequence[int], step_penalty: bool
+) -> list[float]:
     """Sparse terminal reward, paid once, at the step the gold set becomes complete."""
     gold, got, rewards = set(support), set(), []
     for pick in picks:
@@ -167,21 +188,35 @@ class Rollout:
     support: list[tuple[int, ...]]  # per example: the gold chunks
 
 
-def collect(model: QModel, batch: Sequence[Example], cfg: TrainConfig, update: int,
-            rng: np.random.Generator, cache: dict[str, np.ndarray] | None = None) -> Rollout:
+def collect(
+    model: QModel,
+    batch: Sequence[Example],
+    cfg: TrainConfig,
+    update: int,
+    rng: np.random.Generator,
+    cache: dict[str, np.ndarray] | None = None,
+) -> Rollout:
     """Roll out one episode per example with the behaviour policy (no gradients), then
     rebuild each visited state through `qvalue` exactly as the rollout saw it.
 
     `cache` (frozen E_a only) keeps chunk vectors across updates: they never change."""
     if update < cfg.random_updates:  # warm-up: uniform over every available chunk
+
         def policy(q: np.ndarray) -> int:
             return int(rng.integers(len(q)))
+
         alternatives = max(len(ex.chunks) for ex in batch)
     else:
         policy, alternatives = boltzmann(alpha_at(update, cfg), rng), cfg.top_k
     sources = example_sources(model, batch, cache)
-    episodes = run_episodes(model, [ex.question for ex in batch], sources,
-                            StopRule(cfg.budget), policy=policy, alternatives=alternatives)
+    episodes = run_episodes(
+        model,
+        [ex.question for ex in batch],
+        sources,
+        StopRule(cfg.budget),
+        policy=policy,
+        alternatives=alternatives,
+    )
     states = qvalue.start(model, [ex.question for ex in batch])
     transitions, action_ids, solved = [], [], 0
     for i, (ex, ep) in enumerate(zip(batch, episodes, strict=True)):
@@ -191,15 +226,23 @@ def collect(model: QModel, batch: Sequence[Example], cfg: TrainConfig, update: i
         solved += set(ex.support) <= set(picks)
         state = states[i]
         for t, (pick, r) in enumerate(zip(picks, rewards, strict=True)):
-            features = (qvalue.lexical_features(sources[i], state)[0]
-                        if qvalue.uses_lexical(model) else None)
-            transitions.append(Transition(i, t, qvalue.state_tokens(model, state), pick,
-                                          picks[:t], r, features))
+            features = (
+                qvalue.lexical_features(sources[i], state)[0]
+                if qvalue.uses_lexical(model)
+                else None
+            )
+            transitions.append(
+                Transition(i, t, qvalue.state_tokens(model, state), pick, picks[:t], r, features)
+            )
             state = qvalue.pick(model, state, rows[t])
         action_ids.append(model.action_ids(ex.chunks))
-    return Rollout(transitions, solved / len(batch), action_ids,
-                   [src.vectors(np.arange(len(src))) for src in sources],
-                   [ex.support for ex in batch])
+    return Rollout(
+        transitions,
+        solved / len(batch),
+        action_ids,
+        [src.vectors(np.arange(len(src))) for src in sources],
+        [ex.support for ex in batch],
+    )
 
 
 def _features(tr: Transition) -> torch.Tensor | None:
@@ -207,25 +250,41 @@ def _features(tr: Transition) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def targets(model: QModel, target_state: nn.Module, target_chunk: nn.Module,
-            rollout: Rollout, cfg: TrainConfig, alpha: float) -> torch.Tensor:
+def targets(
+    model: QModel,
+    target_state: nn.Module,
+    target_chunk: nn.Module,
+    rollout: Rollout,
+    cfg: TrainConfig,
+    alpha: float,
+) -> torch.Tensor:
     """Lambda-returns bootstrapped from the target networks' soft value of s_{t+1}."""
     # Inference precision, as in the rollout: no gradients flow through the targets.
     if model.cfg.frozen_chunks:  # E_a is fixed: its target network is itself
         chunk_vecs = torch.from_numpy(np.concatenate(rollout.chunk_vecs))
     else:
-        chunk_vecs = model.encode(target_chunk, [ids for ex in rollout.action_ids for ids in ex],
-                                  dtype=model.infer_dtype).float().cpu()
+        chunk_vecs = (
+            model.encode(
+                target_chunk,
+                [ids for ex in rollout.action_ids for ids in ex],
+                dtype=model.infer_dtype,
+            )
+            .float()
+            .cpu()
+        )
     offsets = np.cumsum([0] + [len(ex) for ex in rollout.action_ids])
     # s_{t+1} is the state of the episode's next transition; the last one is terminal.
     trs = rollout.transitions
     has_next = [k for k in range(len(trs) - 1) if trs[k + 1].example == trs[k].example]
-    state_vecs = model.encode(target_state, [trs[k + 1].state for k in has_next],
-                              dtype=model.infer_dtype).float().cpu()
+    state_vecs = (
+        model.encode(target_state, [trs[k + 1].state for k in has_next], dtype=model.infer_dtype)
+        .float()
+        .cpu()
+    )
     next_values = torch.zeros(len(trs))
     for row, k in enumerate(has_next):
         i, following = trs[k].example, trs[k + 1]
-        vecs = chunk_vecs[offsets[i]:offsets[i + 1]]
+        vecs = chunk_vecs[offsets[i] : offsets[i + 1]]
         vecs = qvalue.positioned(model, vecs, np.arange(len(vecs)), following.before, len(vecs))
         q1, q2 = qvalue.q_halves(model, state_vecs[row], vecs, _features(following))
         q = q1 + q2
@@ -242,46 +301,72 @@ def targets(model: QModel, target_state: nn.Module, target_chunk: nn.Module,
     return returns
 
 
-def _state_vecs(model: QModel, rollout: Rollout, grad: bool, dtype: torch.dtype
-                ) -> torch.Tensor:
-    states = model.encode(model.state_encoder, [tr.state for tr in rollout.transitions],
-                          grad=grad, dtype=dtype)
+def _state_vecs(model: QModel, rollout: Rollout, grad: bool, dtype: torch.dtype) -> torch.Tensor:
+    states = model.encode(
+        model.state_encoder, [tr.state for tr in rollout.transitions], grad=grad, dtype=dtype
+    )
     return states if grad else states.clone()  # an inference tensor cannot enter autograd
 
 
-def _chunk_vecs(model: QModel, rollout: Rollout, grad: bool, dtype: torch.dtype,
-                device: torch.device) -> list[torch.Tensor]:
+def _chunk_vecs(
+    model: QModel, rollout: Rollout, grad: bool, dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
     """Per example: E_a vectors of all its chunks, with gradients when E_a learns."""
     if model.cfg.frozen_chunks or not grad:
         return [torch.from_numpy(v).to(device) for v in rollout.chunk_vecs]
-    flat = model.encode(model.chunk_encoder, [ids for ex in rollout.action_ids for ids in ex],
-                        grad=True, dtype=dtype)
+    flat = model.encode(
+        model.chunk_encoder,
+        [ids for ex in rollout.action_ids for ids in ex],
+        grad=True,
+        dtype=dtype,
+    )
     return list(flat.split([len(ex) for ex in rollout.action_ids]))
 
 
-def q_online(model: QModel, rollout: Rollout, grad: bool = True,
-             dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def q_online(
+    model: QModel, rollout: Rollout, grad: bool = True, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Q1, Q2 of the taken actions, with gradients (through the encoders when `grad`)."""
     trs = rollout.transitions
     states = _state_vecs(model, rollout, grad, dtype)
     if model.cfg.frozen_chunks or not grad:
-        chunks = torch.from_numpy(np.stack([rollout.chunk_vecs[tr.example][tr.action]
-                                            for tr in trs])).to(states.device)
+        chunks = torch.from_numpy(
+            np.stack([rollout.chunk_vecs[tr.example][tr.action] for tr in trs])
+        ).to(states.device)
     else:
-        chunks = model.encode(model.chunk_encoder,
-                              [rollout.action_ids[tr.example][tr.action] for tr in trs],
-                              grad=True, dtype=dtype)
-    chunks = torch.stack([
-        qvalue.positioned(model, chunks[k:k + 1], np.array([tr.action]), tr.before,
-                          len(rollout.action_ids[tr.example]))[0]
-        for k, tr in enumerate(trs)])
-    features = (torch.from_numpy(np.stack([tr.features[tr.action] for tr in trs]))
-                if trs and trs[0].features is not None else None)
+        chunks = model.encode(
+            model.chunk_encoder,
+            [rollout.action_ids[tr.example][tr.action] for tr in trs],
+            grad=True,
+            dtype=dtype,
+        )
+    chunks = torch.stack(
+        [
+            qvalue.positioned(
+                model,
+                chunks[k : k + 1],
+                np.array([tr.action]),
+                tr.before,
+                len(rollout.action_ids[tr.example]),
+            )[0]
+            for k, tr in enumerate(trs)
+        ]
+    )
+    features = (
+        torch.from_numpy(np.stack([tr.features[tr.action] for tr in trs]))
+        if trs and trs[0].features is not None
+        else None
+    )
     return qvalue.q_halves(model, states, chunks, features)
 
 
-def imitation_loss(model: QModel, rollout: Rollout, temperature: float, grad: bool = True,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def imitation_loss(
+    model: QModel,
+    rollout: Rollout,
+    temperature: float,
+    grad: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Warm start: every visited state ranks all of its chunks; the loss is the
     cross-entropy of softmax(Q / temperature) over the available chunks against the set
     of gold chunks not picked yet (any of them is a right next pick)."""
@@ -302,34 +387,49 @@ def imitation_loss(model: QModel, rollout: Rollout, temperature: float, grad: bo
     return torch.stack(losses).mean() if losses else states.sum() * 0.0
 
 
-def td_loss(q1: torch.Tensor, q2: torch.Tensor, returns: torch.Tensor, twin: bool
-            ) -> torch.Tensor:
+def td_loss(q1: torch.Tensor, q2: torch.Tensor, returns: torch.Tensor, twin: bool) -> torch.Tensor:
     """Twin halves each regress to G (scaled x2 so Q1 + Q2 estimates G)."""
     if not twin:
         return nn.functional.mse_loss(q1 + q2, returns)
-    return (0.5 * nn.functional.mse_loss(2 * q1, returns)
-            + 0.5 * nn.functional.mse_loss(2 * q2, returns))
+    return 0.5 * nn.functional.mse_loss(2 * q1, returns) + 0.5 * nn.functional.mse_loss(
+        2 * q2, returns
+    )
 
 
 # ---- checkpoints (safetensors + JSON, never pickle) -------------------------------------
-def save_checkpoint(folder: Path, model: QModel, target_state: nn.Module,
-                    target_chunk: nn.Module, opt: torch.optim.Optimizer, update: int,
-                    best: float, rng: np.random.Generator, cfg: TrainConfig,
-                    run_info: dict | None = None) -> None:
+def save_checkpoint(
+    folder: Path,
+    model: QModel,
+    target_state: nn.Module,
+    target_chunk: nn.Module,
+    opt: torch.optim.Optimizer,
+    update: int,
+    best: float,
+    rng: np.random.Generator,
+    cfg: TrainConfig,
+    run_info: dict | None = None,
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_model(model, folder / "model")
     tensors = {f"target_state.{k}": v.contiguous() for k, v in target_state.state_dict().items()}
     if not model.cfg.frozen_chunks:  # a frozen E_a is the base: nothing to keep
-        tensors.update({f"target_chunk.{k}": v.contiguous()
-                        for k, v in target_chunk.state_dict().items()})
+        tensors.update(
+            {f"target_chunk.{k}": v.contiguous() for k, v in target_chunk.state_dict().items()}
+        )
     opt_state = opt.state_dict()
     for idx, state in opt_state["state"].items():
         for key, value in state.items():
             tensors[f"opt.{idx}.{key}"] = torch.as_tensor(value).contiguous()
     with atomic_output(folder / "train_state.safetensors") as tmp:
         save_file(tensors, str(tmp))
-    meta = {"update": update, "best": best, "rng": rng.bit_generator.state, **(run_info or {}),
-            "param_groups": opt_state["param_groups"], "config": asdict(cfg)}
+    meta = {
+        "update": update,
+        "best": best,
+        "rng": rng.bit_generator.state,
+        **(run_info or {}),
+        "param_groups": opt_state["param_groups"],
+        "config": asdict(cfg),
+    }
     atomic_write(folder / "train_state.json", json.dumps(meta))
 
 
@@ -337,8 +437,11 @@ def load_checkpoint(folder: Path) -> tuple[QModel, dict, dict[str, torch.Tensor]
     if not (folder / "train_state.json").is_file():
         raise UsageError(f"nothing to resume in {folder} (no train_state.json)")
     meta = json.loads((folder / "train_state.json").read_text())
-    return load_qrag_folder(folder / "model"), meta, load_file(
-        str(folder / "train_state.safetensors"))
+    return (
+        load_qrag_folder(folder / "model"),
+        meta,
+        load_file(str(folder / "train_state.safetensors")),
+    )
 
 
 # ---- the loop ------------------------------------------------------------------------------
@@ -354,8 +457,12 @@ class TrainResult:
     curve: list[dict] = field(default_factory=list)
 
 
-def _evaluate(model: QModel, eval_sets: dict[str, list[Example]], budget: int,
-              cache: dict[str, np.ndarray] | None = None) -> dict:
+def _evaluate(
+    model: QModel,
+    eval_sets: dict[str, list[Example]],
+    budget: int,
+    cache: dict[str, np.ndarray] | None = None,
+) -> dict:
     """Fact EM/F1 over every eval example; with several eval files also each file's, and
     `select`, the mean of their fact EMs (what best-on-eval compares)."""
     everything = [ex for exs in eval_sets.values() for ex in exs]
@@ -365,28 +472,33 @@ def _evaluate(model: QModel, eval_sets: dict[str, list[Example]], budget: int,
     if len(eval_sets) > 1:
         by_file, start = {}, 0
         for name, exs in eval_sets.items():
-            by_file[name] = score(episodes[start:start + len(exs)], exs).to_dict()
+            by_file[name] = score(episodes[start : start + len(exs)], exs).to_dict()
             start += len(exs)
         metrics["by_file"] = by_file
         metrics["select"] = round(float(np.mean([m["fact_em"] for m in by_file.values()])), 4)
     return metrics
 
 
-def train(cfg: TrainConfig, resume: Path | None = None,
-          log: Callable[[dict], None] = lambda row: None) -> TrainResult:
+def train(
+    cfg: TrainConfig, resume: Path | None = None, log: Callable[[dict], None] = lambda row: None
+) -> TrainResult:
     """Train from `cfg`, or continue the run whose model folder (or checkpoint) is `resume`
     (its saved settings are kept; only `cfg.updates` may extend it)."""
     state: dict[str, torch.Tensor] | None = None
     meta: dict = {}
     if resume is not None:
-        ckpt = resume if (resume / "train_state.json").is_file() else \
-            resume.with_name(f".{resume.name}.checkpoint")
+        ckpt = (
+            resume
+            if (resume / "train_state.json").is_file()
+            else resume.with_name(f".{resume.name}.checkpoint")
+        )
         model, meta, state = load_checkpoint(ckpt)
         saved = {**meta["config"], "betas": tuple(meta["config"]["betas"])}
         cfg = TrainConfig(**{**saved, "updates": max(cfg.updates, meta["update"])})
     seed_everything(cfg.seed)
-    data = load_examples(Path(cfg.data), cfg.skip_bad,
-                         on_problem=lambda p: log({"event": "skip", "message": str(p)}))
+    data = load_examples(
+        Path(cfg.data), cfg.skip_bad, on_problem=lambda p: log({"event": "skip", "message": str(p)})
+    )
     if isinstance(cfg.eval, str):  # a checkpoint written before --eval took several files
         cfg.eval = [cfg.eval]
     if cfg.eval:
@@ -410,21 +522,30 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         rng.bit_generator.state = meta["rng"]
     else:
         ckpt = out.with_name(f".{out.name}.checkpoint")
-        base = (from_base(layers=cfg.layers) if cfg.base in (None, "base")
-                else load_model(cfg.base))
-        model = trainable(base, normalize=cfg.normalize, scale=cfg.scale,
-                          positions=cfg.positions, frozen_chunks=cfg.frozen_chunks,
-                          lexical=cfg.lexical)
+        base = from_base(layers=cfg.layers) if cfg.base in (None, "base") else load_model(cfg.base)
+        model = trainable(
+            base,
+            normalize=cfg.normalize,
+            scale=cfg.scale,
+            positions=cfg.positions,
+            frozen_chunks=cfg.frozen_chunks,
+            lexical=cfg.lexical,
+        )
     if not cfg.train_encoder and not qvalue.uses_lexical(model):
-        raise UsageError("nothing to train: --only-lexical needs lexical weights "
-                         "(--lexical W_QUESTION,W_PICKED or a model that has them)")
+        raise UsageError(
+            "nothing to train: --only-lexical needs lexical weights "
+            "(--lexical W_QUESTION,W_PICKED or a model that has them)"
+        )
     device = torch.device(cfg.device)
     model.to(device)
     target_state = copy.deepcopy(model.state_encoder).requires_grad_(False)
     # A frozen E_a (this run's --frozen-chunks, or a frozen-chunk model trained further)
     # is its own target network.
-    target_chunk = (model.chunk_encoder if model.cfg.frozen_chunks
-                    else copy.deepcopy(model.chunk_encoder).requires_grad_(False))
+    target_chunk = (
+        model.chunk_encoder
+        if model.cfg.frozen_chunks
+        else copy.deepcopy(model.chunk_encoder).requires_grad_(False)
+    )
     if cfg.freeze_embeddings:
         vocab = model.encoder_config.get("vocab_size")
         for module in [*model.state_encoder.modules(), *model.chunk_encoder.modules()]:
@@ -434,21 +555,24 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         model.state_encoder.requires_grad_(False)
         model.chunk_encoder.requires_grad_(False)
     lexical = [model.lexical_weights] if qvalue.uses_lexical(model) else []
-    encoder = [p for p in model.parameters()
-               if p.requires_grad and all(p is not w for w in lexical)]
+    encoder = [
+        p for p in model.parameters() if p.requires_grad and all(p is not w for w in lexical)
+    ]
     params = encoder + lexical
     groups = [{"params": encoder, "scale": 1.0}] if encoder else []
     if lexical:  # no weight decay: the lexical weights are the term's whole strength
-        groups.append({"params": lexical, "scale": cfg.lexical_lr / cfg.lr,
-                       "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                            weight_decay=cfg.weight_decay, foreach=True)
+        groups.append({"params": lexical, "scale": cfg.lexical_lr / cfg.lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
+    )
     if state is not None:
-        target_state.load_state_dict({k[13:]: v for k, v in state.items()
-                                      if k.startswith("target_state.")})
+        target_state.load_state_dict(
+            {k[13:]: v for k, v in state.items() if k.startswith("target_state.")}
+        )
         if not model.cfg.frozen_chunks:
-            target_chunk.load_state_dict({k[13:]: v for k, v in state.items()
-                                          if k.startswith("target_chunk.")})
+            target_chunk.load_state_dict(
+                {k[13:]: v for k, v in state.items() if k.startswith("target_chunk.")}
+            )
         opt_state = {"state": {}, "param_groups": meta["param_groups"]}
         for key, value in state.items():
             if key.startswith("opt."):
@@ -463,8 +587,9 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     fixed_chunks = model.cfg.frozen_chunks or not cfg.train_encoder
     cache: dict[str, np.ndarray] | None = {} if fixed_chunks else None
     # A resumed run keeps the first run's starting scores, curve and training seconds.
-    before = _evaluate(model, eval_sets, cfg.budget, cache) if resume is None \
-        else meta.get("before", {})
+    before = (
+        _evaluate(model, eval_sets, cfg.budget, cache) if resume is None else meta.get("before", {})
+    )
     seconds_before = float(meta.get("seconds", 0.0))
     curve: list[dict] = list(meta.get("curve", []))
     if resume is None:
@@ -480,17 +605,17 @@ def train(cfg: TrainConfig, resume: Path | None = None,
         lr, alpha = lr_at(update, cfg), alpha_at(update, cfg)
         for group in opt.param_groups:
             group["lr"] = lr * group.get("scale", 1.0)
-        batch = [train_set[i] for i in rng.choice(len(train_set), size=cfg.batch,
-                                                  replace=len(train_set) < cfg.batch)]
+        batch = [
+            train_set[i]
+            for i in rng.choice(len(train_set), size=cfg.batch, replace=len(train_set) < cfg.batch)
+        ]
         rollout = collect(model, batch, cfg, update, rng, cache)
         dtype = torch.bfloat16 if cfg.bf16 else torch.float32
         if update < cfg.warm_start:  # imitate the oracle over every chunk of each state
-            loss = imitation_loss(model, rollout, cfg.warm_temperature, cfg.train_encoder,
-                                  dtype)
+            loss = imitation_loss(model, rollout, cfg.warm_temperature, cfg.train_encoder, dtype)
             q1 = q2 = returns = torch.zeros(1)
         else:
-            returns = targets(model, target_state, target_chunk, rollout, cfg,
-                              alpha).to(device)
+            returns = targets(model, target_state, target_chunk, rollout, cfg, alpha).to(device)
             q1, q2 = q_online(model, rollout, cfg.train_encoder, dtype)
             loss = td_loss(q1, q2, returns, cfg.twin)
         opt.zero_grad(set_to_none=True)
@@ -502,12 +627,18 @@ def train(cfg: TrainConfig, resume: Path | None = None,
             if not model.cfg.frozen_chunks:
                 polyak_update(target_chunk, model.chunk_encoder, cfg.tau)
         done += 1
-        row = {"event": "update", "update": update + 1, "loss": round(loss.item(), 6),
-               "solved": round(rollout.solved, 4),
-               "q_mean": round(float((q1 + q2).detach().mean()), 5),
-               "return_mean": round(float(returns.mean()), 5), "grad_norm": round(grad_norm, 4),
-               "lr": lr, "alpha": round(alpha, 6),
-               "phase": "imitation" if update < cfg.warm_start else "q-learning"}
+        row = {
+            "event": "update",
+            "update": update + 1,
+            "loss": round(loss.item(), 6),
+            "solved": round(rollout.solved, 4),
+            "q_mean": round(float((q1 + q2).detach().mean()), 5),
+            "return_mean": round(float(returns.mean()), 5),
+            "grad_norm": round(grad_norm, 4),
+            "lr": lr,
+            "alpha": round(alpha, 6),
+            "phase": "imitation" if update < cfg.warm_start else "q-learning",
+        }
         if qvalue.uses_lexical(model):
             row["lexical"] = [round(float(w), 4) for w in model.lexical_weights.detach()]
         log(row)
@@ -520,9 +651,22 @@ def train(cfg: TrainConfig, resume: Path | None = None,
                 best = metrics["select"]
                 model.cfg.metrics = {"eval": metrics, "update": update + 1}
                 save_model(model, out)
-            save_checkpoint(ckpt, model, target_state, target_chunk, opt, update + 1, best,
-                            rng, cfg, {"before": before, "curve": curve, "seconds": round(
-                                seconds_before + time.perf_counter() - t_start, 1)})
+            save_checkpoint(
+                ckpt,
+                model,
+                target_state,
+                target_chunk,
+                opt,
+                update + 1,
+                best,
+                rng,
+                cfg,
+                {
+                    "before": before,
+                    "curve": curve,
+                    "seconds": round(seconds_before + time.perf_counter() - t_start, 1),
+                },
+            )
     elapsed = time.perf_counter() - t_start
 
     # Ship the best checkpoint, with the stop threshold calibrated on eval data.
@@ -533,18 +677,32 @@ def train(cfg: TrainConfig, resume: Path | None = None,
     threshold, with_stop, right_share = calibrate_threshold(episodes, eval_set)
     after = _evaluate(final, eval_sets, cfg.budget, cache)
     final.cfg.threshold = threshold if cfg.apply_stop else None
-    final.cfg.metrics = {"before": before, "after": after, "threshold": with_stop.to_dict(),
-                         "calibrated_threshold": threshold,
-                         "stop_right_share": round(right_share, 4), "curve": curve,
-                         "kept_update": kept}
-    final.cfg.train = {**asdict(cfg), "data_hash": data_hash(Path(cfg.data)),
-                       "train_examples": len(train_set), "eval_examples": len(eval_set),
-                       "seconds": round(seconds_before + elapsed, 1)}
+    final.cfg.metrics = {
+        "before": before,
+        "after": after,
+        "threshold": with_stop.to_dict(),
+        "calibrated_threshold": threshold,
+        "stop_right_share": round(right_share, 4),
+        "curve": curve,
+        "kept_update": kept,
+    }
+    final.cfg.train = {
+        **asdict(cfg),
+        "data_hash": data_hash(Path(cfg.data)),
+        "train_examples": len(train_set),
+        "eval_examples": len(eval_set),
+        "seconds": round(seconds_before + elapsed, 1),
+    }
     final.cfg.name = out.name
     save_model(final, out)
     write_model_card(out, {"config": asdict(final.cfg)})
-    return TrainResult(out=out, before=before, after=after, threshold=threshold,
-                       stop_right_share=right_share,
-                       updates_per_s=done / elapsed if elapsed else 0.0,
-                       episodes_per_s=done * cfg.batch / elapsed if elapsed else 0.0,
-                       curve=curve)
+    return TrainResult(
+        out=out,
+        before=before,
+        after=after,
+        threshold=threshold,
+        stop_right_share=right_share,
+        updates_per_s=done / elapsed if elapsed else 0.0,
+        episodes_per_s=done * cfg.batch / elapsed if elapsed else 0.0,
+        curve=curve,
+    )

@@ -81,8 +81,12 @@ class TextTokenizer:
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json",
-                     "vocab.txt"):
+        for name in (
+            "tokenizer.json",
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+            "vocab.txt",
+        ):
             if (self.folder / name).is_file():
                 shutil.copyfile(self.folder / name, folder / name)
 
@@ -101,9 +105,15 @@ class HFBackbone(nn.Module):
 class QModel(nn.Module):
     """State encoder E_s, chunk encoder E_a, tokenizer and the settings that bind them."""
 
-    def __init__(self, cfg: ModelConfig, state_encoder: Encoder, chunk_encoder: Encoder,
-                 tokenizer: TextTokenizer, encoder_config: dict,
-                 folder: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        state_encoder: Encoder,
+        chunk_encoder: Encoder,
+        tokenizer: TextTokenizer,
+        encoder_config: dict,
+        folder: Path | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.state_encoder = state_encoder
@@ -112,8 +122,11 @@ class QModel(nn.Module):
         self.encoder_config = encoder_config
         self.folder = folder
         # A parameter, so `qrag train` learns it with the encoders; saved in config.json.
-        self.lexical_weights = (nn.Parameter(torch.tensor(cfg.lexical, dtype=torch.float32))
-                                if cfg.lexical is not None else None)
+        self.lexical_weights = (
+            nn.Parameter(torch.tensor(cfg.lexical, dtype=torch.float32))
+            if cfg.lexical is not None
+            else None
+        )
         # Inference (chunks at index time, states at each step) runs in bf16 where the CPU
         # has native bf16 (AVX512-BF16/AMX): ~2x faster, scores move by ~1e-3. Training
         # rollouts and evaluation use the same path, so a model is measured as it is used.
@@ -150,8 +163,14 @@ class QModel(nn.Module):
             mask[row, : len(seq)] = 1
         return ids.to(device), mask.to(device)
 
-    def encode(self, encoder: Encoder, seqs: Sequence[list[int]], token_budget: int = 16384,
-               grad: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def encode(
+        self,
+        encoder: Encoder,
+        seqs: Sequence[list[int]],
+        token_budget: int = 16384,
+        grad: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
         """Embed token-id sequences (with special tokens) in length-sorted batches."""
         device = next(encoder.parameters()).device
         if not seqs:
@@ -174,8 +193,12 @@ class QModel(nn.Module):
 
     def embed_chunks(self, texts: Sequence[str]) -> np.ndarray:
         """E_a over chunk texts -> float32 [n, dim] (what `qrag index` stores)."""
-        return self.encode(self.chunk_encoder, self.action_ids(texts),
-                           dtype=self.infer_dtype).float().cpu().numpy()
+        return (
+            self.encode(self.chunk_encoder, self.action_ids(texts), dtype=self.infer_dtype)
+            .float()
+            .cpu()
+            .numpy()
+        )
 
     def embed_states(self, states: Sequence[list[int]]) -> np.ndarray:
         """E_s over assembled state token ids -> float32 [n, dim]."""

@@ -47,8 +47,7 @@ class Action(Protocol):
         ...
 
     @property
-    def text(self) -> str:
-        ...
+    def text(self) -> str: ...
 
 
 class Candidates(Protocol):
@@ -190,8 +189,13 @@ def lexical_features(source: Candidates, state: State) -> tuple[np.ndarray, np.n
     return features, (np.concatenate(proposals) if proposals else np.zeros(0, np.int64))
 
 
-def positioned(model: QModel, vectors: torch.Tensor, ordinals: np.ndarray,
-               picked_ordinals: Sequence[int], total: int) -> torch.Tensor:
+def positioned(
+    model: QModel,
+    vectors: torch.Tensor,
+    ordinals: np.ndarray,
+    picked_ordinals: Sequence[int],
+    total: int,
+) -> torch.Tensor:
     """Chunk vectors with their position relative to the picked chunks (rotary), for
     models that use positions; unchanged otherwise."""
     if model.cfg.positions != "relative":
@@ -200,8 +204,9 @@ def positioned(model: QModel, vectors: torch.Tensor, ordinals: np.ndarray,
     return rotate(vectors, torch.from_numpy(pos).to(vectors.device))
 
 
-def q_halves(model: QModel, states: torch.Tensor, chunks: torch.Tensor,
-             features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def q_halves(
+    model: QModel, states: torch.Tensor, chunks: torch.Tensor, features: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Q1, Q2 (the twin critic: each half of the dot product plus half the lexical term);
     Q = Q1 + Q2. `states` broadcasts against `chunks` [..., dim]; `features` [..., 2]."""
     half = chunks.shape[-1] // 2
@@ -226,18 +231,30 @@ def without_lexical(model: QModel) -> QModel:
 
 
 @torch.inference_mode()
-def score_all(model: QModel, state_vec: np.ndarray, source: Candidates, state: State,
-              ids: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+def score_all(
+    model: QModel,
+    state_vec: np.ndarray,
+    source: Candidates,
+    state: State,
+    ids: np.ndarray,
+    features: np.ndarray | None,
+) -> np.ndarray:
     """Exact Q of chunk ids under one state (no gradients)."""
-    vecs = positioned(model, torch.from_numpy(np.ascontiguousarray(source.vectors(ids))),
-                      source.ordinals(ids), [r.ordinal for r in state.picked], source.total)
+    vecs = positioned(
+        model,
+        torch.from_numpy(np.ascontiguousarray(source.vectors(ids))),
+        source.ordinals(ids),
+        [r.ordinal for r in state.picked],
+        source.total,
+    )
     feats = torch.from_numpy(features[ids]) if features is not None else None
     q1, q2 = q_halves(model, torch.from_numpy(state_vec), vecs, feats)
     return (q1 + q2).numpy()
 
 
-def best(model: QModel, state_vec: np.ndarray, source: Candidates, state: State, k: int
-         ) -> tuple[np.ndarray, np.ndarray]:
+def best(
+    model: QModel, state_vec: np.ndarray, source: Candidates, state: State, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The top-k actions under `state` with their exact Q values, best first."""
     exclude = state.exclude
     ids = source.propose(state_vec, max(k, POOL), exclude)

@@ -128,8 +128,11 @@ def check_gguf(path: Path) -> GGUFInfo:
 # free it, and a flag so the latest Reader decides whether logs reach stderr. The logs quote
 # the GGUF's own strings (name, chat template): they are cleaned like any text from a file,
 # decoded incrementally because one UTF-8 character may come in two calls.
-_LOG: dict[str, Any] = {"verbose": False, "callback": None,
-                        "decoder": codecs.getincrementaldecoder("utf-8")(errors="replace")}
+_LOG: dict[str, Any] = {
+    "verbose": False,
+    "callback": None,
+    "decoder": codecs.getincrementaldecoder("utf-8")(errors="replace"),
+}
 
 
 def _route_logs(llama_cpp: Any, verbose: bool) -> None:

@@ -83,8 +83,9 @@ class _CleanHook(RenderHook):
 
 
 def _console(**kwargs: Any) -> Console:
-    console = Console(markup=False, emoji=False, highlight=False,
-                      no_color=env_value("NO_COLOR"), **kwargs)
+    console = Console(
+        markup=False, emoji=False, highlight=False, no_color=env_value("NO_COLOR"), **kwargs
+    )
     console.push_render_hook(_CleanHook())
     return console
 
@@ -161,9 +162,15 @@ def print_json(obj: Any) -> None:
 
 
 def evidence_json(ev: Evidence, explain: bool = False, absolute: bool = False) -> dict:
-    item = {"step": ev.step, "q": round(ev.q, 6), "chunk_id": ev.chunk_id,
-            "path": ev.path if absolute else display_path(ev.path), "start_line": ev.start_line,
-            "end_line": ev.end_line, "text": ev.text}
+    item = {
+        "step": ev.step,
+        "q": round(ev.q, 6),
+        "chunk_id": ev.chunk_id,
+        "path": ev.path if absolute else display_path(ev.path),
+        "start_line": ev.start_line,
+        "end_line": ev.end_line,
+        "text": ev.text,
+    }
     if explain:
         item["alternatives"] = [{"chunk_id": c, "q": round(q, 6)} for c, q in ev.alternatives]
     return item
@@ -175,37 +182,54 @@ def snippet(text: str, width: int = 90) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def episode_table(episode: Episode, show_text: bool, explain: bool,
-                  alt_rows: dict[int, tuple[str, str]] | None = None) -> Table:
+def episode_table(
+    episode: Episode,
+    show_text: bool,
+    explain: bool,
+    alt_rows: dict[int, tuple[str, str]] | None = None,
+) -> Table:
     table = Table(show_header=True, header_style="bold", expand=False)
     table.add_column("step", justify="right")
     table.add_column("Q", justify="right")
     table.add_column("where", no_wrap=True)
     table.add_column("text", overflow="fold")
     for ev in episode.evidence:
-        table.add_row(str(ev.step), f"{ev.q:.3f}", plain(location(ev)),
-                      plain(ev.text, multiline=True) if show_text else snippet(ev.text))
+        table.add_row(
+            str(ev.step),
+            f"{ev.q:.3f}",
+            plain(location(ev)),
+            plain(ev.text, multiline=True) if show_text else snippet(ev.text),
+        )
         if explain:
             for chunk_id, q in ev.alternatives:
                 where, text = (alt_rows or {}).get(chunk_id, (f"chunk {chunk_id}", ""))
-                table.add_row("", Text(f"{q:.3f}", style="dim"), plain(where, style="dim"),
-                              Text(snippet(text, 60), style="dim"))
+                table.add_row(
+                    "",
+                    Text(f"{q:.3f}", style="dim"),
+                    plain(where, style="dim"),
+                    Text(snippet(text, 60), style="dim"),
+                )
     return table
 
 
 def stop_reason(episode: Episode) -> str:
-    return {"threshold": "stopped: best Q fell below the model's stop threshold",
-            "budget": "stopped: step budget reached",
-            "exhausted": "stopped: no chunks left"}[episode.stop]
+    return {
+        "threshold": "stopped: best Q fell below the model's stop threshold",
+        "budget": "stopped: step budget reached",
+        "exhausted": "stopped: no chunks left",
+    }[episode.stop]
 
 
 # ---- `qrag ask` / the mcp `ask` tool ------------------------------------------------------
 def ask_json(result: AskResult, explain: bool = False, absolute: bool = False) -> dict:
     """`absolute`: paths as stored, for a client whose working directory is not ours."""
     obj = {
-        "question": result.question, "model": result.model, "index": result.index,
+        "question": result.question,
+        "model": result.model,
+        "index": result.index,
         "evidence": [evidence_json(ev, explain, absolute) for ev in result.episode.evidence],
-        "stop": result.episode.stop, "answer": None,
+        "stop": result.episode.stop,
+        "answer": None,
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
     }
     if result.answer is not None:
@@ -213,12 +237,16 @@ def ask_json(result: AskResult, explain: bool = False, absolute: bool = False) -
         stored = {ev.chunk_id: ev.path for ev in result.episode.evidence}
         obj["answer"] = ans.text.strip()
         obj["citations"] = [
-            {"n": n, "chunk_id": ans.used[n - 1].chunk_id,
-             # The LLM saw short paths (see Asker.ask); scripts get what the evidence shows.
-             "path": (stored[ans.used[n - 1].chunk_id] if absolute
-                      else ans.used[n - 1].path),
-             "start_line": ans.used[n - 1].start_line,
-             "end_line": ans.used[n - 1].end_line} for n in ans.citations]
+            {
+                "n": n,
+                "chunk_id": ans.used[n - 1].chunk_id,
+                # The LLM saw short paths (see Asker.ask); scripts get what the evidence shows.
+                "path": (stored[ans.used[n - 1].chunk_id] if absolute else ans.used[n - 1].path),
+                "start_line": ans.used[n - 1].start_line,
+                "end_line": ans.used[n - 1].end_line,
+            }
+            for n in ans.citations
+        ]
         obj["trimmed"] = [ev.chunk_id for ev in ans.trimmed]
     return obj
 
@@ -237,11 +265,17 @@ def print_ask(result: AskResult, show_text: bool, explain: bool, streamed: bool)
             mark = "*" if n in ans.citations else " "
             out.print(plain(f"{mark}[{n}] {location(ev)}"))
         if ans.trimmed:
-            log(f"note: {len(ans.trimmed)} evidence chunk(s) did not fit "
-                f"--n-ctx and were left out of the prompt")
+            log(
+                f"note: {len(ans.trimmed)} evidence chunk(s) did not fit "
+                f"--n-ctx and were left out of the prompt"
+            )
         return
-    alt_rows = {i: (f"{display_path(r.path)}:{r.start_line}-{r.end_line}", r.text)
-                for i, r in result.alternatives.items()}
+    alt_rows = {
+        i: (f"{display_path(r.path)}:{r.start_line}-{r.end_line}", r.text)
+        for i, r in result.alternatives.items()
+    }
     out.print(episode_table(result.episode, show_text, explain, alt_rows))
-    log(f"{stop_reason(result.episode)}; "
-        f"{result.timings_ms.get('retrieval_ms', 0):.0f} ms", style="dim")
+    log(
+        f"{stop_reason(result.episode)}; {result.timings_ms.get('retrieval_ms', 0):.0f} ms",
+        style="dim",
+    )

@@ -29,16 +29,43 @@ RULES_VERSION = 1
 # (what the user is told, globs matched case-insensitively against the file's name)
 _NAME_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("environment file", (".env", ".env.*", "*.env", ".envrc")),
-    ("SSH key file", ("id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "ssh_host_*key",
-                      "*.ppk")),
+    ("SSH key file", ("id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "ssh_host_*key", "*.ppk")),
     ("key file", ("*.pem", "*.key", "*.p8", "*.pkcs8", "*.gpg", "secring.*")),
-    ("keystore", ("*.jks", "*.keystore", "*.bks", "*.p12", "*.pfx", "*.pkcs12", "*.kdbx",
-                  "*.kdb", "*.keychain", "*.keychain-db")),
-    ("credentials file", (
-        "credentials", "credentials.json", "credentials.db", "access_tokens.db",
-        "application_default_credentials.json", "accesstokens.json", "msal_token_cache.*",
-        "service_principal_entries.*", "*.publishsettings", "*.tfstate", "*.tfstate.backup",
-        "secrets.yml", "secrets.yaml", "secrets.json", "secrets.toml")),
+    (
+        "keystore",
+        (
+            "*.jks",
+            "*.keystore",
+            "*.bks",
+            "*.p12",
+            "*.pfx",
+            "*.pkcs12",
+            "*.kdbx",
+            "*.kdb",
+            "*.keychain",
+            "*.keychain-db",
+        ),
+    ),
+    (
+        "credentials file",
+        (
+            "credentials",
+            "credentials.json",
+            "credentials.db",
+            "access_tokens.db",
+            "application_default_credentials.json",
+            "accesstokens.json",
+            "msal_token_cache.*",
+            "service_principal_entries.*",
+            "*.publishsettings",
+            "*.tfstate",
+            "*.tfstate.backup",
+            "secrets.yml",
+            "secrets.yaml",
+            "secrets.json",
+            "secrets.toml",
+        ),
+    ),
     ("password file", (".netrc", "_netrc", ".pgpass", ".git-credentials", ".htpasswd")),
 )
 _NAME_PATTERNS = tuple(
@@ -113,16 +140,27 @@ _LOWER_RULES = (
 # The key ends with one of the words (`DB_PASSWORD=`, `"api_key": "`, `_authToken=`); the
 # value has 8+ characters and no spaces.
 _CONFIG_RULES = (
-    _rule("password or key", r"(?:password|passwd|passphrase|secret|api[_-]?key|apikey|"
-          r"access[_-]?key|secret[_-]?key|private[_-]?key|token|_auth)[\"']?[ \t]*[:=]"
-          r"[ \t]*[\"']?(?P<value>[^\s\"'`,;]{8,})"),
+    _rule(
+        "password or key",
+        r"(?:password|passwd|passphrase|secret|api[_-]?key|apikey|"
+        r"access[_-]?key|secret[_-]?key|private[_-]?key|token|_auth)[\"']?[ \t]*[:=]"
+        r"[ \t]*[\"']?(?P<value>[^\s\"'`,;]{8,})",
+    ),
     _rule("password in URL", r"://[^\s/:@]+:(?P<value>[^\s/:@]{3,})@"),
 )
 
 # Values that stand for a secret rather than being one: references, paths, examples.
 _PLACEHOLDER_START = ("$", "%", "{", "<", "(", "[", "/", "~", ".", "*")
-_PLACEHOLDER_WORDS = ("example", "changeme", "change_me", "placeholder", "your", "xxxx",
-                      "redacted", "...")
+_PLACEHOLDER_WORDS = (
+    "example",
+    "changeme",
+    "change_me",
+    "placeholder",
+    "your",
+    "xxxx",
+    "redacted",
+    "...",
+)
 _PLACEHOLDER_VALUES = frozenset({"password", "required", "optional", "undefined", "disabled"})
 _RUN = re.compile(r"(.)\1{7}")  # "xxxxxxxx", "00000000", "********"
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -134,8 +172,12 @@ def _placeholder(match: re.Match[str]) -> bool:
         low = match.group(0).lower()
         return "example" in low or _RUN.search(low) is not None
     low = value.lower()
-    return (low.startswith(_PLACEHOLDER_START) or low in _PLACEHOLDER_VALUES
-            or any(w in low for w in _PLACEHOLDER_WORDS) or len(set(low)) < 4)
+    return (
+        low.startswith(_PLACEHOLDER_START)
+        or low in _PLACEHOLDER_VALUES
+        or any(w in low for w in _PLACEHOLDER_WORDS)
+        or len(set(low)) < 4
+    )
 
 
 def _first(rules: Iterable[_Rule], text: str, end: int) -> tuple[int, str] | None:
@@ -144,8 +186,7 @@ def _first(rules: Iterable[_Rule], text: str, end: int) -> tuple[int, str] | Non
     for rule in rules:
         for match in rule.pattern.finditer(text, 0, first[0] if first else end):
             start = match.start()
-            if rule.word_start and start and (text[start - 1].isalnum()
-                                              or text[start - 1] == "_"):
+            if rule.word_start and start and (text[start - 1].isalnum() or text[start - 1] == "_"):
                 continue
             if not _placeholder(match):
                 first = (start, rule.kind)
@@ -155,10 +196,12 @@ def _first(rules: Iterable[_Rule], text: str, end: int) -> tuple[int, str] | Non
 
 _CONFIG_SUFFIXES = frozenset(
     "env ini cfg conf cnf config toml yaml yml json jsonc json5 properties props xml tfvars "
-    "hcl plist npmrc pypirc netrc".split())
+    "hcl plist npmrc pypirc netrc".split()
+)
 _CONFIG_NAMES = frozenset(
     ".npmrc .pypirc .yarnrc .netrc _netrc .pgpass .git-credentials .gitconfig .my.cnf .boto "
-    ".s3cfg .dockercfg .htpasswd config credentials".split())
+    ".s3cfg .dockercfg .htpasswd config credentials".split()
+)
 
 
 def config_like(name: str) -> bool:

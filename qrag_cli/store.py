@@ -133,13 +133,15 @@ class IndexManifest:
 
     @classmethod
     def from_meta(cls, meta: dict[str, str]) -> IndexManifest:
-        return cls(model_name=meta.get("model_name"),
-                   model_fingerprint=meta.get("model_fingerprint"),
-                   dim=int(meta["dim"]),
-                   chunking=json.loads(meta.get("chunking", "{}")),
-                   model_spec=meta.get("model_spec"),
-                   format_version=int(meta["format_version"]),
-                   generation=int(meta["generation"]))
+        return cls(
+            model_name=meta.get("model_name"),
+            model_fingerprint=meta.get("model_fingerprint"),
+            dim=int(meta["dim"]),
+            chunking=json.loads(meta.get("chunking", "{}")),
+            model_spec=meta.get("model_spec"),
+            format_version=int(meta["format_version"]),
+            generation=int(meta["generation"]),
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -155,11 +157,15 @@ class IndexManifest:
     @classmethod
     def from_dict(cls, data: dict) -> IndexManifest:
         """The inverse of `to_dict`."""
-        return cls(model_name=data["model"], model_fingerprint=data["model_fingerprint"],
-                   dim=int(data["dim"]), chunking=dict(data["chunking"]),
-                   model_spec=data.get("model_spec"),
-                   format_version=int(data["format_version"]),
-                   generation=int(data["generation"]))
+        return cls(
+            model_name=data["model"],
+            model_fingerprint=data["model_fingerprint"],
+            dim=int(data["dim"]),
+            chunking=dict(data["chunking"]),
+            model_spec=data.get("model_spec"),
+            format_version=int(data["format_version"]),
+            generation=int(data["generation"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -185,8 +191,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         # One transaction per migration (executescript: trigger bodies hold ';').
         try:
-            conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\n"
-                               "COMMIT;")
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;"
+            )
         except sqlite3.Error:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -226,8 +233,9 @@ def _repair_hint(index_dir: Path) -> str:
 
 def corrupt_database(index_dir: Path, exc: BaseException) -> CorruptIndexError:
     """The one-line error for an index.sqlite that SQLite cannot read."""
-    return CorruptIndexError(f"index {index_dir} is corrupt (index.sqlite: {exc}); "
-                             f"{_rebuild_hint(index_dir)}")
+    return CorruptIndexError(
+        f"index {index_dir} is corrupt (index.sqlite: {exc}); {_rebuild_hint(index_dir)}"
+    )
 
 
 def index_exists(index_dir: Path) -> bool:
@@ -268,8 +276,9 @@ class IndexSnapshot:
         try:
             self.conn.execute("BEGIN")  # snapshot: later commits stay invisible to us
             self.meta = _meta(self.conn)
-            self.has_lexical = (self.conn.execute("PRAGMA user_version").fetchone()[0]
-                                >= LEXICAL_VERSION)
+            self.has_lexical = (
+                self.conn.execute("PRAGMA user_version").fetchone()[0] >= LEXICAL_VERSION
+            )
             self.n_chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             self.conn.close()
@@ -278,7 +287,8 @@ class IndexSnapshot:
             self.conn.close()
             raise CorruptIndexError(
                 f"index {self.index_dir} has format {self.meta.get('format_version')}, this qrag "
-                f"reads {FORMAT_VERSION}; {_rebuild_hint(self.index_dir)}")
+                f"reads {FORMAT_VERSION}; {_rebuild_hint(self.index_dir)}"
+            )
         self.dim = int(self.meta["dim"])
         self.n_vectors = int(self.meta["n_vectors"])
         self.generation = int(self.meta["generation"])
@@ -288,11 +298,15 @@ class IndexSnapshot:
         size = vec_path.stat().st_size if vec_path.exists() else -1
         if size < expected:
             self.conn.close()
-            raise CorruptIndexError(f"index {self.index_dir} is damaged ({vec_path.name} is "
-                                    f"truncated); {_repair_hint(self.index_dir)}")
-        self.vectors = (np.memmap(vec_path, dtype=np.float32, mode="r",
-                                  shape=(self.n_vectors, self.dim))
-                        if self.n_vectors else np.zeros((0, self.dim), np.float32))
+            raise CorruptIndexError(
+                f"index {self.index_dir} is damaged ({vec_path.name} is "
+                f"truncated); {_repair_hint(self.index_dir)}"
+            )
+        self.vectors = (
+            np.memmap(vec_path, dtype=np.float32, mode="r", shape=(self.n_vectors, self.dim))
+            if self.n_vectors
+            else np.zeros((0, self.dim), np.float32)
+        )
 
     @property
     def hnsw(self) -> hnswlib.Index:
@@ -303,9 +317,10 @@ class IndexSnapshot:
             try:
                 index.load_index(str(path))
             except (RuntimeError, OSError) as exc:
-                raise CorruptIndexError(f"index {self.index_dir} is damaged ({path.name} cannot "
-                                        f"be read: {exc}); {_repair_hint(self.index_dir)}"
-                                        ) from exc
+                raise CorruptIndexError(
+                    f"index {self.index_dir} is damaged ({path.name} cannot "
+                    f"be read: {exc}); {_repair_hint(self.index_dir)}"
+                ) from exc
             index.set_num_threads(1)
             self._hnsw = index
         return self._hnsw
@@ -333,7 +348,7 @@ class IndexSnapshot:
         ids = list(ids)
         out: dict[int, ChunkRow] = {}
         for start in range(0, len(ids), 500):
-            part = ids[start:start + 500]
+            part = ids[start : start + 500]
             marks = ",".join("?" * len(part))
             for row in self.conn.execute(
                 "SELECT c.id, f.path, c.seq, c.ordinal, c.start_line, c.end_line, c.n_tokens, "
@@ -343,17 +358,26 @@ class IndexSnapshot:
                 out[row[0]] = ChunkRow(*row)
         missing = [i for i in ids if i not in out]
         if missing:
-            raise CorruptIndexError(f"index {self.index_dir} refers to missing chunks "
-                                    f"{missing[:3]}; {_rebuild_hint(self.index_dir)}")
+            raise CorruptIndexError(
+                f"index {self.index_dir} refers to missing chunks "
+                f"{missing[:3]}; {_rebuild_hint(self.index_dir)}"
+            )
         return [out[i] for i in ids]
 
     def stats(self) -> dict:
         files, tokens = self.conn.execute(
-            "SELECT count(*), coalesce(sum(n_tokens), 0) FROM files").fetchone()
+            "SELECT count(*), coalesce(sum(n_tokens), 0) FROM files"
+        ).fetchone()
         size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
-        return {"files": files, "chunks": self.n_chunks, "tokens": tokens,
-                "bytes_on_disk": size, "updated": self.meta.get("updated"),
-                "roots": [str(root) for root in self.roots], **self.manifest.to_dict()}
+        return {
+            "files": files,
+            "chunks": self.n_chunks,
+            "tokens": tokens,
+            "bytes_on_disk": size,
+            "updated": self.meta.get("updated"),
+            "roots": [str(root) for root in self.roots],
+            **self.manifest.to_dict(),
+        }
 
     @property
     def roots(self) -> list[Path]:
@@ -361,8 +385,9 @@ class IndexSnapshot:
         return [Path(p) for p in json.loads(self.meta.get("roots") or "[]")]
 
     def has_file(self, path: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone() \
-            is not None
+        return (
+            self.conn.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone() is not None
+        )
 
     def release(self) -> None:
         """End the read snapshot. A long-lived reader (`qrag mcp`) calls this between uses:
@@ -428,13 +453,12 @@ def _zero_rows(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """The ids among `ids` whose row of `vectors` is all zeros (in blocks: flat memory)."""
     found = []
     for start in range(0, len(ids), 65536):
-        part = ids[start:start + 65536]
+        part = ids[start : start + 65536]
         found.append(part[~np.asarray(vectors[part]).any(axis=1)])
     return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
-def _inspect_vectors(folder: Path, meta: dict[str, str], live: np.ndarray,
-                     damage: Damage) -> int:
+def _inspect_vectors(folder: Path, meta: dict[str, str], live: np.ndarray, damage: Damage) -> int:
     """Fill in `damage` for vectors.f32; returns how many committed rows are on disk."""
     dim, n_vectors = int(meta["dim"]), int(meta["n_vectors"])
     path = folder / "vectors.f32"
@@ -458,8 +482,9 @@ def _clearly_damaged(rows: np.ndarray, live: np.ndarray, on_disk: int) -> np.nda
     return np.union1d(live[live >= on_disk], _zero_rows(rows, live[live < on_disk]))
 
 
-def _open_graph(folder: Path, meta: dict[str, str], live: np.ndarray,
-                max_elements: int | None = None) -> tuple[hnswlib.Index | None, str | None]:
+def _open_graph(
+    folder: Path, meta: dict[str, str], live: np.ndarray, max_elements: int | None = None
+) -> tuple[hnswlib.Index | None, str | None]:
     """The committed HNSW graph, or (None, why it cannot be used)."""
     generation = int(meta["generation"])
     path = folder / f"hnsw-{generation}.bin"
@@ -485,8 +510,12 @@ def _open_graph(folder: Path, meta: dict[str, str], live: np.ndarray,
 
 
 def _graph_rows(graph: hnswlib.Index, ids: np.ndarray) -> np.ndarray:
-    out = [np.asarray(graph.get_items(ids[start:start + 8192], return_type="numpy"),
-                      dtype=np.float32) for start in range(0, len(ids), 8192)]
+    out = [
+        np.asarray(
+            graph.get_items(ids[start : start + 8192], return_type="numpy"), dtype=np.float32
+        )
+        for start in range(0, len(ids), 8192)
+    ]
     return np.concatenate(out) if out else np.zeros((0, graph.dim), np.float32)
 
 
@@ -501,14 +530,17 @@ def _check_lexical(conn: sqlite3.Connection, full: bool) -> str | None:
     odd = conn.execute(
         f"SELECT (SELECT count(*) FROM chunks c LEFT JOIN {docs} d ON d.id = c.id "
         f"WHERE d.id IS NULL) + (SELECT count(*) FROM {docs} d LEFT JOIN chunks c "
-        "ON c.id = d.id WHERE c.id IS NULL)").fetchone()[0]
+        "ON c.id = d.id WHERE c.id IS NULL)"
+    ).fetchone()[0]
     if odd:
         return f"the BM25 table disagrees with the chunks ({odd} rows differ)"
     if not full:
         return None
     try:
-        conn.execute(f"INSERT INTO {lexical.FTS_TABLE}({lexical.FTS_TABLE}, rank) "
-                     "VALUES ('integrity-check', 1)")
+        conn.execute(
+            f"INSERT INTO {lexical.FTS_TABLE}({lexical.FTS_TABLE}, rank) "
+            "VALUES ('integrity-check', 1)"
+        )
     except sqlite3.OperationalError as exc:
         if "locked" not in str(exc) and "busy" not in str(exc):
             return f"the BM25 table is unusable ({exc})"
@@ -546,11 +578,11 @@ def check_index(index_dir: Path) -> dict:
             return result
         meta = _meta(conn)
         if int(meta.get("format_version", "0")) != FORMAT_VERSION:
-            result["problems"].append(f"index format {meta.get('format_version')} is not "
-                                      f"{FORMAT_VERSION}")
+            result["problems"].append(
+                f"index format {meta.get('format_version')} is not {FORMAT_VERSION}"
+            )
             return result
-        live = np.array([r[0] for r in conn.execute("SELECT id FROM chunks ORDER BY id")],
-                        np.int64)
+        live = np.array([r[0] for r in conn.execute("SELECT id FROM chunks ORDER BY id")], np.int64)
         damage = Damage()
         _inspect_vectors(index_dir / name, meta, live, damage)
         damage.graph = _open_graph(index_dir / name, meta, live)[1]
@@ -628,8 +660,11 @@ class IndexWriter:
                 return
             self.rebuild_reason = reason
         # A fresh store: resume an interrupted rebuild for the same model, else start one.
-        if building and (index_dir / building / "index.sqlite").is_file() \
-                and self._mismatch(index_dir / building) is None:
+        if (
+            building
+            and (index_dir / building / "index.sqlite").is_file()
+            and self._mismatch(index_dir / building) is None
+        ):
             self._open(index_dir / building)
             return
         self._drop_stale_build(building)
@@ -658,12 +693,14 @@ class IndexWriter:
         if int(meta.get("format_version", 0)) != FORMAT_VERSION:
             return "the index format changed"
         if meta.get("model_fingerprint") != want.model_fingerprint:
-            return (f"the model changed ({meta.get('model_name')} -> {want.model_name})")
+            return f"the model changed ({meta.get('model_name')} -> {want.model_name})"
         had = json.loads(meta.get("chunking", "{}"))
         if had != want.chunking:
-            changes = ", ".join(f"{key} {had.get(key)} -> {value}"
-                                for key, value in want.chunking.items()
-                                if had.get(key) != value)
+            changes = ", ".join(
+                f"{key} {had.get(key)} -> {value}"
+                for key, value in want.chunking.items()
+                if had.get(key) != value
+            )
             return f"the chunking settings changed ({changes})"
         return None
 
@@ -704,8 +741,9 @@ class IndexWriter:
         self._verify(folder, meta)
         self.conn.execute("BEGIN IMMEDIATE")
         if self._lexical_damaged:
-            self.conn.execute(f"INSERT INTO {lexical.FTS_TABLE}({lexical.FTS_TABLE}) "
-                              "VALUES ('rebuild')")
+            self.conn.execute(
+                f"INSERT INTO {lexical.FTS_TABLE}({lexical.FTS_TABLE}) VALUES ('rebuild')"
+            )
             self._dirty = True
 
     def _verify(self, folder: Path, meta: dict[str, str]) -> None:
@@ -736,35 +774,44 @@ class IndexWriter:
                 fh.truncate(self.n_vectors * self.dim * 4)
             if graph is not None:
                 # The graph holds an exact copy of every live vector (in blocks: flat memory).
-                rows = np.memmap(vec_path, dtype=np.float32, mode="r+",
-                                 shape=(self.n_vectors, self.dim))
+                rows = np.memmap(
+                    vec_path, dtype=np.float32, mode="r+", shape=(self.n_vectors, self.dim)
+                )
                 suspects = live
                 if GRAPH_CRC not in meta:  # a graph nothing vouches for fixes only clear damage
                     suspects = _clearly_damaged(rows, live, on_disk)
                 restored = 0
                 for start in range(0, len(suspects), 65536):
-                    part = suspects[start:start + 65536]
+                    part = suspects[start : start + 65536]
                     copies = _graph_rows(graph, part)
                     differ = ~(np.asarray(rows[part]) == copies).all(axis=1)
                     rows[part[differ]] = copies[differ]
                     restored += int(differ.sum())
                 rows.flush()
                 del rows
-                self.repairs.append(f"{vec_path.name}: {restored} damaged vectors restored "
-                                    f"from the graph ({'; '.join(damage.problems())})")
+                self.repairs.append(
+                    f"{vec_path.name}: {restored} damaged vectors restored "
+                    f"from the graph ({'; '.join(damage.problems())})"
+                )
             else:
-                rows = np.memmap(vec_path, dtype=np.float32, mode="r",
-                                 shape=(self.n_vectors, self.dim))
+                rows = np.memmap(
+                    vec_path, dtype=np.float32, mode="r", shape=(self.n_vectors, self.dim)
+                )
                 # Without a copy, a checksum mismatch cannot say which rows: all of them.
                 bad = live if damage.checksum else _clearly_damaged(rows, live, on_disk)
                 del rows
                 self.damaged_rows = bad
-                self.repairs.append(f"{vec_path.name}: {len(bad)} damaged vectors re-embedded "
-                                    f"from their chunk text ({'; '.join(damage.problems())})")
+                self.repairs.append(
+                    f"{vec_path.name}: {len(bad)} damaged vectors re-embedded "
+                    f"from their chunk text ({'; '.join(damage.problems())})"
+                )
         if graph is None:
             graph = hnswlib.Index(space="ip", dim=self.dim)
-            graph.init_index(max_elements=max(self.n_vectors, 1024), M=HNSW_M,
-                             ef_construction=HNSW_EF_CONSTRUCTION)
+            graph.init_index(
+                max_elements=max(self.n_vectors, 1024),
+                M=HNSW_M,
+                ef_construction=HNSW_EF_CONSTRUCTION,
+            )
             if len(live):  # graph lost or damaged but vectors committed: rebuild it
                 self._graph_dirty = self._dirty = True
                 self.repairs.append(f"HNSW graph rebuilt from the vectors ({damage.graph})")
@@ -781,10 +828,14 @@ class IndexWriter:
             self._fill_graph(live)
 
     def _fill_graph(self, ids: np.ndarray) -> None:
-        rows = np.memmap(self.folder / "vectors.f32", dtype=np.float32, mode="r",
-                         shape=(self.n_vectors, self.dim))
+        rows = np.memmap(
+            self.folder / "vectors.f32",
+            dtype=np.float32,
+            mode="r",
+            shape=(self.n_vectors, self.dim),
+        )
         for start in range(0, len(ids), 65536):
-            part = ids[start:start + 65536]
+            part = ids[start : start + 65536]
             self.hnsw.add_items(np.asarray(rows[part]), part)
         del rows
 
@@ -800,17 +851,28 @@ class IndexWriter:
 
     def chunk_texts(self, ids: Sequence[int]) -> list[str]:
         """The stored text of chunks `ids`, in that order."""
-        texts = dict(self.conn.execute(
-            f"SELECT id, text FROM chunks WHERE id IN ({','.join('?' * len(ids))})",
-            [int(i) for i in ids]).fetchall()) if len(ids) else {}
+        texts = (
+            dict(
+                self.conn.execute(
+                    f"SELECT id, text FROM chunks WHERE id IN ({','.join('?' * len(ids))})",
+                    [int(i) for i in ids],
+                ).fetchall()
+            )
+            if len(ids)
+            else {}
+        )
         return [texts[int(i)] for i in ids]
 
     def restore_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Write re-embedded vectors for `damaged_rows` in place, then rebuild the graph."""
         if not np.array_equal(np.asarray(ids), self.damaged_rows):
             raise ValueError("restore exactly the damaged rows")
-        rows = np.memmap(self.folder / "vectors.f32", dtype=np.float32, mode="r+",
-                         shape=(self.n_vectors, self.dim))
+        rows = np.memmap(
+            self.folder / "vectors.f32",
+            dtype=np.float32,
+            mode="r+",
+            shape=(self.n_vectors, self.dim),
+        )
         rows[self.damaged_rows] = np.asarray(vectors, dtype=np.float32)
         rows.flush()
         del rows
@@ -834,13 +896,15 @@ class IndexWriter:
 
     def files(self) -> dict[str, FileRow]:
         rows = self.conn.execute(
-            "SELECT id, path, hash, size, mtime_ns, n_chunks FROM files").fetchall()
+            "SELECT id, path, hash, size, mtime_ns, n_chunks FROM files"
+        ).fetchall()
         return {r[1]: FileRow(*r) for r in rows}
 
     # -- changes (staged until commit) --
     def remove_file(self, file_id: int) -> int:
-        ids = [r[0] for r in self.conn.execute(
-            "SELECT id FROM chunks WHERE file_id = ?", (file_id,))]
+        ids = [
+            r[0] for r in self.conn.execute("SELECT id FROM chunks WHERE file_id = ?", (file_id,))
+        ]
         for label in ids:
             with contextlib.suppress(RuntimeError):  # already gone from the graph
                 self.hnsw.mark_deleted(label)
@@ -851,25 +915,48 @@ class IndexWriter:
 
     def touch_file(self, file_id: int, size: int, mtime_ns: int) -> None:
         """Same content, new stat: remember it so the next run skips hashing."""
-        self.conn.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
-                          (size, mtime_ns, file_id))
+        self.conn.execute(
+            "UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, file_id)
+        )
         self._dirty = True
 
-    def add_file(self, path: str, hash_: str, size: int, mtime_ns: int, kind: str,
-                 chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+    def add_file(
+        self,
+        path: str,
+        hash_: str,
+        size: int,
+        mtime_ns: int,
+        kind: str,
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+    ) -> None:
         if len(chunks) != len(vectors):
             raise ValueError("one vector per chunk")
         cur = self.conn.execute(
             "INSERT INTO files (path, hash, size, mtime_ns, kind, n_chunks, n_tokens) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (path, hash_, size, mtime_ns, kind, len(chunks), sum(c.n_tokens for c in chunks)))
+            (path, hash_, size, mtime_ns, kind, len(chunks), sum(c.n_tokens for c in chunks)),
+        )
         file_id = cur.lastrowid
         first = self.n_vectors + sum(len(v) for v in self._pending_vectors)
         self.conn.executemany(
             "INSERT INTO chunks (id, file_id, seq, start_line, end_line, start_byte, end_byte, "
             "n_tokens, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(first + i, file_id, c.seq, c.start_line, c.end_line, c.start_byte, c.end_byte,
-              c.n_tokens, c.text) for i, c in enumerate(chunks)])
+            [
+                (
+                    first + i,
+                    file_id,
+                    c.seq,
+                    c.start_line,
+                    c.end_line,
+                    c.start_byte,
+                    c.end_byte,
+                    c.n_tokens,
+                    c.text,
+                )
+                for i, c in enumerate(chunks)
+            ],
+        )
         if len(vectors):
             vecs = np.ascontiguousarray(vectors, dtype=np.float32)
             self._pending_vectors.append(vecs)
@@ -907,18 +994,25 @@ class IndexWriter:
             final = self.folder / f"hnsw-{gen}.bin"
             with atomic_output(final) as tmp:
                 self.hnsw.save_index(str(tmp))
-            meta = [("generation", str(gen)), (VECTORS_CRC, str(crc)),
-                    (GRAPH_CRC, str(_crc32(final, final.stat().st_size)))]
+            meta = [
+                ("generation", str(gen)),
+                (VECTORS_CRC, str(crc)),
+                (GRAPH_CRC, str(_crc32(final, final.stat().st_size))),
+            ]
             # Corpus order: path, then chunk position in the file.
             self.conn.execute(
                 "UPDATE chunks SET ordinal = r.rn FROM (SELECT c.id AS id, row_number() OVER "
                 "(ORDER BY f.path, c.seq) - 1 AS rn FROM chunks c JOIN files f ON "
-                "f.id = c.file_id) AS r WHERE chunks.id = r.id AND chunks.ordinal != r.rn")
-        self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-            *meta,
-            ("n_vectors", str(self.n_vectors + new_vectors)),
-            ("updated", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-        ])
+                "f.id = c.file_id) AS r WHERE chunks.id = r.id AND chunks.ordinal != r.rn"
+            )
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [
+                *meta,
+                ("n_vectors", str(self.n_vectors + new_vectors)),
+                ("updated", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+            ],
+        )
         self.conn.execute("COMMIT")
         self.generation = gen
         self._vectors_crc = crc
@@ -936,7 +1030,8 @@ class IndexWriter:
         """Commit; if this was a rebuild beside a live index, make it the live one."""
         self.commit()
         self.totals = self.conn.execute(
-            "SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM chunks)").fetchone()
+            "SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM chunks)"
+        ).fetchone()
         self.conn.execute("COMMIT")
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()

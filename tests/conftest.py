@@ -81,8 +81,14 @@ def built_sample_index(tmp_path_factory) -> Path:
     `sample_index`, never use it in place (a test may change what it is given)."""
     root = tmp_path_factory.mktemp("sample-index")
     index = root / "index"
-    run_qrag("index", str(SAMPLE), "--index", str(index), check=True,
-             env={"QRAG_HOME": str(root / "home")})
+    run_qrag(
+        "index",
+        str(SAMPLE),
+        "--index",
+        str(index),
+        check=True,
+        env={"QRAG_HOME": str(root / "home")},
+    )
     return index
 
 
@@ -98,8 +104,13 @@ def sample_index(built_sample_index: Path, qrag_home: Path) -> Path:
     return Path(shutil.copytree(built_sample_index, index_dir))
 
 
-def run_qrag(*args: str, env: dict | None = None, check: bool = False,
-             timeout: float = 300, process: bool = False) -> subprocess.CompletedProcess:
+def run_qrag(
+    *args: str,
+    env: dict | None = None,
+    check: bool = False,
+    timeout: float = 300,
+    process: bool = False,
+) -> subprocess.CompletedProcess:
     """The real CLI (`qrag_cli.cli.main`, stdout and stderr kept apart). In this process by
     default: a `qrag` subprocess costs ~3 s of importing torch and llama.cpp, the same for
     every call. `process=True` (or QRAG_TEST_SUBPROCESS=1 for the whole suite) starts a real
@@ -107,8 +118,9 @@ def run_qrag(*args: str, env: dict | None = None, check: bool = False,
     two processes at once). `timeout` only bounds a subprocess: it guards a hang."""
     if process or os.environ.get("QRAG_TEST_SUBPROCESS") == "1":
         full_env = {**os.environ, **(env or {})}
-        proc = subprocess.run([*QRAG, *args], capture_output=True, text=True, env=full_env,
-                              timeout=timeout, cwd=REPO)
+        proc = subprocess.run(
+            [*QRAG, *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO
+        )
     else:
         proc = _run_in_process(list(args), env or {})
     if check and proc.returncode != 0:
@@ -135,8 +147,7 @@ def _fresh_interpreter_warnings() -> None:
     them): a warning the CLI lets through reaches its stderr, each time, as in a process."""
     warnings.resetwarnings()
     warnings.simplefilter("default")
-    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
-                     ResourceWarning):
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
         warnings.simplefilter("ignore", category)
     warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
 
@@ -159,13 +170,12 @@ def _run_in_process(args: list[str], env: dict[str, str]) -> subprocess.Complete
     for stream in saved_streams:
         stream.flush()
     code: int | str | None = 0
-    with _fd_captured(1) as out_file, _fd_captured(2) as err_file, \
-            warnings.catch_warnings():
+    with _fd_captured(1) as out_file, _fd_captured(2) as err_file, warnings.catch_warnings():
         # Line-buffered over the fds, never closed (a library may keep a reference).
-        sys.stdout = open(1, "w", buffering=1, encoding="utf-8",  # noqa: SIM115
-                          closefd=False)
-        sys.stderr = open(2, "w", buffering=1, encoding="utf-8",  # noqa: SIM115
-                          errors="backslashreplace", closefd=False)
+        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stderr = open(  # noqa: SIM115
+            2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+        )
         _fresh_interpreter_warnings()
         os.environ.update(env)
         sys.argv = ["qrag", *args]

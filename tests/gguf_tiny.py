@@ -37,7 +37,11 @@ def _vocab() -> tuple[list[bytes], list[float], list[int]]:
 
 
 def write_tiny_gguf(
-    path: Path, *, arch: str = "llama", chat_template: str | None = CHAT_TEMPLATE, seed: int = 0,
+    path: Path,
+    *,
+    arch: str = "llama",
+    chat_template: str | None = CHAT_TEMPLATE,
+    seed: int = 0,
     emit: bytes | None = None,
 ) -> Path:
     """Write the model to `path`; `arch` other than "llama" makes a file llama.cpp rejects.

@@ -32,27 +32,55 @@ def test_ablation_flags_reach_the_run(tmp_path: Path) -> None:
     write_examples(two_hop_task(6, seed=0), tmp_path / "train.jsonl")
     write_examples(two_hop_task(2, seed=1), tmp_path / "eval.jsonl")
     out = tmp_path / "model"
-    run_qrag("train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"),
-             "--out", str(out), "--layers", "1", "--batch", "2", "--budget", "2",
-             "--updates", "2", "--warm-start", "1", "--eval-every", "2", "--no-target",
-             "--no-soft", "--no-twin", "--step-penalty", "--positions", "relative",
-             check=True)
+    run_qrag(
+        "train",
+        str(tmp_path / "train.jsonl"),
+        "--eval",
+        str(tmp_path / "eval.jsonl"),
+        "--out",
+        str(out),
+        "--layers",
+        "1",
+        "--batch",
+        "2",
+        "--budget",
+        "2",
+        "--updates",
+        "2",
+        "--warm-start",
+        "1",
+        "--eval-every",
+        "2",
+        "--no-target",
+        "--no-soft",
+        "--no-twin",
+        "--step-penalty",
+        "--positions",
+        "relative",
+        check=True,
+    )
     config = json.loads((out / "config.json").read_text())
     train = config["train"]
     assert (train["target_network"], train["soft_value"], train["twin"]) == (False,) * 3
     assert train["step_penalty"] and train["warm_start"] == 1
     assert train["positions"] == config["positions"] == "relative"
-    phases = [json.loads(line).get("phase") for line in (out / "train_log.jsonl").open()
-              if '"event": "update"' in line]
+    phases = [
+        json.loads(line).get("phase")
+        for line in (out / "train_log.jsonl").open()
+        if '"event": "update"' in line
+    ]
     assert phases == ["imitation", "q-learning"]
     # With target networks, each update moves the copies by tau only: they would differ.
     model, _, state = load_checkpoint(tmp_path / ".model.checkpoint")
     online = model.state_encoder.state_dict()
-    assert {k[len("target_state."):] for k in state if k.startswith("target_state.")} \
-        == set(online)
+    assert {k[len("target_state.") :] for k in state if k.startswith("target_state.")} == set(
+        online
+    )
     assert all(torch.equal(state["target_state." + k], v) for k, v in online.items())
-    assert any(not torch.equal(state["target_state." + k], v)
-               for k, v in from_base(layers=1).state_encoder.state_dict().items())
+    assert any(
+        not torch.equal(state["target_state." + k], v)
+        for k, v in from_base(layers=1).state_encoder.state_dict().items()
+    )
 
 
 def _one_rollout(model, cfg: TrainConfig):
@@ -68,8 +96,7 @@ def test_frozen_chunks_update_moves_e_s_only() -> None:
     chunk_before = {k: v.clone() for k, v in model.chunk_encoder.state_dict().items()}
     state_before = {k: v.clone() for k, v in model.state_encoder.state_dict().items()}
     returns = targets(model, model.state_encoder, model.chunk_encoder, rollout, cfg, 0.05)
-    loss = td_loss(*q_online(model, rollout), returns, True) + imitation_loss(model, rollout,
-                                                                             0.05)
+    loss = td_loss(*q_online(model, rollout), returns, True) + imitation_loss(model, rollout, 0.05)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
     loss.backward()
@@ -77,8 +104,9 @@ def test_frozen_chunks_update_moves_e_s_only() -> None:
     assert all(p.grad is None for p in model.chunk_encoder.parameters())
     after = model.chunk_encoder.state_dict()
     assert all(torch.equal(after[k], v) for k, v in chunk_before.items())
-    assert any(not torch.equal(model.state_encoder.state_dict()[k], v)
-               for k, v in state_before.items())
+    assert any(
+        not torch.equal(model.state_encoder.state_dict()[k], v) for k, v in state_before.items()
+    )
 
 
 def test_only_lexical_gradients_reach_the_two_weights_only() -> None:

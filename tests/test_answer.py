@@ -19,8 +19,20 @@ def tiny_gguf(tmp_path_factory) -> Path:
 
 
 def test_answer_json_with_tiny_model(sample_index, tiny_gguf: Path) -> None:
-    proc = run_qrag("ask", "Where was Ada Lindqvist born?", "--answer", "--llm", str(tiny_gguf),
-                    *ONE_THREAD, "--max-tokens", "8", "--json", "--steps", "2", check=True)
+    proc = run_qrag(
+        "ask",
+        "Where was Ada Lindqvist born?",
+        "--answer",
+        "--llm",
+        str(tiny_gguf),
+        *ONE_THREAD,
+        "--max-tokens",
+        "8",
+        "--json",
+        "--steps",
+        "2",
+        check=True,
+    )
     out = json.loads(proc.stdout)  # llama.cpp logs must not leak into stdout
     assert isinstance(out["answer"], str) and isinstance(out["citations"], list)
     assert len(out["evidence"]) == 2 and out["trimmed"] == []
@@ -28,17 +40,41 @@ def test_answer_json_with_tiny_model(sample_index, tiny_gguf: Path) -> None:
 
 
 def test_answer_streams_then_lists_evidence(sample_index, tiny_gguf: Path) -> None:
-    proc = run_qrag("ask", "Where was Ada Lindqvist born?", "--answer", "--llm", str(tiny_gguf),
-                    *ONE_THREAD, "--max-tokens", "8", "--steps", "2", check=True)
+    proc = run_qrag(
+        "ask",
+        "Where was Ada Lindqvist born?",
+        "--answer",
+        "--llm",
+        str(tiny_gguf),
+        *ONE_THREAD,
+        "--max-tokens",
+        "8",
+        "--steps",
+        "2",
+        check=True,
+    )
     lines = proc.stdout.rstrip("\n").splitlines()
     assert lines[-1].lstrip(" *").startswith("[2] qrag_cli/sample/")
     assert lines[-2].lstrip(" *").startswith("[1] qrag_cli/sample/")
 
 
 def test_small_context_trims_and_says_so(sample_index, tiny_gguf: Path) -> None:
-    proc = run_qrag("ask", "Where was Ada Lindqvist born?", "--answer", "--llm", str(tiny_gguf),
-                    *ONE_THREAD, "--max-tokens", "8", "--steps", "3", "--n-ctx", "1100", "--json",
-                    check=True)
+    proc = run_qrag(
+        "ask",
+        "Where was Ada Lindqvist born?",
+        "--answer",
+        "--llm",
+        str(tiny_gguf),
+        *ONE_THREAD,
+        "--max-tokens",
+        "8",
+        "--steps",
+        "3",
+        "--n-ctx",
+        "1100",
+        "--json",
+        check=True,
+    )
     out = json.loads(proc.stdout)
     assert out["trimmed"], "n_ctx 1100 cannot hold three chunks in a byte-level vocabulary"
 
@@ -62,8 +98,16 @@ def test_default_reader_is_configurable(tmp_path: Path, tiny_gguf: Path) -> None
 
 
 def test_smollm2_answers_from_the_evidence(sample_index) -> None:
-    proc = run_qrag("ask", "In which town was Ada Lindqvist born?", "--answer", "--steps", "1",
-                    "--json", *ONE_THREAD, check=True)
+    proc = run_qrag(
+        "ask",
+        "In which town was Ada Lindqvist born?",
+        "--answer",
+        "--steps",
+        "1",
+        "--json",
+        *ONE_THREAD,
+        check=True,
+    )
     out = json.loads(proc.stdout)
     assert any("Tarsholm" in ev["text"] for ev in out["evidence"])
     assert "tarsholm" in out["answer"].lower()

@@ -67,8 +67,9 @@ def test_each_step_is_conditioned_on_the_picked_chunks(base_model, hop_corpus) -
 
 def test_picked_chunks_are_excluded_and_exhaustion_stops(hop_index: Path, base_model) -> None:
     with open_snapshot(hop_index) as snapshot:
-        episode = run_episodes(base_model, [HOP_QUESTION], [IndexCandidates(snapshot)],
-                               StopRule(max_steps=20))[0]
+        episode = run_episodes(
+            base_model, [HOP_QUESTION], [IndexCandidates(snapshot)], StopRule(max_steps=20)
+        )[0]
     ids = [ev.chunk_id for ev in episode.evidence]
     assert len(ids) == len(set(ids)) == 8
     assert episode.stop == "exhausted"
@@ -88,11 +89,23 @@ def test_threshold_and_budget_stops(hop_index: Path, base_model) -> None:
 
 
 def test_cli_threshold_flags(hop_index: Path) -> None:
-    stopped = json.loads(run_qrag("ask", HOP_QUESTION, "--json", "--threshold", "5",
-                                  check=True).stdout)
+    stopped = json.loads(
+        run_qrag("ask", HOP_QUESTION, "--json", "--threshold", "5", check=True).stdout
+    )
     assert stopped["stop"] == "threshold" and len(stopped["evidence"]) == 1
-    full = json.loads(run_qrag("ask", HOP_QUESTION, "--json", "--threshold", "5", "--no-stop",
-                               "--steps", "3", check=True).stdout)
+    full = json.loads(
+        run_qrag(
+            "ask",
+            HOP_QUESTION,
+            "--json",
+            "--threshold",
+            "5",
+            "--no-stop",
+            "--steps",
+            "3",
+            check=True,
+        ).stdout
+    )
     assert full["stop"] == "budget" and len(full["evidence"]) == 3
 
 
@@ -119,8 +132,12 @@ def test_terminal_table(hop_index: Path) -> None:
 
 def test_batch_mode_jsonl(hop_index: Path, tmp_path: Path) -> None:
     qfile = tmp_path / "q.jsonl"
-    qfile.write_text(json.dumps({"id": "q1", "question": HOP_QUESTION}) + "\n\n"
-                     + json.dumps({"question": "Where was Emil Strand born?"}) + "\n")
+    qfile.write_text(
+        json.dumps({"id": "q1", "question": HOP_QUESTION})
+        + "\n\n"
+        + json.dumps({"question": "Where was Emil Strand born?"})
+        + "\n"
+    )
     proc = run_qrag("ask", "--questions", str(qfile), "--steps", "2", check=True)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line["id"] for line in lines] == ["q1", None]
@@ -135,12 +152,20 @@ def test_ann_agrees_with_exact(tmp_path: Path, base_model) -> None:
     questions = [f"what is the code for item {i}-{i % 4}" for i in range(0, 150, 5)]
     with open_snapshot(index_dir) as snapshot:
         assert snapshot.n_chunks > 400
-        ann = run_episodes(base_model, questions, [IndexCandidates(snapshot)] * len(questions),
-                           StopRule(3))
-        exact = run_episodes(base_model, questions,
-                             [IndexCandidates(snapshot, exact=True)] * len(questions), StopRule(3))
-    same = sum(a.chunk_id == b.chunk_id for ea, eb in zip(ann, exact, strict=True)
-               for a, b in zip(ea.evidence, eb.evidence, strict=True))
+        ann = run_episodes(
+            base_model, questions, [IndexCandidates(snapshot)] * len(questions), StopRule(3)
+        )
+        exact = run_episodes(
+            base_model,
+            questions,
+            [IndexCandidates(snapshot, exact=True)] * len(questions),
+            StopRule(3),
+        )
+    same = sum(
+        a.chunk_id == b.chunk_id
+        for ea, eb in zip(ann, exact, strict=True)
+        for a, b in zip(ea.evidence, eb.evidence, strict=True)
+    )
     assert same / (3 * len(questions)) >= 0.99
 
 
@@ -148,9 +173,12 @@ def test_in_memory_chunks_are_not_store_rows() -> None:
     """Training and evaluation chunks have no file: their own type, no made-up path."""
     source = MemoryCandidates(["alpha beta", "gamma delta"], np.zeros((2, 4), np.float32))
     rows = source.rows([1, 0])
-    assert rows == [MemoryChunk(id=1, ordinal=1, text="gamma delta"),
-                    MemoryChunk(id=0, ordinal=0, text="alpha beta")]
+    assert rows == [
+        MemoryChunk(id=1, ordinal=1, text="gamma delta"),
+        MemoryChunk(id=0, ordinal=0, text="alpha beta"),
+    ]
     assert not any(isinstance(row, ChunkRow) for row in rows)
+
 
 def test_boltzmann_policy_explores_but_prefers_the_best() -> None:
     rng = np.random.default_rng(0)

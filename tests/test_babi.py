@@ -43,9 +43,11 @@ def test_read_babi_restarts_stories_and_maps_support_lines(tmp_path: Path) -> No
     assert first.sentences == ("Mary moved to the bathroom.", "John went to the hallway.")
     assert (first.question, first.answer, first.support) == ("Where is Mary?", "bathroom", (0,))
     # Question lines are not story sentences: line 6 is the 5th sentence (index 4).
-    assert second.sentences[2:] == ("Mary got the football there.",
-                                    "Sandra journeyed to the garden.",
-                                    "Mary travelled to the office.")
+    assert second.sentences[2:] == (
+        "Mary got the football there.",
+        "Sandra journeyed to the garden.",
+        "Mary travelled to the office.",
+    )
     assert second.support == (2, 4) and second.where == f"{src}:7"
     assert len(third.sentences) == 3 and third.support == (2,)  # a new story
 
@@ -82,13 +84,16 @@ def test_convert_babi_points_at_the_supporting_sentences(tmp_path: Path) -> None
     assert proc.returncode != 0 and "small.txt:11: a question line" in proc.stderr
 
 
-@pytest.mark.parametrize(("line", "why"), [
-    ("3 Where is Mary?\tbathroom", "question<TAB>answer<TAB>"),
-    ("3 Where is Mary? \tbathroom\t9", "supporting line 9 is not a story line"),
-    ("3 Where is Mary? \tbathroom\tone", "are not numbers"),
-    ("5 Mary went to the garden.", "line number 5 follows 2"),
-    ("three Mary went to the garden.", "expected 'N text'"),
-])
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("3 Where is Mary?\tbathroom", "question<TAB>answer<TAB>"),
+        ("3 Where is Mary? \tbathroom\t9", "supporting line 9 is not a story line"),
+        ("3 Where is Mary? \tbathroom\tone", "are not numbers"),
+        ("5 Mary went to the garden.", "line number 5 follows 2"),
+        ("three Mary went to the garden.", "expected 'N text'"),
+    ],
+)
 def test_malformed_babi_line_names_file_and_line(tmp_path: Path, line: str, why: str) -> None:
     src = tmp_path / "bad.txt"
     src.write_text("1 Mary moved to the bathroom.\n2 John went to the hallway.\n" + line + "\n")
@@ -135,8 +140,11 @@ def test_real_qa2_bench_stories_are_renamed_bAbI_test_questions() -> None:
         # Every sentence keeps its structure: the original with each person and object
         # swapped, consistently (one new name per old one, one old per new).
         mapping: dict[str, str] = {}
-        for old, new in zip((*original.sentences, original.question),
-                            (*story.sentences, story.question), strict=True):
+        for old, new in zip(
+            (*original.sentences, original.question),
+            (*story.sentences, story.question),
+            strict=True,
+        ):
             pattern = _entity_groups(re.escape(old))
             m = re.fullmatch(pattern, new)
             assert m, (old, new)
@@ -154,11 +162,15 @@ def test_real_qa2_bench_stories_are_renamed_bAbI_test_questions() -> None:
 
 
 def test_training_examples_of_real_tasks_come_from_the_train_files(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     asked: list[tuple[str, str]] = []
     real_path = longctx.babi_path
-    monkeypatch.setattr(longctx, "babi_path",
-                        lambda task, split: asked.append((task, split)) or real_path(task, split))
+    monkeypatch.setattr(
+        longctx,
+        "babi_path",
+        lambda task, split: asked.append((task, split)) or real_path(task, split),
+    )
     examples = longctx.training_examples("qa2", 4, seed=0, tokens=1024, stories=2)
     assert asked and all(split == "train" for _, split in asked)
     train = {q.line: q for q in read_babi(QA2_TRAIN)}
@@ -174,8 +186,7 @@ def test_training_examples_of_real_tasks_come_from_the_train_files(
     assert len(longctx.training_examples("qa2_gen", 2, seed=0, tokens=1024)) == 2
 
 
-def test_real_tasks_name_the_missing_file(monkeypatch: pytest.MonkeyPatch,
-                                          tmp_path: Path) -> None:
+def test_real_tasks_name_the_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(datasets, "SHARED_DATA", tmp_path)
     with pytest.raises(UsageError, match=r"qa3_three-supporting-facts_test\.txt.*missing"):
         longctx.make_eval("qa3", 1024, 2, seed=0)

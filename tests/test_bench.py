@@ -48,8 +48,17 @@ def test_training_episodes_point_at_their_gold_chunks(tmp_path: Path) -> None:
         assert len(ex.chunks) > 8
         gold_text = " ".join(ex.chunks[i] for i in ex.support)
         assert "picked up" in gold_text and ex.answer in gold_text
-    proc = run_qrag("bench", "data", "vt", str(tmp_path / "vt.jsonl"), "--n", "3",
-                    "--tokens", "1024", check=True)
+    proc = run_qrag(
+        "bench",
+        "data",
+        "vt",
+        str(tmp_path / "vt.jsonl"),
+        "--n",
+        "3",
+        "--tokens",
+        "1024",
+        check=True,
+    )
     assert "wrote 3 examples" in proc.stderr
     assert len(load_examples(tmp_path / "vt.jsonl")) == 3
 
@@ -71,18 +80,57 @@ def test_bench_runs_every_method_through_the_cli(tmp_path: Path) -> None:
     from qrag_cli.bench.tasks import two_hop_task
 
     write_examples(two_hop_task(8, seed=0), tmp_path / "t.jsonl")
-    run_qrag("train", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "m"), "--layers",
-             "1", "--updates", "1", "--batch", "2", "--budget", "2", "--lexical", "on",
-             check=True)
+    run_qrag(
+        "train",
+        str(tmp_path / "t.jsonl"),
+        "--out",
+        str(tmp_path / "m"),
+        "--layers",
+        "1",
+        "--updates",
+        "1",
+        "--batch",
+        "2",
+        "--budget",
+        "2",
+        "--lexical",
+        "on",
+        check=True,
+    )
     out = tmp_path / "res"
-    proc = run_qrag("bench", "--out", str(out), "--task", "qa2", "--task", "niah_multikey",
-                    "--length", "2048", "--questions", "3", "--steps", "3", "--no-speed",
-                    "--no-real", "--model", str(tmp_path / "m"), "--lexical", "both", "--json",
-                    check=True, timeout=600)
+    proc = run_qrag(
+        "bench",
+        "--out",
+        str(out),
+        "--task",
+        "qa2",
+        "--task",
+        "niah_multikey",
+        "--length",
+        "2048",
+        "--questions",
+        "3",
+        "--steps",
+        "3",
+        "--no-speed",
+        "--no-real",
+        "--model",
+        str(tmp_path / "m"),
+        "--lexical",
+        "both",
+        "--json",
+        check=True,
+        timeout=600,
+    )
     result = json.loads(proc.stdout)
     methods = {(r["task"], r["method"]) for r in result["rows"]}
-    assert {m for _, m in methods} == {"bm25 top-k", "dense top-k", "multi-step untrained",
-                                       "qrag m", "qrag m (dense Q)"}  # hybrid and ablation
+    assert {m for _, m in methods} == {
+        "bm25 top-k",
+        "dense top-k",
+        "multi-step untrained",
+        "qrag m",
+        "qrag m (dense Q)",
+    }  # hybrid and ablation
     assert len(methods) == 10
     for row in result["rows"]:
         assert row["n"] == 3 and row["chunks"] > 10 and row["mean_steps"] <= 3
@@ -103,8 +151,10 @@ def test_bench_refuses_unknown_task(tmp_path: Path) -> None:
 def test_haystack_text_is_read_like_qrag_index(tmp_path: Path) -> None:
     """--haystack goes through the same discovery as `qrag index`: secrets and ignored
     files never become filler."""
-    (tmp_path / "story.md").write_text("A long paragraph about the harbour and its boats.\n\n"
-                                       "Another paragraph, about the winter market square.\n")
+    (tmp_path / "story.md").write_text(
+        "A long paragraph about the harbour and its boats.\n\n"
+        "Another paragraph, about the winter market square.\n"
+    )
     (tmp_path / ".env").write_text("SECRET_TOKEN=abcdefabcdefabcdefabcdefabcdefabcdef\n")
     (tmp_path / ".gitignore").write_text("private.txt\n")
     (tmp_path / "private.txt").write_text("A private paragraph that must never be filler text.\n")

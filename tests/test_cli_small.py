@@ -33,10 +33,23 @@ def test_version_comes_from_the_package_metadata() -> None:
     assert proc.stdout.strip() == f"qrag {version('qrag')}"
 
 
-@pytest.mark.parametrize("command", [[], ["index"], ["status"], ["config"], ["ask"],
-                                     ["train"], ["train", "eval"], ["train", "convert"],
-                                     ["train", "pack"], ["bench"], ["bench", "data"],
-                                     ["mcp"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["index"],
+        ["status"],
+        ["config"],
+        ["ask"],
+        ["train"],
+        ["train", "eval"],
+        ["train", "convert"],
+        ["train", "pack"],
+        ["bench"],
+        ["bench", "data"],
+        ["mcp"],
+    ],
+)
 def test_help_names_types_and_shows_flags_as_flags(command: list[str]) -> None:
     proc = run_qrag(*command, "--help", check=True)
     assert not TYPE_PLACEHOLDER.search(proc.stdout), proc.stdout
@@ -52,10 +65,16 @@ def test_help_names_types_and_shows_flags_as_flags(command: list[str]) -> None:
         assert re.search(r"--json\s+Print JSON", json_line), json_line
 
 
-@pytest.mark.parametrize("args", [["ask", "--json", "true"], ["ask", "why?", "--exact", "no"],
-                                  ["index", "--include-secrets", "yes"],
-                                  ["train", "data.jsonl", "--bf16", "false"],
-                                  ["train", "eval", "data.jsonl", "--json", "1"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ask", "--json", "true"],
+        ["ask", "why?", "--exact", "no"],
+        ["index", "--include-secrets", "yes"],
+        ["train", "data.jsonl", "--bf16", "false"],
+        ["train", "eval", "data.jsonl", "--json", "1"],
+    ],
+)
 def test_a_flag_given_a_value_is_refused(args: list[str]) -> None:
     proc = run_qrag(*args)
     flag = next(a for a in args if a.startswith("--"))
@@ -72,8 +91,10 @@ def test_train_and_bench_list_their_subcommands() -> None:
         assert re.search(rf"^│ {sub}\s", train, re.M), train
     assert "--updates" in train  # the training options stay on `qrag train --help`
     assert re.search(r"^│ data\s", run_qrag("bench", "--help", check=True).stdout, re.M)
-    assert "Usage: qrag train convert [OPTIONS] SRC DEST" in run_qrag(
-        "train", "convert", "--help", check=True).stdout
+    assert (
+        "Usage: qrag train convert [OPTIONS] SRC DEST"
+        in run_qrag("train", "convert", "--help", check=True).stdout
+    )
     # `qrag train DATA` keeps working, options before or after DATA (checked before any
     # model loads), and a stray word is an error, not a subcommand.
     for args in (["train", "d.jsonl", "--updates", "0"], ["train", "--updates", "0", "d.jsonl"]):
@@ -109,15 +130,26 @@ def _generation(index_dir: Path) -> int:
         return -1
 
 
-def test_ctrl_c_says_interrupted_exits_130_and_keeps_the_index(tmp_path: Path,
-                                                                qrag_home: Path) -> None:
+def test_ctrl_c_says_interrupted_exits_130_and_keeps_the_index(
+    tmp_path: Path, qrag_home: Path
+) -> None:
     corpus = make_corpus(tmp_path / "corpus", 60)
     index_dir = resolve_index("interrupted")
     # Small groups committed at once: the run is still going after its first commit.
-    env = {**os.environ, "QRAG_HOME": str(qrag_home), "QRAG_COMMIT_INTERVAL": "0",
-           "QRAG_EMBED_GROUP": "8"}
-    proc = subprocess.Popen([*QRAG, "index", str(corpus), "--index", "interrupted"], env=env,
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "QRAG_HOME": str(qrag_home),
+        "QRAG_COMMIT_INTERVAL": "0",
+        "QRAG_EMBED_GROUP": "8",
+    }
+    proc = subprocess.Popen(
+        [*QRAG, "index", str(corpus), "--index", "interrupted"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while _generation(index_dir) < 1 and proc.poll() is None:
         assert time.time() < deadline, "no commit within 300 s"
@@ -129,8 +161,9 @@ def test_ctrl_c_says_interrupted_exits_130_and_keeps_the_index(tmp_path: Path,
     assert stderr.strip().splitlines()[-1] == "interrupted" and "Traceback" not in stderr
     assert stdout == ""
     assert check_consistent(index_dir) > 0  # the last commit, whole
-    asked = run_qrag("ask", "code for item 3-1", "--index", "interrupted", "--json",
-                     "--steps", "2", check=True)
+    asked = run_qrag(
+        "ask", "code for item 3-1", "--index", "interrupted", "--json", "--steps", "2", check=True
+    )
     assert json.loads(asked.stdout)["evidence"]
     rerun = json.loads(run_qrag("index", "--index", "interrupted", "--json", check=True).stdout)
     assert rerun["files_total"] == 60 and rerun["unchanged"] > 0
@@ -145,9 +178,15 @@ def _tiny_roberta(folder: Path, safetensors: bool) -> Path:
     from qrag_cli.model import base_model_dir
 
     torch.manual_seed(0)
-    config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, intermediate_size=64,
-                           max_position_embeddings=514, pad_token_id=0)
+    config = RobertaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        pad_token_id=0,
+    )
     model = RobertaModel(config)
     if safetensors:
         model.save_pretrained(folder)
@@ -155,8 +194,7 @@ def _tiny_roberta(folder: Path, safetensors: bool) -> Path:
         folder.mkdir(parents=True)
         config.save_pretrained(folder)
         torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    for name in ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json",
-                 "vocab.txt"):
+    for name in ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json", "vocab.txt"):
         if (base_model_dir() / name).is_file():
             shutil.copyfile(base_model_dir() / name, folder / name)
     return folder
@@ -171,6 +209,9 @@ def test_non_bert_model_folder_loads_safetensors_only(hop_corpus: Path, tmp_path
     # The same encoder in safetensors goes through transformers and indexes.
     safe = _tiny_roberta(tmp_path / "safe", safetensors=True)
     assert (safe / "model.safetensors").is_file() and not list(safe.glob("*.bin"))
-    summary = json.loads(run_qrag("index", str(hop_corpus), "--index", "s", "--model",
-                                  str(safe), "--json", check=True).stdout)
+    summary = json.loads(
+        run_qrag(
+            "index", str(hop_corpus), "--index", "s", "--model", str(safe), "--json", check=True
+        ).stdout
+    )
     assert summary["files_total"] == len(list(hop_corpus.iterdir()))

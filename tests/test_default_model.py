@@ -17,7 +17,8 @@ DEFAULT = REPO / "models" / "qrag-default"
 
 
 def test_shipped_default_is_compact_and_used_unless_another_is_asked_for(
-        hop_corpus: Path, tmp_path: Path) -> None:
+    hop_corpus: Path, tmp_path: Path
+) -> None:
     assert (DEFAULT / "config.json").is_file() and (DEFAULT / "MODEL_CARD.md").is_file()
     size = sum(f.stat().st_size for f in DEFAULT.rglob("*") if f.is_file())
     assert size < 50e6
@@ -32,11 +33,11 @@ def test_shipped_default_is_compact_and_used_unless_another_is_asked_for(
     index = str(tmp_path / "idx")
     run_qrag("index", str(hop_corpus), "--index", index, check=True)
     question = "Which river flows through the city where the inventor was born?"
-    asked = json.loads(run_qrag("ask", question, "--index", index, "--json",
-                                check=True).stdout)
+    asked = json.loads(run_qrag("ask", question, "--index", index, "--json", check=True).stdout)
     assert asked["model"] == "qrag-default"
-    base = json.loads(run_qrag("ask", question, "--index", index, "--model", "base", "--json",
-                               check=True).stdout)
+    base = json.loads(
+        run_qrag("ask", question, "--index", index, "--model", "base", "--json", check=True).stdout
+    )
     assert base["model"] == BASE_NAME
     proc = run_qrag("ask", question, "--index", index, "--model", str(tmp_path / "nope"))
     assert proc.returncode != 0 and "no such model" in proc.stderr
@@ -48,14 +49,29 @@ def assert_written_by_the_recipe(model: QModel, tmp_path: Path) -> None:
     the kept update the curve's best, and the card made from the config alone."""
     config = json.loads((DEFAULT / "config.json").read_text())
     assert set(config) == {"format", *(f.name for f in fields(ModelConfig))}
-    assert set(config["train"]) == {*(f.name for f in fields(TrainConfig)), "data_hash",
-                                    "train_examples", "eval_examples", "seconds"}
+    assert set(config["train"]) == {
+        *(f.name for f in fields(TrainConfig)),
+        "data_hash",
+        "train_examples",
+        "eval_examples",
+        "seconds",
+    }
     metrics = config["metrics"]
-    assert set(metrics) == {"before", "after", "threshold", "calibrated_threshold",
-                            "stop_right_share", "curve", "kept_update"}
+    assert set(metrics) == {
+        "before",
+        "after",
+        "threshold",
+        "calibrated_threshold",
+        "stop_right_share",
+        "curve",
+        "kept_update",
+    }
     recipe = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    words = next(line for line in recipe.splitlines()
-                 if "--only-lexical" in line and not line.startswith("#")).split()
+    words = next(
+        line
+        for line in recipe.splitlines()
+        if "--only-lexical" in line and not line.startswith("#")
+    ).split()
     flag = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
     train = config["train"]
     assert not train["train_encoder"]  # --only-lexical
@@ -65,8 +81,9 @@ def assert_written_by_the_recipe(model: QModel, tmp_path: Path) -> None:
         assert train[name] == int(flag["--" + name.replace("_", "-")]), name
     assert train["lr"] == float(flag["--lr"]) and train["alpha"] == float(flag["--alpha"])
     curve = metrics["curve"]
-    assert [row["update"] for row in curve] == list(range(0, train["updates"] + 1,
-                                                          train["eval_every"]))
+    assert [row["update"] for row in curve] == list(
+        range(0, train["updates"] + 1, train["eval_every"])
+    )
     best = max(row["select"] for row in curve)  # a tie keeps the earlier weights
     assert metrics["kept_update"] == next(r["update"] for r in curve if r["select"] == best)
     # A hybrid Q with the learned BM25 weights; the calibrated stop recorded, not applied.
@@ -87,12 +104,18 @@ def test_shipped_default_beats_the_base_on_held_out_questions(shared_data: Path)
     real = real_examples()
     assert real is not None
     _, held_out = split(real, 0.5, 0)
-    stories = [*training_examples("qa2_gen", 10, 2026, stories=4),
-               *training_examples("qa3_gen", 10, 2026, stories=4)]
+    stories = [
+        *training_examples("qa2_gen", 10, 2026, stories=4),
+        *training_examples("qa3_gen", 10, 2026, stories=4),
+    ]
     shipped, base = load_model(None), load_model("base")
     cache: dict = {}  # same chunk vectors for both models: E_a is the base
-    em = {name: (score(run_examples(m, held_out, 4, cache=cache), held_out).fact_em,
-                 score(run_examples(m, stories, 5, cache=cache), stories).fact_em)
-          for name, m in (("shipped", shipped), ("base", base))}
+    em = {
+        name: (
+            score(run_examples(m, held_out, 4, cache=cache), held_out).fact_em,
+            score(run_examples(m, stories, 5, cache=cache), stories).fact_em,
+        )
+        for name, m in (("shipped", shipped), ("base", base))
+    }
     assert em["shipped"][0] >= em["base"][0] + 0.1, em  # measured 0.627 vs 0.427
     assert em["shipped"][1] >= em["base"][1] + 0.15, em  # measured 0.35 vs 0.05

@@ -86,7 +86,9 @@ def test_discover_and_read_document_agree_on_binary(tmp_path: Path) -> None:
     admitted = {f.path.name for f in found.files}
     assert admitted == {"utf16.txt", "plain.md"}
     assert {Path(p.where).name: p.why for p in found.skipped} == {
-        "nul.txt": "binary", "blob.dat": "binary"}
+        "nul.txt": "binary",
+        "blob.dat": "binary",
+    }
     for name in samples:  # a path that did not come through discover is refused alike
         if name in admitted:
             read_document(tmp_path / name)
@@ -96,8 +98,11 @@ def test_discover_and_read_document_agree_on_binary(tmp_path: Path) -> None:
 
 
 def test_asking_returns_data_and_never_loads_the_renderer() -> None:
-    code = ("import sys, qrag_cli.asking; "
-            "print(sorted(m for m in sys.modules if m in ('qrag_cli.render', 'rich')))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, check=True)
+    code = (
+        "import sys, qrag_cli.asking; "
+        "print(sorted(m for m in sys.modules if m in ('qrag_cli.render', 'rich')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
     assert proc.stdout.strip() == "[]"

@@ -69,8 +69,9 @@ NUMERIC_FLAGS = [
 ]
 
 
-@pytest.mark.parametrize(("args", "flag"), NUMERIC_FLAGS,
-                         ids=[" ".join(a[:1] + a[-2:]) for a, _ in NUMERIC_FLAGS])
+@pytest.mark.parametrize(
+    ("args", "flag"), NUMERIC_FLAGS, ids=[" ".join(a[:1] + a[-2:]) for a, _ in NUMERIC_FLAGS]
+)
 def test_out_of_range_numbers_are_refused_at_parse_time(args: list[str], flag: str) -> None:
     proc = run_qrag(*args)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
@@ -104,8 +105,14 @@ def _unprivileged(args: list[str]) -> subprocess.CompletedProcess:
         if setpriv is None:
             pytest.skip("running as root without setpriv: a permission cannot be denied")
         prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
-    return subprocess.run([*prefix, *QRAG, *args], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ), timeout=300)
+    return subprocess.run(
+        [*prefix, *QRAG, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ),
+        timeout=300,
+    )
 
 
 def _bad_path(kind: str, tmp_path: Path) -> Path:
@@ -122,8 +129,9 @@ def _bad_path(kind: str, tmp_path: Path) -> Path:
     return path  # "no such file or directory": never created
 
 
-@pytest.mark.parametrize("kind", ["symlink loop", "broken symlink", "no such file or directory",
-                                  "unreadable"])
+@pytest.mark.parametrize(
+    "kind", ["symlink loop", "broken symlink", "no such file or directory", "unreadable"]
+)
 def test_unusable_path_is_skipped_by_name(kind: str, tmp_path: Path) -> None:
     good = tmp_path / "good.txt"
     good.write_text("The lighthouse keeper counts the ships at dusk.\n")
@@ -141,7 +149,8 @@ def test_unusable_path_is_skipped_by_name(kind: str, tmp_path: Path) -> None:
     assert summary["files_total"] == 1 and summary["skipped"] == 1
     assert summary["problems"] == [{"path": str(bad), "reason": reason}]
     assert [ln for ln in mixed.stderr.splitlines() if str(bad) in ln] == [
-        f"skip {bad}: {reason}"], mixed.stderr
+        f"skip {bad}: {reason}"
+    ], mixed.stderr
     # Alone: an error (not an empty index), in one line that says why.
     assert alone.returncode == 1, alone.stderr
     assert alone.stderr.strip() == f"error: nothing to index: {bad}: {reason}", alone.stderr
@@ -151,28 +160,47 @@ def test_unusable_path_is_skipped_by_name(kind: str, tmp_path: Path) -> None:
 # ---- outputs that are inputs ------------------------------------------------------------
 def test_train_convert_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
     src = tmp_path / "hotpot.json"
-    src.write_text(json.dumps([{
-        "_id": "a1", "question": "Where was the inventor of the Zephyr engine born?",
-        "answer": "Tarsholm", "supporting_facts": [["Ada", 0], ["Zephyr", 0]],
-        "context": [["Ada", ["Ada Lindqvist was born in Tarsholm."]],
-                    ["Zephyr", ["The Zephyr engine was invented by Ada Lindqvist."]],
-                    ["Soup", ["Barley soup has thyme."]]]}]))
+    src.write_text(
+        json.dumps(
+            [
+                {
+                    "_id": "a1",
+                    "question": "Where was the inventor of the Zephyr engine born?",
+                    "answer": "Tarsholm",
+                    "supporting_facts": [["Ada", 0], ["Zephyr", 0]],
+                    "context": [
+                        ["Ada", ["Ada Lindqvist was born in Tarsholm."]],
+                        ["Zephyr", ["The Zephyr engine was invented by Ada Lindqvist."]],
+                        ["Soup", ["Barley soup has thyme."]],
+                    ],
+                }
+            ]
+        )
+    )
     before = src.read_bytes()
     (tmp_path / "hard.json").hardlink_to(src)
     (tmp_path / "link.json").symlink_to(src)
-    for dest in (src, tmp_path / "." / "hotpot.json", tmp_path / "hard.json",
-                 tmp_path / "link.json"):
+    for dest in (
+        src,
+        tmp_path / "." / "hotpot.json",
+        tmp_path / "hard.json",
+        tmp_path / "link.json",
+    ):
         proc = run_qrag("train", "convert", "--from", "hotpotqa", str(src), str(dest))
         assert proc.returncode == 2, proc.stderr
         assert "is also the input" in proc.stderr and proc.stderr.count("\n") == 1
         assert src.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.json", "hotpot.json",
-                                                          "link.json"]  # no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "hard.json",
+        "hotpot.json",
+        "link.json",
+    ]  # no temp files
     proc = run_qrag("train", "convert", "--from", "hotpotqa", str(src), str(tmp_path))
     assert proc.returncode == 2 and "is a folder" in proc.stderr
     # The sanity check: another output path works.
-    run_qrag("train", "convert", "--from", "hotpotqa", str(src), str(tmp_path / "out.jsonl"),
-             check=True)
+    run_qrag(
+        "train", "convert", "--from", "hotpotqa", str(src), str(tmp_path / "out.jsonl"), check=True
+    )
 
 
 def test_other_outputs_refuse_their_inputs(tmp_path: Path) -> None:
@@ -183,11 +211,18 @@ def test_other_outputs_refuse_their_inputs(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "is also the input DATA" in proc.stderr
     assert data.read_bytes() == before
     (tmp_path / "hay").mkdir()
-    proc = run_qrag("bench", "data", "vt", str(tmp_path / "hay"), "--haystack",
-                    str(tmp_path / "hay"), "--n", "1")
+    proc = run_qrag(
+        "bench",
+        "data",
+        "vt",
+        str(tmp_path / "hay"),
+        "--haystack",
+        str(tmp_path / "hay"),
+        "--n",
+        "1",
+    )
     assert proc.returncode == 2 and "is also the input --haystack" in proc.stderr
-    proc = run_qrag("bench", "--out", str(tmp_path / "hay"), "--haystack",
-                    str(tmp_path / "hay"))
+    proc = run_qrag("bench", "--out", str(tmp_path / "hay"), "--haystack", str(tmp_path / "hay"))
     assert proc.returncode == 2 and "is also the input --haystack" in proc.stderr
     assert list((tmp_path / "hay").iterdir()) == []
 
@@ -205,8 +240,14 @@ def hop_index(tmp_path_factory) -> Path:
     for name, text in HOP_FILES.items():
         (root / name).write_text(text)
     index = root.parent / "hop-index"
-    run_qrag("index", str(root), "--index", str(index), check=True,
-             env={"QRAG_HOME": str(root.parent / "home")})
+    run_qrag(
+        "index",
+        str(root),
+        "--index",
+        str(index),
+        check=True,
+        env={"QRAG_HOME": str(root.parent / "home")},
+    )
     return index
 
 
@@ -222,14 +263,25 @@ def _damaged(kind: str, good: bytes) -> bytes:
     return b""  # "empty"
 
 
-@pytest.mark.parametrize("kind", ["garbage after the header", "truncated", "truncated header",
-                                  "empty"])
-def test_damaged_gguf_is_named_in_one_line(kind: str, tiny_gguf: Path, hop_index: Path,
-                                           tmp_path: Path, qrag_home: Path) -> None:
+@pytest.mark.parametrize(
+    "kind", ["garbage after the header", "truncated", "truncated header", "empty"]
+)
+def test_damaged_gguf_is_named_in_one_line(
+    kind: str, tiny_gguf: Path, hop_index: Path, tmp_path: Path, qrag_home: Path
+) -> None:
     bad = tmp_path / "model.gguf"
     bad.write_bytes(_damaged(kind, tiny_gguf.read_bytes()))
-    proc = run_qrag("ask", "Who invented the Zephyr engine?", "--index", str(hop_index),
-                    "--answer", "--llm", str(bad), "--threads", "1")
+    proc = run_qrag(
+        "ask",
+        "Who invented the Zephyr engine?",
+        "--index",
+        str(hop_index),
+        "--answer",
+        "--llm",
+        str(bad),
+        "--threads",
+        "1",
+    )
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert f"error: {bad} is not a valid GGUF model" in proc.stderr
@@ -266,8 +318,9 @@ def test_pdf_without_text_is_reported_as_skipped(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["new"] == 2 and summary["skipped"] == 1
-    assert [p["reason"] for p in summary["problems"] if p["path"].endswith("scan.pdf")] == \
-        ["no text"]
+    assert [p["reason"] for p in summary["problems"] if p["path"].endswith("scan.pdf")] == [
+        "no text"
+    ]
     assert "scan.pdf: no text" in proc.stderr
     # A page that loses its text: the old chunks go, and it is reported the same way.
     (root / "page.html").write_text("<html><script>var x = 1;</script></html>")
@@ -285,18 +338,23 @@ def test_long_question_is_noted(hop_index: Path, tmp_path: Path) -> None:
     json.loads(proc.stdout)
     assert "note: the question is" in proc.stderr
     assert "retrieval reads only its first 64" in proc.stderr
-    short = run_qrag("ask", "Who invented the Zephyr engine?", "--index", str(hop_index),
-                     "--json")
+    short = run_qrag("ask", "Who invented the Zephyr engine?", "--index", str(hop_index), "--json")
     assert "note:" not in short.stderr
     batch = tmp_path / "q.jsonl"
-    batch.write_text(json.dumps({"id": "long-one", "question": question}) + "\n"
-                     + json.dumps({"question": "Who was born in Velmar?"}) + "\n")
+    batch.write_text(
+        json.dumps({"id": "long-one", "question": question})
+        + "\n"
+        + json.dumps({"question": "Who was born in Velmar?"})
+        + "\n"
+    )
     proc = run_qrag("ask", "--questions", str(batch), "--index", str(hop_index))
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2
     notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("note:")]
     assert len(notes) == 1 and re.fullmatch(
         r"note: question long-one is \d{4} tokens long; retrieval reads only its first 64 "
-        r"\(put the key words first\)", notes[0]), proc.stderr
+        r"\(put the key words first\)",
+        notes[0],
+    ), proc.stderr
 
 
 # ---- failed training leaves nothing ------------------------------------------------------
@@ -309,12 +367,28 @@ def test_failed_train_validation_creates_no_output(tmp_path: Path) -> None:
     proc = run_qrag("train", str(bad), "--out", str(out), "--updates", "1")
     assert proc.returncode != 0 and "bad.jsonl:7" in proc.stderr
     assert not out.exists()
-    proc = run_qrag("train", str(data), "--eval", str(tmp_path / "missing.jsonl"),
-                    "--out", str(out), "--updates", "1")
+    proc = run_qrag(
+        "train",
+        str(data),
+        "--eval",
+        str(tmp_path / "missing.jsonl"),
+        "--out",
+        str(out),
+        "--updates",
+        "1",
+    )
     assert proc.returncode != 0 and "missing.jsonl" in proc.stderr
     assert not out.exists()
-    proc = run_qrag("train", str(data), "--base", str(tmp_path / "no-such-model"),
-                    "--out", str(out), "--updates", "1")
+    proc = run_qrag(
+        "train",
+        str(data),
+        "--base",
+        str(tmp_path / "no-such-model"),
+        "--out",
+        str(out),
+        "--updates",
+        "1",
+    )
     assert proc.returncode != 0 and not out.exists()
     # A folder the user already had keeps exactly what it held.
     out.mkdir()

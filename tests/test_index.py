@@ -23,8 +23,10 @@ from qrag_cli.types import NoIndexError
 
 def make_corpus(root: Path, n_files: int, paragraphs: int = 3, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
-    words = ("river town engine ferry salmon plateau inventor mill harbour winter bread "
-             "lamp valve turbine patent captain locksmith library festival timetable").split()
+    words = (
+        "river town engine ferry salmon plateau inventor mill harbour winter bread "
+        "lamp valve turbine patent captain locksmith library festival timetable"
+    ).split()
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n_files):
         paras = []
@@ -142,10 +144,15 @@ def test_manifest_keeps_the_stored_form_of_existing_indexes(hop_corpus, base_mod
     assert meta["format_version"] == "1" and meta["dim"] == "384"
     assert meta["model_name"] == "all-MiniLM-L6-v2" and meta["model_spec"] == "base"
     assert meta["chunking"] == '{"chunk_tokens": 128, "overlap": 16, "version": 1}'
-    as_json = {"format_version": 1, "model": "all-MiniLM-L6-v2", "model_spec": "base",
-               "model_fingerprint": meta["model_fingerprint"], "dim": 384,
-               "chunking": {"chunk_tokens": 128, "overlap": 16, "version": 1},
-               "generation": int(meta["generation"])}
+    as_json = {
+        "format_version": 1,
+        "model": "all-MiniLM-L6-v2",
+        "model_spec": "base",
+        "model_fingerprint": meta["model_fingerprint"],
+        "dim": 384,
+        "chunking": {"chunk_tokens": 128, "overlap": 16, "version": 1},
+        "generation": int(meta["generation"]),
+    }
     assert manifest.to_dict() == as_json
     assert IndexManifest.from_dict(as_json) == manifest
     status = json.loads(run_qrag("status", "--index", "default", "--json", check=True).stdout)
@@ -154,6 +161,7 @@ def test_manifest_keeps_the_stored_form_of_existing_indexes(hop_corpus, base_mod
     older = {key: value for key, value in meta.items() if key != "model_spec"}
     assert IndexManifest.from_meta(older).model_spec is None
     assert IndexManifest.from_meta(older).to_dict() == {**as_json, "model_spec": None}
+
 
 def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
     root = tmp_path / "bad"
@@ -185,10 +193,19 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
 
 
 def _start_index(corpus: Path, home: Path, name: str) -> subprocess.Popen:
-    env = {**os.environ, "QRAG_HOME": str(home), "QRAG_COMMIT_INTERVAL": "0",
-           "QRAG_EMBED_GROUP": "8"}
-    return subprocess.Popen([*QRAG, "index", str(corpus), "--index", name], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "QRAG_HOME": str(home),
+        "QRAG_COMMIT_INTERVAL": "0",
+        "QRAG_EMBED_GROUP": "8",
+    }
+    return subprocess.Popen(
+        [*QRAG, "index", str(corpus), "--index", name],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _generation(index_dir: Path) -> int:
@@ -201,7 +218,8 @@ def _generation(index_dir: Path) -> int:
 
 @pytest.mark.parametrize("wait_commits", [1, 3])
 def test_sigkill_leaves_last_commit_usable_and_rerun_finishes(
-        tmp_path: Path, qrag_home: Path, wait_commits: int) -> None:
+    tmp_path: Path, qrag_home: Path, wait_commits: int
+) -> None:
     corpus = make_corpus(tmp_path / "corpus", 60)
     index_dir = resolve_index("killed")
     proc = _start_index(corpus, qrag_home, "killed")
@@ -223,8 +241,9 @@ def test_sigkill_leaves_last_commit_usable_and_rerun_finishes(
     assert check_consistent(index_dir) == summary["chunks_total"]
 
 
-def test_reader_sees_committed_state_while_indexing(tmp_path: Path, qrag_home: Path,
-                                                    base_model) -> None:
+def test_reader_sees_committed_state_while_indexing(
+    tmp_path: Path, qrag_home: Path, base_model
+) -> None:
     from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 
     corpus = make_corpus(tmp_path / "corpus", 40)
@@ -242,8 +261,9 @@ def test_reader_sees_committed_state_while_indexing(tmp_path: Path, qrag_home: P
             try:
                 seen_counts.append(check_consistent(index_dir, verify_fts=False))
                 if snapshot.n_chunks:  # this snapshot, which may be older than the check's
-                    episode = run_episodes(base_model, ["code for item 2-0"],
-                                           [IndexCandidates(snapshot)], StopRule(2))[0]
+                    episode = run_episodes(
+                        base_model, ["code for item 2-0"], [IndexCandidates(snapshot)], StopRule(2)
+                    )[0]
                     assert episode.evidence
                 reads += 1
             finally:
@@ -261,8 +281,9 @@ def test_second_writer_is_refused(hop_corpus: Path, base_model) -> None:
     from qrag_cli.types import QragError
 
     index_dir = resolve_index(None)
-    manifest = IndexManifest(model_name="m", model_fingerprint="f", dim=4,
-                             chunking=ChunkConfig().to_dict())
+    manifest = IndexManifest(
+        model_name="m", model_fingerprint="f", dim=4, chunking=ChunkConfig().to_dict()
+    )
     first = IndexWriter(index_dir, manifest)
     try:
         with pytest.raises(QragError, match="another `qrag index`"):

@@ -20,10 +20,13 @@ from qrag_cli.model import load_model, save_model
 from qrag_cli.pqn import trainable
 from qrag_cli.store import open_snapshot
 
-TOWNS = ("Arnholt Brevik Calder Dunmore Elvang Fennick Garroway Hesketh Ilmby Jorvale "
-         "Kettering Lowmoor").split()
-KEEPERS = ("Ines Varga|Tomas Brill|Oda Kessler|Pavel Noor|Runa Falk|Sami Orto|Vilja Strand|"
-           "Aksel Dunn|Berit Holm|Casimir Lo|Dagny Rhee|Eskil Mar").split("|")
+TOWNS = (
+    "Arnholt Brevik Calder Dunmore Elvang Fennick Garroway Hesketh Ilmby Jorvale Kettering Lowmoor"
+).split()
+KEEPERS = (
+    "Ines Varga|Tomas Brill|Oda Kessler|Pavel Noor|Runa Falk|Sami Orto|Vilja Strand|"
+    "Aksel Dunn|Berit Holm|Casimir Lo|Dagny Rhee|Eskil Mar"
+).split("|")
 COMPASS_QUESTION = "In which town does the keeper of the copper compass number 7 live?"
 
 
@@ -33,31 +36,36 @@ def compass_corpus(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for i, (keeper, town) in enumerate(zip(KEEPERS, TOWNS, strict=True)):
         (root / f"weaver-{i:02d}.txt").write_text(
-            f"{keeper} is a weaver who lives in the town of {town}.\n")
+            f"{keeper} is a weaver who lives in the town of {town}.\n"
+        )
         (root / f"compass-{i + 1:02d}.txt").write_text(
-            f"The copper compass number {i + 1} is kept by {KEEPERS[(i + 5) % 12]}.\n")
+            f"The copper compass number {i + 1} is kept by {KEEPERS[(i + 5) % 12]}.\n"
+        )
     return root
 
 
 def test_terms_drop_function_words_and_repeat_nothing() -> None:
-    assert lexical.terms("Where is the ERR_4402 key? The key, the key!") == [
-        "err", "4402", "key"]
+    assert lexical.terms("Where is the ERR_4402 key? The key, the key!") == ["err", "4402", "key"]
     assert lexical.match_expression(['a"b', "c"]) == '"a""b" OR "c"'
 
 
 def test_memory_bm25_ranks_the_exact_identifier_first() -> None:
-    texts = ["The deploy failed with error E4402 on node seven.",
-             "The deploy failed with error E4403 on node seven.",
-             "Barley soup is made with onions."]
+    texts = [
+        "The deploy failed with error E4402 on node seven.",
+        "The deploy failed with error E4403 on node seven.",
+        "Barley soup is made with onions.",
+    ]
     ids, scores = lexical.MemoryLexicon(texts).bm25(lexical.terms("what caused E4402"))
     assert ids[np.argmax(scores)] == 0 and 2 not in ids and (scores > 0).all()
 
 
 def test_lexical_features_use_the_new_words_of_picked_chunks() -> None:
-    texts = ["The copper compass number 7 is kept by Ines Varga.",
-             "The copper compass number 8 is kept by Tomas Brill.",
-             "Ines Varga is a weaver who lives in the town of Arnholt.",
-             "Tomas Brill is a weaver who lives in the town of Brevik."]
+    texts = [
+        "The copper compass number 7 is kept by Ines Varga.",
+        "The copper compass number 8 is kept by Tomas Brill.",
+        "Ines Varga is a weaver who lives in the town of Arnholt.",
+        "Tomas Brill is a weaver who lives in the town of Brevik.",
+    ]
     source = MemoryCandidates(texts, np.zeros((4, 2), np.float32))
     model = load_model("base")
     state = qvalue.start(model, [COMPASS_QUESTION])[0]
@@ -98,17 +106,29 @@ def test_index_keeps_bm25_in_step_and_old_indexes_gain_it(tmp_path: Path, base_m
     with open_snapshot(index) as snapshot:
         db = snapshot.folder / "index.sqlite"
     conn = sqlite3.connect(db)
-    conn.executescript("DROP TRIGGER chunks_fts_insert; DROP TRIGGER chunks_fts_delete; "
-                       "DROP TABLE chunks_fts; PRAGMA user_version=1;")
+    conn.executescript(
+        "DROP TRIGGER chunks_fts_insert; DROP TRIGGER chunks_fts_delete; "
+        "DROP TABLE chunks_fts; PRAGMA user_version=1;"
+    )
     conn.close()
     model = trainable(load_model("base"), frozen_chunks=True, lexical=[0.3, 0.3])
     save_model(model, tmp_path / "hybrid")
-    proc = run_qrag("ask", COMPASS_QUESTION, "--index", str(index), "--model",
-                    str(tmp_path / "hybrid"))
+    proc = run_qrag(
+        "ask", COMPASS_QUESTION, "--index", str(index), "--model", str(tmp_path / "hybrid")
+    )
     assert proc.returncode != 0 and "predates lexical search" in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    dense = run_qrag("ask", COMPASS_QUESTION, "--index", str(index), "--model",
-                     str(tmp_path / "hybrid"), "--lexical", "off", "--json")
+    dense = run_qrag(
+        "ask",
+        COMPASS_QUESTION,
+        "--index",
+        str(index),
+        "--model",
+        str(tmp_path / "hybrid"),
+        "--lexical",
+        "off",
+        "--json",
+    )
     assert dense.returncode == 0, dense.stderr
     summary = build_index([root], index, base_model, ChunkConfig())
     assert summary.tokens_embedded == 0
@@ -120,8 +140,9 @@ def test_lexical_off_is_the_pure_dense_q(tmp_path: Path, base_model) -> None:
     root = compass_corpus(tmp_path / "docs")
     build_index([root], tmp_path / "idx", base_model, ChunkConfig())
     hybrid = trainable(load_model("base"), frozen_chunks=True, lexical=[0.5, 0.5])
-    dense = qvalue.without_lexical(trainable(load_model("base"), frozen_chunks=True,
-                                             lexical=[0.5, 0.5]))
+    dense = qvalue.without_lexical(
+        trainable(load_model("base"), frozen_chunks=True, lexical=[0.5, 0.5])
+    )
     with open_snapshot(tmp_path / "idx") as snapshot:
         source = IndexCandidates(snapshot, exact=True)
         ep_dense = run_episodes(dense, [COMPASS_QUESTION], [source], StopRule(2))[0]
@@ -143,13 +164,36 @@ def test_shipped_default_finds_both_hops_of_the_compass_question(tmp_path: Path)
     root = compass_corpus(tmp_path / "docs")
     index = str(tmp_path / "idx")
     run_qrag("index", str(root), "--index", index, check=True)
-    out = json.loads(run_qrag("ask", COMPASS_QUESTION, "--index", index, "--steps", "4",
-                              "--no-stop", "--json", check=True).stdout)
+    out = json.loads(
+        run_qrag(
+            "ask",
+            COMPASS_QUESTION,
+            "--index",
+            index,
+            "--steps",
+            "4",
+            "--no-stop",
+            "--json",
+            check=True,
+        ).stdout
+    )
     paths = [Path(ev["path"]).name for ev in out["evidence"]]
     keeper = KEEPERS[(6 + 5) % 12]  # compass 7 is note i = 6
     weaver = f"weaver-{KEEPERS.index(keeper):02d}.txt"
     assert paths[:2] == ["compass-07.txt", weaver], paths  # hop 1, then hop 2
-    base = json.loads(run_qrag("ask", COMPASS_QUESTION, "--index", index, "--steps", "4",
-                               "--no-stop", "--json", "--model", "base", check=True).stdout)
+    base = json.loads(
+        run_qrag(
+            "ask",
+            COMPASS_QUESTION,
+            "--index",
+            index,
+            "--steps",
+            "4",
+            "--no-stop",
+            "--json",
+            "--model",
+            "base",
+            check=True,
+        ).stdout
+    )
     assert weaver not in [Path(ev["path"]).name for ev in base["evidence"]]  # the hard part
-

@@ -22,9 +22,11 @@ from qrag_cli.indexer import build_index
 from qrag_cli.store import open_snapshot
 
 EVIDENCE_KEYS = {"step", "q", "chunk_id", "path", "start_line", "end_line", "text"}
-NEW_FILE = ("Harbour log, spring.\n"
-            "The lighthouse of Norrvik was designed by Greta Holm in 1911.\n"
-            "Its lamp first burned seal oil.\n")
+NEW_FILE = (
+    "Harbour log, spring.\n"
+    "The lighthouse of Norrvik was designed by Greta Holm in 1911.\n"
+    "Its lamp first burned seal oil.\n"
+)
 NEW_QUESTION = "Who designed the lighthouse of Norrvik?"
 
 
@@ -56,11 +58,13 @@ class Server:
 
 
 @asynccontextmanager
-async def qrag_mcp(stderr_path: Path, *args: str, env: dict | None = None
-                   ) -> AsyncIterator[Server]:
+async def qrag_mcp(stderr_path: Path, *args: str, env: dict | None = None) -> AsyncIterator[Server]:
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "qrag_cli", "mcp", *args],
-        env={**os.environ, "NO_COLOR": "1", **(env or {})}, cwd=str(REPO))
+        command=sys.executable,
+        args=["-m", "qrag_cli", "mcp", *args],
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        cwd=str(REPO),
+    )
     stray: list[object] = []
 
     async def on_message(message: object) -> None:
@@ -68,8 +72,10 @@ async def qrag_mcp(stderr_path: Path, *args: str, env: dict | None = None
             stray.append(message)
 
     with stderr_path.open("w") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write), \
-                ClientSession(read, write, message_handler=on_message) as session:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write, message_handler=on_message) as session,
+        ):
             await session.initialize()
             yield Server(session, stray)
 
@@ -80,8 +86,7 @@ def test_tools_over_stdio(hop_index: Path, hop_corpus: Path, tmp_path: Path) -> 
     outside.write_text("sentinel-7f3a outside every root\n")
     (hop_corpus / "escape.txt").symlink_to(outside)  # inside the root, pointing out of it
     (hop_corpus / ".env").write_text("API_KEY=hunter2\n")  # under the root, never indexed
-    cold = json.loads(run_qrag("ask", HOP_QUESTION, "--json", "--steps", "4",
-                               check=True).stdout)
+    cold = json.loads(run_qrag("ask", HOP_QUESTION, "--json", "--steps", "4", check=True).stdout)
     cli_error = run_qrag("ask", "x", "--index", "nothere").stderr.strip()
 
     async def scenario() -> None:
@@ -106,28 +111,33 @@ def test_tools_over_stdio(hop_index: Path, hop_corpus: Path, tmp_path: Path) -> 
             assert out["stop"] in {"threshold", "budget"} and out["stop_reason"]
             assert out["answer"] is None and out["index"] == str(hop_index)
             # The same pipeline as the cold CLI: the same picks and Q values.
-            assert [ev["chunk_id"] for ev in out["evidence"]] == \
-                [ev["chunk_id"] for ev in cold["evidence"]]
-            assert [ev["q"] for ev in out["evidence"]] == \
-                pytest.approx([ev["q"] for ev in cold["evidence"]], abs=1e-4)
+            assert [ev["chunk_id"] for ev in out["evidence"]] == [
+                ev["chunk_id"] for ev in cold["evidence"]
+            ]
+            assert [ev["q"] for ev in out["evidence"]] == pytest.approx(
+                [ev["q"] for ev in cold["evidence"]], abs=1e-4
+            )
             assert out["stop"] == cold["stop"]
             assert "load_model_ms" not in out["timings_ms"] and out["timings_ms"]["encode_ms"] > 0
 
             answered = await server.call("ask", question=HOP_QUESTION, steps=2, answer=True)
             assert isinstance(answered["answer"], str) and len(answered["evidence"]) == 2
-            assert {c["path"] for c in answered["citations"]} <= \
-                {ev["path"] for ev in answered["evidence"]}
+            assert {c["path"] for c in answered["citations"]} <= {
+                ev["path"] for ev in answered["evidence"]
+            }
 
             river = out["evidence"][2]["path"]
             got = await server.call("get", path=river, start_line=1, end_line=1)
             assert got["text"] == HOP_FILES["c.txt"] and got["total_lines"] == 1
             assert got["path"] == river and not got["truncated"]
 
-            for path, needle in ((str(outside), "outside the roots"),
-                                 (str(hop_corpus / "escape.txt"), "outside the roots"),
-                                 (f"{hop_corpus}/../outside.txt", "outside the roots"),
-                                 ("/etc/passwd", "outside the roots"),
-                                 (str(hop_corpus / ".env"), "not in index")):
+            for path, needle in (
+                (str(outside), "outside the roots"),
+                (str(hop_corpus / "escape.txt"), "outside the roots"),
+                (f"{hop_corpus}/../outside.txt", "outside the roots"),
+                ("/etc/passwd", "outside the roots"),
+                (str(hop_corpus / ".env"), "not in index"),
+            ):
                 message = await server.error("get", path=path)
                 assert needle in message and "\n" not in message, message
                 assert "hunter2" not in message and "sentinel-7f3a" not in message
@@ -151,8 +161,9 @@ def test_tools_over_stdio(hop_index: Path, hop_corpus: Path, tmp_path: Path) -> 
     assert "serving MCP" in stderr and "Traceback" not in stderr
 
 
-def test_warm_server_sees_a_reindex_from_another_process(hop_index: Path, hop_corpus: Path,
-                                                         tmp_path: Path) -> None:
+def test_warm_server_sees_a_reindex_from_another_process(
+    hop_index: Path, hop_corpus: Path, tmp_path: Path
+) -> None:
     async def scenario() -> None:
         async with qrag_mcp(tmp_path / "stderr.txt") as server:
             before = await server.call("ask", question=NEW_QUESTION, steps=2)

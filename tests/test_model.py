@@ -80,8 +80,7 @@ def test_compact_save_keeps_only_what_training_changed(tmp_path: Path) -> None:
         load_model(str(tmp_path / "small"))
 
 
-def test_frozen_chunk_model_keeps_the_base_vectors_and_indexes(tmp_path: Path, hop_corpus
-                                                               ) -> None:
+def test_frozen_chunk_model_keeps_the_base_vectors_and_indexes(tmp_path: Path, hop_corpus) -> None:
     """Only E_s trains: the folder holds no chunk weights, chunk vectors are the base's to
     the bit, and an index built with the base serves the trained model without re-indexing."""
     from safetensors.torch import load_file
@@ -103,16 +102,27 @@ def test_frozen_chunk_model_keeps_the_base_vectors_and_indexes(tmp_path: Path, h
     assert np.array_equal(small.embed_chunks(texts), base.embed_chunks(texts))
     state = qvalue.state_tokens(small, qvalue.start(small, ["where is the key"])[0])
     assert np.allclose(small.embed_states([state]), model.embed_states([state]), atol=2e-3)
-    assert not np.allclose(small.embed_states([state]), 0.1 * base.embed_states([state]),
-                           atol=1e-3)  # E_s is the trained one, stored unnormalised
+    assert not np.allclose(
+        small.embed_states([state]), 0.1 * base.embed_states([state]), atol=1e-3
+    )  # E_s is the trained one, stored unnormalised
     again = trainable(small, lexical=[0.2, 0.3])  # a second stage keeps E_a and settings
     assert again.chunk_encoder is small.chunk_encoder and again.cfg.frozen_chunks
     assert again.cfg.lexical == [0.2, 0.3] and small.cfg.lexical is None
 
     index = str(tmp_path / "idx")
     run_qrag("index", str(hop_corpus), "--index", index, "--model", "base", check=True)
-    proc = run_qrag("ask", "Which river flows past the inventor's city?", "--index", index,
-                    "--model", str(tmp_path / "small"), "--steps", "2", "--json", check=True)
+    proc = run_qrag(
+        "ask",
+        "Which river flows past the inventor's city?",
+        "--index",
+        index,
+        "--model",
+        str(tmp_path / "small"),
+        "--steps",
+        "2",
+        "--json",
+        check=True,
+    )
     import json
 
     assert len(json.loads(proc.stdout)["evidence"]) == 2

@@ -22,8 +22,9 @@ def _source_tree(dest: Path, with_default_model: bool = True) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copyfile(REPO / name, dest / name)
     shutil.copytree(REPO / "qrag_cli", dest / "qrag_cli", ignore=IGNORE)
-    models_ignore = IGNORE if with_default_model else shutil.ignore_patterns(
-        "__pycache__", "qrag-default")
+    models_ignore = (
+        IGNORE if with_default_model else shutil.ignore_patterns("__pycache__", "qrag-default")
+    )
     shutil.copytree(REPO / "models", dest / "models", ignore=models_ignore)
     return dest
 
@@ -31,9 +32,25 @@ def _source_tree(dest: Path, with_default_model: bool = True) -> Path:
 def test_wheel_carries_the_default_model_and_every_package(tmp_path: Path) -> None:
     src = _source_tree(tmp_path / "src")
     # Offline and without build isolation: the venv's own setuptools builds it.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "--no-index", "-q", "-w", str(tmp_path / "dist"), str(src)],
-                   check=True, capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     (wheel,) = (tmp_path / "dist").glob("qrag-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     model_files = [f.relative_to(DEFAULT).as_posix() for f in DEFAULT.rglob("*") if f.is_file()]
@@ -42,8 +59,9 @@ def test_wheel_carries_the_default_model_and_every_package(tmp_path: Path) -> No
     assert not missing, missing
     assert "qrag_models/__init__.py" in names
     # pyproject.toml lists the packages by name: a new one must not be left out.
-    packages = [p.parent.relative_to(REPO).as_posix()
-                for p in (REPO / "qrag_cli").rglob("__init__.py")]
+    packages = [
+        p.parent.relative_to(REPO).as_posix() for p in (REPO / "qrag_cli").rglob("__init__.py")
+    ]
     assert all(f"{p}/__init__.py" in names for p in packages), packages
     assert "qrag_cli/sample/cities.md" in names
 
@@ -57,22 +75,24 @@ def test_missing_default_model_is_an_error_not_the_base(tmp_path: Path) -> None:
     tree = _source_tree(tmp_path / "src", with_default_model=False)
 
     def qrag(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*QRAG, *args], capture_output=True, text=True, cwd=tree,
-                              timeout=300)
+        return subprocess.run([*QRAG, *args], capture_output=True, text=True, cwd=tree, timeout=300)
 
     proc = qrag("index", str(corpus), "--index", str(tmp_path / "idx"))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: the default model {tree / 'models' / 'qrag-default'} is missing; reinstall "
-        "qrag (make install) or name one with --model (base: untrained)"]
+        "qrag (make install) or name one with --model (base: untrained)"
+    ]
     assert not (tmp_path / "idx").exists()
     # Only asking for the base gives the base.
     proc = qrag("index", str(corpus), "--index", str(tmp_path / "idx"), "--model", "base")
     assert proc.returncode == 0, proc.stderr
 
     nowhere = tmp_path / "nowhere"
-    proc = run_qrag("index", str(corpus), "--index", str(tmp_path / "idx2"),
-                    env={"QRAG_MODEL": str(nowhere)})
+    proc = run_qrag(
+        "index", str(corpus), "--index", str(tmp_path / "idx2"), env={"QRAG_MODEL": str(nowhere)}
+    )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
-        f"error: QRAG_MODEL={nowhere} is not a model folder (no config.json)"]
+        f"error: QRAG_MODEL={nowhere} is not a model folder (no config.json)"
+    ]

@@ -104,8 +104,14 @@ def test_threshold_calibration_by_hand() -> None:
     from qrag_cli.datasets import Example
 
     def ep(qs, ids):
-        return Episode("q", [Evidence(i + 1, q, c, "p", 0, 0, "", c) for i, (q, c)
-                             in enumerate(zip(qs, ids, strict=True))], "budget")
+        return Episode(
+            "q",
+            [
+                Evidence(i + 1, q, c, "p", 0, 0, "", c)
+                for i, (q, c) in enumerate(zip(qs, ids, strict=True))
+            ],
+            "budget",
+        )
 
     # gold complete after 2 picks; the third pick has a low Q: best cut is after step 2
     eps = [ep([0.9, 0.8, 0.1], [1, 2, 3]), ep([0.9, 0.7, 0.2], [4, 5, 6])]

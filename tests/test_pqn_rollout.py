@@ -48,11 +48,9 @@ S0, S1 = [1.0, 0.0], [2.0, 1.0]  # state vectors of token 0 and token 1
 A0, A1, A2 = [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]  # chunk vectors of tokens 0, 1, 2
 
 
-def toy_model(state_rows: list[list[float]], chunk_rows: list[list[float]],
-              **settings) -> QModel:
+def toy_model(state_rows: list[list[float]], chunk_rows: list[list[float]], **settings) -> QModel:
     cfg = ModelConfig(dim=2, shared=False, **settings)
-    model = QModel(cfg, Lookup(state_rows), Lookup(chunk_rows),
-                   SimpleNamespace(pad_token_id=0), {})
+    model = QModel(cfg, Lookup(state_rows), Lookup(chunk_rows), SimpleNamespace(pad_token_id=0), {})
     model.infer_dtype = torch.float32  # exact hand arithmetic, whatever the CPU
     return model
 
@@ -60,11 +58,17 @@ def toy_model(state_rows: list[list[float]], chunk_rows: list[list[float]],
 def toy_rollout(features: list[np.ndarray | None] | None = None) -> Rollout:
     """Two episodes of two steps. Example 0 has chunks (tokens) 0, 1, 2; example 1 has
     chunks 2, 0. States are single tokens, rewards are given."""
-    steps = [(0, [0], 0, [], 0.0), (0, [1], 2, [0], 1.0),
-             (1, [1], 0, [], 0.0), (1, [0], 1, [0], 0.5)]
+    steps = [
+        (0, [0], 0, [], 0.0),
+        (0, [1], 2, [0], 1.0),
+        (1, [1], 0, [], 0.0),
+        (1, [0], 1, [0], 0.5),
+    ]
     features = features or [None] * len(steps)
-    trs = [Transition(ex, len(before), state, action, before, reward, f)
-           for (ex, state, action, before, reward), f in zip(steps, features, strict=True)]
+    trs = [
+        Transition(ex, len(before), state, action, before, reward, f)
+        for (ex, state, action, before, reward), f in zip(steps, features, strict=True)
+    ]
     # The rollout's own E_a vectors are twice the target network's: `targets` must read
     # the target network, unless E_a is frozen (then they are the same vectors).
     vecs = [2 * np.array([A0, A1, A2], np.float32), 2 * np.array([A2, A0], np.float32)]
@@ -80,8 +84,12 @@ GAMMA, LAM, ALPHA = 0.9, 0.6, 0.5
 
 def expected_returns(v_episode0: float, v_episode1: float) -> list[float]:
     """G_T = r_T (terminal); G_0 = r_0 + gamma ((1 - lam) V(s_1) + lam G_1)."""
-    return [0.0 + GAMMA * ((1 - LAM) * v_episode0 + LAM * 1.0), 1.0,
-            0.0 + GAMMA * ((1 - LAM) * v_episode1 + LAM * 0.5), 0.5]
+    return [
+        0.0 + GAMMA * ((1 - LAM) * v_episode0 + LAM * 1.0),
+        1.0,
+        0.0 + GAMMA * ((1 - LAM) * v_episode1 + LAM * 0.5),
+        0.5,
+    ]
 
 
 def run_targets(model: QModel, rollout: Rollout, **cfg) -> list[float]:
@@ -99,22 +107,26 @@ def test_targets_soft_lambda_return_by_hand() -> None:
     assert returns == pytest.approx(expected_returns(soft([1.0, 3.0], ALPHA), 1.0))
     # Hard max (--no-soft) and a top-1 soft value are both the best available Q.
     assert run_targets(model, toy_rollout(), soft_value=False) == pytest.approx(
-        expected_returns(3.0, 1.0))
-    assert run_targets(model, toy_rollout(), top_k=1) == pytest.approx(
-        expected_returns(3.0, 1.0))
+        expected_returns(3.0, 1.0)
+    )
+    assert run_targets(model, toy_rollout(), top_k=1) == pytest.approx(expected_returns(3.0, 1.0))
     # A frozen E_a is its own target network: the rollout's vectors (here 2x) are used.
     frozen = toy_model([[0.0, 0.0]] * 2, [[0.0, 0.0]] * 3, frozen_chunks=True)
     assert run_targets(frozen, toy_rollout()) == pytest.approx(
-        expected_returns(soft([2.0, 6.0], ALPHA), 2.0))
+        expected_returns(soft([2.0, 6.0], ALPHA), 2.0)
+    )
 
 
 def test_targets_add_the_lexical_term_of_the_next_state() -> None:
     model = toy_model([[0.0, 0.0]] * 2, [[0.0, 0.0]] * 3, lexical=[1.0, 2.0])
     # Features of s_1 (the following transition's), [chunk, (question, picked)]:
     # episode 0 adds 1 * 0.5 to A1 and 2 * 0.25 to A2; episode 1 adds 2 * 1.0 to its A0.
-    feats = [np.zeros((3, 2), np.float32),
-             np.array([[1.0, 1.0], [0.5, 0.0], [0.0, 0.25]], np.float32),
-             np.zeros((2, 2), np.float32), np.array([[0.0, 0.0], [0.0, 1.0]], np.float32)]
+    feats = [
+        np.zeros((3, 2), np.float32),
+        np.array([[1.0, 1.0], [0.5, 0.0], [0.0, 0.25]], np.float32),
+        np.zeros((2, 2), np.float32),
+        np.array([[0.0, 0.0], [0.0, 1.0]], np.float32),
+    ]
     returns = run_targets(model, toy_rollout(feats))
     assert returns == pytest.approx(expected_returns(soft([1.5, 3.5], ALPHA), 3.0))
 
@@ -135,15 +147,18 @@ def test_targets_rotate_chunks_relative_to_the_next_state_picks() -> None:
     model = toy_model([[0.0, 0.0]] * 2, [[0.0, 0.0]] * 3, positions="relative")
     v0 = soft([dot(S1, turned(A1, 13.0)), dot(S1, turned(A2, 16.0))], ALPHA)
     v1 = dot(S0, turned(A0, 14.5))
-    assert run_targets(model, toy_rollout()) == pytest.approx(expected_returns(v0, v1),
-                                                              abs=1e-5)
+    assert run_targets(model, toy_rollout()) == pytest.approx(expected_returns(v0, v1), abs=1e-5)
 
 
 def test_online_q_is_the_taken_action_halves_with_gradients() -> None:
     """Q1 = s[0] a[0], Q2 = s[1] a[1] (+ half the lexical term each) for the action taken
     at each transition, from the online encoders, gradients flowing into both."""
-    feats = [np.array([[0.2, 0.0], [0.0, 0.0], [0.0, 0.0]], np.float32), np.zeros((3, 2)),
-             np.zeros((2, 2)), np.array([[0.0, 0.0], [0.0, 0.5]], np.float32)]
+    feats = [
+        np.array([[0.2, 0.0], [0.0, 0.0], [0.0, 0.0]], np.float32),
+        np.zeros((3, 2)),
+        np.zeros((2, 2)),
+        np.array([[0.0, 0.0], [0.0, 0.5]], np.float32),
+    ]
     feats = [f.astype(np.float32) for f in feats]
     model = toy_model([S0, S1], [A0, A1, A2], lexical=[1.0, 2.0])
     q1, q2 = q_online(model, toy_rollout(feats))
@@ -190,37 +205,51 @@ def test_imitation_loss_by_hand() -> None:
 
     # Relative positions: each state's chunks turned by their place among its picks.
     def cross_entropy(q: dict[int, float], left: list[int]) -> float:
-        return (math.log(sum(math.exp(v / t) for v in q.values()))
-                - math.log(sum(math.exp(q[g] / t) for g in left)))
+        return math.log(sum(math.exp(v / t) for v in q.values())) - math.log(
+            sum(math.exp(q[g] / t) for g in left)
+        )
 
     s0, s1 = [1.0, 0.0], [0.0, 1.0]
-    first = {0: dot(s0, turned(A0, 2.25)), 1: dot(s0, turned(A1, 4.5)),
-             2: dot(s0, turned(A2, 6.75))}  # nothing picked: 9 * (ordinal + 1) / 4
+    first = {
+        0: dot(s0, turned(A0, 2.25)),
+        1: dot(s0, turned(A1, 4.5)),
+        2: dot(s0, turned(A2, 6.75)),
+    }  # nothing picked: 9 * (ordinal + 1) / 4
     second = {1: dot(s1, turned(A1, 13.0)), 2: dot(s1, turned(A2, 16.0))}  # after chunk 0
     other = {0: dot(s1, turned(A2, 3.0)), 1: dot(s1, turned(A0, 6.0))}  # 9 * (o + 1) / 3
-    expected = (cross_entropy(first, [0, 2]) + cross_entropy(second, [2])
-                + cross_entropy(other, [0])) / 3
+    expected = (
+        cross_entropy(first, [0, 2]) + cross_entropy(second, [2]) + cross_entropy(other, [0])
+    ) / 3
     rel = toy_model([s0, s1], [A0, A1, A2], positions="relative")
     assert float(imitation_loss(rel, toy_rollout(), t).detach()) == pytest.approx(expected)
 
 
 # ---- collect and the online Q against qvalue, with the real encoder (1 layer) -----------
-def greedy_rollout(model: QModel, batch: list, cfg: TrainConfig) -> tuple[Rollout,
-                                                                          list[Episode]]:
+def greedy_rollout(model: QModel, batch: list, cfg: TrainConfig) -> tuple[Rollout, list[Episode]]:
     """`collect` with a near-zero temperature, and the greedy episodes `ask` would run."""
     cfg = replace(cfg, random_updates=0, alpha=1e-9, alpha_final=1e-9)
     rollout = collect(model, batch, cfg, 0, np.random.default_rng(0))
-    episodes = run_episodes(model, [ex.question for ex in batch],
-                            example_sources(model, batch), StopRule(cfg.budget), policy=greedy)
+    episodes = run_episodes(
+        model,
+        [ex.question for ex in batch],
+        example_sources(model, batch),
+        StopRule(cfg.budget),
+        policy=greedy,
+    )
     return rollout, episodes
 
 
-@pytest.mark.parametrize("settings", [
-    {"lexical": [0.3, 0.2]},
-    {"frozen_chunks": True, "positions": "relative"},
-], ids=["hybrid", "frozen-relative"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"lexical": [0.3, 0.2]},
+        {"frozen_chunks": True, "positions": "relative"},
+    ],
+    ids=["hybrid", "frozen-relative"],
+)
 def test_collect_yields_one_transition_per_pick_and_q_is_qvalues(
-        monkeypatch, settings: dict) -> None:
+    monkeypatch, settings: dict
+) -> None:
     monkeypatch.setenv("QRAG_DTYPE", "fp32")  # the rollout and the loss in one precision
     model = trainable(from_base(layers=1), **settings)
     batch = two_hop_task(3, seed=4)
@@ -229,8 +258,10 @@ def test_collect_yields_one_transition_per_pick_and_q_is_qvalues(
     tok = model.tokenizer
     trs = rollout.transitions
     assert len(trs) == 3 * 3
-    solved = [set(ex.support) <= {e.chunk_id for e in ep.evidence}
-              for ex, ep in zip(batch, episodes, strict=True)]
+    solved = [
+        set(ex.support) <= {e.chunk_id for e in ep.evidence}
+        for ex, ep in zip(batch, episodes, strict=True)
+    ]
     assert rollout.solved == pytest.approx(np.mean(solved))
     for i, (ex, ep) in enumerate(zip(batch, episodes, strict=True)):
         mine = [tr for tr in trs if tr.example == i]
@@ -252,8 +283,7 @@ def test_collect_yields_one_transition_per_pick_and_q_is_qvalues(
             else:
                 assert tr.features is None
         assert rollout.action_ids[i] == model.action_ids(ex.chunks)
-        assert np.allclose(rollout.chunk_vecs[i], model.embed_chunks(list(ex.chunks)),
-                           atol=1e-5)
+        assert np.allclose(rollout.chunk_vecs[i], model.embed_chunks(list(ex.chunks)), atol=1e-5)
     # The loss's Q of each taken action is the Q the episode scored it with (qvalue),
     # through the stored vectors (no gradients) and through the encoders (gradients).
     scored = [ev.q for ep in episodes for ev in ep.evidence]

@@ -44,20 +44,23 @@ def assert_no_raw_controls(text: str) -> None:
 # --- the sanitiser --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("raw", "shown"), [
-    ("plain text, é ü 中文 👩‍💻", "plain text, é ü 中文 👩‍💻"),  # ZWJ emoji kept
-    ("[red]x[/red] [/bold] :smile:", "[red]x[/red] [/bold] :smile:"),  # clean() is not markup
-    ("a\x1b]0;TITLE\x07b", "a\\x1b]0;TITLE\\x07b"),
-    ("\x1b[2Jc", "\\x1b[2Jc"),
-    ("c1 \x9b31m \x85 del\x7f nul\x00", "c1 \\x9b31m \\x85 del\\x7f nul\\x00"),
-    ("back\x08space cr\rspoof", "back\\x08space cr\\rspoof"),
-    ("\u202eevil\u202c \u2066iso\u2069", "\\u202eevil\\u202c \\u2066iso\\u2069"),
-    ("line\u2028sep", "line\\u2028sep"),
-    ("tab\tkept", "tab\tkept"),
-    ("one\nline", "one\\nline"),
-    ("undecodable \udcff byte", "undecodable \\xff byte"),  # os.fsdecode's surrogateescape
-    ("lone \ud800", "lone \\ud800"),
-])
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("plain text, é ü 中文 👩‍💻", "plain text, é ü 中文 👩‍💻"),  # ZWJ emoji kept
+        ("[red]x[/red] [/bold] :smile:", "[red]x[/red] [/bold] :smile:"),  # clean() is not markup
+        ("a\x1b]0;TITLE\x07b", "a\\x1b]0;TITLE\\x07b"),
+        ("\x1b[2Jc", "\\x1b[2Jc"),
+        ("c1 \x9b31m \x85 del\x7f nul\x00", "c1 \\x9b31m \\x85 del\\x7f nul\\x00"),
+        ("back\x08space cr\rspoof", "back\\x08space cr\\rspoof"),
+        ("\u202eevil\u202c \u2066iso\u2069", "\\u202eevil\\u202c \\u2066iso\\u2069"),
+        ("line\u2028sep", "line\\u2028sep"),
+        ("tab\tkept", "tab\tkept"),
+        ("one\nline", "one\\nline"),
+        ("undecodable \udcff byte", "undecodable \\xff byte"),  # os.fsdecode's surrogateescape
+        ("lone \ud800", "lone \\ud800"),
+    ],
+)
 def test_clean_makes_controls_visible(raw: str, shown: str) -> None:
     assert render.clean(raw) == shown
 
@@ -119,22 +122,32 @@ def hostile_index(tmp_path: Path) -> Path:
 
 def test_ask_table_shows_text_literally(hostile_index: Path) -> None:
     for extra in ([], ["--show-text"], ["--explain"]):
-        proc = run_qrag("ask", "zebras", "--model", "base", "--steps", "5", "--no-stop",
-                        *extra)
+        proc = run_qrag("ask", "zebras", "--model", "base", "--steps", "5", "--no-stop", *extra)
         assert proc.returncode == 0, proc.stderr
         out = proc.stdout
-        for literal in ("[the docs](http://x)", "rows[idx]", ":smile:", "[/bold]",
-                        "[red]weird[i].txt", "\\x1b]0;T\\x07", "\\x1b[2J", "\\x9b1m",
-                        "\\u202eab\\u2066", "b\\x08x", "d\\x7f",
-                        "bad\\nname\\x1b[31m.txt"):
+        for literal in (
+            "[the docs](http://x)",
+            "rows[idx]",
+            ":smile:",
+            "[/bold]",
+            "[red]weird[i].txt",
+            "\\x1b]0;T\\x07",
+            "\\x1b[2J",
+            "\\x9b1m",
+            "\\u202eab\\u2066",
+            "b\\x08x",
+            "d\\x7f",
+            "bad\\nname\\x1b[31m.txt",
+        ):
             assert literal in out, (extra, literal, out)
         assert_no_raw_controls(out)
         assert_no_raw_controls(proc.stderr)
 
 
 def test_ask_json_round_trips_exact_text(hostile_index: Path) -> None:
-    proc = run_qrag("ask", "zebras", "--model", "base", "--steps", "5", "--no-stop", "--json",
-                    check=True)
+    proc = run_qrag(
+        "ask", "zebras", "--model", "base", "--steps", "5", "--no-stop", "--json", check=True
+    )
     assert proc.stdout.endswith("\n") and proc.stdout[:-1].isprintable()  # escapes, no bytes
     assert_no_raw_controls(proc.stdout)
     evidence = json.loads(proc.stdout)["evidence"]
@@ -173,24 +186,61 @@ def test_error_message_is_one_safe_line(tmp_path: Path) -> None:
 def test_answer_stream_is_sanitised(hostile_index: Path, tmp_path: Path) -> None:
     """A reader LLM that emits nothing but ESC and BEL bytes cannot reach the terminal."""
     gguf = write_tiny_gguf(tmp_path / "esc.gguf", emit=b"\x1b\x07")
-    proc = run_qrag("ask", "zebras", "--model", "base", "--answer", "--llm", str(gguf),
-                    "--max-tokens", "16", "--steps", "2")
+    proc = run_qrag(
+        "ask",
+        "zebras",
+        "--model",
+        "base",
+        "--answer",
+        "--llm",
+        str(gguf),
+        "--max-tokens",
+        "16",
+        "--steps",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "\\x1b" in proc.stdout or "\\x07" in proc.stdout
     assert_no_raw_controls(proc.stdout)
-    proc = run_qrag("ask", "zebras", "--model", "base", "--answer", "--llm", str(gguf),
-                    "--max-tokens", "16", "--steps", "2", "--json", check=True)
+    proc = run_qrag(
+        "ask",
+        "zebras",
+        "--model",
+        "base",
+        "--answer",
+        "--llm",
+        str(gguf),
+        "--max-tokens",
+        "16",
+        "--steps",
+        "2",
+        "--json",
+        check=True,
+    )
     answer = json.loads(proc.stdout)["answer"]
     assert answer and set(answer) <= {"\x1b", "\x07"}  # JSON keeps the exact answer
-
 
 
 def test_llama_logs_are_cleaned(hostile_index: Path, tmp_path: Path) -> None:
     """--verbose shows llama.cpp's logs, which quote the GGUF's own strings."""
     template = "{# \x1b]0;PWNED\x07 #}" + CHAT_TEMPLATE
     gguf = write_tiny_gguf(tmp_path / "t.gguf", chat_template=template)
-    proc = run_qrag("ask", "zebras", "--model", "base", "--answer", "--llm", str(gguf),
-                    "--max-tokens", "4", "--steps", "1", "--verbose", "--json", check=True)
+    proc = run_qrag(
+        "ask",
+        "zebras",
+        "--model",
+        "base",
+        "--answer",
+        "--llm",
+        str(gguf),
+        "--max-tokens",
+        "4",
+        "--steps",
+        "1",
+        "--verbose",
+        "--json",
+        check=True,
+    )
     assert "\\x1b]0;PWNED\\x07" in proc.stderr
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
 
@@ -202,9 +252,13 @@ def test_progress_on_a_terminal(tmp_path: Path) -> None:
     (root / "a.txt").write_text("Zebras are striped.\n")
     (root / ".env").write_text("TOKEN=1\n")  # a secret: reported as skipped
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "qrag_cli", "index", str(root), "--model",
-                             "base"], stdout=subprocess.DEVNULL, stderr=follower, cwd=REPO,
-                            env={**os.environ, "TERM": "xterm"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qrag_cli", "index", str(root), "--model", "base"],
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        cwd=REPO,
+        env={**os.environ, "TERM": "xterm"},
+    )
     os.close(follower)
     shown = b""
     while True:

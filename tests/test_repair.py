@@ -35,8 +35,9 @@ def store(name: str = "default") -> Path:
 def evidence(name: str = "default") -> list[tuple[int, str, float]]:
     proc = run_qrag("ask", QUESTION, "--index", name, "--json", "--steps", "3", "--no-stop")
     assert proc.returncode == 0, proc.stderr
-    return [(e["chunk_id"], e["path"], round(e["q"], 3))
-            for e in json.loads(proc.stdout)["evidence"]]
+    return [
+        (e["chunk_id"], e["path"], round(e["q"], 3)) for e in json.loads(proc.stdout)["evidence"]
+    ]
 
 
 def check(*args: str) -> tuple[int, list[dict]]:
@@ -147,7 +148,8 @@ def _graph_lacking_a_chunk(index_dir: Path) -> None:
 
 
 def test_failed_graph_search_says_so_and_the_next_snapshot_uses_the_repaired_graph(
-        corpus: Path, base_model, capsys) -> None:
+    corpus: Path, base_model, capsys
+) -> None:
     notice = "HNSW search failed"
     run_qrag("index", str(corpus), "--model", "base", check=True)
     proc = run_qrag("ask", QUESTION, "--json", "--steps", "3", "--no-stop", "--exact")
@@ -188,14 +190,17 @@ def test_failed_graph_search_says_so_and_the_next_snapshot_uses_the_repaired_gra
     proc = run_qrag("ask", QUESTION, "--json", "--steps", "3", "--no-stop")
     assert notice not in proc.stderr and json.loads(proc.stdout)["evidence"] == exact
 
+
 def test_damaged_bm25_table_is_rebuilt(corpus: Path) -> None:
     run_qrag("index", str(corpus), check=True)
     before = evidence()
     conn = sqlite3.connect(store() / "index.sqlite")
     chunk_id, text = conn.execute("SELECT id, text FROM chunks LIMIT 1").fetchone()
     with conn:  # the chunk's words vanish from BM25 while the chunk stays
-        conn.execute("INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', ?, ?)",
-                     (chunk_id, text))
+        conn.execute(
+            "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', ?, ?)",
+            (chunk_id, text),
+        )
     conn.close()
 
     code, rows = check()
@@ -208,7 +213,8 @@ def test_damaged_bm25_table_is_rebuilt(corpus: Path) -> None:
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_database_is_named_and_does_not_hide_healthy_indexes(
-        corpus: Path, damage: str) -> None:
+    corpus: Path, damage: str
+) -> None:
     run_qrag("index", str(corpus), "--index", "good", check=True)
     run_qrag("index", str(corpus), "--index", "bad", check=True)
     db = store("bad") / "index.sqlite"
@@ -216,7 +222,7 @@ def test_corrupt_database_is_named_and_does_not_hide_healthy_indexes(
         db.write_bytes(b"this is not a database\n" * 2000)
     else:
         data = db.read_bytes()
-        db.write_bytes(data[:len(data) // 3])
+        db.write_bytes(data[: len(data) // 3])
     bad_dir = str(resolve_index("bad"))
 
     assert_one_line_error(run_qrag("ask", QUESTION, "--index", "bad"), bad_dir, "qrag index")
@@ -251,8 +257,17 @@ def _manifest(name: str = "default") -> dict:
 
 
 def test_refresh_keeps_chunk_tokens_and_file_size_limit(corpus: Path) -> None:
-    run_qrag("index", str(corpus), "--chunk-tokens", "64", "--overlap", "8",
-             "--max-file-size", "600", check=True)
+    run_qrag(
+        "index",
+        str(corpus),
+        "--chunk-tokens",
+        "64",
+        "--overlap",
+        "8",
+        "--max-file-size",
+        "600",
+        check=True,
+    )
     first = _manifest()
     assert first["chunking"]["chunk_tokens"] == 64 and first["files"] == 5  # engines.md: 609 B
 
@@ -283,8 +298,13 @@ def other_model(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("models") / "scaled-minilm"
     shutil.copytree(base, folder)
     tensors = load_file(str(base / "model.safetensors"))
-    save_file({k: (v * 1.01 if torch.is_floating_point(v) else v).contiguous()
-               for k, v in tensors.items()}, str(folder / "model.safetensors"))
+    save_file(
+        {
+            k: (v * 1.01 if torch.is_floating_point(v) else v).contiguous()
+            for k, v in tensors.items()
+        },
+        str(folder / "model.safetensors"),
+    )
     return folder
 
 

@@ -44,8 +44,11 @@ JWT = f"{fake('eyJ', 30)}.{fake('eyJ', 40)}.{fake('', 43, ALNUM + '-_')}"
 
 # (file name, text, what the refusal says)
 IN_TEXT = [
-    ("late.txt", FILLER + "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n",
-     "private key block, line 121"),
+    (
+        "late.txt",
+        FILLER + "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n",
+        "private key block, line 121",
+    ),
     ("pgp.asc", "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF\n", "private key block"),
     ("ssh.txt", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n", "private key block"),
     ("ec.txt", "-----BEGIN EC PRIVATE KEY-----\nMHcCAQ\n", "private key block"),
@@ -53,12 +56,19 @@ IN_TEXT = [
     ("pkcs8.txt", "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n", "private key block"),
     ("enc.txt", "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHz\n", "private key block"),
     ("ssh2.txt", "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\nP2/56w\n", "private key block"),
-    ("sa.json", '{"type": "service_account", "private_key_id": "1a2b",\n "private_key": '
-     '"-----BEGIN PRIVATE KEY-----\\nMIIEvg\\n"}', "private key block, line 2"),
+    (
+        "sa.json",
+        '{"type": "service_account", "private_key_id": "1a2b",\n "private_key": '
+        '"-----BEGIN PRIVATE KEY-----\\nMIIEvg\\n"}',
+        "private key block, line 2",
+    ),
     ("putty.txt", "PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\n", "PuTTY private key"),
     ("aws.md", f"Our key is {AWS_ID} for now.\n", "AWS access key"),
-    ("config", f"[default]\nregion = eu-west-1\naws_secret_access_key = {AWS_SECRET}\n",
-     "AWS secret key, line 3"),
+    (
+        "config",
+        f"[default]\nregion = eu-west-1\naws_secret_access_key = {AWS_SECRET}\n",
+        "AWS secret key, line 3",
+    ),
     ("notes.md", f"token: {GITHUB}\n", "GitHub token"),
     ("gho.md", f"{fake('gho_', 36)}\n", "GitHub token"),
     ("pat.md", f"{fake('github_pat_', 82, ALNUM + '_')}\n", "GitHub token"),
@@ -70,28 +80,48 @@ IN_TEXT = [
     ("anthropic.md", f"{fake('sk-ant-api03-', 80, ALNUM + '_-')}\n", "Anthropic API key"),
     ("hf.md", f"{fake('hf_', 34)}\n", "Hugging Face token"),
     ("jwt.md", f"Authorization: Bearer {JWT}\n", "JSON web token"),
-    ("adc.json", '{"client_id": "764086051850.apps.googleusercontent.com",\n'
-     f' "client_secret": "{fake("", 24)}",\n "type": "authorized_user"}}\n',
-     "password or key, line 2"),
-    ("app.config", "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey="
-     f"{fake('', 86, ALNUM + '+/')}==;\n", "Azure storage key"),
+    (
+        "adc.json",
+        '{"client_id": "764086051850.apps.googleusercontent.com",\n'
+        f' "client_secret": "{fake("", 24)}",\n "type": "authorized_user"}}\n',
+        "password or key, line 2",
+    ),
+    (
+        "app.config",
+        "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey="
+        f"{fake('', 86, ALNUM + '+/')}==;\n",
+        "Azure storage key",
+    ),
     (".npmrc", f"//registry.npmjs.org/:_authToken={fake('', 36)}\n", "password or key"),
-    (".pypirc", "[pypi]\nusername = __token__\npassword = "
-     f"{fake('pypi-AgEIcHlwaS5vcmc', 60, ALNUM + '-_')}\n", "PyPI token, line 3"),
+    (
+        ".pypirc",
+        "[pypi]\nusername = __token__\npassword = "
+        f"{fake('pypi-AgEIcHlwaS5vcmc', 60, ALNUM + '-_')}\n",
+        "PyPI token, line 3",
+    ),
     (".pypirc", "[internal]\nusername = me\npassword = Tr0ub4dor&3x\n", "password or key"),
-    ("settings.yaml", "db:\n  host: db.internal\n  password: 'Xk9vQ2mLp7'\n",
-     "password or key, line 3"),
+    (
+        "settings.yaml",
+        "db:\n  host: db.internal\n  password: 'Xk9vQ2mLp7'\n",
+        "password or key, line 3",
+    ),
     ("config.json", '{"service": {"api_key": "' + fake("", 32) + '"}}\n', "password or key"),
     ("app.ini", "[db]\nurl = postgres://app:Xk9vQ2mL@db/prod\n", "password in URL, line 2"),
 ]
 
 # Text that mentions secrets without holding one: indexed.
 NOT_SECRETS = [
-    ("prose.md", "Use a password manager. The password must have 12 characters; the API key "
-     "is in the vault.\n"),
+    (
+        "prose.md",
+        "Use a password manager. The password must have 12 characters; the API key "
+        "is in the vault.\n",
+    ),
     ("login.py", 'password = getpass.getpass()\napi_key = os.environ["API_KEY"]\n'),
-    ("settings.yaml", "password: ${DB_PASSWORD}\napi_key: <your-api-key>\ntoken: changeme\n"
-     "secret: true\npassword_file: /run/secrets/db\nclient_secret: ''\n"),
+    (
+        "settings.yaml",
+        "password: ${DB_PASSWORD}\napi_key: <your-api-key>\ntoken: changeme\n"
+        "secret: true\npassword_file: /run/secrets/db\nclient_secret: ''\n",
+    ),
     ("aws-docs.md", "An access key looks like AKIAIOSFODNN7EXAMPLE.\n"),
     ("gh-docs.md", "Tokens look like ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.\n"),
     ("public.pem.txt", "-----BEGIN PUBLIC KEY-----\nMIIBIj\n-----BEGIN CERTIFICATE-----\n"),
@@ -100,21 +130,43 @@ NOT_SECRETS = [
 ]
 
 SECRET_NAMES = [
-    ("id_rsa", "SSH key file"), ("id_ed25519.pub", "SSH key file"), ("key.ppk", "SSH key file"),
-    ("ssh_host_ecdsa_key", "SSH key file"), ("server.pem", "key file"), ("tls.KEY", "key file"),
-    ("secring.gpg", "key file"), ("store.jks", "keystore"), ("app.keystore", "keystore"),
-    ("cert.p12", "keystore"), ("cert.pfx", "keystore"), ("vault.kdbx", "keystore"),
-    (".env", "environment file"), (".env.production", "environment file"),
-    ("prod.env", "environment file"), (".envrc", "environment file"),
-    ("credentials", "credentials file"), ("credentials.json", "credentials file"),
+    ("id_rsa", "SSH key file"),
+    ("id_ed25519.pub", "SSH key file"),
+    ("key.ppk", "SSH key file"),
+    ("ssh_host_ecdsa_key", "SSH key file"),
+    ("server.pem", "key file"),
+    ("tls.KEY", "key file"),
+    ("secring.gpg", "key file"),
+    ("store.jks", "keystore"),
+    ("app.keystore", "keystore"),
+    ("cert.p12", "keystore"),
+    ("cert.pfx", "keystore"),
+    ("vault.kdbx", "keystore"),
+    (".env", "environment file"),
+    (".env.production", "environment file"),
+    ("prod.env", "environment file"),
+    (".envrc", "environment file"),
+    ("credentials", "credentials file"),
+    ("credentials.json", "credentials file"),
     ("application_default_credentials.json", "credentials file"),
-    ("accessTokens.json", "credentials file"), ("msal_token_cache.json", "credentials file"),
-    ("terraform.tfstate", "credentials file"), (".netrc", "password file"),
-    ("_netrc", "password file"), (".pgpass", "password file"),
+    ("accessTokens.json", "credentials file"),
+    ("msal_token_cache.json", "credentials file"),
+    ("terraform.tfstate", "credentials file"),
+    (".netrc", "password file"),
+    ("_netrc", "password file"),
+    (".pgpass", "password file"),
     (".git-credentials", "password file"),
 ]
-PLAIN_NAMES = ["notes.txt", "environment.yml", "keys.md", "credentials.md", "keynote.txt",
-               "README", "config.toml", "settings.json"]
+PLAIN_NAMES = [
+    "notes.txt",
+    "environment.yml",
+    "keys.md",
+    "credentials.md",
+    "keynote.txt",
+    "README",
+    "config.toml",
+    "settings.json",
+]
 
 
 def write(path: Path, text: str) -> Path:
@@ -182,8 +234,9 @@ def indexed(index: str) -> dict[str, str]:
 def refusals(stderr: str) -> dict[str, str]:
     """{path: reason} of the `skip PATH: secret (...)` lines, one line per path."""
     lines = [line for line in stderr.splitlines() if ": secret (" in line]
-    out = {line.split(": secret (")[0].removeprefix("skip "): line.split(": ", 1)[1]
-           for line in lines}
+    out = {
+        line.split(": secret (")[0].removeprefix("skip "): line.split(": ", 1)[1] for line in lines
+    }
     assert len(out) == len(lines), stderr
     return out
 
@@ -282,8 +335,13 @@ def test_index_built_under_older_rules_is_rechecked(tmp_path: Path, base_model) 
         conn.execute("DELETE FROM meta WHERE key = 'secret_rules'")
     conn.close()
     problems: list[tuple[str, str]] = []
-    summary = build_index([], index_dir, base_model, ChunkConfig(),
-                          on_problem=lambda p: problems.append((p.where, p.why)))
+    summary = build_index(
+        [],
+        index_dir,
+        base_model,
+        ChunkConfig(),
+        on_problem=lambda p: problems.append((p.where, p.why)),
+    )
     assert (summary.removed, summary.unchanged, summary.chunks_embedded) == (1, 1, 0)
     assert [Path(p).name for p, _ in problems] == ["pgp.txt"]
     assert set(indexed("default")) == {"a.md"}
@@ -326,9 +384,9 @@ def modes(root: Path) -> dict[str, str]:
     return bad
 
 
-def test_index_files_are_private_while_writing(hop_corpus: Path, base_model, qrag_home: Path,
-                                               monkeypatch: pytest.MonkeyPatch,
-                                               umask_022: None) -> None:
+def test_index_files_are_private_while_writing(
+    hop_corpus: Path, base_model, qrag_home: Path, monkeypatch: pytest.MonkeyPatch, umask_022: None
+) -> None:
     """Checked mid-run, when the SQLite journals, the lock and fresh graphs all exist."""
     monkeypatch.setenv("QRAG_COMMIT_INTERVAL", "0")
     monkeypatch.setenv("QRAG_EMBED_GROUP", "2")  # commit (vectors + graph) every 2 files
@@ -343,8 +401,14 @@ def test_index_files_are_private_while_writing(hop_corpus: Path, base_model, qra
         bad.update(modes(home))
 
     build_index([hop_corpus], index_dir, base_model, ChunkConfig(), on_progress=look)
-    assert {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "vectors.f32",
-            "index.lock", "CURRENT"} <= seen
+    assert {
+        "index.sqlite",
+        "index.sqlite-wal",
+        "index.sqlite-shm",
+        "vectors.f32",
+        "index.lock",
+        "CURRENT",
+    } <= seen
     assert any(name.startswith("hnsw-") for name in seen)
     assert bad == {}
     assert modes(home) == {}

@@ -24,9 +24,15 @@ def test_convert_real_hotpotqa_and_musique(tmp_path: Path, shared_data: Path) ->
     mus = list(from_musique(shared_data / "musique_train_100.jsonl"))
     assert len(mus) == 100 and all(2 <= len(ex.support) <= 4 for ex in mus)
     assert all(len(ex.chunks) == 20 for ex in mus)
-    proc = run_qrag("train", "convert", "--from", "musique",
-                    str(shared_data / "musique_train_100.jsonl"), str(tmp_path / "m.jsonl"),
-                    check=True)
+    proc = run_qrag(
+        "train",
+        "convert",
+        "--from",
+        "musique",
+        str(shared_data / "musique_train_100.jsonl"),
+        str(tmp_path / "m.jsonl"),
+        check=True,
+    )
     assert "100 examples" in proc.stderr
     assert len(load_examples(tmp_path / "m.jsonl")) == 100
 
@@ -53,18 +59,45 @@ def test_train_resume_checkpoint_round_trip(tmp_path: Path) -> None:
     write_examples(two_hop_task(12, seed=0), tmp_path / "train.jsonl")
     write_examples(two_hop_task(4, seed=1), tmp_path / "eval.jsonl")
     out = tmp_path / "model"
-    args = ["train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"),
-            "--out", str(out), "--layers", "1", "--batch", "4", "--budget", "2",
-            "--eval-every", "2", "--json"]
+    args = [
+        "train",
+        str(tmp_path / "train.jsonl"),
+        "--eval",
+        str(tmp_path / "eval.jsonl"),
+        "--out",
+        str(out),
+        "--layers",
+        "1",
+        "--batch",
+        "4",
+        "--budget",
+        "2",
+        "--eval-every",
+        "2",
+        "--json",
+    ]
     first = json.loads(run_qrag(*args, "--updates", "2", check=True).stdout)
     assert first["after"]["n"] == 4 and first["before"]["n"] == 4
-    resumed = json.loads(run_qrag("train", str(tmp_path / "train.jsonl"), "--resume", str(out),
-                                  "--updates", "4", "--json", check=True).stdout)
+    resumed = json.loads(
+        run_qrag(
+            "train",
+            str(tmp_path / "train.jsonl"),
+            "--resume",
+            str(out),
+            "--updates",
+            "4",
+            "--json",
+            check=True,
+        ).stdout
+    )
     assert resumed["before"] == first["before"]  # kept from the first run, not re-measured
     state = json.loads((tmp_path / ".model.checkpoint" / "train_state.json").read_text())
     assert state["update"] == 4
-    updates = [json.loads(line)["update"] for line in (out / "train_log.jsonl").open()
-               if '"update"' in line and '"event": "update"' in line]
+    updates = [
+        json.loads(line)["update"]
+        for line in (out / "train_log.jsonl").open()
+        if '"update"' in line and '"event": "update"' in line
+    ]
     assert updates == [1, 2, 3, 4]
     config = json.loads((out / "config.json").read_text())
     assert config["format"] == "qrag-model/1" and config["shared"] is False
@@ -77,16 +110,28 @@ def test_train_resume_checkpoint_round_trip(tmp_path: Path) -> None:
     assert [row["update"] for row in curve] == [0, 2, 4]
     # Best on eval, the starting model included; a tie keeps the earlier weights.
     best = max(row["select"] for row in curve)
-    assert config["metrics"]["kept_update"] == next(r["update"] for r in curve
-                                                    if r["select"] == best)
+    assert config["metrics"]["kept_update"] == next(
+        r["update"] for r in curve if r["select"] == best
+    )
     assert not any(p.suffix in {".pt", ".bin", ".pkl"} for p in out.rglob("*"))
 
     a, b = load_model(str(out)), load_model(str(out))  # rebuilt without guessing
     texts = ["Ada put the key in the red box.", "The red box is kept in the attic."]
     assert np.allclose(a.embed_chunks(texts), b.embed_chunks(texts))
     assert a.encoder_config["num_hidden_layers"] == 1
-    proc = run_qrag("train", "eval", str(tmp_path / "eval.jsonl"), "--model", str(out),
-                    "--budget", "1", "--budget", "2", "--json", check=True)
+    proc = run_qrag(
+        "train",
+        "eval",
+        str(tmp_path / "eval.jsonl"),
+        "--model",
+        str(out),
+        "--budget",
+        "1",
+        "--budget",
+        "2",
+        "--json",
+        check=True,
+    )
     result = json.loads(proc.stdout)
     assert {"budget_1", "budget_2"} <= set(result)
 
@@ -104,32 +149,68 @@ def test_training_learns_what_single_step_cannot(tmp_path: Path) -> None:
     write_examples(held_out, tmp_path / "eval.jsonl")
 
     base = from_base(layers=2)  # single-step dense top-2: one step, its pick + 1 alternative
-    first = run_episodes(base, [ex.question for ex in held_out], example_sources(base, held_out),
-                         StopRule(1), alternatives=2)
-    top2 = [[ep.evidence[0].chunk_id, *(a for a, _ in ep.evidence[0].alternatives)]
-            for ep in first]
-    single_step_em = np.mean([fact_scores(ids, ex.support)[0]
-                              for ids, ex in zip(top2, held_out, strict=True)])
+    first = run_episodes(
+        base,
+        [ex.question for ex in held_out],
+        example_sources(base, held_out),
+        StopRule(1),
+        alternatives=2,
+    )
+    top2 = [[ep.evidence[0].chunk_id, *(a for a, _ in ep.evidence[0].alternatives)] for ep in first]
+    single_step_em = np.mean(
+        [fact_scores(ids, ex.support)[0] for ids, ex in zip(top2, held_out, strict=True)]
+    )
     assert single_step_em <= 0.35
 
     out = tmp_path / "model"
-    proc = run_qrag("train", str(tmp_path / "train.jsonl"), "--eval",
-                    str(tmp_path / "eval.jsonl"), "--out", str(out), "--layers", "2",
-                    "--budget", "2", "--updates", "800", "--batch", "16", "--lr", "3e-4",
-                    "--alpha", "0.01", "--eval-every", "100", "--json", check=True,
-                    # Only a guard against a hang: ~5 min on a quiet CPU with native bf16,
-                    # ~15 on a busy one, and ~9.5 s/update (~2 h) with load 8-10 on 2 cores.
-                    # A subprocess, so that the limit applies (3 s of start-up is noise here).
-                    timeout=3 * 3600, process=True)
+    proc = run_qrag(
+        "train",
+        str(tmp_path / "train.jsonl"),
+        "--eval",
+        str(tmp_path / "eval.jsonl"),
+        "--out",
+        str(out),
+        "--layers",
+        "2",
+        "--budget",
+        "2",
+        "--updates",
+        "800",
+        "--batch",
+        "16",
+        "--lr",
+        "3e-4",
+        "--alpha",
+        "0.01",
+        "--eval-every",
+        "100",
+        "--json",
+        check=True,
+        # Only a guard against a hang: ~5 min on a quiet CPU with native bf16,
+        # ~15 on a busy one, and ~9.5 s/update (~2 h) with load 8-10 on 2 cores.
+        # A subprocess, so that the limit applies (3 s of start-up is noise here).
+        timeout=3 * 3600,
+        process=True,
+    )
     result = json.loads(proc.stdout)
     assert result["before"]["fact_em"] <= 0.35
     assert result["after"]["fact_em"] >= 0.9, result
-    curve = [json.loads(line) for line in (out / "train_log.jsonl").open()
-             if '"event": "eval"' in line]
+    curve = [
+        json.loads(line) for line in (out / "train_log.jsonl").open() if '"event": "eval"' in line
+    ]
     assert [row["update"] for row in curve] == list(range(0, 801, 100))
     # The shipped folder is the model `ask` would use: re-measured from disk, same numbers.
-    proc = run_qrag("train", "eval", str(tmp_path / "eval.jsonl"), "--model", str(out),
-                    "--budget", "2", "--json", check=True)
+    proc = run_qrag(
+        "train",
+        "eval",
+        str(tmp_path / "eval.jsonl"),
+        "--model",
+        str(out),
+        "--budget",
+        "2",
+        "--json",
+        check=True,
+    )
     assert json.loads(proc.stdout)["budget_2"]["fact_em"] >= 0.9
 
 
@@ -142,17 +223,20 @@ def test_convert_ruler_prepared_jsonl(tmp_path: Path) -> None:
     filler = generated_filler(random.Random(0))
     paras = [next(filler) for _ in range(40)]
     paras.insert(23, "One of the special magic numbers for tall-river is: 4417791.")
-    record = {"index": 7, "input": "Some special magic numbers are hidden within the "
-              "following text.\n" + "\n\n".join(paras) + "\nWhat is the special magic number "
-              "for tall-river mentioned in the provided text?", "outputs": ["4417791"],
-              "length": 4096}
+    record = {
+        "index": 7,
+        "input": "Some special magic numbers are hidden within the "
+        "following text.\n" + "\n\n".join(paras) + "\nWhat is the special magic number "
+        "for tall-river mentioned in the provided text?",
+        "outputs": ["4417791"],
+        "length": 4096,
+    }
     src = tmp_path / "niah.jsonl"
     src.write_text(json.dumps(record) + "\n" + json.dumps({**record, "outputs": ["0000"]}) + "\n")
     proc = run_qrag("train", "convert", "--from", "ruler", str(src), str(tmp_path / "o.jsonl"))
     assert proc.returncode != 0 and "niah.jsonl:2: no chunk holds" in proc.stderr
     src.write_text(json.dumps(record) + "\n")
-    run_qrag("train", "convert", "--from", "ruler", str(src), str(tmp_path / "o.jsonl"),
-             check=True)
+    run_qrag("train", "convert", "--from", "ruler", str(src), str(tmp_path / "o.jsonl"), check=True)
     (ex,) = load_examples(tmp_path / "o.jsonl")
     assert ex.question.startswith("What is the special magic number for tall-river")
     assert len(ex.chunks) > 5 and len(ex.support) == 1
@@ -160,13 +244,25 @@ def test_convert_ruler_prepared_jsonl(tmp_path: Path) -> None:
 
 
 def test_convert_hotpotqa_evidence(tmp_path: Path) -> None:
-    records = [{"question": f"Q{i}?", "answer": "a",
-                "evidence": [f"Fact {i}.{j} about topic {i}." for j in range(n)]}
-               for i, n in enumerate([2, 3, 5, 2])]
+    records = [
+        {
+            "question": f"Q{i}?",
+            "answer": "a",
+            "evidence": [f"Fact {i}.{j} about topic {i}." for j in range(n)],
+        }
+        for i, n in enumerate([2, 3, 5, 2])
+    ]
     src = tmp_path / "evidence.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in records))
-    proc = run_qrag("train", "convert", "--from", "hotpotqa-evidence", str(src),
-                    str(tmp_path / "out.jsonl"), check=True)
+    proc = run_qrag(
+        "train",
+        "convert",
+        "--from",
+        "hotpotqa-evidence",
+        str(src),
+        str(tmp_path / "out.jsonl"),
+        check=True,
+    )
     assert "evidence.jsonl:3: 5 evidence sentences" in proc.stderr  # reported, not dropped
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["question"] for r in rows] == ["Q0?", "Q1?", "Q3?"]  # 5 facts: over budget
@@ -187,27 +283,66 @@ def test_frozen_chunks_and_one_eval_file_per_domain(tmp_path: Path) -> None:
     write_examples(two_hop_task(3, seed=1), tmp_path / "eval-a.jsonl")
     write_examples(two_hop_task(5, seed=2), tmp_path / "eval-b.jsonl")
     out = tmp_path / "model"
-    args = ["train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval-a.jsonl"),
-            "--eval", str(tmp_path / "eval-b.jsonl"), "--out", str(out), "--layers", "1",
-            "--batch", "4", "--budget", "2", "--eval-every", "2", "--frozen-chunks", "--json"]
+    args = [
+        "train",
+        str(tmp_path / "train.jsonl"),
+        "--eval",
+        str(tmp_path / "eval-a.jsonl"),
+        "--eval",
+        str(tmp_path / "eval-b.jsonl"),
+        "--out",
+        str(out),
+        "--layers",
+        "1",
+        "--batch",
+        "4",
+        "--budget",
+        "2",
+        "--eval-every",
+        "2",
+        "--frozen-chunks",
+        "--json",
+    ]
     result = json.loads(run_qrag(*args, "--updates", "2", check=True).stdout)
     by_file = result["after"]["by_file"]
     assert set(by_file) == {"eval-a", "eval-b"} and by_file["eval-b"]["n"] == 5
     assert result["after"]["n"] == 8
-    assert result["after"]["select"] == round((by_file["eval-a"]["fact_em"]
-                                               + by_file["eval-b"]["fact_em"]) / 2, 4)
+    assert result["after"]["select"] == round(
+        (by_file["eval-a"]["fact_em"] + by_file["eval-b"]["fact_em"]) / 2, 4
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["frozen_chunks"] and config["state_normalize"] is False
     assert all(k.startswith("state.") for k in load_file(str(out / "model.safetensors")))
     state = load_file(str(tmp_path / ".model.checkpoint" / "train_state.safetensors"))
     assert not any(k.startswith("target_chunk.") for k in state)
-    resumed = json.loads(run_qrag("train", str(tmp_path / "train.jsonl"), "--resume", str(out),
-                                  "--updates", "3", "--json", check=True).stdout)
+    resumed = json.loads(
+        run_qrag(
+            "train",
+            str(tmp_path / "train.jsonl"),
+            "--resume",
+            str(out),
+            "--updates",
+            "3",
+            "--json",
+            check=True,
+        ).stdout
+    )
     assert resumed["after"]["by_file"]["eval-a"]["n"] == 3
 
-    proc = run_qrag("train", str(tmp_path / "train.jsonl"), "--eval",
-                    str(tmp_path / "eval-a.jsonl"), "--eval", str(tmp_path / "eval-a.jsonl"),
-                    "--out", str(tmp_path / "m2"), "--layers", "1", "--updates", "1")
+    proc = run_qrag(
+        "train",
+        str(tmp_path / "train.jsonl"),
+        "--eval",
+        str(tmp_path / "eval-a.jsonl"),
+        "--eval",
+        str(tmp_path / "eval-a.jsonl"),
+        "--out",
+        str(tmp_path / "m2"),
+        "--layers",
+        "1",
+        "--updates",
+        "1",
+    )
     assert proc.returncode != 0 and "different names" in proc.stderr
 
 
@@ -218,16 +353,41 @@ def test_warm_start_learns_in_a_tenth_of_the_updates(tmp_path: Path) -> None:
     write_examples(two_hop_task(600, seed=0), tmp_path / "train.jsonl")
     write_examples(two_hop_task(40, seed=1), tmp_path / "eval.jsonl")
     out = tmp_path / "model"
-    proc = run_qrag("train", str(tmp_path / "train.jsonl"), "--eval",
-                    str(tmp_path / "eval.jsonl"), "--out", str(out), "--layers", "2",
-                    "--budget", "2", "--updates", "70", "--warm-start", "60", "--batch", "16",
-                    "--lr", "3e-4", "--alpha", "0.01", "--eval-every", "10", "--json",
-                    check=True, timeout=1200)
+    proc = run_qrag(
+        "train",
+        str(tmp_path / "train.jsonl"),
+        "--eval",
+        str(tmp_path / "eval.jsonl"),
+        "--out",
+        str(out),
+        "--layers",
+        "2",
+        "--budget",
+        "2",
+        "--updates",
+        "70",
+        "--warm-start",
+        "60",
+        "--batch",
+        "16",
+        "--lr",
+        "3e-4",
+        "--alpha",
+        "0.01",
+        "--eval-every",
+        "10",
+        "--json",
+        check=True,
+        timeout=1200,
+    )
     result = json.loads(proc.stdout)
     assert result["before"]["fact_em"] <= 0.35
     assert result["after"]["fact_em"] >= 0.9, result
-    phases = [json.loads(line).get("phase") for line in (out / "train_log.jsonl").open()
-              if '"event": "update"' in line]
+    phases = [
+        json.loads(line).get("phase")
+        for line in (out / "train_log.jsonl").open()
+        if '"event": "update"' in line
+    ]
     assert phases == ["imitation"] * 60 + ["q-learning"] * 10
 
 
@@ -242,11 +402,32 @@ def test_only_lexical_learns_the_bm25_weights(tmp_path: Path) -> None:
     start = trainable(from_base(layers=2), frozen_chunks=True, lexical=[0.0, 0.0])
     save_model(start, tmp_path / "start")
     out = tmp_path / "model"
-    result = json.loads(run_qrag(
-        "train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"),
-        "--base", str(tmp_path / "start"), "--out", str(out), "--only-lexical", "--budget",
-        "2", "--updates", "30", "--warm-start", "30", "--batch", "8", "--eval-every", "10",
-        "--json", check=True, timeout=1200).stdout)
+    result = json.loads(
+        run_qrag(
+            "train",
+            str(tmp_path / "train.jsonl"),
+            "--eval",
+            str(tmp_path / "eval.jsonl"),
+            "--base",
+            str(tmp_path / "start"),
+            "--out",
+            str(out),
+            "--only-lexical",
+            "--budget",
+            "2",
+            "--updates",
+            "30",
+            "--warm-start",
+            "30",
+            "--batch",
+            "8",
+            "--eval-every",
+            "10",
+            "--json",
+            check=True,
+            timeout=1200,
+        ).stdout
+    )
     # Measured: held-out EM 0.075 -> 0.275, weights 0/0 -> 0.11/0.12 (a 2-layer encoder
     # that never learned the task; the BM25 terms alone carry the gain).
     assert result["after"]["fact_em"] >= result["before"]["fact_em"] + 0.15, result

@@ -38,8 +38,19 @@ from qrag_cli.documents import read_document
 from qrag_cli.secretscan import find_secret
 from qrag_cli.types import ReadError, UsageError
 
-TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt",
-         "qa1", "qa2", "qa3", "qa1_gen", "qa2_gen", "qa3_gen")
+TASKS = (
+    "niah_single",
+    "niah_multikey",
+    "niah_multivalue",
+    "niah_multiquery",
+    "vt",
+    "qa1",
+    "qa2",
+    "qa3",
+    "qa1_gen",
+    "qa2_gen",
+    "qa3_gen",
+)
 
 
 @dataclass(frozen=True)
@@ -56,19 +67,26 @@ class Story:
 
 
 # ---- entities: every story in one haystack draws unused ones -----------------------------
-ADJECTIVES = ("amber brisk cobalt dusty eager frosty gilded hollow ivory jagged keen "
-              "lunar mellow nimble opal pale quiet russet silent tawny umber velvet wistful "
-              "young zesty crimson").split()
-NOUNS = ("falcon harbor lantern meadow quarry ribbon saddle thistle willow anchor badger "
-         "candle dagger ember fjord garnet heron island jasper kettle locket marble").split()
-FIRST = ("Mary John Sandra Daniel Ada Bram Cleo Dag Edda Finn Greta Hugo Ines Jon Kaja Leif "
-         "Mira Nils Olga Per Rut Sten Tova Ulf Vera Wim Yrsa Zeno Alva Bo Cora Dino Elin "
-         "Frej Hans Ivo Jana Kurt Lina Nora Otto Pia").split()
+ADJECTIVES = (
+    "amber brisk cobalt dusty eager frosty gilded hollow ivory jagged keen "
+    "lunar mellow nimble opal pale quiet russet silent tawny umber velvet wistful "
+    "young zesty crimson"
+).split()
+NOUNS = (
+    "falcon harbor lantern meadow quarry ribbon saddle thistle willow anchor badger "
+    "candle dagger ember fjord garnet heron island jasper kettle locket marble"
+).split()
+FIRST = (
+    "Mary John Sandra Daniel Ada Bram Cleo Dag Edda Finn Greta Hugo Ines Jon Kaja Leif "
+    "Mira Nils Olga Per Rut Sten Tova Ulf Vera Wim Yrsa Zeno Alva Bo Cora Dino Elin "
+    "Frej Hans Ivo Jana Kurt Lina Nora Otto Pia"
+).split()
 LAST = ("Berg Dahl Falk Holm Lind Nord Ek Sand Strom Vik Wall Ahl Borg Krona Lund Ros").split()
 THINGS = ("football apple milk key book ball box lamp coin map flute ring").split()
 COLOURS = ("red blue green black white grey brown silver golden yellow orange purple").split()
-PLACES = ("kitchen garden office bathroom hallway bedroom cellar attic garage library "
-          "pantry balcony").split()
+PLACES = (
+    "kitchen garden office bathroom hallway bedroom cellar attic garage library pantry balcony"
+).split()
 # Nouns for renamed real bAbI objects: more than THINGS (whose draws the generated tasks'
 # seeds depend on, so it stays as it is), so 50 stories of 3 objects fit one haystack.
 BABI_THINGS = (*THINGS, *"cup hat kite bell vase drum fork shoe comb jug".split())
@@ -98,8 +116,11 @@ class Names:
         """A key sharing one word with `key` (RULER's hard multi-key distractors)."""
         adj, noun = key.split("-")
         r = self.rng
-        return self._fresh(lambda: f"{adj}-{r.choice(NOUNS)}" if r.random() < 0.5
-                           else f"{r.choice(ADJECTIVES)}-{noun}")
+        return self._fresh(
+            lambda: (
+                f"{adj}-{r.choice(NOUNS)}" if r.random() < 0.5 else f"{r.choice(ADJECTIVES)}-{noun}"
+            )
+        )
 
     def person(self) -> str:
         r = self.rng
@@ -122,12 +143,11 @@ class Names:
 
     def variable(self) -> str:
         r = self.rng
-        return self._fresh(lambda: "".join(r.choice("ABCDEFGHJKLMNPQRSTUVWXYZ")
-                                           for _ in range(5)))
+        return self._fresh(lambda: "".join(r.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(5)))
 
     def number(self, digits: int = 7) -> str:
         r = self.rng
-        return self._fresh(lambda: str(r.randrange(10 ** (digits - 1), 10 ** digits)))
+        return self._fresh(lambda: str(r.randrange(10 ** (digits - 1), 10**digits)))
 
 
 # ---- stories -------------------------------------------------------------------------------
@@ -135,8 +155,9 @@ def _needle(key: str, value: str) -> str:
     return f"The special magic number for {key} is {value}."
 
 
-def _shuffled(rng: random.Random, gold: Sequence[str], other: Sequence[str]) -> tuple[
-        tuple[str, ...], tuple[int, ...]]:
+def _shuffled(
+    rng: random.Random, gold: Sequence[str], other: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
     sentences = list(gold) + list(other)
     order = list(range(len(sentences)))
     rng.shuffle(order)
@@ -163,18 +184,24 @@ def niah_multivalue(rng: random.Random, names: Names) -> Story:
     values = [names.number() for _ in range(4)]
     other = [_needle(names.near_key(key), names.number()) for _ in range(2)]
     sentences, gold = _shuffled(rng, [_needle(key, v) for v in values], other)
-    return Story(f"What are all the special magic numbers for {key}?", ", ".join(values),
-                 sentences, gold)
+    return Story(
+        f"What are all the special magic numbers for {key}?", ", ".join(values), sentences, gold
+    )
 
 
 def niah_multiquery(rng: random.Random, names: Names) -> Story:
     keys = [names.key(), names.key()]
     values = [names.number() for _ in keys]
     other = [_needle(names.near_key(k), names.number()) for k in keys]
-    sentences, gold = _shuffled(rng, [_needle(k, v) for k, v in zip(keys, values, strict=True)],
-                                other)
-    return Story(f"What are the special magic numbers for {keys[0]} and {keys[1]}?",
-                 ", ".join(values), sentences, gold)
+    sentences, gold = _shuffled(
+        rng, [_needle(k, v) for k, v in zip(keys, values, strict=True)], other
+    )
+    return Story(
+        f"What are the special magic numbers for {keys[0]} and {keys[1]}?",
+        ", ".join(values),
+        sentences,
+        gold,
+    )
 
 
 def _chain(names: Names, value: str, length: int) -> list[str]:
@@ -194,8 +221,12 @@ def vt(rng: random.Random, names: Names) -> Story:
         src = g if (g and (not o or rng.random() < 0.5)) else o
         merged.append(src.pop(0))
     variables = [line.split()[1] for line in gold]
-    return Story(f"Which variables are assigned the value {value}?", ", ".join(variables),
-                 tuple(merged), tuple(merged.index(line) for line in gold))
+    return Story(
+        f"Which variables are assigned the value {value}?",
+        ", ".join(variables),
+        tuple(merged),
+        tuple(merged.index(line) for line in gold),
+    )
 
 
 def _moves(rng: random.Random, person: str, places: Sequence[str]) -> list[str]:
@@ -222,8 +253,7 @@ def qa3(rng: random.Random, names: Names) -> Story:
     person, thing, places = names.person(), names.thing(), rng.sample(PLACES, 4)
     moves = _moves(rng, person, places)
     sentences = (*moves[:2], f"{person} picked up the {thing}.", *moves[2:])
-    return Story(f"Where was the {thing} before the {places[3]}?", places[2], sentences,
-                 (2, 3, 4))
+    return Story(f"Where was the {thing} before the {places[3]}?", places[2], sentences, (2, 3, 4))
 
 
 # ---- real bAbI stories -------------------------------------------------------------------
@@ -248,16 +278,20 @@ def babi_questions(task: str, split: str) -> tuple[BabiQuestion, ...]:
     left out rather than half-scored. UsageError naming the file when it is missing."""
     path = babi_path(task, split)
     if not path.is_file():
-        raise UsageError(f"task {task} needs the real bAbI file {path}, which is missing "
-                         f"(the generated {task}_gen needs no data)")
+        raise UsageError(
+            f"task {task} needs the real bAbI file {path}, which is missing "
+            f"(the generated {task}_gen needs no data)"
+        )
     return _short_stories(path)
 
 
 @functools.cache  # parsed once per file (3,000-16,000 lines), not once per story
 def _short_stories(path: Path) -> tuple[BabiQuestion, ...]:
-    return tuple(q for q in read_babi(path)
-                 if len(q.sentences) <= BABI_MAX_SENTENCES
-                 and len(set(q.sentences)) == len(q.sentences))
+    return tuple(
+        q
+        for q in read_babi(path)
+        if len(q.sentences) <= BABI_MAX_SENTENCES and len(set(q.sentences)) == len(q.sentences)
+    )
 
 
 def renamed(question: BabiQuestion, names: Names) -> Story:
@@ -270,14 +304,17 @@ def renamed(question: BabiQuestion, names: Names) -> Story:
     def swap(m: re.Match[str]) -> str:
         word = m.group(1)
         if word not in new:  # in order of first mention, so a seed gives the same names
-            new[word] = (names.person() if word in BABI_PEOPLE
-                         else names.thing(BABI_THINGS))
+            new[word] = names.person() if word in BABI_PEOPLE else names.thing(BABI_THINGS)
         return new[word]
 
     sentences = tuple(_BABI_ENTITY.sub(swap, s) for s in question.sentences)
-    return Story(_BABI_ENTITY.sub(swap, question.question),
-                 _BABI_ENTITY.sub(swap, question.answer), sentences, question.support,
-                 source=f"{Path(question.path).name}:{question.line}")
+    return Story(
+        _BABI_ENTITY.sub(swap, question.question),
+        _BABI_ENTITY.sub(swap, question.answer),
+        sentences,
+        question.support,
+        source=f"{Path(question.path).name}:{question.line}",
+    )
 
 
 def babi_story(task: str, split: str) -> Callable[[random.Random, Names], Story]:
@@ -288,45 +325,61 @@ def babi_story(task: str, split: str) -> Callable[[random.Random, Names], Story]
         pool = babi_questions(task, split)
         index = names.pick(f"babi/{task}/{split}", len(pool))
         if index is None:
-            raise UsageError(f"task {task}: only {len(pool)} bAbI {split} questions have a "
-                             f"story of at most {BABI_MAX_SENTENCES} distinct sentences; "
-                             "ask for fewer questions")
+            raise UsageError(
+                f"task {task}: only {len(pool)} bAbI {split} questions have a "
+                f"story of at most {BABI_MAX_SENTENCES} distinct sentences; "
+                "ask for fewer questions"
+            )
         return renamed(pool[index], names)
 
     return tell
 
 
 STORIES: dict[str, Callable[[random.Random, Names], Story]] = {
-    "niah_single": niah_single, "niah_multikey": niah_multikey,
-    "niah_multivalue": niah_multivalue, "niah_multiquery": niah_multiquery, "vt": vt,
+    "niah_single": niah_single,
+    "niah_multikey": niah_multikey,
+    "niah_multivalue": niah_multivalue,
+    "niah_multiquery": niah_multiquery,
+    "vt": vt,
     # The bench evaluates the real tasks on bAbI's test files only ...
-    "qa1": babi_story("qa1", "test"), "qa2": babi_story("qa2", "test"),
+    "qa1": babi_story("qa1", "test"),
+    "qa2": babi_story("qa2", "test"),
     "qa3": babi_story("qa3", "test"),
-    "qa1_gen": qa1, "qa2_gen": qa2, "qa3_gen": qa3,
+    "qa1_gen": qa1,
+    "qa2_gen": qa2,
+    "qa3_gen": qa3,
 }
 # ... and trains on their train files only, so no bench question is ever trained on.
 TRAINING_STORIES = {**STORIES, **{task: babi_story(task, "train") for task in BABI_FILES}}
 
 
 # ---- filler ---------------------------------------------------------------------------------
-_SUBJECTS = ("the old ferryman|a travelling scholar|the village council|the northern "
-             "valley|a quiet fisherman|the mill owner|the river|an early winter|the "
-             "harbour master|a group of farmers|the cathedral choir|the coastal road|"
-             "a young engraver|the weaver's guild|the summer market|the lighthouse keeper|"
-             "a herd of reindeer|the railway company|the forest|an old chronicle").split("|")
-_VERBS = ("described|remembered|crossed|repaired|admired|measured|carried|painted|"
-          "questioned|praised|ignored|followed|mapped|sold|copied|guarded|planted|"
-          "surveyed|visited|forgot").split("|")
-_OBJECTS = ("the stone bridge|a ledger of tides|the frozen lake|three barrels of salt|"
-            "the copper bells|a map of the islands|the narrow stairs|a box of letters|"
-            "the wheat fields|the broken sundial|a song about the sea|the eastern pass|"
-            "the granary roof|a pair of brass scales|the old quarry|the willow grove|"
-            "a faded tapestry|the weather vane|the spring flood|a wagon of timber").split("|")
-_TAILS = ("before the first snow|after a long dispute|with great care|for reasons nobody "
-          "wrote down|during the autumn fair|while the bells rang|as the tide turned|"
-          "in the spring of that year|without telling anyone|at the request of the abbot|"
-          "despite the rain|on a bright morning|by lamplight|in exchange for bread|"
-          "long before the war").split("|")
+_SUBJECTS = (
+    "the old ferryman|a travelling scholar|the village council|the northern "
+    "valley|a quiet fisherman|the mill owner|the river|an early winter|the "
+    "harbour master|a group of farmers|the cathedral choir|the coastal road|"
+    "a young engraver|the weaver's guild|the summer market|the lighthouse keeper|"
+    "a herd of reindeer|the railway company|the forest|an old chronicle"
+).split("|")
+_VERBS = (
+    "described|remembered|crossed|repaired|admired|measured|carried|painted|"
+    "questioned|praised|ignored|followed|mapped|sold|copied|guarded|planted|"
+    "surveyed|visited|forgot"
+).split("|")
+_OBJECTS = (
+    "the stone bridge|a ledger of tides|the frozen lake|three barrels of salt|"
+    "the copper bells|a map of the islands|the narrow stairs|a box of letters|"
+    "the wheat fields|the broken sundial|a song about the sea|the eastern pass|"
+    "the granary roof|a pair of brass scales|the old quarry|the willow grove|"
+    "a faded tapestry|the weather vane|the spring flood|a wagon of timber"
+).split("|")
+_TAILS = (
+    "before the first snow|after a long dispute|with great care|for reasons nobody "
+    "wrote down|during the autumn fair|while the bells rang|as the tide turned|"
+    "in the spring of that year|without telling anyone|at the request of the abbot|"
+    "despite the rain|on a bright morning|by lamplight|in exchange for bread|"
+    "long before the war"
+).split("|")
 
 
 def generated_filler(rng: random.Random) -> Iterator[str]:
@@ -373,8 +426,9 @@ def filler(rng: random.Random, own: Sequence[str] | None = None) -> Iterator[str
 
 
 # ---- haystacks -------------------------------------------------------------------------------
-def haystack(stories: Sequence[Story], tokens: int, source: Iterator[str],
-             rng: random.Random) -> list[str]:
+def haystack(
+    stories: Sequence[Story], tokens: int, source: Iterator[str], rng: random.Random
+) -> list[str]:
     """Paragraphs of about `tokens` cl100k tokens with every story sentence inserted at a
     random place, each story's sentences in their order."""
     paras: list[str] = []
@@ -424,8 +478,9 @@ def write_corpus(folder: Path, paragraphs: Sequence[str], per_file_tokens: int =
     return files
 
 
-def make_eval(task: str, tokens: int, questions: int, seed: int,
-              own: Sequence[str] | None = None) -> tuple[list[str], list[Story]]:
+def make_eval(
+    task: str, tokens: int, questions: int, seed: int, own: Sequence[str] | None = None
+) -> tuple[list[str], list[Story]]:
     """One shared haystack of `tokens` holding `questions` stories of `task`. The real
     bAbI tasks (qa1-qa3) draw distinct questions of the bAbI test file with a seeded RNG
     (task/length/seed), among those whose whole story before the question has at most
@@ -437,8 +492,14 @@ def make_eval(task: str, tokens: int, questions: int, seed: int,
     return haystack(stories, tokens, filler(rng, own), rng), stories
 
 
-def training_examples(task: str, n: int, seed: int, tokens: int = 4096,
-                      own: Sequence[str] | None = None, stories: int = 1) -> list[Example]:
+def training_examples(
+    task: str,
+    n: int,
+    seed: int,
+    tokens: int = 4096,
+    own: Sequence[str] | None = None,
+    stories: int = 1,
+) -> list[Example]:
     """`qrag train` examples: a `tokens`-long document, cut by the real chunker without
     overlap (so each gold sentence is in exactly one chunk), holding the asked story and
     `stories - 1` others of the same task, as a bench haystack holds many (same names
@@ -459,9 +520,15 @@ def training_examples(task: str, n: int, seed: int, tokens: int = 4096,
             continue  # a fact cut by a chunk boundary: draw another example
         # A real story's id names its bAbI question (file:line), a train file's always.
         source = f"@{story.source}" if story.source else ""
-        examples.append(Example(id=f"{task}-{seed}-{len(examples)}{source}",
-                                question=story.question, chunks=tuple(chunks),
-                                support=tuple(sorted(set(support))), answer=story.answer))
+        examples.append(
+            Example(
+                id=f"{task}-{seed}-{len(examples)}{source}",
+                question=story.question,
+                chunks=tuple(chunks),
+                support=tuple(sorted(set(support))),
+                answer=story.answer,
+            )
+        )
     return examples
 
 
@@ -479,8 +546,10 @@ def gold_chunks(chunks: Sequence[str], told: Sequence[Story], asked: int = 0) ->
             raise LookupError(f"supporting fact {fact!r} is also told by another story")
         hits = [i for i, chunk in enumerate(chunks) for _ in range(chunk.count(fact))]
         if len(hits) != story.sentences.count(fact):
-            raise LookupError(f"supporting fact {fact!r} is in {len(hits)} places of the "
-                              f"chunks, the story tells it {story.sentences.count(fact)}")
+            raise LookupError(
+                f"supporting fact {fact!r} is in {len(hits)} places of the "
+                f"chunks, the story tells it {story.sentences.count(fact)}"
+            )
         out.append(hits[story.sentences[:g].count(fact)])
     return out
 
@@ -490,8 +559,9 @@ def _found(fact: str, chunk: str) -> bool:
     than a chunk, a piece of it longer than the chunk overlap (about 70 characters)."""
     if fact in chunk:
         return True
-    return len(fact) > 100 and any(len(p) >= 100 and p in fact
-                                   for p in (x.strip() for x in chunk.split("\n\n")))
+    return len(fact) > 100 and any(
+        len(p) >= 100 and p in fact for p in (x.strip() for x in chunk.split("\n\n"))
+    )
 
 
 def fact_hits(picked_texts: Sequence[str], story: Story) -> tuple[float, float]:

@@ -32,8 +32,13 @@ def _say(message: str) -> None:
 
 def _cold_ask(question: str, steps: int, env: dict) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    proc = subprocess.run([*QRAG, "ask", question, "--index", "bench", "--steps", str(steps),
-                           "--json"], capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        [*QRAG, "ask", question, "--index", "bench", "--steps", str(steps), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"cold qrag ask failed: {proc.stderr.strip()}")
@@ -44,8 +49,9 @@ async def _measure(question: str, steps: int, calls: int, cold: int, env: dict) 
     from mcp import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
-    params = StdioServerParameters(command=sys.executable,
-                                   args=["-m", "qrag_cli", "mcp", "--index", "bench"], env=env)
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "qrag_cli", "mcp", "--index", "bench"], env=env
+    )
     cold_walls: list[float] = []
     cold_out: dict = {}
     warm_walls: list[float] = []
@@ -67,18 +73,26 @@ async def _measure(question: str, steps: int, calls: int, cold: int, env: dict) 
                 if result.is_error:
                     raise SystemExit(f"MCP ask failed: {result.content[0].text}")
                 warm_retrieval.append(result.structured_content["timings_ms"]["retrieval_ms"])
-            _say(f"round {round_ + 1}/{cold}: cold {wall:.2f} s, warm median so far "
-                 f"{statistics.median(warm_walls) * 1000:.1f} ms")
-    same = ([e["chunk_id"] for e in warm_out["evidence"]]
-            == [e["chunk_id"] for e in cold_out["evidence"]])
+            _say(
+                f"round {round_ + 1}/{cold}: cold {wall:.2f} s, warm median so far "
+                f"{statistics.median(warm_walls) * 1000:.1f} ms"
+            )
+    same = [e["chunk_id"] for e in warm_out["evidence"]] == [
+        e["chunk_id"] for e in cold_out["evidence"]
+    ]
     return {
-        "question": question, "steps": steps, "evidence": len(warm_out["evidence"]),
-        "stop": warm_out["stop"], "same_evidence": same,
-        "cold_runs": len(cold_walls), "cold_median_ms": statistics.median(cold_walls) * 1000,
+        "question": question,
+        "steps": steps,
+        "evidence": len(warm_out["evidence"]),
+        "stop": warm_out["stop"],
+        "same_evidence": same,
+        "cold_runs": len(cold_walls),
+        "cold_median_ms": statistics.median(cold_walls) * 1000,
         "cold_min_ms": min(cold_walls) * 1000,
         "cold_load_model_ms": cold_out["timings_ms"]["load_model_ms"],
         "cold_retrieval_ms": cold_out["timings_ms"]["retrieval_ms"],
-        "warm_calls": len(warm_walls), "warm_median_ms": statistics.median(warm_walls) * 1000,
+        "warm_calls": len(warm_walls),
+        "warm_median_ms": statistics.median(warm_walls) * 1000,
         "warm_min_ms": min(warm_walls) * 1000,
         "warm_retrieval_median_ms": statistics.median(warm_retrieval),
         "server_startup_ms": startup * 1000,
@@ -101,25 +115,37 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="qrag-mcp-bench-") as home:
         env = {**os.environ, "QRAG_HOME": home, "NO_COLOR": "1"}
         _say(f"indexing {args.corpus} ...")
-        subprocess.run([*QRAG, "index", str(args.corpus), "--index", "bench", "--json"],
-                       env=env, check=True, capture_output=True)
+        subprocess.run(
+            [*QRAG, "index", str(args.corpus), "--index", "bench", "--json"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         result = asyncio.run(_measure(args.question, args.steps, args.calls, args.cold, env))
     result["corpus"] = str(args.corpus)
     if args.json:
         print(json.dumps(result))
         return
-    print(f"Corpus {result['corpus']}; question {result['question']!r}; steps {args.steps} "
-          f"({result['evidence']} picked, stop: {result['stop']}; same evidence warm and "
-          f"cold: {result['same_evidence']})\n")
+    print(
+        f"Corpus {result['corpus']}; question {result['question']!r}; steps {args.steps} "
+        f"({result['evidence']} picked, stop: {result['stop']}; same evidence warm and "
+        f"cold: {result['same_evidence']})\n"
+    )
     print("| | median | min | n |\n|---|---:|---:|---:|")
-    print(f"| cold `qrag ask` (process wall time) | {result['cold_median_ms']:.0f} ms | "
-          f"{result['cold_min_ms']:.0f} ms | {result['cold_runs']} |")
-    print(f"| warm MCP `ask` (client round trip) | {result['warm_median_ms']:.1f} ms | "
-          f"{result['warm_min_ms']:.1f} ms | {result['warm_calls']} |")
-    print(f"\nInside them: cold model load {result['cold_load_model_ms']:.0f} ms, cold "
-          f"retrieval {result['cold_retrieval_ms']:.0f} ms; warm retrieval (server side) "
-          f"median {result['warm_retrieval_median_ms']:.1f} ms. `qrag mcp` start-up (spawn "
-          f"to initialized, paid once): {result['server_startup_ms']:.0f} ms.")
+    print(
+        f"| cold `qrag ask` (process wall time) | {result['cold_median_ms']:.0f} ms | "
+        f"{result['cold_min_ms']:.0f} ms | {result['cold_runs']} |"
+    )
+    print(
+        f"| warm MCP `ask` (client round trip) | {result['warm_median_ms']:.1f} ms | "
+        f"{result['warm_min_ms']:.1f} ms | {result['warm_calls']} |"
+    )
+    print(
+        f"\nInside them: cold model load {result['cold_load_model_ms']:.0f} ms, cold "
+        f"retrieval {result['cold_retrieval_ms']:.0f} ms; warm retrieval (server side) "
+        f"median {result['warm_retrieval_median_ms']:.1f} ms. `qrag mcp` start-up (spawn "
+        f"to initialized, paid once): {result['server_startup_ms']:.0f} ms."
+    )
 
 
 if __name__ == "__main__":

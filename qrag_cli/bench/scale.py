@@ -27,38 +27,71 @@ from qrag_cli.types import Chunk
 
 QUESTIONS = [
     "Which river flows through the town where the engine's inventor was born?",
-    "Who sold the patent to a boat builder?", "Where does the ferry cross in winter?",
-    "What did the committee decide about the library budget?", "How is rye bread baked?",
-    "Which locomotive was built in a workshop?", "Where do salmon swim in spring?",
-    "Who taught mechanics for thirty years?", "When was the coastal railway opened?",
+    "Who sold the patent to a boat builder?",
+    "Where does the ferry cross in winter?",
+    "What did the committee decide about the library budget?",
+    "How is rye bread baked?",
+    "Which locomotive was built in a workshop?",
+    "Where do salmon swim in spring?",
+    "Who taught mechanics for thirty years?",
+    "When was the coastal railway opened?",
     "What powered the sawmills along the coast?",
 ]
 
 
-def build_synthetic(index_dir: Path, source_index: Path, n_chunks: int, seed: int = 0,
-                    noise: float = 0.35) -> None:
+def build_synthetic(
+    index_dir: Path, source_index: Path, n_chunks: int, seed: int = 0, noise: float = 0.35
+) -> None:
     model = load_model(None)
     with open_snapshot(source_index) as snapshot:
         real = np.asarray(snapshot.vectors[snapshot.live_ids()], dtype=np.float32)
     rng = np.random.default_rng(seed)
-    writer = IndexWriter(index_dir, IndexManifest(
-        model_name=model.cfg.name, model_fingerprint=model.cfg.fingerprint, dim=model.cfg.dim,
-        chunking=ChunkConfig().to_dict()))
+    writer = IndexWriter(
+        index_dir,
+        IndexManifest(
+            model_name=model.cfg.name,
+            model_fingerprint=model.cfg.fingerprint,
+            dim=model.cfg.dim,
+            chunking=ChunkConfig().to_dict(),
+        ),
+    )
     per_file = 1000
     for f in range(0, n_chunks, per_file):
         n = min(per_file, n_chunks - f)
         base = real[rng.integers(0, len(real), size=n)]
         vecs = base + rng.normal(0, noise / np.sqrt(base.shape[1]), size=base.shape)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        chunks = [Chunk(text=f"synthetic chunk {f + i}", seq=i, start_line=i + 1,
-                        end_line=i + 1, start_byte=0, end_byte=0, n_tokens=4) for i in range(n)]
-        writer.add_file(str(index_dir / f"synthetic-{f // per_file:05d}.txt"), f"h{f}", 0, 0,
-                        "text", chunks, vecs.astype(np.float32))
+        chunks = [
+            Chunk(
+                text=f"synthetic chunk {f + i}",
+                seq=i,
+                start_line=i + 1,
+                end_line=i + 1,
+                start_byte=0,
+                end_byte=0,
+                n_tokens=4,
+            )
+            for i in range(n)
+        ]
+        writer.add_file(
+            str(index_dir / f"synthetic-{f // per_file:05d}.txt"),
+            f"h{f}",
+            0,
+            0,
+            "text",
+            chunks,
+            vecs.astype(np.float32),
+        )
     writer.finish()
 
 
-def measure(index_dir: Path, questions: Sequence[str] = QUESTIONS * 3, steps: int = 4,
-            model: QModel | None = None, model_spec: str | None = None) -> dict:
+def measure(
+    index_dir: Path,
+    questions: Sequence[str] = QUESTIONS * 3,
+    steps: int = 4,
+    model: QModel | None = None,
+    model_spec: str | None = None,
+) -> dict:
     """Warm per-step latency, ANN/exact agreement and cold `qrag ask`, one question at a
     time as `ask` runs them (batching changes bf16 rounding, not the search)."""
     model = model or load_model(model_spec)
@@ -84,15 +117,34 @@ def measure(index_dir: Path, questions: Sequence[str] = QUESTIONS * 3, steps: in
     extra = ["--model", model_spec] if model_spec else []
     for q in questions[:3]:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "qrag_cli", "ask", q, "--index", str(index_dir),
-                        "--steps", str(steps), "--json", *extra], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qrag_cli",
+                "ask",
+                q,
+                "--index",
+                str(index_dir),
+                "--steps",
+                str(steps),
+                "--json",
+                *extra,
+            ],
+            check=True,
+            capture_output=True,
+        )
         cold.append(time.perf_counter() - t0)
-    return {"chunks": n_chunks, "warm_step_ms_median": statistics.median(step_ms),
-            "warm_step_ms_p95": float(np.percentile(step_ms, 95)),
-            "search_ms_per_step_median": statistics.median(search_ms),
-            "hnsw_load_s": load_s, "ann_exact_agreement": agree / max(total, 1),
-            "steps_compared": total, "cold_ask_s_median": statistics.median(cold)}
+    return {
+        "chunks": n_chunks,
+        "warm_step_ms_median": statistics.median(step_ms),
+        "warm_step_ms_p95": float(np.percentile(step_ms, 95)),
+        "search_ms_per_step_median": statistics.median(search_ms),
+        "hnsw_load_s": load_s,
+        "ann_exact_agreement": agree / max(total, 1),
+        "steps_compared": total,
+        "cold_ask_s_median": statistics.median(cold),
+    }
 
 
 if __name__ == "__main__":  # python -m qrag_cli.bench.scale SOURCE_INDEX WORKDIR N [N ...]

@@ -17,10 +17,12 @@ from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model
 from qrag_cli.store import open_snapshot
 
-WORDS = ("the a of to in river town engine ferry salmon plateau inventor mill harbour winter "
-         "bread lamp valve turbine patent captain locksmith library festival timetable north "
-         "south old new small great built opened closed crossed lived worked sold bought "
-         "was is were had many few every before after during because while").split()
+WORDS = (
+    "the a of to in river town engine ferry salmon plateau inventor mill harbour winter "
+    "bread lamp valve turbine patent captain locksmith library festival timetable north "
+    "south old new small great built opened closed crossed lived worked sold bought "
+    "was is were had many few every before after during because while"
+).split()
 
 
 def make_prose_corpus(root: Path, tokens: int, seed: int = 0) -> Path:
@@ -46,19 +48,30 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(tokens: int = 1_000_000, model_spec: str | None = None, questions: int = 50,
-        steps: int = 4, workdir: Path | None = None) -> dict:
+def run(
+    tokens: int = 1_000_000,
+    model_spec: str | None = None,
+    questions: int = 50,
+    steps: int = 4,
+    workdir: Path | None = None,
+) -> dict:
     tmp = Path(workdir or tempfile.mkdtemp(prefix="qrag-bench-"))
     corpus = make_prose_corpus(tmp / "corpus", tokens)
     model = load_model(model_spec)
     index_dir = tmp / "index"
-    result: dict = {"tokens_target": tokens, "model": model.cfg.name,
-                    "infer_dtype": str(model.infer_dtype).removeprefix("torch.")}
+    result: dict = {
+        "tokens_target": tokens,
+        "model": model.cfg.name,
+        "infer_dtype": str(model.infer_dtype).removeprefix("torch."),
+    }
 
     summary = build_index([corpus], index_dir, model, ChunkConfig())
-    result["index"] = {"seconds": summary.seconds, "chunks": summary.chunks_total,
-                       "tokens": summary.tokens_embedded,
-                       "tokens_per_s": summary.tokens_embedded / summary.seconds}
+    result["index"] = {
+        "seconds": summary.seconds,
+        "chunks": summary.chunks_total,
+        "tokens": summary.tokens_embedded,
+        "tokens_per_s": summary.tokens_embedded / summary.seconds,
+    }
     with open_snapshot(index_dir) as snapshot:
         texts = [r.text for r in snapshot.chunks(snapshot.live_ids().tolist())]
         size = sum(p.stat().st_size for p in snapshot.folder.iterdir() if p.is_file())
@@ -77,14 +90,18 @@ def run(tokens: int = 1_000_000, model_spec: str | None = None, questions: int =
         t0 = time.perf_counter()
         st.encode(texts, batch_size=32)
         st_s = time.perf_counter() - t0
-        result["sentence_transformers"] = {"seconds": st_s,
-                                           "tokens_per_s": summary.tokens_embedded / st_s}
+        result["sentence_transformers"] = {
+            "seconds": st_s,
+            "tokens_per_s": summary.tokens_embedded / st_s,
+        }
     except ImportError:
         result["sentence_transformers"] = None
 
     rng = np.random.default_rng(1)
-    qs = [f"Which record mentions {' '.join(rng.choice(WORDS[6:], size=3))}?"
-          for _ in range(questions)]
+    qs = [
+        f"Which record mentions {' '.join(rng.choice(WORDS[6:], size=3))}?"
+        for _ in range(questions)
+    ]
     result["ask"] = measure(index_dir, qs, steps, model=model, model_spec=model_spec)
     result["peak_rss_mb"] = _peak_rss_mb()
     result["workdir"] = str(tmp)

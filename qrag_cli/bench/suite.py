@@ -50,9 +50,12 @@ class Profile:
 
 PROFILES = {
     "quick": Profile(),
-    "full": Profile(lengths=(4 * K, 16 * K, 64 * K, 128 * K, 1024 * K), questions=30,
-                    speed_tokens=1_000_000,
-                    scale_sizes=(1_000, 10_000, 100_000, 1_000_000)),
+    "full": Profile(
+        lengths=(4 * K, 16 * K, 64 * K, 128 * K, 1024 * K),
+        questions=30,
+        speed_tokens=1_000_000,
+        scale_sizes=(1_000, 10_000, 100_000, 1_000_000),
+    ),
 }
 
 
@@ -84,19 +87,20 @@ def bm25_top_k(index_dir: Path, questions: Sequence[str], k: int) -> Retrieved:
     with open_snapshot(index_dir) as snapshot:
         texts = [r.text for r in snapshot.chunks(snapshot.live_ids().tolist())]
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
-                    show_progress=False)
+    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
     out = []
     for q in questions:
         t0 = time.perf_counter()
-        docs, _ = retriever.retrieve(bm25s.tokenize([q], stopwords="en", show_progress=False),
-                                     k=min(k, len(texts)), show_progress=False)
+        docs, _ = retriever.retrieve(
+            bm25s.tokenize([q], stopwords="en", show_progress=False),
+            k=min(k, len(texts)),
+            show_progress=False,
+        )
         out.append(([texts[int(i)] for i in docs[0]], (time.perf_counter() - t0) * 1000, 1))
     return out
 
 
-def episodes(model: QModel, top_k: bool = False) -> Callable[[Path, Sequence[str], int],
-                                                             Retrieved]:
+def episodes(model: QModel, top_k: bool = False) -> Callable[[Path, Sequence[str], int], Retrieved]:
     """The episode `qrag ask` runs, one question at a time (its model's calibrated stop,
     when it has one). `top_k`: dense single-step top-k, i.e. the first step's picks plus
     its alternatives."""
@@ -122,23 +126,45 @@ def episodes(model: QModel, top_k: bool = False) -> Callable[[Path, Sequence[str
 
 
 # ---- one evaluation --------------------------------------------------------------------------
-def _score(name: str, method: Callable[[Path, Sequence[str], int], Retrieved],
-           index_dir: Path, stories: Sequence[longctx.Story], budget: int, task: str,
-           tokens: int, chunks: int) -> Row:
+def _score(
+    name: str,
+    method: Callable[[Path, Sequence[str], int], Retrieved],
+    index_dir: Path,
+    stories: Sequence[longctx.Story],
+    budget: int,
+    task: str,
+    tokens: int,
+    chunks: int,
+) -> Row:
     results = method(index_dir, [s.question for s in stories], budget)
     per_q, ems, f1s = [], [], []
     for story, (texts, ms, steps) in zip(stories, results, strict=True):
         em, f1 = longctx.fact_hits(texts, story)
         ems.append(em)
         f1s.append(f1)
-        per_q.append({"question": story.question, "fact_em": em, "fact_f1": round(f1, 4),
-                      "steps": steps, "ms": round(ms, 2)})
+        per_q.append(
+            {
+                "question": story.question,
+                "fact_em": em,
+                "fact_f1": round(f1, 4),
+                "steps": steps,
+                "ms": round(ms, 2),
+            }
+        )
     steps = [r[2] for r in results]
-    return Row(task=task, tokens=tokens, method=name, fact_em=float(np.mean(ems)),
-               fact_f1=float(np.mean(f1s)), mean_steps=float(np.mean(steps)),
-               step_ms=statistics.median(r[1] / max(r[2], 1) for r in results),
-               question_ms=statistics.median(r[1] for r in results), chunks=chunks,
-               n=len(stories), per_question=per_q)
+    return Row(
+        task=task,
+        tokens=tokens,
+        method=name,
+        fact_em=float(np.mean(ems)),
+        fact_f1=float(np.mean(f1s)),
+        mean_steps=float(np.mean(steps)),
+        step_ms=statistics.median(r[1] / max(r[2], 1) for r in results),
+        question_ms=statistics.median(r[1] for r in results),
+        chunks=chunks,
+        n=len(stories),
+        per_question=per_q,
+    )
 
 
 class Indexes:
@@ -153,8 +179,14 @@ class Indexes:
         index_dir = self.work / "indexes" / f"{corpus.name}--{model.cfg.fingerprint}"
         summary = build_index([corpus], index_dir, model, ChunkConfig())
         if summary.tokens_embedded:
-            self.stats.append({"corpus": corpus.name, "model": model.cfg.name,
-                               "tokens": summary.tokens_embedded, "seconds": summary.seconds})
+            self.stats.append(
+                {
+                    "corpus": corpus.name,
+                    "model": model.cfg.name,
+                    "tokens": summary.tokens_embedded,
+                    "seconds": summary.seconds,
+                }
+            )
         return index_dir, summary.chunks_total
 
 
@@ -172,15 +204,23 @@ def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx
     paragraphs = list(dict.fromkeys(c for ex in examples for c in ex.chunks))
     corpus = work / "corpus" / "real-pooled"
     longctx.write_corpus(corpus, paragraphs)
-    stories = [longctx.Story(ex.question, ex.answer or "", ex.chunks, ex.support)
-               for ex in held[:n_eval]]
+    stories = [
+        longctx.Story(ex.question, ex.answer or "", ex.chunks, ex.support) for ex in held[:n_eval]
+    ]
     return corpus, stories
 
 
 # ---- the whole run ---------------------------------------------------------------------------
-def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
-        haystack: Path | None = None, speed: bool = True, lexical: str = "on",
-        log: Callable[[str], None] = lambda msg: None) -> dict:
+def run(
+    out: Path,
+    profile: Profile,
+    models: Sequence[str] = (),
+    seed: int = 0,
+    haystack: Path | None = None,
+    speed: bool = True,
+    lexical: str = "on",
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict:
     """`lexical`: "on" scores Q-RAG models with their BM25 terms, "off" without, "both"
     each model both ways (the dense-vs-hybrid ablation)."""
     for task in profile.tasks:
@@ -202,25 +242,31 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
 
     def evaluate(corpus: Path, stories: Sequence[longctx.Story], task: str, tokens: int) -> None:
         base_index, chunks = indexes.get(corpus, base)
-        methods = [("bm25 top-k", bm25_top_k, base_index),
-                   ("dense top-k", episodes(base, top_k=True), base_index),
-                   ("multi-step untrained", episodes(base), base_index)]
+        methods = [
+            ("bm25 top-k", bm25_top_k, base_index),
+            ("dense top-k", episodes(base, top_k=True), base_index),
+            ("multi-step untrained", episodes(base), base_index),
+        ]
         for label, model in trained:
-            methods.append((f"qrag {model.cfg.name}{label}", episodes(model),
-                            indexes.get(corpus, model)[0]))
+            methods.append(
+                (f"qrag {model.cfg.name}{label}", episodes(model), indexes.get(corpus, model)[0])
+            )
         for name, method, index_dir in methods:
             row = _score(name, method, index_dir, stories, profile.steps, task, tokens, chunks)
             rows.append(row)
-            log(f"{task} {_length(tokens)} {row.method}: fact EM {row.fact_em:.2f} "
+            log(
+                f"{task} {_length(tokens)} {row.method}: fact EM {row.fact_em:.2f} "
                 f"F1 {row.fact_f1:.2f} steps {row.mean_steps:.1f} "
-                f"{row.question_ms:.0f} ms/question")
+                f"{row.question_ms:.0f} ms/question"
+            )
 
     for task in profile.tasks:
         # Regenerated every run (milliseconds): files left by a run with another seed,
         # question count or haystack must never be scored against this run's stories.
         (out / "train").mkdir(parents=True, exist_ok=True)
-        write_examples(longctx.training_examples(task, 200, seed, 4 * K, own),
-                       out / "train" / f"{task}.jsonl")  # 4K-token episodes for `qrag train`
+        write_examples(
+            longctx.training_examples(task, 200, seed, 4 * K, own), out / "train" / f"{task}.jsonl"
+        )  # 4K-token episodes for `qrag train`
         for tokens in profile.lengths:
             paragraphs, stories = longctx.make_eval(task, tokens, profile.questions, seed, own)
             corpus = work / "corpus" / f"{task}-{tokens}"
@@ -234,11 +280,17 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
         log("real data: ../shared/data not found, skipped")
 
     result: dict = {
-        "profile": asdict(profile), "seed": seed, "models": list(models),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version(),
-                    "cpus": len(os.sched_getaffinity(0))},
-        "rows": [asdict(r) for r in rows], "index_builds": indexes.stats,
+        "profile": asdict(profile),
+        "seed": seed,
+        "models": list(models),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "cpus": len(os.sched_getaffinity(0)),
+        },
+        "rows": [asdict(r) for r in rows],
+        "index_builds": indexes.stats,
     }
     if speed:
         from qrag_cli.bench import scale
@@ -247,8 +299,9 @@ def run(out: Path, profile: Profile, models: Sequence[str] = (), seed: int = 0,
         log(f"speed: indexing {profile.speed_tokens} tokens")
         # Indexing speed needs a cold index: one left by an earlier run embeds nothing.
         shutil.rmtree(work / "speed", ignore_errors=True)
-        result["speed"] = speed_bench.run(profile.speed_tokens, workdir=work / "speed",
-                                          questions=20)
+        result["speed"] = speed_bench.run(
+            profile.speed_tokens, workdir=work / "speed", questions=20
+        )
         curve = []
         for size in profile.scale_sizes:
             target = work / "scale" / f"synthetic-{size}"
@@ -274,29 +327,43 @@ def _length(tokens: int) -> str:
 
 def markdown(result: dict) -> str:
     rows = result["rows"]
-    lines = [f"# qrag bench ({result['seconds']} s)", "",
-             f"Machine: {result['machine']['processor'] or result['machine']['platform']}, "
-             f"{result['machine']['cpus']} CPUs. Budget {result['profile']['steps']} steps; "
-             f"single-step methods take top-{result['profile']['steps']}.", "",
-             "| task | length | method | fact EM | fact F1 | steps | ms/step | ms/question | "
-             "chunks | n |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# qrag bench ({result['seconds']} s)",
+        "",
+        f"Machine: {result['machine']['processor'] or result['machine']['platform']}, "
+        f"{result['machine']['cpus']} CPUs. Budget {result['profile']['steps']} steps; "
+        f"single-step methods take top-{result['profile']['steps']}.",
+        "",
+        "| task | length | method | fact EM | fact F1 | steps | ms/step | ms/question | "
+        "chunks | n |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['task']} | {_length(r['tokens'])} | {r['method']} | "
-                     f"{r['fact_em']:.3f} | {r['fact_f1']:.3f} | {r['mean_steps']:.2f} | "
-                     f"{r['step_ms']:.1f} | {r['question_ms']:.1f} | {r['chunks']} | {r['n']} |")
+        lines.append(
+            f"| {r['task']} | {_length(r['tokens'])} | {r['method']} | "
+            f"{r['fact_em']:.3f} | {r['fact_f1']:.3f} | {r['mean_steps']:.2f} | "
+            f"{r['step_ms']:.1f} | {r['question_ms']:.1f} | {r['chunks']} | {r['n']} |"
+        )
     if "speed" in result:
         s = result["speed"]
-        lines += ["", "## Indexing and asking", "",
-                  f"- index: {s['index']['tokens_per_s']:.0f} tokens/s; raw encoder "
-                  f"{s['raw_encoder']['tokens_per_s']:.0f} tokens/s (ratio "
-                  f"{s['index_over_raw']:.2f}); {s['index']['mb_per_1m_tokens']:.1f} MB per "
-                  "1M tokens",
-                  "", "| chunks | warm step ms (median) | p95 | ANN = exact | cold ask s |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Indexing and asking",
+            "",
+            f"- index: {s['index']['tokens_per_s']:.0f} tokens/s; raw encoder "
+            f"{s['raw_encoder']['tokens_per_s']:.0f} tokens/s (ratio "
+            f"{s['index_over_raw']:.2f}); {s['index']['mb_per_1m_tokens']:.1f} MB per "
+            "1M tokens",
+            "",
+            "| chunks | warm step ms (median) | p95 | ANN = exact | cold ask s |",
+            "|---|---|---|---|---|",
+        ]
         for m in [s["ask"], *result.get("scale", [])]:
-            lines.append(f"| {m['chunks']} | {m['warm_step_ms_median']:.1f} | "
-                         f"{m['warm_step_ms_p95']:.1f} | {m['ann_exact_agreement']:.3f} | "
-                         f"{m['cold_ask_s_median']:.2f} |")
+            lines.append(
+                f"| {m['chunks']} | {m['warm_step_ms_median']:.1f} | "
+                f"{m['warm_step_ms_p95']:.1f} | {m['ann_exact_agreement']:.3f} | "
+                f"{m['cold_ask_s_median']:.2f} |"
+            )
     lines += ["", f"Peak memory (RSS): {result['peak_rss_mb']:.0f} MB", ""]
     return "\n".join(lines)
 
@@ -311,19 +378,26 @@ def plots(result: dict, out: Path) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     if tasks:
         cols = min(4, len(tasks))
-        fig, axes = plt.subplots((len(tasks) + cols - 1) // cols, cols, squeeze=False,
-                                 figsize=(4 * cols, 3.2 * ((len(tasks) + cols - 1) // cols)))
+        fig, axes = plt.subplots(
+            (len(tasks) + cols - 1) // cols,
+            cols,
+            squeeze=False,
+            figsize=(4 * cols, 3.2 * ((len(tasks) + cols - 1) // cols)),
+        )
         for ax, task in zip(axes.flat, tasks, strict=False):
             for method in dict.fromkeys(r["method"] for r in rows):
-                pts = sorted((r["tokens"], r["fact_f1"]) for r in rows
-                             if r["task"] == task and r["method"] == method)
+                pts = sorted(
+                    (r["tokens"], r["fact_f1"])
+                    for r in rows
+                    if r["task"] == task and r["method"] == method
+                )
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
             ax.set_xscale("log", base=2)
             ax.set_title(task)
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("context tokens")
             ax.set_ylabel("fact F1")
-        for ax in list(axes.flat)[len(tasks):]:
+        for ax in list(axes.flat)[len(tasks) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
         fig.tight_layout()
@@ -331,13 +405,20 @@ def plots(result: dict, out: Path) -> None:
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
     if result.get("scale") or result.get("speed"):
-        pts = sorted([result["speed"]["ask"], *result.get("scale", [])],
-                     key=lambda m: m["chunks"])
+        pts = sorted([result["speed"]["ask"], *result.get("scale", [])], key=lambda m: m["chunks"])
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([m["chunks"] for m in pts], [m["warm_step_ms_median"] for m in pts],
-                marker="o", label="warm step (median)")
-        ax.plot([m["chunks"] for m in pts], [m["search_ms_per_step_median"] for m in pts],
-                marker="s", label="of which search")
+        ax.plot(
+            [m["chunks"] for m in pts],
+            [m["warm_step_ms_median"] for m in pts],
+            marker="o",
+            label="warm step (median)",
+        )
+        ax.plot(
+            [m["chunks"] for m in pts],
+            [m["search_ms_per_step_median"] for m in pts],
+            marker="s",
+            label="of which search",
+        )
         ax.set_xscale("log")
         ax.set_xlabel("chunks in index")
         ax.set_ylabel("ms")
