@@ -104,6 +104,13 @@ def _text_lines(path: Path) -> list[str]:
     return _read_text(path).splitlines()
 
 
+def _records(text: str) -> list[str]:
+    """JSONL records: split on newlines only. `str.splitlines` also splits on U+2028, U+0085
+    and other characters that JSON carries raw inside strings (`write_examples` writes
+    them so), which would cut a record in two."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _json_lines(
     path: Path, lines: Iterable[str], on_problem: OnProblem | None
 ) -> Iterator[tuple[str, object]]:
@@ -127,7 +134,7 @@ def read_jsonl(
 ) -> Iterator[tuple[str, object]]:
     """The one JSONL reader (training data, --questions, official JSONL files): see
     `_json_lines`; `read_error` as for `_read_text`."""
-    return _json_lines(path, _read_text(path, read_error).splitlines(), on_problem)
+    return _json_lines(path, _records(_read_text(path, read_error)), on_problem)
 
 
 def load_examples(
@@ -199,7 +206,7 @@ def _read_json_or_jsonl(path: Path) -> Iterator[tuple[str, object]]:
         for i, item in enumerate(items):
             yield f"{path}[{i}]", item
         return
-    yield from _json_lines(path, text.splitlines(), None)
+    yield from _json_lines(path, _records(text), None)
 
 
 def from_hotpotqa(path: Path, on_problem: OnProblem = ignore_problem) -> Iterator[Example]:

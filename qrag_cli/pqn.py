@@ -37,7 +37,7 @@ from qrag_cli.model import (
     write_model_card,
 )
 from qrag_cli.qnet import QModel
-from qrag_cli.types import DataError, ModelError, UsageError
+from qrag_cli.types import DataError, ModelError, Problem, UsageError
 
 
 # ---- setup: seeding, the model to train --------------------------------------------------
@@ -496,14 +496,18 @@ def train(
         saved = {**meta["config"], "betas": tuple(meta["config"]["betas"])}
         cfg = TrainConfig(**{**saved, "updates": max(cfg.updates, meta["update"])})
     seed_everything(cfg.seed)
-    data = load_examples(
-        Path(cfg.data), cfg.skip_bad, on_problem=lambda p: log({"event": "skip", "message": str(p)})
-    )
+    def skipped(problem: Problem) -> None:
+        log({"event": "skip", "message": str(problem)})
+
+    data = load_examples(Path(cfg.data), cfg.skip_bad, on_problem=skipped)
     if isinstance(cfg.eval, str):  # a checkpoint written before --eval took several files
         cfg.eval = [cfg.eval]
     if cfg.eval:
         train_set = data
-        eval_sets = {Path(f).stem: load_examples(Path(f), cfg.skip_bad) for f in cfg.eval}
+        eval_sets = {
+            Path(f).stem: load_examples(Path(f), cfg.skip_bad, on_problem=skipped)
+            for f in cfg.eval
+        }
         if len(eval_sets) < len(cfg.eval):
             raise UsageError("--eval files need different names (they label the results)")
     else:

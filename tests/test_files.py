@@ -72,6 +72,19 @@ def test_one_jsonl_reader_names_bad_lines_or_reports_them(tmp_path: Path) -> Non
     assert [str(p) for p in seen] == [f"{path}:3: not JSON (Expecting value)"]
 
 
+def test_jsonl_records_keep_line_separators_inside_strings(tmp_path: Path) -> None:
+    """JSON carries U+2028, U+0085 and friends raw inside strings and write_examples writes
+    them so: a record is cut at newlines only, and a chunk reads back as it was written."""
+    odd = "a\u2028b\u2029c\x85d\x0be\x0cf\x1cg\rh"
+    example = Example("odd-1", "q\u2028?", (odd, "plain"), (0,))
+    path = tmp_path / "odd.jsonl"
+    write_examples([example, example], path)
+    assert path.read_text(encoding="utf-8").count("\n") == 2
+    assert load_examples(path) == [example, example]
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))  # written on Windows
+    assert load_examples(path) == [example, example]
+
+
 def test_discover_and_read_document_agree_on_binary(tmp_path: Path) -> None:
     """One test of 'binary': what discover lets through, read_document reads."""
     samples = {

@@ -53,6 +53,18 @@ def test_bad_lines_are_named_and_refused_or_skipped(tmp_path: Path) -> None:
     proc = run_qrag("train", str(path), "--out", str(tmp_path / "m"), "--updates", "1")
     assert proc.returncode != 0 and "data.jsonl:3" in proc.stderr and "--skip-bad" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
+    # --skip-bad reports the skipped lines of --eval files too (they were dropped silently).
+    held_out = tmp_path / "eval.jsonl"
+    write_examples(two_hop_task(3, seed=1), held_out)
+    held_out.write_text(held_out.read_text() + "not json\n")
+    proc = run_qrag(
+        "train", str(path), "--eval", str(held_out), "--skip-bad", "--out",
+        str(tmp_path / "m"), "--updates", "1", "--layers", "1", "--batch", "2",
+        "--budget", "2", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"{held_out}:4: not JSON" in proc.stderr and f"{path}:5: not JSON" in proc.stderr
+    assert json.loads(proc.stdout)["after"]["n"] == 3
 
 
 def test_train_resume_checkpoint_round_trip(tmp_path: Path) -> None:
