@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -148,7 +149,7 @@ def index(
     An existing index keeps the model and settings it was built with unless others are
     given; damaged index files are repaired.
     """
-    from qrag_cli.indexer import build_index, settings_for
+    from qrag_cli.indexer import IndexSummary, build_index, settings_for
     from qrag_cli.model import load_model
     from qrag_cli.types import ModelError
 
@@ -164,6 +165,19 @@ def index(
             f"cannot be loaded ({exc}); give --model to rebuild it with another"
         ) from exc
     chunk_cfg = settings.chunking
+
+    def run(on_progress: Callable[[int, int], None] = lambda done, total: None) -> IndexSummary:
+        return build_index(
+            paths or [],
+            index_dir,
+            qmodel,
+            chunk_cfg,
+            max_file_size=settings.max_file_size,
+            model_spec=settings.model,
+            include_secrets=include_secrets,
+            on_problem=render.problem,
+            on_progress=on_progress,
+        )
 
     if _progress_enabled():
         from rich.progress import (
@@ -184,28 +198,9 @@ def index(
             transient=True,
         ) as bar:
             task = bar.add_task("indexing", total=None)
-            summary = build_index(
-                paths or [],
-                index_dir,
-                qmodel,
-                chunk_cfg,
-                max_file_size=settings.max_file_size,
-                model_spec=settings.model,
-                include_secrets=include_secrets,
-                on_problem=render.problem,
-                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
+            summary = run(lambda done, total: bar.update(task, completed=done, total=total))
     else:
-        summary = build_index(
-            paths or [],
-            index_dir,
-            qmodel,
-            chunk_cfg,
-            max_file_size=settings.max_file_size,
-            model_spec=settings.model,
-            include_secrets=include_secrets,
-            on_problem=render.problem,
-        )
+        summary = run()
     for repair in summary.repaired:
         render.log(f"repaired: {repair}")
     if summary.rebuild:

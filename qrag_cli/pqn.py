@@ -496,6 +496,7 @@ def train(
         saved = {**meta["config"], "betas": tuple(meta["config"]["betas"])}
         cfg = TrainConfig(**{**saved, "updates": max(cfg.updates, meta["update"])})
     seed_everything(cfg.seed)
+
     def skipped(problem: Problem) -> None:
         log({"event": "skip", "message": str(problem)})
 
@@ -505,8 +506,7 @@ def train(
     if cfg.eval:
         train_set = data
         eval_sets = {
-            Path(f).stem: load_examples(Path(f), cfg.skip_bad, on_problem=skipped)
-            for f in cfg.eval
+            Path(f).stem: load_examples(Path(f), cfg.skip_bad, on_problem=skipped) for f in cfg.eval
         }
         if len(eval_sets) < len(cfg.eval):
             raise UsageError("--eval files need different names (they label the results)")
