@@ -373,8 +373,8 @@ class Setting:
 
 def effective_settings() -> list[Setting]:
     """Every setting a command starts from, with where its value came from."""
-    # Imported here: both import this module, and the model brings torch.
-    from qrag_cli.model import default_model_dir
+    # Imported here: both import this module (a cycle at import time otherwise).
+    from qrag_cli.model_dirs import default_model_dir
     from qrag_cli.reader import find_default_llm
 
     def from_env(setting: str, name: str) -> Setting:

