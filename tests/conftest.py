@@ -18,6 +18,8 @@ from typing import IO
 
 import pytest
 
+import qrag_cli  # noqa: F401  (before any test module imports torch: see qrag_cli/__init__.py)
+
 REPO = Path(__file__).resolve().parent.parent
 QRAG = [sys.executable, "-m", "qrag_cli"]
 SHARED_DATA = REPO.parent / "shared" / "data"

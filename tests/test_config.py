@@ -192,3 +192,19 @@ def test_ask_flags_default_to_ask_options() -> None:
         ("--order", ask.reader.order),
     ):
         assert _help_default("ask", flag) == str(value), flag
+
+
+def test_openmp_threads_wait_asleep_unless_the_user_chose() -> None:
+    """libgomp's spinning barriers made torch ~80x slower on a busy machine: importing
+    qrag sets OMP_WAIT_POLICY=PASSIVE before torch loads, and keeps a value the user set."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, qrag_cli, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE", out.stderr
