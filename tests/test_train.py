@@ -149,16 +149,23 @@ def test_train_resume_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_training_learns_what_single_step_cannot(tmp_path: Path) -> None:
-    """The learning proof: on the two-hop task the container fact is findable only through
-    the first fact, so single-step top-2 and the untrained episode both fail; a short CPU
-    run of the RL trainer on a 2-layer encoder must lift held-out fact EM to >= 0.9."""
+    """The learning proof, on the two-hop task: the container fact is findable only through
+    the first fact, so single-step top-2 and the untrained episode both fail. `qrag train`
+    as the recipe runs it (40 warm-start updates that imitate the oracle over every chunk of
+    each visited state, then 60 of soft Q-learning) must lift fact EM to >= 0.9 on held-out
+    questions it never selected a checkpoint on, and the soft Q-learning phase must keep it
+    there: with the TD targets' reward sign flipped it falls to 0.00 by update 60.
+
+    Soft Q-learning from scratch also gets there, but in ~800 updates (BENCHMARKS.md,
+    "Training"): too slow for a test on 2 cores."""
     from qrag_cli.episode import StopRule, example_sources, run_episodes
     from qrag_cli.evaluate import fact_scores
     from qrag_cli.model import from_base
 
-    train, held_out = two_hop_task(3000, seed=0), two_hop_task(60, seed=1)
-    write_examples(train, tmp_path / "train.jsonl")
-    write_examples(held_out, tmp_path / "eval.jsonl")
+    write_examples(two_hop_task(600, seed=0), tmp_path / "train.jsonl")
+    write_examples(two_hop_task(40, seed=1), tmp_path / "select.jsonl")  # checkpoint choice
+    held_out = two_hop_task(200, seed=2)  # never seen by training or selection
+    write_examples(held_out, tmp_path / "held_out.jsonl")
 
     base = from_base(layers=2)  # single-step dense top-2: one step, its pick + 1 alternative
     first = run_episodes(
@@ -179,7 +186,7 @@ def test_training_learns_what_single_step_cannot(tmp_path: Path) -> None:
         "train",
         str(tmp_path / "train.jsonl"),
         "--eval",
-        str(tmp_path / "eval.jsonl"),
+        str(tmp_path / "select.jsonl"),
         "--out",
         str(out),
         "--layers",
@@ -187,7 +194,9 @@ def test_training_learns_what_single_step_cannot(tmp_path: Path) -> None:
         "--budget",
         "2",
         "--updates",
-        "800",
+        "100",
+        "--warm-start",
+        "40",
         "--batch",
         "16",
         "--lr",
@@ -195,27 +204,27 @@ def test_training_learns_what_single_step_cannot(tmp_path: Path) -> None:
         "--alpha",
         "0.01",
         "--eval-every",
-        "100",
+        "20",
         "--json",
         check=True,
-        # Only a guard against a hang: ~5 min on a quiet CPU with native bf16,
-        # ~15 on a busy one, and ~9.5 s/update (~2 h) with load 8-10 on 2 cores.
+        # Only a guard against a hang: ~1.5 min quiet, ~4 min on a busy 2-core machine.
         # A subprocess, so that the limit applies (3 s of start-up is noise here).
-        timeout=3 * 3600,
+        timeout=3600,
         process=True,
     )
     result = json.loads(proc.stdout)
     assert result["before"]["fact_em"] <= 0.35
-    assert result["after"]["fact_em"] >= 0.9, result
-    curve = [
-        json.loads(line) for line in (out / "train_log.jsonl").open() if '"event": "eval"' in line
-    ]
-    assert [row["update"] for row in curve] == list(range(0, 801, 100))
-    # The shipped folder is the model `ask` would use: re-measured from disk, same numbers.
+    log = [json.loads(line) for line in (out / "train_log.jsonl").open()]
+    phases = [row.get("phase") for row in log if row["event"] == "update"]
+    assert phases == ["imitation"] * 40 + ["q-learning"] * 60
+    curve = {row["update"]: row["fact_em"] for row in log if row["event"] == "eval"}
+    assert list(curve) == [0, 20, 40, 60, 80, 100]
+    assert min(curve[u] for u in (60, 80, 100)) >= 0.85, curve  # Q-learning keeps it
+    # The written folder is the model `ask` would use, measured from disk on held-out data.
     proc = run_qrag(
         "train",
         "eval",
-        str(tmp_path / "eval.jsonl"),
+        str(tmp_path / "held_out.jsonl"),
         "--model",
         str(out),
         "--budget",
@@ -356,51 +365,6 @@ def test_frozen_chunks_and_one_eval_file_per_domain(tmp_path: Path) -> None:
         "1",
     )
     assert proc.returncode != 0 and "different names" in proc.stderr
-
-
-def test_warm_start_learns_in_a_tenth_of_the_updates(tmp_path: Path) -> None:
-    """The sample-efficient stage: imitating the oracle over every chunk of each visited
-    state lifts the same two-hop task the RL-only learning test needs ~800 updates for to
-    held-out EM >= 0.9 in 60 (measured: 1.0 at update 40), then soft Q-learning continues."""
-    write_examples(two_hop_task(600, seed=0), tmp_path / "train.jsonl")
-    write_examples(two_hop_task(40, seed=1), tmp_path / "eval.jsonl")
-    out = tmp_path / "model"
-    proc = run_qrag(
-        "train",
-        str(tmp_path / "train.jsonl"),
-        "--eval",
-        str(tmp_path / "eval.jsonl"),
-        "--out",
-        str(out),
-        "--layers",
-        "2",
-        "--budget",
-        "2",
-        "--updates",
-        "70",
-        "--warm-start",
-        "60",
-        "--batch",
-        "16",
-        "--lr",
-        "3e-4",
-        "--alpha",
-        "0.01",
-        "--eval-every",
-        "10",
-        "--json",
-        check=True,
-        timeout=1200,
-    )
-    result = json.loads(proc.stdout)
-    assert result["before"]["fact_em"] <= 0.35
-    assert result["after"]["fact_em"] >= 0.9, result
-    phases = [
-        json.loads(line).get("phase")
-        for line in (out / "train_log.jsonl").open()
-        if '"event": "update"' in line
-    ]
-    assert phases == ["imitation"] * 60 + ["q-learning"] * 10
 
 
 def test_only_lexical_learns_the_bm25_weights(tmp_path: Path) -> None:
