@@ -581,7 +581,7 @@ def train_eval(
     for col in ("setting", "fact EM", "fact F1", "mean steps", "n"):
         table.add_column(col)
     for key, m in result.items():
-        if isinstance(m, dict):
+        if isinstance(m, dict) and key != "stop":
             name = f"threshold {m['value']:.3f}" if key == "threshold" else key.replace("_", " ")
             table.add_row(
                 render.plain(name),
@@ -591,6 +591,8 @@ def train_eval(
                 str(m["n"]),
             )
     render.out.print(table)
+    if "stop" in result:
+        render.out.print(render.stop_summary(result["stop"]))
 
 
 @train_app.command("convert")
@@ -759,6 +761,10 @@ def ask(
             result = asker.ask(item["question"], on_token=None if tokens is None else tokens.write)
             if tokens is not None:
                 tokens.close()
+            label = "" if questions is None else f"question {item.get('id', number)}: "
+            note = render.more_steps_note(result.episode, label)
+            if note is not None:
+                render.log(note)
             if questions is not None:
                 render.print_json({"id": item.get("id"), **render.ask_json(result, explain)})
             elif as_json:

@@ -1,8 +1,8 @@
 """THE retrieval loop. `ask`, training rollouts and evaluation all run `run_episodes`.
 
 One step: encode the state with E_s; let `qvalue.best` propose and score candidates
-exactly (dense and lexical); let the policy pick one; stop on the budget, on the
-calibrated threshold, or when nothing is left.
+exactly (dense and lexical); let the policy pick one; stop when the model's stop rule
+judges the evidence complete, on the budget, or when nothing is left.
 """
 
 from __future__ import annotations
@@ -210,9 +210,21 @@ def boltzmann(alpha: float, rng: np.random.Generator) -> Policy:
 
 @dataclass
 class StopRule:
+    """The stop: `max_steps` is a ceiling; the model's rule (a Q threshold, when set) ends
+    the episode earlier once it judges the evidence complete."""
+
     max_steps: int = 4
     threshold: float | None = None
     """Stop before a pick whose Q is below this (never before the first pick)."""
+
+    @property
+    def active(self) -> bool:
+        """Whether a rule besides the ceiling applies."""
+        return self.threshold is not None
+
+    def fires(self, step: int, q: float) -> bool:
+        """Stop instead of taking a pick of value `q` at 0-based `step`."""
+        return step > 0 and self.threshold is not None and q < self.threshold
 
 
 def _location(row: Action) -> tuple[str, int, int]:
@@ -253,8 +265,8 @@ def run_episodes(
                 stops[i] = "exhausted"
                 continue
             choice = policy(q)
-            if step > 0 and stop.threshold is not None and q[choice] < stop.threshold:
-                stops[i] = "threshold"
+            if stop.fires(step, float(q[choice])):
+                stops[i] = "complete"
                 continue
             chosen = sources[i].rows([ids[choice]])[0]
             states[i] = qvalue.pick(model, states[i], chosen)
@@ -280,7 +292,41 @@ def run_episodes(
         clock["encode_ms"] = clock.get("encode_ms", 0.0) + (t1 - t0) * 1000
         clock["search_ms"] = clock.get("search_ms", 0.0) + (t2 - t1) * 1000
         clock["steps"] = clock.get("steps", 0) + 1
+    more = _more_expected(model, states, sources, stops, stop, clock)
     return [
-        Episode(question=questions[i], evidence=evidence[i], stop=stops[i] or "budget")
+        Episode(
+            question=questions[i],
+            evidence=evidence[i],
+            stop=stops[i] or "budget",
+            more_expected=more[i],
+        )
         for i in range(n)
     ]
+
+
+def _more_expected(
+    model: QModel,
+    states: Sequence[qvalue.State],
+    sources: Sequence[Candidates],
+    stops: Sequence[str | None],
+    stop: StopRule,
+    clock: dict[str, float],
+) -> list[bool | None]:
+    """For a rule that can stop: would the best next action still have been taken at
+    step `max_steps` + 1? One more state encoding and scoring for the episodes the budget
+    ended; it only reads the final states, so the evidence stays as it is."""
+    if not stop.active:
+        return [None] * len(stops)
+    more: list[bool | None] = [False] * len(stops)
+    ended = [i for i, why in enumerate(stops) if why is None]
+    if not ended:
+        return more
+    t0 = time.perf_counter()
+    state_vecs = model.embed_states([qvalue.state_tokens(model, states[i]) for i in ended])
+    t1 = time.perf_counter()
+    for row, i in enumerate(ended):
+        ids, q = qvalue.best(model, state_vecs[row], sources[i], states[i], 1)
+        more[i] = len(ids) > 0 and not stop.fires(stop.max_steps, float(q[0]))
+    clock["encode_ms"] = clock.get("encode_ms", 0.0) + (t1 - t0) * 1000
+    clock["search_ms"] = clock.get("search_ms", 0.0) + (time.perf_counter() - t1) * 1000
+    return more

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -76,14 +76,89 @@ def score(
     return Metrics(float(np.mean(ems)), float(np.mean(f1s)), float(np.mean(steps)), len(ems))
 
 
+def complete_at(picked: Sequence[int], support: Sequence[int]) -> int | None:
+    """Picks after which every gold chunk is in: the right step to stop (None: never)."""
+    gold, seen = set(support), set()
+    for t, chunk in enumerate(picked, start=1):
+        seen.add(chunk)
+        if gold <= seen:
+            return t
+    return None
+
+
+def stop_metrics(steps: Sequence[int], done_at: Sequence[int | None]) -> dict:
+    """How a stop did against the evidence it gathered, per episode: `steps` taken with
+    the stop, and `done_at`, the step after which the same model's fixed-budget episode
+    holds every gold fact (None: not within the budget). A greedy episode with a stop is a
+    prefix of the fixed-budget one, so the fact EM of both follows from these two.
+
+    exact: stopped right after the last gold pick; over: stopped later (`over_steps` is the
+    mean extra steps over all episodes); under: stopped before a pick within the budget
+    would have completed it; never: not complete within the budget (the stop cannot help).
+    The four shares add up to 1."""
+    n = max(len(steps), 1)
+    exact = over = under = never = extra = em_stop = 0
+    for took, done in zip(steps, done_at, strict=True):
+        if done is None:
+            never += 1
+            continue
+        em_stop += took >= done
+        if took == done:
+            exact += 1
+        elif took > done:
+            over += 1
+            extra += took - done
+        else:
+            under += 1
+    em_fixed = sum(d is not None for d in done_at)
+    return {
+        "exact_share": round(exact / n, 4),
+        "over_share": round(over / n, 4),
+        "over_steps": round(extra / n, 3),
+        "under_share": round(under / n, 4),
+        "never_share": round(never / n, 4),
+        "mean_steps": round(sum(steps) / n, 3),
+        "fact_em_stop": round(em_stop / n, 4),
+        "fact_em_fixed": round(em_fixed / n, 4),
+        "n": len(steps),
+    }
+
+
+def stop_report(
+    stopped: Sequence[Episode], fixed: Sequence[Episode], examples: Sequence[Example]
+) -> dict:
+    """`stop_metrics` of episodes run with the stop against the same model's fixed-budget
+    episodes (the budget is the stop's ceiling)."""
+    return stop_metrics(
+        [len(ep.evidence) for ep in stopped],
+        [
+            complete_at([ev.chunk_id for ev in ep.evidence], ex.support)
+            for ep, ex in zip(fixed, examples, strict=True)
+        ],
+    )
+
+
 def _cut_at(episode: Episode, threshold: float) -> int:
-    """Picks kept by the threshold rule: the first pick always, then while Q >= threshold."""
-    keep = 1
-    for ev in episode.evidence[1:]:
-        if ev.q < threshold:
-            break
-        keep += 1
-    return min(keep, len(episode.evidence))
+    """Picks kept by the threshold rule (StopRule.fires) on a no-stop greedy episode."""
+    rule = StopRule(len(episode.evidence), threshold)
+    for t, ev in enumerate(episode.evidence):
+        if rule.fires(t, ev.q):
+            return t
+    return len(episode.evidence)
+
+
+def cut_episodes(episodes: Sequence[Episode], threshold: float | None) -> list[Episode]:
+    """No-stop greedy episodes as the threshold rule would have ended them: exactly what
+    `run_episodes` with that rule returns (greedy episodes are deterministic), without
+    running them again."""
+    if threshold is None:
+        return list(episodes)
+    out = []
+    for ep in episodes:
+        cut = _cut_at(ep, threshold)
+        stop = "complete" if cut < len(ep.evidence) else ep.stop
+        out.append(replace(ep, evidence=ep.evidence[:cut], stop=stop))
+    return out
 
 
 def calibrate_threshold(
@@ -109,14 +184,12 @@ def calibrate_threshold(
             best = key
     threshold = float(best[2])
     cuts = [_cut_at(ep, threshold) for ep in episodes]
-    right = 0
-    for ep, ex, cut in zip(episodes, examples, cuts, strict=True):
-        picked = [ev.chunk_id for ev in ep.evidence]
-        done_at = next(
-            (t + 1 for t in range(len(picked)) if set(ex.support) <= set(picked[: t + 1])), None
-        )
-        right += done_at is not None and cut == done_at
-    return threshold, score(episodes, examples, cuts), right / max(len(episodes), 1)
+    done = [
+        complete_at([ev.chunk_id for ev in ep.evidence], ex.support)
+        for ep, ex in zip(episodes, examples, strict=True)
+    ]
+    right = stop_metrics(cuts, done)["exact_share"]
+    return threshold, score(episodes, examples, cuts), right
 
 
 def evaluate(
@@ -125,13 +198,17 @@ def evaluate(
     budgets: Sequence[int],
     threshold: float | None = None,
 ) -> dict:
-    """Fixed budgets, plus the stored (or given) threshold with the largest budget."""
+    """Fixed budgets, plus the stored (or given) threshold with the largest budget as its
+    ceiling, and how that stop did (`stop`: see stop_metrics)."""
     out: dict = {}
+    runs: dict[int, list[Episode]] = {}
     for budget in budgets:
-        episodes = run_examples(model, examples, budget)
-        out[f"budget_{budget}"] = score(episodes, examples).to_dict()
+        runs[budget] = run_examples(model, examples, budget)
+        out[f"budget_{budget}"] = score(runs[budget], examples).to_dict()
     threshold = threshold if threshold is not None else model.cfg.threshold
     if threshold is not None:
-        episodes = run_examples(model, examples, max(budgets), threshold)
+        ceiling = max(budgets)
+        episodes = run_examples(model, examples, ceiling, threshold)
         out["threshold"] = {"value": threshold, **score(episodes, examples).to_dict()}
+        out["stop"] = {"budget": ceiling, **stop_report(episodes, runs[ceiling], examples)}
     return out

@@ -112,10 +112,26 @@ class Evidence:
     alternatives: tuple[tuple[int, float], ...] = field(default=())
 
 
+STOP_REASONS = ("complete", "budget", "exhausted")
+"""Why an episode ends: the stop rule judged the evidence complete, the step ceiling,
+or no chunks left."""
+
+
+def stop_name(stored: str) -> str:
+    """A stop reason as named today: "threshold" (the name before "complete") is read as
+    "complete", for anything that kept the old value."""
+    return "complete" if stored == "threshold" else stored
+
+
 @dataclass
 class Episode:
     """The outcome of one retrieval episode."""
 
     question: str
     evidence: list[Evidence]
-    stop: str  # "threshold" | "budget" | "exhausted"
+    stop: str
+    """Why it ended: "complete" (the model's stop rule judged the evidence complete),
+    "budget" (the step ceiling) or "exhausted" (no chunks left)."""
+    more_expected: bool | None = None
+    """Budget stops of a model with a stop rule: True when its rule would not have fired
+    at the next step (the evidence is likely incomplete). None: no stop rule applied."""
