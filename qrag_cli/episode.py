@@ -18,6 +18,9 @@ from qrag_cli.datasets import Example
 from qrag_cli.lexical import MemoryLexicon
 from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import Action, Candidates
+from qrag_cli.stop import StepView, StopRule
+
+__all__ = ["StopRule"]  # the stop rule lives in stop.py; callers may import it from here
 from qrag_cli.store import ChunkRow, IndexSnapshot
 from qrag_cli.types import Episode, Evidence, IndexMismatchError
 
@@ -208,25 +211,6 @@ def boltzmann(alpha: float, rng: np.random.Generator) -> Policy:
     return pick
 
 
-@dataclass
-class StopRule:
-    """The stop: `max_steps` is a ceiling; the model's rule (a Q threshold, when set) ends
-    the episode earlier once it judges the evidence complete."""
-
-    max_steps: int = 4
-    threshold: float | None = None
-    """Stop before a pick whose Q is below this (never before the first pick)."""
-
-    @property
-    def active(self) -> bool:
-        """Whether a rule besides the ceiling applies."""
-        return self.threshold is not None
-
-    def fires(self, step: int, q: float) -> bool:
-        """Stop instead of taking a pick of value `q` at 0-based `step`."""
-        return step > 0 and self.threshold is not None and q < self.threshold
-
-
 def _location(row: Action) -> tuple[str, int, int]:
     """(path, start line, end line) of the evidence: a stored chunk's file and lines; a
     chunk held in memory has no file."""
@@ -258,14 +242,17 @@ def run_episodes(
         state_vecs = model.embed_states([qvalue.state_tokens(model, states[i]) for i in live])
         t1 = time.perf_counter()
         for row, i in enumerate(live):
+            bm25_max: list[float] = []
             ids, q = qvalue.best(
-                model, state_vecs[row], sources[i], states[i], max(alternatives, 1)
+                model, state_vecs[row], sources[i], states[i], max(alternatives, 1), bm25_max
             )
             if len(ids) == 0:
                 stops[i] = "exhausted"
                 continue
             choice = policy(q)
-            if stop.fires(step, float(q[choice])):
+            lexical = (bm25_max[0], bm25_max[1]) if bm25_max else None
+            first_q = evidence[i][0].q if evidence[i] else None
+            if stop.fires(StepView(step, q, first_q, lexical), choice):
                 stops[i] = "complete"
                 continue
             chosen = sources[i].rows([ids[choice]])[0]
@@ -286,13 +273,16 @@ def run_episodes(
                         for a, b in zip(ids, q, strict=True)
                         if int(a) != chosen.id
                     ),
+                    bm25_max=lexical,
                 )
             )
         t2 = time.perf_counter()
         clock["encode_ms"] = clock.get("encode_ms", 0.0) + (t1 - t0) * 1000
         clock["search_ms"] = clock.get("search_ms", 0.0) + (t2 - t1) * 1000
         clock["steps"] = clock.get("steps", 0) + 1
-    more = _more_expected(model, states, sources, stops, stop, clock)
+    more = _more_expected(
+        model, states, evidence, sources, stops, stop, max(alternatives, 1), clock
+    )
     return [
         Episode(
             question=questions[i],
@@ -307,9 +297,11 @@ def run_episodes(
 def _more_expected(
     model: QModel,
     states: Sequence[qvalue.State],
+    evidence: Sequence[Sequence[Evidence]],
     sources: Sequence[Candidates],
     stops: Sequence[str | None],
     stop: StopRule,
+    k: int,
     clock: dict[str, float],
 ) -> list[bool | None]:
     """For a rule that can stop: would the best next action still have been taken at
@@ -325,8 +317,11 @@ def _more_expected(
     state_vecs = model.embed_states([qvalue.state_tokens(model, states[i]) for i in ended])
     t1 = time.perf_counter()
     for row, i in enumerate(ended):
-        ids, q = qvalue.best(model, state_vecs[row], sources[i], states[i], 1)
-        more[i] = len(ids) > 0 and not stop.fires(stop.max_steps, float(q[0]))
+        bm25_max: list[float] = []
+        ids, q = qvalue.best(model, state_vecs[row], sources[i], states[i], k, bm25_max)
+        lexical = (bm25_max[0], bm25_max[1]) if bm25_max else None
+        first_q = evidence[i][0].q if evidence[i] else None
+        more[i] = len(ids) > 0 and not stop.fires(StepView(stop.max_steps, q, first_q, lexical))
     clock["encode_ms"] = clock.get("encode_ms", 0.0) + (t1 - t0) * 1000
     clock["search_ms"] = clock.get("search_ms", 0.0) + (time.perf_counter() - t1) * 1000
     return more

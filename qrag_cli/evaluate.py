@@ -9,8 +9,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from qrag_cli.datasets import Example
-from qrag_cli.episode import StopRule, example_sources, run_episodes
+from qrag_cli.episode import example_sources, run_episodes
 from qrag_cli.qnet import QModel
+from qrag_cli.stop import StopRule, evidence_view, rule_for
 from qrag_cli.types import Episode
 
 
@@ -32,8 +33,11 @@ def run_examples(
     threshold: float | None = None,
     batch: int = 32,
     cache: dict[str, np.ndarray] | None = None,
+    rule: StopRule | None = None,
 ) -> list[Episode]:
-    """Greedy episodes over each example's own chunks, exactly as `ask` acts."""
+    """Greedy episodes over each example's own chunks, exactly as `ask` acts: with `rule`
+    (its ceiling is `budget`), else the threshold rule (none: the fixed budget)."""
+    rule = StopRule(budget, threshold) if rule is None else replace(rule, max_steps=budget)
     episodes: list[Episode] = []
     for start in range(0, len(examples), batch):
         part = examples[start : start + batch]
@@ -41,7 +45,7 @@ def run_examples(
             model,
             [ex.question for ex in part],
             example_sources(model, part, cache),
-            StopRule(budget, threshold),
+            rule,
         )
     return episodes
 
@@ -138,24 +142,26 @@ def stop_report(
     )
 
 
-def _cut_at(episode: Episode, threshold: float) -> int:
-    """Picks kept by the threshold rule (StopRule.fires) on a no-stop greedy episode."""
-    rule = StopRule(len(episode.evidence), threshold)
-    for t, ev in enumerate(episode.evidence):
-        if rule.fires(t, ev.q):
+def _cut_at(episode: Episode, rule: StopRule | float) -> int:
+    """Picks kept by a stop rule (a threshold: its rule) on a no-stop greedy episode."""
+    if not isinstance(rule, StopRule):
+        rule = StopRule(len(episode.evidence), rule)
+    for t in range(len(episode.evidence)):
+        if rule.fires(evidence_view(t, episode.evidence)):
             return t
     return len(episode.evidence)
 
 
-def cut_episodes(episodes: Sequence[Episode], threshold: float | None) -> list[Episode]:
-    """No-stop greedy episodes as the threshold rule would have ended them: exactly what
-    `run_episodes` with that rule returns (greedy episodes are deterministic), without
-    running them again."""
-    if threshold is None:
+def cut_episodes(episodes: Sequence[Episode], rule: StopRule | float | None) -> list[Episode]:
+    """No-stop greedy episodes as a stop rule (a threshold: its rule) would have ended
+    them: exactly what `run_episodes` with that rule returns (greedy episodes are
+    deterministic; each step's evidence keeps what the rule read), without running them
+    again."""
+    if rule is None:
         return list(episodes)
     out = []
     for ep in episodes:
-        cut = _cut_at(ep, threshold)
+        cut = _cut_at(ep, rule)
         stop = "complete" if cut < len(ep.evidence) else ep.stop
         out.append(replace(ep, evidence=ep.evidence[:cut], stop=stop))
     return out
@@ -198,17 +204,22 @@ def evaluate(
     budgets: Sequence[int],
     threshold: float | None = None,
 ) -> dict:
-    """Fixed budgets, plus the stored (or given) threshold with the largest budget as its
-    ceiling, and how that stop did (`stop`: see stop_metrics)."""
+    """Fixed budgets, plus the model's stop rule (or the given threshold) with the
+    largest budget as its ceiling, and how that stop did (`stop`: see stop_metrics)."""
     out: dict = {}
     runs: dict[int, list[Episode]] = {}
     for budget in budgets:
         runs[budget] = run_examples(model, examples, budget)
         out[f"budget_{budget}"] = score(runs[budget], examples).to_dict()
-    threshold = threshold if threshold is not None else model.cfg.threshold
-    if threshold is not None:
-        ceiling = max(budgets)
-        episodes = run_examples(model, examples, ceiling, threshold)
-        out["threshold"] = {"value": threshold, **score(episodes, examples).to_dict()}
-        out["stop"] = {"budget": ceiling, **stop_report(episodes, runs[ceiling], examples)}
+    ceiling = max(budgets)
+    rule = rule_for(model.cfg, ceiling, threshold)
+    if rule.active:
+        episodes = run_examples(model, examples, ceiling, rule=rule)
+        name, value = ("head", rule.head.cut) if rule.head else ("threshold", rule.threshold)
+        out[name] = {"value": value, **score(episodes, examples).to_dict()}
+        out["stop"] = {
+            "rule": name,
+            "budget": ceiling,
+            **stop_report(episodes, runs[ceiling], examples),
+        }
     return out

@@ -110,6 +110,9 @@ class Evidence:
     text: str
     ordinal: int  # position in corpus (document) order
     alternatives: tuple[tuple[int, float], ...] = field(default=())
+    bm25_max: tuple[float, float] | None = None
+    """Raw BM25 maxima of the two lexical queries over the chunks left at this step (what
+    the stop rule reads; qvalue.lexical_features); None for a dense Q."""
 
 
 STOP_REASONS = ("complete", "budget", "exhausted")

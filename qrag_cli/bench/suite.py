@@ -32,6 +32,7 @@ from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model
 from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import without_lexical
+from qrag_cli.stop import rule_for
 from qrag_cli.store import open_snapshot
 from qrag_cli.types import UsageError
 
@@ -110,7 +111,7 @@ def episodes(model: QModel, top_k: bool = False) -> Callable[[Path, Sequence[str
     picks plus its alternatives."""
 
     def retrieve(index_dir: Path, questions: Sequence[str], budget: int) -> Retrieved:
-        stop = StopRule(1) if top_k else StopRule(budget, model.cfg.threshold)
+        stop = StopRule(1) if top_k else rule_for(model.cfg, budget)
         fixed = None
         out = []
         with open_snapshot(index_dir) as snapshot:
