@@ -61,12 +61,10 @@ def main() -> None:
         "model": model.cfg.name,
         "budget": budget,
         "n": {k: len(v) for k, v in examples.items()},
-        "threshold_f1": f1_thr,
-        "threshold_em": em_thr,
-        "head": head.to_dict(),
+        "params": {"threshold_f1": f1_thr, "threshold_em": em_thr, "head": head.to_dict()},
         "seconds_episodes": round(time.perf_counter() - t0, 1),
     }
-    for name, rule in rules.items():
+    for name, rule in rules.items():  # each rule's stop metrics per split
         out[name] = {
             split_name: stop_report(
                 cut_episodes(runs[split_name], rule), runs[split_name], examples[split_name]
