@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qrag_cli.config import AskOptions
-from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
+from qrag_cli.episode import IndexCandidates, run_episodes
 from qrag_cli.files import display_path
 from qrag_cli.model import load_model
 from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import without_lexical
+from qrag_cli.stop import rule_for
 from qrag_cli.store import ChunkRow, IndexSnapshot, corrupt_database
 from qrag_cli.types import Episode, IndexMismatchError, NoIndexError
 
@@ -151,12 +152,8 @@ class Asker:
         `llm`: a loaded reader to answer with, instead of the one `opts.answer` loaded;
         `steps`: this question's budget, instead of `opts.steps`."""
         llm = llm if llm is not None else self.llm
-        threshold = (
-            None
-            if self.opts.no_stop
-            else (
-                self.opts.threshold if self.opts.threshold is not None else self.model.cfg.threshold
-            )
+        rule = rule_for(
+            self.model.cfg, steps or self.opts.steps, self.opts.threshold, self.opts.no_stop
         )
         clock: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -165,7 +162,7 @@ class Asker:
                 self.model,
                 [question],
                 [self.candidates],
-                StopRule(steps or self.opts.steps, threshold),
+                rule,
                 timings=clock,
             )[0]
         except sqlite3.DatabaseError as exc:  # pages damaged beyond what opening it read

@@ -581,8 +581,10 @@ def train_eval(
     for col in ("setting", "fact EM", "fact F1", "mean steps", "n"):
         table.add_column(col)
     for key, m in result.items():
-        if isinstance(m, dict):
-            name = f"threshold {m['value']:.3f}" if key == "threshold" else key.replace("_", " ")
+        if isinstance(m, dict) and key != "stop":
+            name = (
+                f"{key} {m['value']:.3f}" if key in ("threshold", "head") else key.replace("_", " ")
+            )
             table.add_row(
                 render.plain(name),
                 f"{m['fact_em']:.3f}",
@@ -591,6 +593,80 @@ def train_eval(
                 str(m["n"]),
             )
     render.out.print(table)
+    if "stop" in result:
+        render.out.print(render.stop_summary(result["stop"]))
+
+
+@train_app.command("stop")
+def train_stop(
+    src: Annotated[Path, typer.Argument(help="Trained model folder.")],
+    data: Annotated[Path, typer.Option("--data", help="Training JSONL (fits the stop head).")],
+    eval_files: Annotated[
+        list[Path],
+        typer.Option("--eval", help="Labelled JSONL that chooses the cut (repeatable)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Model folder to write (SRC plus its stop).")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="head: a learned stop head; threshold: a Q threshold chosen for fact EM."
+        ),
+    ] = "head",
+    budget: Annotated[
+        int | None,
+        typer.Option(parser=int_range(1), help="Ceiling (default: the model's training budget)."),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option(parser=int_range(2), help="Training examples sampled (seeded).")
+    ] = 300,
+    seed: Annotated[int, typer.Option(parser=SEED, help="Sampling seed.")] = 0,
+    skip_bad: Annotated[bool, typer.Option(help="Skip bad data lines.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Fit a model's stop on top of its encoders (nothing else changes) -> a new folder.
+
+    The rule stops when it judges the gold evidence complete; its cut (or threshold) is
+    the one with the fewest steps whose fact EM on --eval stays within 0.02 of the
+    fixed budget's."""
+    import random
+    import shutil
+    from dataclasses import asdict
+
+    from qrag_cli.datasets import load_examples
+    from qrag_cli.model import load_model, save_model, write_model_card
+    from qrag_cli.pqn import seed_everything
+    from qrag_cli.stopfit import fit_model_stop
+
+    if kind not in {"head", "threshold"}:
+        raise UsageError("--kind must be 'head' or 'threshold'")
+    if not (src / "config.json").is_file():
+        raise UsageError(f"{src} is not a model folder (no config.json)")
+    check_output(
+        out,
+        [("MODEL_DIR", src), ("--data", data), *[("--eval", f) for f in eval_files]],
+        folder=True,
+    )
+    seed_everything(seed)
+    train = load_examples(data, skip_bad, on_problem=render.problem)
+    train = random.Random(seed).sample(train, min(examples, len(train)))
+    held = [ex for f in eval_files for ex in load_examples(f, skip_bad, on_problem=render.problem)]
+    qmodel = load_model(str(src))
+    ceiling = budget or int((qmodel.cfg.train or {}).get("budget") or 4)
+    try:
+        fitted = fit_model_stop(qmodel, train, held, ceiling, kind)
+    except ValueError as exc:
+        raise UsageError(f"cannot fit a stop: {exc}") from exc
+    qmodel.cfg.metrics = {**(qmodel.cfg.metrics or {}), "stop_fit": fitted}
+    qmodel.cfg.name = out.name
+    save_model(qmodel, out, compact=qmodel.cfg.delta_base is not None)
+    write_model_card(out, {"config": asdict(qmodel.cfg)})
+    if (src / "train_log.jsonl").is_file():
+        shutil.copyfile(src / "train_log.jsonl", out / "train_log.jsonl")
+    if as_json:
+        render.print_json({"src": str(src), "out": str(out), **fitted})
+    else:
+        render.log(f"wrote {out}: {render.stop_summary(fitted)}")
 
 
 @train_app.command("convert")
@@ -759,6 +835,10 @@ def ask(
             result = asker.ask(item["question"], on_token=None if tokens is None else tokens.write)
             if tokens is not None:
                 tokens.close()
+            label = "" if questions is None else f"question {item.get('id', number)}: "
+            note = render.more_steps_note(result.episode, label)
+            if note is not None:
+                render.log(note)
             if questions is not None:
                 render.print_json({"id": item.get("id"), **render.ask_json(result, explain)})
             elif as_json:

@@ -1,8 +1,8 @@
 """THE retrieval loop. `ask`, training rollouts and evaluation all run `run_episodes`.
 
 One step: encode the state with E_s; let `qvalue.best` propose and score candidates
-exactly (dense and lexical); let the policy pick one; stop on the budget, on the
-calibrated threshold, or when nothing is left.
+exactly (dense and lexical); let the policy pick one; stop when the model's stop rule
+judges the evidence complete, on the budget, or when nothing is left.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from qrag_cli.datasets import Example
 from qrag_cli.lexical import MemoryLexicon
 from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import Action, Candidates
+from qrag_cli.stop import StepView, StopRule
+
+__all__ = ["StopRule"]  # the stop rule lives in stop.py; callers may import it from here
 from qrag_cli.store import ChunkRow, IndexSnapshot
 from qrag_cli.types import Episode, Evidence, IndexMismatchError
 
@@ -208,13 +211,6 @@ def boltzmann(alpha: float, rng: np.random.Generator) -> Policy:
     return pick
 
 
-@dataclass
-class StopRule:
-    max_steps: int = 4
-    threshold: float | None = None
-    """Stop before a pick whose Q is below this (never before the first pick)."""
-
-
 def _location(row: Action) -> tuple[str, int, int]:
     """(path, start line, end line) of the evidence: a stored chunk's file and lines; a
     chunk held in memory has no file."""
@@ -246,15 +242,18 @@ def run_episodes(
         state_vecs = model.embed_states([qvalue.state_tokens(model, states[i]) for i in live])
         t1 = time.perf_counter()
         for row, i in enumerate(live):
+            bm25_max: list[float] = []
             ids, q = qvalue.best(
-                model, state_vecs[row], sources[i], states[i], max(alternatives, 1)
+                model, state_vecs[row], sources[i], states[i], max(alternatives, 1), bm25_max
             )
             if len(ids) == 0:
                 stops[i] = "exhausted"
                 continue
             choice = policy(q)
-            if step > 0 and stop.threshold is not None and q[choice] < stop.threshold:
-                stops[i] = "threshold"
+            lexical = (bm25_max[0], bm25_max[1]) if bm25_max else None
+            first_q = evidence[i][0].q if evidence[i] else None
+            if stop.fires(StepView(step, q, first_q, lexical), choice):
+                stops[i] = "complete"
                 continue
             chosen = sources[i].rows([ids[choice]])[0]
             states[i] = qvalue.pick(model, states[i], chosen)
@@ -274,13 +273,55 @@ def run_episodes(
                         for a, b in zip(ids, q, strict=True)
                         if int(a) != chosen.id
                     ),
+                    bm25_max=lexical,
                 )
             )
         t2 = time.perf_counter()
         clock["encode_ms"] = clock.get("encode_ms", 0.0) + (t1 - t0) * 1000
         clock["search_ms"] = clock.get("search_ms", 0.0) + (t2 - t1) * 1000
         clock["steps"] = clock.get("steps", 0) + 1
+    more = _more_expected(
+        model, states, evidence, sources, stops, stop, max(alternatives, 1), clock
+    )
     return [
-        Episode(question=questions[i], evidence=evidence[i], stop=stops[i] or "budget")
+        Episode(
+            question=questions[i],
+            evidence=evidence[i],
+            stop=stops[i] or "budget",
+            more_expected=more[i],
+        )
         for i in range(n)
     ]
+
+
+def _more_expected(
+    model: QModel,
+    states: Sequence[qvalue.State],
+    evidence: Sequence[Sequence[Evidence]],
+    sources: Sequence[Candidates],
+    stops: Sequence[str | None],
+    stop: StopRule,
+    k: int,
+    clock: dict[str, float],
+) -> list[bool | None]:
+    """For a rule that can stop: would the best next action still have been taken at
+    step `max_steps` + 1? One more state encoding and scoring for the episodes the budget
+    ended; it only reads the final states, so the evidence stays as it is."""
+    if not stop.active:
+        return [None] * len(stops)
+    more: list[bool | None] = [False] * len(stops)
+    ended = [i for i, why in enumerate(stops) if why is None]
+    if not ended:
+        return more
+    t0 = time.perf_counter()
+    state_vecs = model.embed_states([qvalue.state_tokens(model, states[i]) for i in ended])
+    t1 = time.perf_counter()
+    for row, i in enumerate(ended):
+        bm25_max: list[float] = []
+        ids, q = qvalue.best(model, state_vecs[row], sources[i], states[i], k, bm25_max)
+        lexical = (bm25_max[0], bm25_max[1]) if bm25_max else None
+        first_q = evidence[i][0].q if evidence[i] else None
+        more[i] = len(ids) > 0 and not stop.fires(StepView(stop.max_steps, q, first_q, lexical))
+    clock["encode_ms"] = clock.get("encode_ms", 0.0) + (t1 - t0) * 1000
+    clock["search_ms"] = clock.get("search_ms", 0.0) + (time.perf_counter() - t1) * 1000
+    return more

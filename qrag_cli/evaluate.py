@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from qrag_cli.datasets import Example
-from qrag_cli.episode import StopRule, example_sources, run_episodes
+from qrag_cli.episode import example_sources, run_episodes
 from qrag_cli.qnet import QModel
+from qrag_cli.stop import StopRule, evidence_view, rule_for
 from qrag_cli.types import Episode
 
 
@@ -32,8 +33,11 @@ def run_examples(
     threshold: float | None = None,
     batch: int = 32,
     cache: dict[str, np.ndarray] | None = None,
+    rule: StopRule | None = None,
 ) -> list[Episode]:
-    """Greedy episodes over each example's own chunks, exactly as `ask` acts."""
+    """Greedy episodes over each example's own chunks, exactly as `ask` acts: with `rule`
+    (its ceiling is `budget`), else the threshold rule (none: the fixed budget)."""
+    rule = StopRule(budget, threshold) if rule is None else replace(rule, max_steps=budget)
     episodes: list[Episode] = []
     for start in range(0, len(examples), batch):
         part = examples[start : start + batch]
@@ -41,7 +45,7 @@ def run_examples(
             model,
             [ex.question for ex in part],
             example_sources(model, part, cache),
-            StopRule(budget, threshold),
+            rule,
         )
     return episodes
 
@@ -76,14 +80,91 @@ def score(
     return Metrics(float(np.mean(ems)), float(np.mean(f1s)), float(np.mean(steps)), len(ems))
 
 
-def _cut_at(episode: Episode, threshold: float) -> int:
-    """Picks kept by the threshold rule: the first pick always, then while Q >= threshold."""
-    keep = 1
-    for ev in episode.evidence[1:]:
-        if ev.q < threshold:
-            break
-        keep += 1
-    return min(keep, len(episode.evidence))
+def complete_at(picked: Sequence[int], support: Sequence[int]) -> int | None:
+    """Picks after which every gold chunk is in: the right step to stop (None: never)."""
+    gold, seen = set(support), set()
+    for t, chunk in enumerate(picked, start=1):
+        seen.add(chunk)
+        if gold <= seen:
+            return t
+    return None
+
+
+def stop_metrics(steps: Sequence[int], done_at: Sequence[int | None]) -> dict:
+    """How a stop did against the evidence it gathered, per episode: `steps` taken with
+    the stop, and `done_at`, the step after which the same model's fixed-budget episode
+    holds every gold fact (None: not within the budget). A greedy episode with a stop is a
+    prefix of the fixed-budget one, so the fact EM of both follows from these two.
+
+    exact: stopped right after the last gold pick; over: stopped later (`over_steps` is the
+    mean extra steps over all episodes); under: stopped before a pick within the budget
+    would have completed it; never: not complete within the budget (the stop cannot help).
+    The four shares add up to 1."""
+    n = max(len(steps), 1)
+    exact = over = under = never = extra = em_stop = 0
+    for took, done in zip(steps, done_at, strict=True):
+        if done is None:
+            never += 1
+            continue
+        em_stop += took >= done
+        if took == done:
+            exact += 1
+        elif took > done:
+            over += 1
+            extra += took - done
+        else:
+            under += 1
+    em_fixed = sum(d is not None for d in done_at)
+    return {
+        "exact_share": round(exact / n, 4),
+        "over_share": round(over / n, 4),
+        "over_steps": round(extra / n, 3),
+        "under_share": round(under / n, 4),
+        "never_share": round(never / n, 4),
+        "mean_steps": round(sum(steps) / n, 3),
+        "fact_em_stop": round(em_stop / n, 4),
+        "fact_em_fixed": round(em_fixed / n, 4),
+        "n": len(steps),
+    }
+
+
+def stop_report(
+    stopped: Sequence[Episode], fixed: Sequence[Episode], examples: Sequence[Example]
+) -> dict:
+    """`stop_metrics` of episodes run with the stop against the same model's fixed-budget
+    episodes (the budget is the stop's ceiling)."""
+    return stop_metrics(
+        [len(ep.evidence) for ep in stopped],
+        [
+            complete_at([ev.chunk_id for ev in ep.evidence], ex.support)
+            for ep, ex in zip(fixed, examples, strict=True)
+        ],
+    )
+
+
+def _cut_at(episode: Episode, rule: StopRule | float) -> int:
+    """Picks kept by a stop rule (a threshold: its rule) on a no-stop greedy episode."""
+    if not isinstance(rule, StopRule):
+        rule = StopRule(len(episode.evidence), rule)
+    for t in range(len(episode.evidence)):
+        if rule.fires(evidence_view(t, episode.evidence)):
+            return t
+    return len(episode.evidence)
+
+
+def cut_episodes(episodes: Sequence[Episode], rule: StopRule | float | None) -> list[Episode]:
+    """No-stop greedy episodes as a stop rule (a threshold: its rule) would have ended
+    them: exactly what `run_episodes` with that rule returns (greedy episodes are
+    deterministic; each step's evidence keeps what the rule read), without running them
+    again."""
+    if rule is None:
+        return list(episodes)
+    out = []
+    for ep in episodes:
+        cut = _cut_at(ep, rule)
+        stop = "complete" if cut < len(ep.evidence) else ep.stop
+        out.append(replace(ep, evidence=ep.evidence[:cut], stop=stop))
+    return out
 
 
 def calibrate_threshold(
@@ -109,14 +190,12 @@ def calibrate_threshold(
             best = key
     threshold = float(best[2])
     cuts = [_cut_at(ep, threshold) for ep in episodes]
-    right = 0
-    for ep, ex, cut in zip(episodes, examples, cuts, strict=True):
-        picked = [ev.chunk_id for ev in ep.evidence]
-        done_at = next(
-            (t + 1 for t in range(len(picked)) if set(ex.support) <= set(picked[: t + 1])), None
-        )
-        right += done_at is not None and cut == done_at
-    return threshold, score(episodes, examples, cuts), right / max(len(episodes), 1)
+    done = [
+        complete_at([ev.chunk_id for ev in ep.evidence], ex.support)
+        for ep, ex in zip(episodes, examples, strict=True)
+    ]
+    right = stop_metrics(cuts, done)["exact_share"]
+    return threshold, score(episodes, examples, cuts), right
 
 
 def evaluate(
@@ -125,13 +204,22 @@ def evaluate(
     budgets: Sequence[int],
     threshold: float | None = None,
 ) -> dict:
-    """Fixed budgets, plus the stored (or given) threshold with the largest budget."""
+    """Fixed budgets, plus the model's stop rule (or the given threshold) with the
+    largest budget as its ceiling, and how that stop did (`stop`: see stop_metrics)."""
     out: dict = {}
+    runs: dict[int, list[Episode]] = {}
     for budget in budgets:
-        episodes = run_examples(model, examples, budget)
-        out[f"budget_{budget}"] = score(episodes, examples).to_dict()
-    threshold = threshold if threshold is not None else model.cfg.threshold
-    if threshold is not None:
-        episodes = run_examples(model, examples, max(budgets), threshold)
-        out["threshold"] = {"value": threshold, **score(episodes, examples).to_dict()}
+        runs[budget] = run_examples(model, examples, budget)
+        out[f"budget_{budget}"] = score(runs[budget], examples).to_dict()
+    ceiling = max(budgets)
+    rule = rule_for(model.cfg, ceiling, threshold)
+    if rule.active:
+        episodes = run_examples(model, examples, ceiling, rule=rule)
+        name, value = ("head", rule.head.cut) if rule.head else ("threshold", rule.threshold)
+        out[name] = {"value": value, **score(episodes, examples).to_dict()}
+        out["stop"] = {
+            "rule": name,
+            "budget": ceiling,
+            **stop_report(episodes, runs[ceiling], examples),
+        }
     return out

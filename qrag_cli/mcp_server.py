@@ -68,10 +68,14 @@ class AskOutput(BaseModel):
     index: str = Field(description="Index folder that was searched.")
     model: str = Field(description="Retrieval model.")
     evidence: list[EvidenceItem] = Field(description="Picked chunks, in the order picked.")
-    stop: Literal["threshold", "budget", "exhausted"] = Field(
-        description="Why retrieval stopped: threshold = the best remaining chunk's Q fell "
-        "below the model's stop threshold (the evidence is judged complete); budget = "
-        "`steps` chunks were picked; exhausted = no chunks left."
+    stop: Literal["complete", "budget", "exhausted"] = Field(
+        description="Why retrieval stopped: complete = the model's stop rule judged the "
+        "evidence complete; budget = `steps` chunks were picked; exhausted = no chunks left."
+    )
+    more_expected: bool | None = Field(
+        default=None,
+        description="With stop = budget: true when the model still expected more evidence "
+        "(ask again with more `steps`). null when the model has no stop rule.",
     )
     stop_reason: str = Field(description="`stop` in words.")
     answer: str | None = Field(

@@ -86,6 +86,9 @@ class ModelConfig:
     """Chunk positions: "none" or "relative" (rotary, for order-sensitive tasks)."""
     threshold: float | None = None
     """Calibrated stop threshold on the chosen chunk's Q value; None = fixed budget."""
+    stop_head: dict | None = None
+    """A learned stop rule (stop.StopHead as JSON numbers); when set it is the model's
+    stop instead of `threshold`."""
     shared: bool = True
     """E_s and E_a are one module (untrained base); `chunk_source` reads it."""
     name: str = BASE_NAME
@@ -442,6 +445,18 @@ def write_model_card(out: Path, info: dict) -> None:
         f"| stop | threshold {cfg.get('threshold')} (calibrated: "
         f"{metrics.get('calibrated_threshold')}; right step in "
         f"{metrics.get('stop_right_share')} of eval episodes) |",
+        *(
+            [
+                f"| stop fitted | {metrics['stop_fit'].get('rule')} at ceiling "
+                f"{metrics['stop_fit'].get('budget')}: right step in "
+                f"{metrics['stop_fit'].get('exact_share')}, fact EM "
+                f"{metrics['stop_fit'].get('fact_em_stop')} vs "
+                f"{metrics['stop_fit'].get('fact_em_fixed')} fixed, mean steps "
+                f"{metrics['stop_fit'].get('mean_steps')} (eval) |"
+            ]
+            if metrics.get("stop_fit")
+            else []
+        ),
         "",
     ]
     lines += [

@@ -26,7 +26,7 @@ from qrag_cli import qvalue
 from qrag_cli.config import TrainConfig
 from qrag_cli.datasets import Example, data_hash, load_examples, split
 from qrag_cli.episode import StopRule, boltzmann, example_sources, run_episodes
-from qrag_cli.evaluate import calibrate_threshold, run_examples, score
+from qrag_cli.evaluate import calibrate_threshold, cut_episodes, run_examples, score, stop_report
 from qrag_cli.files import atomic_output, atomic_write
 from qrag_cli.model import (
     BASE_NAME,
@@ -687,6 +687,10 @@ def train(
         "threshold": with_stop.to_dict(),
         "calibrated_threshold": threshold,
         "stop_right_share": round(right_share, 4),
+        "stop": {
+            "budget": max(cfg.budget, 4),
+            **stop_report(cut_episodes(episodes, threshold), episodes, eval_set),
+        },
         "curve": curve,
         "kept_update": kept,
     }

@@ -172,10 +172,16 @@ def rotate(vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 
 # ---- features and scores -----------------------------------------------------------------
-def lexical_features(source: Candidates, state: State) -> tuple[np.ndarray, np.ndarray]:
+def lexical_features(
+    source: Candidates, state: State, raw_max: list[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Both lexical features of every chunk id under `state` ([id_space, 2], in [0, 1];
-    picked chunks 0) and the ids each feature ranks highest (the lexical proposals)."""
+    picked chunks 0) and the ids each feature ranks highest (the lexical proposals).
+    `raw_max`, when given, receives each feature's BM25 maximum before normalisation (0
+    when nothing matches): how strongly anything left still matches, for the stop rule."""
     features = np.zeros((source.id_space, 2), np.float32)
+    if raw_max is not None:
+        raw_max[:] = [0.0, 0.0]
     proposals = []
     exclude = np.fromiter(state.exclude, np.int64)
     for column, words in enumerate(lexical_queries(state)):
@@ -185,6 +191,8 @@ def lexical_features(source: Candidates, state: State) -> tuple[np.ndarray, np.n
         if len(ids) == 0:
             continue
         features[ids, column] = scores / scores.max()
+        if raw_max is not None:
+            raw_max[column] = float(scores.max())
         proposals.append(ids[np.argsort(-scores, kind="stable")[:POOL]])
     return features, (np.concatenate(proposals) if proposals else np.zeros(0, np.int64))
 
@@ -253,14 +261,20 @@ def score_all(
 
 
 def best(
-    model: QModel, state_vec: np.ndarray, source: Candidates, state: State, k: int
+    model: QModel,
+    state_vec: np.ndarray,
+    source: Candidates,
+    state: State,
+    k: int,
+    bm25_max: list[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The top-k actions under `state` with their exact Q values, best first."""
+    """The top-k actions under `state` with their exact Q values, best first. `bm25_max`
+    receives the lexical features' raw maxima (see lexical_features), for a lexical Q."""
     exclude = state.exclude
     ids = source.propose(state_vec, max(k, POOL), exclude)
     features = None
     if uses_lexical(model):
-        features, lexical_ids = lexical_features(source, state)
+        features, lexical_ids = lexical_features(source, state, bm25_max)
         ids = np.unique(np.concatenate([ids, lexical_ids]))
     if len(ids) == 0:
         return ids.astype(np.int64), np.zeros(0, np.float32)

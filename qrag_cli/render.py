@@ -19,7 +19,7 @@ from rich.text import Text
 
 from qrag_cli.config import env_value
 from qrag_cli.files import display_path
-from qrag_cli.types import Episode, Evidence, Problem
+from qrag_cli.types import Episode, Evidence, Problem, stop_name
 
 if TYPE_CHECKING:
     from qrag_cli.asking import AskResult
@@ -213,11 +213,34 @@ def episode_table(
 
 
 def stop_reason(episode: Episode) -> str:
-    return {
-        "threshold": "stopped: best Q fell below the model's stop threshold",
+    reason = {
+        "complete": "stopped: evidence complete (the model's stop rule fired)",
         "budget": "stopped: step budget reached",
         "exhausted": "stopped: no chunks left",
-    }[episode.stop]
+    }[stop_name(episode.stop)]
+    if episode.more_expected:
+        reason += ", more evidence expected"
+    return reason
+
+
+def more_steps_note(episode: Episode, label: str = "") -> str | None:
+    """The stderr note for a budget that ran out while the model expected more evidence."""
+    if not episode.more_expected:
+        return None
+    return (
+        f"note: {label}the step budget ran out ({len(episode.evidence)} steps) while the "
+        "model still expected more evidence; a larger --steps may complete it"
+    )
+
+
+def stop_summary(m: dict) -> str:
+    """evaluate.stop_metrics in one line, for `qrag train eval` and the bench."""
+    return (
+        f"stop (ceiling {m['budget']}): right step {m['exact_share']:.0%}, over "
+        f"{m['over_share']:.0%} (+{m['over_steps']:.2f} steps), under {m['under_share']:.0%}, "
+        f"never complete {m['never_share']:.0%}; mean steps {m['mean_steps']:.2f}; fact EM "
+        f"{m['fact_em_stop']:.3f} with the stop vs {m['fact_em_fixed']:.3f} fixed"
+    )
 
 
 # ---- `qrag ask` / the mcp `ask` tool ------------------------------------------------------
@@ -228,7 +251,8 @@ def ask_json(result: AskResult, explain: bool = False, absolute: bool = False) -
         "model": result.model,
         "index": result.index,
         "evidence": [evidence_json(ev, explain, absolute) for ev in result.episode.evidence],
-        "stop": result.episode.stop,
+        "stop": stop_name(result.episode.stop),
+        "more_expected": result.episode.more_expected,
         "answer": None,
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
     }

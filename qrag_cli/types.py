@@ -110,6 +110,20 @@ class Evidence:
     text: str
     ordinal: int  # position in corpus (document) order
     alternatives: tuple[tuple[int, float], ...] = field(default=())
+    bm25_max: tuple[float, float] | None = None
+    """Raw BM25 maxima of the two lexical queries over the chunks left at this step (what
+    the stop rule reads; qvalue.lexical_features); None for a dense Q."""
+
+
+STOP_REASONS = ("complete", "budget", "exhausted")
+"""Why an episode ends: the stop rule judged the evidence complete, the step ceiling,
+or no chunks left."""
+
+
+def stop_name(stored: str) -> str:
+    """A stop reason as named today: "threshold" (the name before "complete") is read as
+    "complete", for anything that kept the old value."""
+    return "complete" if stored == "threshold" else stored
 
 
 @dataclass
@@ -118,4 +132,9 @@ class Episode:
 
     question: str
     evidence: list[Evidence]
-    stop: str  # "threshold" | "budget" | "exhausted"
+    stop: str
+    """Why it ended: "complete" (the model's stop rule judged the evidence complete),
+    "budget" (the step ceiling) or "exhausted" (no chunks left)."""
+    more_expected: bool | None = None
+    """Budget stops of a model with a stop rule: True when its rule would not have fired
+    at the next step (the evidence is likely incomplete). None: no stop rule applied."""

@@ -83,16 +83,45 @@ def test_threshold_and_budget_stops(hop_index: Path, base_model) -> None:
         low = run_episodes(base_model, [HOP_QUESTION], [src], StopRule(4, threshold=-10.0))[0]
         mid_q = high.evidence[0].alternatives[1][1]
         mid = run_episodes(base_model, [HOP_QUESTION], [src], StopRule(6, threshold=mid_q))[0]
-    assert len(high.evidence) == 1 and high.stop == "threshold"  # never before the first pick
+    assert len(high.evidence) == 1 and high.stop == "complete"  # never before the first pick
     assert len(low.evidence) == 4 and low.stop == "budget"
-    assert mid.stop == "threshold" and all(ev.q >= mid_q for ev in mid.evidence)
+    assert mid.stop == "complete" and all(ev.q >= mid_q for ev in mid.evidence)
+
+
+def test_budget_stop_says_whether_more_evidence_was_expected(hop_index: Path, base_model) -> None:
+    """One extra scoring after a budget stop asks the rule about step budget + 1; it never
+    changes the evidence, and a model without a rule is not asked at all."""
+    with open_snapshot(hop_index) as snapshot:
+        src = IndexCandidates(snapshot)
+        plain = run_episodes(base_model, [HOP_QUESTION], [src], StopRule(3))[0]
+        third_q = plain.evidence[2].q
+        assert plain.evidence[1].q > third_q  # the rule below fires at step 3, not before
+        rules = {
+            "never": StopRule(2, threshold=-10.0),
+            "at_step_3": StopRule(2, threshold=(plain.evidence[1].q + third_q) / 2),
+            "off": StopRule(2),
+        }
+        runs = {
+            name: run_episodes(base_model, [HOP_QUESTION], [src], rule)[0]
+            for name, rule in rules.items()
+        }
+        exhausted = run_episodes(base_model, [HOP_QUESTION], [src], StopRule(20, -10.0))[0]
+    for ep in runs.values():
+        assert ep.stop == "budget"
+        assert [e.chunk_id for e in ep.evidence] == [e.chunk_id for e in plain.evidence[:2]]
+        assert [e.q for e in ep.evidence] == [e.q for e in plain.evidence[:2]]
+    assert runs["never"].more_expected is True
+    assert runs["at_step_3"].more_expected is False
+    assert runs["off"].more_expected is None and plain.more_expected is None
+    assert exhausted.stop == "exhausted" and exhausted.more_expected is False
 
 
 def test_cli_threshold_flags(hop_index: Path) -> None:
     stopped = json.loads(
         run_qrag("ask", HOP_QUESTION, "--json", "--threshold", "5", check=True).stdout
     )
-    assert stopped["stop"] == "threshold" and len(stopped["evidence"]) == 1
+    assert stopped["stop"] == "complete" and len(stopped["evidence"]) == 1
+    assert stopped["more_expected"] is False
     full = json.loads(
         run_qrag(
             "ask",
@@ -107,6 +136,21 @@ def test_cli_threshold_flags(hop_index: Path) -> None:
         ).stdout
     )
     assert full["stop"] == "budget" and len(full["evidence"]) == 3
+    assert full["more_expected"] is None  # --no-stop: no rule to ask
+
+
+def test_cli_says_when_the_budget_cut_the_evidence_short(hop_index: Path) -> None:
+    short = run_qrag("ask", HOP_QUESTION, "--json", "--threshold", "-10", "--steps", "2")
+    out = json.loads(short.stdout)
+    assert out["stop"] == "budget" and out["more_expected"] is True
+    assert short.stderr.count("note:") == 1 and "larger --steps" in short.stderr
+    table = run_qrag("ask", HOP_QUESTION, "--threshold", "-10", "--steps", "2", check=True)
+    assert "larger --steps" in table.stderr and "more evidence expected" in table.stderr
+    done = run_qrag("ask", HOP_QUESTION, "--threshold", "5", check=True)
+    assert "evidence complete" in done.stderr and "--steps" not in done.stderr
+    for args in (["--steps", "2"], ["--threshold", "-10", "--steps", "2", "--no-stop"]):
+        quiet = run_qrag("ask", HOP_QUESTION, "--json", *args, check=True)
+        assert json.loads(quiet.stdout)["more_expected"] is None and "note" not in quiet.stderr
 
 
 def test_json_schema_and_explain(hop_index: Path) -> None:
@@ -114,7 +158,8 @@ def test_json_schema_and_explain(hop_index: Path) -> None:
     out = json.loads(proc.stdout)
     assert set(out) >= {"question", "model", "index", "evidence", "stop", "answer", "timings_ms"}
     assert out["question"] == HOP_QUESTION and out["answer"] is None
-    assert out["stop"] in {"threshold", "budget", "exhausted"}
+    assert out["stop"] in {"complete", "budget", "exhausted"}
+    assert out["more_expected"] is None  # the base model has no stop rule
     assert [ev["step"] for ev in out["evidence"]] == [1, 2]
     for ev in out["evidence"]:
         assert set(ev) >= EVIDENCE_KEYS

@@ -137,7 +137,18 @@ def test_bench_runs_every_method_through_the_cli(tmp_path: Path) -> None:
         per_q = row["per_question"]
         assert all(q["fact_em"] in (0.0, 1.0) for q in per_q)  # all gold facts, or not
         assert len(per_q) == 3 and row["fact_em"] == sum(q["fact_em"] for q in per_q) / 3
-    assert (out / "results.md").read_text().count("| qa2 |") == 5
+        stop = row["stop"]
+        if not row["method"].startswith("qrag"):
+            assert stop is None  # no stop rule: nothing to report
+            continue
+        # The trained model ships a calibrated stop: scored against its own fixed budget.
+        assert stop["budget"] == 3 and stop["n"] == 3 and stop["mean_steps"] == row["mean_steps"]
+        shares = ("exact_share", "over_share", "under_share", "never_share")
+        assert sum(stop[k] for k in shares) == pytest.approx(1.0)
+        assert stop["fact_em_stop"] == pytest.approx(row["fact_em"], abs=1e-4)
+    report = (out / "results.md").read_text()
+    assert report.count("| qa2 |") == 5 + 2  # every method, then the two stop rows
+    assert report.split("## Stop")[1].count("| qa2 |") == 2
     assert (out / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"
     assert len(load_examples(out / "train" / "qa2.jsonl")) == 200
 

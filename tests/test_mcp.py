@@ -99,7 +99,9 @@ def test_tools_over_stdio(hop_index: Path, hop_corpus: Path, tmp_path: Path) -> 
                     assert prop.get("description"), (tool.name, name)
             ask_tool = next(tool for tool in listed if tool.name == "ask")
             assert ask_tool.input_schema["required"] == ["question"]
-            assert {"evidence", "stop", "answer"} <= set(ask_tool.output_schema["properties"])
+            assert {"evidence", "stop", "more_expected", "answer"} <= set(
+                ask_tool.output_schema["properties"]
+            )
 
             out = await server.call("ask", question=HOP_QUESTION, steps=4)
             names = [Path(ev["path"]).name for ev in out["evidence"]]
@@ -108,7 +110,8 @@ def test_tools_over_stdio(hop_index: Path, hop_corpus: Path, tmp_path: Path) -> 
                 assert set(ev) >= EVIDENCE_KEYS and Path(ev["path"]).is_absolute()
                 assert ev["text"] == HOP_FILES[Path(ev["path"]).name].strip()
             assert [ev["step"] for ev in out["evidence"]] == list(range(1, len(names) + 1))
-            assert out["stop"] in {"threshold", "budget"} and out["stop_reason"]
+            assert out["stop"] in {"complete", "budget"} and out["stop_reason"]
+            assert "more_expected" in out
             assert out["answer"] is None and out["index"] == str(hop_index)
             # The same pipeline as the cold CLI: the same picks and Q values.
             assert [ev["chunk_id"] for ev in out["evidence"]] == [

@@ -26,11 +26,13 @@ from qrag_cli.bench import longctx
 from qrag_cli.config import ChunkConfig
 from qrag_cli.datasets import real_examples, write_examples
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
+from qrag_cli.evaluate import stop_metrics
 from qrag_cli.files import atomic_output, atomic_write
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model
 from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import without_lexical
+from qrag_cli.stop import rule_for
 from qrag_cli.store import open_snapshot
 from qrag_cli.types import UsageError
 
@@ -74,10 +76,12 @@ class Row:
     chunks: int
     n: int
     per_question: list[dict] = field(default_factory=list)
+    stop: dict | None = None  # a model with a stop rule: evaluate.stop_metrics, else None
 
 
-# ---- methods: each returns, per question, (picked chunk texts, retrieval ms, steps) --------
-Retrieved = list[tuple[list[str], float, int]]
+# ---- methods: each returns, per question, (picked chunk texts, retrieval ms, steps, the
+# texts the same model picks at the fixed budget when it has a stop rule, else None) -------
+Retrieved = list[tuple[list[str], float, int, list[str] | None]]
 
 
 def bm25_top_k(index_dir: Path, questions: Sequence[str], k: int) -> Retrieved:
@@ -96,17 +100,19 @@ def bm25_top_k(index_dir: Path, questions: Sequence[str], k: int) -> Retrieved:
             k=min(k, len(texts)),
             show_progress=False,
         )
-        out.append(([texts[int(i)] for i in docs[0]], (time.perf_counter() - t0) * 1000, 1))
+        out.append(([texts[int(i)] for i in docs[0]], (time.perf_counter() - t0) * 1000, 1, None))
     return out
 
 
 def episodes(model: QModel, top_k: bool = False) -> Callable[[Path, Sequence[str], int], Retrieved]:
     """The episode `qrag ask` runs, one question at a time (its model's calibrated stop,
-    when it has one). `top_k`: dense single-step top-k, i.e. the first step's picks plus
-    its alternatives."""
+    when it has one, with the budget as its ceiling; the fixed-budget episode too, untimed,
+    to score the stop against). `top_k`: dense single-step top-k, i.e. the first step's
+    picks plus its alternatives."""
 
     def retrieve(index_dir: Path, questions: Sequence[str], budget: int) -> Retrieved:
-        stop = StopRule(1) if top_k else StopRule(budget, model.cfg.threshold)
+        stop = StopRule(1) if top_k else rule_for(model.cfg, budget)
+        fixed = None
         out = []
         with open_snapshot(index_dir) as snapshot:
             source = IndexCandidates(snapshot)
@@ -118,8 +124,12 @@ def episodes(model: QModel, top_k: bool = False) -> Callable[[Path, Sequence[str
                     rest = source.rows([a for a, _ in ep.evidence[0].alternatives])
                 else:
                     ep, rest = run_episodes(model, [q], [source], stop)[0], []
+                ms = (time.perf_counter() - t0) * 1000
                 texts = [ev.text for ev in ep.evidence] + [r.text for r in rest]
-                out.append((texts, (time.perf_counter() - t0) * 1000, len(ep.evidence)))
+                if stop.active:
+                    full = run_episodes(model, [q], [source], StopRule(budget))[0]
+                    fixed = [ev.text for ev in full.evidence]
+                out.append((texts, ms, len(ep.evidence), fixed))
         return out
 
     return retrieve
@@ -138,7 +148,7 @@ def _score(
 ) -> Row:
     results = method(index_dir, [s.question for s in stories], budget)
     per_q, ems, f1s = [], [], []
-    for story, (texts, ms, steps) in zip(stories, results, strict=True):
+    for story, (texts, ms, steps, _) in zip(stories, results, strict=True):
         em, f1 = longctx.fact_hits(texts, story)
         ems.append(em)
         f1s.append(f1)
@@ -164,7 +174,24 @@ def _score(
         chunks=chunks,
         n=len(stories),
         per_question=per_q,
+        stop=_stop(results, stories, budget),
     )
+
+
+def _stop(results: Retrieved, stories: Sequence[longctx.Story], budget: int) -> dict | None:
+    """How the stop did, when the method has one: the step after which the fixed-budget
+    picks hold every gold fact, against the steps taken with the stop."""
+    if any(fixed is None for *_, fixed in results):
+        return None
+    done_at = []
+    for (*_, fixed), story in zip(results, stories, strict=True):
+        done_at.append(
+            next(
+                (t for t in range(1, len(fixed) + 1) if longctx.fact_hits(fixed[:t], story)[0]),
+                None,
+            )
+        )
+    return {"budget": budget, **stop_metrics([r[2] for r in results], done_at)}
 
 
 class Indexes:
@@ -344,6 +371,24 @@ def markdown(result: dict) -> str:
             f"{r['fact_em']:.3f} | {r['fact_f1']:.3f} | {r['mean_steps']:.2f} | "
             f"{r['step_ms']:.1f} | {r['question_ms']:.1f} | {r['chunks']} | {r['n']} |"
         )
+    stopped = [r for r in rows if r.get("stop")]
+    if stopped:
+        lines += [
+            "",
+            "## Stop (models with a stop rule; ceiling = the budget)",
+            "",
+            "| task | length | method | right step | over (+steps) | under | never complete | "
+            "steps | fact EM stop / fixed |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in stopped:
+            m = r["stop"]
+            lines.append(
+                f"| {r['task']} | {_length(r['tokens'])} | {r['method']} | "
+                f"{m['exact_share']:.2f} | {m['over_share']:.2f} (+{m['over_steps']:.2f}) | "
+                f"{m['under_share']:.2f} | {m['never_share']:.2f} | {m['mean_steps']:.2f} | "
+                f"{m['fact_em_stop']:.3f} / {m['fact_em_fixed']:.3f} |"
+            )
     if "speed" in result:
         s = result["speed"]
         lines += [

@@ -1,0 +1,78 @@
+"""Measure stop rules against each other on held-out data (issue 15).
+
+    python models/measure_stop.py [TRAIN_DIR] [N_TRAIN] [MODEL]
+
+TRAIN_DIR (default qrag-train) holds `make_training_data.py`'s files: N_TRAIN (default
+300) examples of mix.jsonl (seed 0) fit the stop head; val-real + val-gen choose the
+thresholds and the head's cut. Held-out, never chosen on: the bench's held-out half of
+the pooled real questions (split(real, 0.5, 0)[1]) and fresh generated stories of every
+bench task (6 each, seed 2026, among 3 other stories, as tests/test_default_model.py).
+Every rule is scored by evaluate.stop_metrics at the model's training budget (the
+ceiling); prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from qrag_cli.bench.longctx import TASKS, training_examples
+from qrag_cli.datasets import load_examples, real_examples, split
+from qrag_cli.evaluate import calibrate_threshold, cut_episodes, run_examples, stop_report
+from qrag_cli.model import load_model
+from qrag_cli.stop import StopRule
+from qrag_cli.stopfit import em_threshold, fit_head
+
+
+def main() -> None:
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "qrag-train")
+    n_train = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+    model = load_model(sys.argv[3] if len(sys.argv) > 3 else None)
+    budget = int((model.cfg.train or {}).get("budget") or 5)
+    mix = load_examples(folder / "mix.jsonl")
+    train = random.Random(0).sample(mix, min(n_train, len(mix)))
+    val = [*load_examples(folder / "val-real.jsonl"), *load_examples(folder / "val-gen.jsonl")]
+    real = real_examples()
+    assert real is not None, "../shared/data is needed for the held-out real questions"
+    held = {
+        "real": split(real, 0.5, 0)[1],
+        "gen": [ex for task in TASKS for ex in training_examples(task, 6, 2026, stories=4)],
+    }
+    cache: dict = {}
+    t0 = time.perf_counter()
+    runs = {
+        name: run_examples(model, exs, budget, cache=cache)
+        for name, exs in [("train", train), ("val", val), *held.items()]
+    }
+    examples = {"train": train, "val": val, **held}
+    f1_thr, _, _ = calibrate_threshold(runs["val"], val)
+    em_thr = em_threshold(runs["val"], val)
+    head = fit_head(runs["train"], train, runs["val"], val)
+    rules = {
+        "fixed": None,
+        "threshold_f1": StopRule(budget, f1_thr),
+        "threshold_em": StopRule(budget, em_thr),
+        "head": StopRule(budget, head=head),
+    }
+    out: dict = {
+        "model": model.cfg.name,
+        "budget": budget,
+        "n": {k: len(v) for k, v in examples.items()},
+        "params": {"threshold_f1": f1_thr, "threshold_em": em_thr, "head": head.to_dict()},
+        "seconds_episodes": round(time.perf_counter() - t0, 1),
+    }
+    for name, rule in rules.items():  # each rule's stop metrics per split
+        out[name] = {
+            split_name: stop_report(
+                cut_episodes(runs[split_name], rule), runs[split_name], examples[split_name]
+            )
+            for split_name in ("val", "real", "gen")
+        }
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

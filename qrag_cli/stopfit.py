@@ -1,0 +1,165 @@
+"""Fitting a stop rule on top of a trained model, without touching its encoders.
+
+Everything here reads greedy no-stop episodes: a stop only truncates a greedy episode
+(evaluate.cut_episodes), so one run at the ceiling scores every candidate rule exactly as
+`run_episodes` with that rule would.
+
+- `choose_rule`: among candidate rules, the one with the fewest mean steps whose fact EM
+  stays within `tolerance` of the fixed budget's (a rule that never fires always
+  qualifies).
+- `em_threshold`: a Q threshold chosen that way (instead of the F1-best one).
+- `fit_head`: a logistic stop head (stop.StopHead) fitted on TRAINING episodes, label =
+  "the gold set is already complete before this pick", its `cut` chosen on eval episodes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from qrag_cli.datasets import Example
+from qrag_cli.evaluate import complete_at, cut_episodes, run_examples, score, stop_report
+from qrag_cli.qnet import QModel
+from qrag_cli.stop import FEATURES, StopHead, StopRule, evidence_view, features
+from qrag_cli.types import Episode
+
+TOLERANCE = 0.02  # fact EM a stop may lose against the fixed budget
+
+
+def choose_rule(
+    episodes: Sequence[Episode],
+    examples: Sequence[Example],
+    rules: Sequence[StopRule],
+    tolerance: float = TOLERANCE,
+) -> StopRule:
+    """The rule with the fewest mean steps whose fact EM is within `tolerance` of the
+    fixed budget's (ties: the higher EM); none qualifying: a rule that never fires."""
+    fixed = score(episodes, examples).fact_em
+    best: tuple[float, float] | None = None
+    chosen: StopRule | None = None
+    for rule in rules:
+        m = score(cut_episodes(episodes, rule), examples)
+        if m.fact_em < fixed - tolerance - 1e-9:
+            continue
+        key = (m.mean_steps, -m.fact_em)
+        if best is None or key < best:
+            best, chosen = key, rule
+    if chosen is None:
+        raise ValueError("no candidate rules")
+    return chosen
+
+
+def _threshold_candidates(episodes: Sequence[Episode]) -> list[float]:
+    qs = sorted({ev.q for ep in episodes for ev in ep.evidence[1:]})
+    if not qs:
+        return []
+    out = [qs[0] - 1e-6, *[(a + b) / 2 for a, b in itertools.pairwise(qs)], qs[-1] + 1e-6]
+    return list(np.quantile(out, np.linspace(0, 1, 400))) if len(out) > 400 else out
+
+
+def em_threshold(
+    episodes: Sequence[Episode], examples: Sequence[Example], tolerance: float = TOLERANCE
+) -> float | None:
+    """The Q threshold with the fewest steps whose fact EM stays within `tolerance` of
+    the fixed budget's (None: no second picks to judge)."""
+    candidates = _threshold_candidates(episodes)
+    if not candidates:
+        return None
+    budget = max(len(ep.evidence) for ep in episodes)
+    # The lowest threshold first: ties in steps keep the one that fires least.
+    rules = [StopRule(budget, float(t)) for t in candidates]
+    return choose_rule(episodes, examples, rules, tolerance).threshold
+
+
+def stop_rows(
+    episodes: Sequence[Episode], examples: Sequence[Example]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One row per decision a stop could take in greedy no-stop episodes (before each pick
+    but the first): the features the rule reads, and whether the gold set was already
+    complete (stopping there loses nothing)."""
+    xs, ys = [], []
+    for ep, ex in zip(episodes, examples, strict=True):
+        done = complete_at([ev.chunk_id for ev in ep.evidence], ex.support)
+        for t in range(1, len(ep.evidence)):
+            xs.append(features(evidence_view(t, ep.evidence)))
+            ys.append(done is not None and done <= t)
+    return np.array(xs, np.float64).reshape(-1, len(FEATURES)), np.array(ys, np.float64)
+
+
+def logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) -> StopHead:
+    """L2-regularised logistic regression by Newton steps, on standardised features."""
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale[scale < 1e-9] = 1.0
+    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    w = np.zeros(z.shape[1])
+    reg = np.full(z.shape[1], l2)
+    reg[-1] = 0.0  # the bias is not shrunk
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -60, 60)))
+        grad = z.T @ (p - y) / len(y) + reg * w
+        hess = (z * (p * (1 - p))[:, None]).T @ z / len(y) + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return StopHead(
+        weights=[float(v) for v in w[:-1]],
+        bias=float(w[-1]),
+        mean=[float(v) for v in mean],
+        scale=[float(v) for v in scale],
+    )
+
+
+def fit_head(
+    train_episodes: Sequence[Episode],
+    train_examples: Sequence[Example],
+    eval_episodes: Sequence[Episode],
+    eval_examples: Sequence[Example],
+    tolerance: float = TOLERANCE,
+) -> StopHead:
+    """A stop head fitted on training episodes; its `cut` chosen on the eval episodes."""
+    x, y = stop_rows(train_episodes, train_examples)
+    if len(y) == 0 or y.min() == y.max():
+        raise ValueError("the training episodes need stops that are both right and wrong")
+    head = logistic(x, y)
+    ex, _ = stop_rows(eval_episodes, eval_examples)
+    probs = head.prob(ex) if len(ex) else np.zeros(0)
+    cuts = sorted({1.01, *np.quantile(probs, np.linspace(0, 1, 201)).tolist()}, reverse=True)
+    budget = max(len(ep.evidence) for ep in eval_episodes)
+    rules = [StopRule(budget, head=replace(head, cut=float(c))) for c in cuts]
+    return choose_rule(eval_episodes, eval_examples, rules, tolerance).head
+
+
+def fit_model_stop(
+    model: QModel,
+    train_examples: Sequence[Example],
+    eval_examples: Sequence[Example],
+    budget: int,
+    kind: str = "head",
+    tolerance: float = TOLERANCE,
+) -> dict:
+    """Fit the model's stop (`kind`: "head", or "threshold" chosen for fact EM) on greedy
+    episodes at `budget`, set it in `model.cfg` (the other kind is cleared) and return
+    what it did on the eval examples (evaluate.stop_metrics, as `metrics.stop`)."""
+    cache: dict[str, np.ndarray] = {}
+    eval_runs = run_examples(model, eval_examples, budget, cache=cache)
+    if kind == "head":
+        train_runs = run_examples(model, train_examples, budget, cache=cache)
+        head = fit_head(train_runs, train_examples, eval_runs, eval_examples, tolerance)
+        model.cfg.stop_head, model.cfg.threshold = head.to_dict(), None
+        rule = StopRule(budget, head=head)
+    else:
+        threshold = em_threshold(eval_runs, eval_examples, tolerance)
+        model.cfg.stop_head, model.cfg.threshold = None, threshold
+        rule = StopRule(budget, threshold)
+    return {
+        "rule": kind,
+        "budget": budget,
+        "train_examples": len(train_examples) if kind == "head" else 0,
+        "eval_examples": len(eval_examples),
+        **stop_report(cut_episodes(eval_runs, rule), eval_runs, eval_examples),
+    }
