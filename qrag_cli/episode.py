@@ -19,10 +19,10 @@ from qrag_cli.lexical import MemoryLexicon
 from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import Action, Candidates
 from qrag_cli.stop import StepView, StopRule
-
-__all__ = ["StopRule"]  # the stop rule lives in stop.py; callers may import it from here
 from qrag_cli.store import ChunkRow, IndexSnapshot
 from qrag_cli.types import Episode, Evidence, IndexMismatchError
+
+__all__ = ["StopRule"]  # the stop rule lives in stop.py; callers may import it from here
 
 ALTERNATIVES = 5  # top-k kept per step: --explain, the soft value and exploration use it
 IN_MEMORY = "episode"  # the `path` of evidence picked from chunks held in memory
