@@ -59,13 +59,18 @@ def terms(text: str) -> list[str]:
 
 
 def names(text: str) -> set[str]:
-    """The terms of `text` written somewhere in it with a capital letter or a digit:
-    names, keys, codes, numbers ("Kurt", "Lind", "ABCDE", "4406058"), not prose."""
-    return {
-        w.lower()
-        for w in (m.group(0) for m in _WORD.finditer(_plain(text)))
-        if any(c.isupper() or c.isdigit() for c in w) and w.lower() not in STOPWORDS
-    }
+    """The terms of `text` written somewhere in it with a capital letter, or with letters
+    and digits together: names, keys, codes ("Kurt", "Lind", "ABCDE", "x86"), not prose.
+    Bare numbers are left out: they are values and years rather than the name of a next
+    hop, and with chunk overlap a picked chunk's own number leads to its neighbour."""
+    out = set()
+    for word in (m.group(0) for m in _WORD.finditer(_plain(text))):
+        low = word.lower()
+        if low in STOPWORDS or word.isdigit():
+            continue
+        if word != low or any(c.isdigit() for c in word):
+            out.add(low)
+    return out
 
 
 def sentences(text: str) -> list[str]:

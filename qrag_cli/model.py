@@ -113,7 +113,7 @@ class ModelConfig:
     lexical_query: str = "chunk"
     """Which words of the picked chunks the picked-chunk BM25 term asks for
     (qvalue.lexical_queries): "chunk" = every new word (folders without the field);
-    "names" = the names, keys and codes of the sentences each hop followed."""
+    "names" = the names, keys and codes of the sentences on the question's trail."""
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:

@@ -136,14 +136,16 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     "chunk": every word of the picked chunks the question does not hold. In a long
     document a chunk is mostly other text, so this query is mostly filler, and the
     fact's names can fall behind the cut.
-    "names": the names on the trail. Each pick, in pick order, keeps its first sentence
-    (where a title sits) and every sentence that shares a word with the question or
-    with the sentences kept before it (a chain: the fact's sentence, then the sentence
-    that names what it named); a pick whose sentences share nothing keeps them all. The
-    query is the new words of those sentences that are written with a capital or a
-    digit (names, keys, codes). Chosen on validation (BENCHMARKS.md, "Picked-chunk
-    query"): filler, generic words ("went", "number") and lower-case keys of look-alike
-    facts pulled the next pick astray.
+    "names": the names on the trail. The trail starts as the question's words. Each
+    pick, in pick order, keeps its first sentence (where a title sits) and every
+    sentence that shares a word with the trail (a pick that shares none keeps them
+    all); the names among the kept words join the trail, so the next pick follows the
+    name this one revealed. The query is the new words of the kept sentences written
+    with a capital, or with letters and digits (lexical.names: names, keys, codes; not
+    prose, not bare numbers). Chosen on validation (BENCHMARKS.md, "Picked-chunk
+    query"): filler, generic words ("went", "number"), the lower-case keys of
+    look-alike facts and numbers repeated by the chunk overlap pulled the next pick
+    astray.
 
     Keeping only the rarest new words (not a mode) measured worse on validation: a
     paragraph's title comes first and is the bridge, and rare words are often the
@@ -158,7 +160,8 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
 
 def _bridge_words(state: State, asked: set[str]) -> list[str]:
     """The "names" query before the question's words are taken out."""
-    followed = set(asked)
+    named = lexical.names(" ".join(r.text for r in state.picked))
+    followed = set(asked)  # the trail: the question's words and the names found on it
     kept_per_pick = []
     for row in state.picked:
         words = [lexical.terms(s) for s in lexical.sentences(row.text)]
@@ -167,9 +170,8 @@ def _bridge_words(state: State, asked: set[str]) -> list[str]:
         # trail, the whole chunk, as "chunk" reads it.
         everything = not any(shared)
         kept = [w for j, ws in enumerate(words) if everything or j == 0 or shared[j] for w in ws]
-        followed.update(kept)
+        followed.update(w for w in kept if w in named)
         kept_per_pick.append(kept)
-    named = lexical.names(" ".join(r.text for r in state.picked))
     ordered = dict.fromkeys(w for kept in reversed(kept_per_pick) for w in kept)
     return [w for w in ordered if w in named]
 

@@ -18,6 +18,7 @@ from qrag_cli.config import ChunkConfig
 from qrag_cli.episode import IndexCandidates, MemoryCandidates, StopRule, run_episodes
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model, load_qrag_folder, save_model
+from qrag_cli.model_dirs import default_model_dir
 from qrag_cli.pqn import trainable
 from qrag_cli.store import open_snapshot
 from qrag_cli.types import ModelError
@@ -115,10 +116,23 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
             # The chain: the next pick keeps the sentence naming Kurt Lind (not "went").
             state = qvalue.pick(model, state, source.rows([1])[0])
             assert qvalue.lexical_queries(state)[1] == ["kurt", "lind"]
+    # Names, keys and codes, not prose and not bare numbers (overlap repeats those).
+    assert lexical.names("Kurt put the x86 key 4406058 in The Box, ERR_4402") == {
+        "kurt",
+        "x86",
+        "box",
+        "err",
+    }
     assert features["chunk"][1] == 0.0 and features["chunk"][2] == 1.0  # drawn to filler
     assert features["names"][1] == 1.0 and features["names"][2] == 0.0  # the next hop
 
-    # A model folder names its query; one it does not know is refused with the choices.
+    # A model folder names its query (training sets it; folders written before the choice
+    # existed, like the shipped default, keep "chunk"); an unknown one is refused.
+    trained = trainable(model, frozen_chunks=True, lexical=[0.3, 0.3], lexical_query="names")
+    save_model(trained, tmp_path / "names")
+    assert load_model(str(tmp_path / "names")).cfg.lexical_query == "names"
+    assert "lexical_query" not in json.loads((default_model_dir() / "config.json").read_text())
+    assert load_model("default").cfg.lexical_query == "chunk"
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"lexical_query": "rarest"}))
