@@ -382,6 +382,14 @@ def train_cmd(
             "pure dense Q; or W_QUESTION,W_PICKED to start from."
         ),
     ] = "off",
+    lexical_query: Annotated[
+        str | None,
+        typer.Option(
+            help="What the picked-chunk BM25 term asks for: chunk (every new word) or names "
+            "(the names, keys and codes of the sentences each hop followed); default: the "
+            "starting model's."
+        ),
+    ] = _TRAIN.lexical_query,
     only_lexical: Annotated[
         bool,
         typer.Option("--only-lexical", help="Keep the encoders; learn only the lexical weights."),
@@ -424,6 +432,10 @@ def train_cmd(
         raise UsageError(f"--warm-start must be from 0 to --updates ({updates}), not {warm_start}")
     if stop not in {"apply", "record"}:
         raise UsageError("--stop must be 'apply' or 'record'")
+    from qrag_cli.lexical import PICKED_QUERIES
+
+    if lexical_query not in {None, *PICKED_QUERIES}:
+        raise UsageError(f"--lexical-query must be one of {', '.join(PICKED_QUERIES)}")
     lexical_init = _lexical_weights(lexical, base)
     if resume is None:  # a resumed run writes to its own folder, by design
         check_output(
@@ -456,6 +468,7 @@ def train_cmd(
         bf16=bf16,
         frozen_chunks=frozen_chunks,
         lexical=lexical_init,
+        lexical_query=lexical_query,
         train_encoder=not only_lexical,
         warm_start=warm_start,
         apply_stop=stop == "apply",

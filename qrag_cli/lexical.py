@@ -25,6 +25,8 @@ FTS_TABLE = "chunks_fts"
 # names and identifiers are what this term is for (the dense term covers word forms).
 TOKENIZE = "unicode61 remove_diacritics 2"
 MAX_TERMS = 48  # a query is cut to its first terms: a whole picked chunk is ~100 words
+# What the picked-chunk term asks for (a model's `lexical_query`; qvalue.lexical_queries).
+PICKED_QUERIES = ("chunk", "names")
 
 # Function words carry no evidence; left in, a long query matches every chunk.
 STOPWORDS = frozenset(
@@ -40,16 +42,40 @@ what when where which while who whom why will with would you your yours yourself
 )
 
 _WORD = re.compile(r"[^\W_]+")  # letters and digits, as FTS5's unicode61 tokenizer splits
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def _plain(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
 
 def terms(text: str) -> list[str]:
     """Lower-cased content words of `text` without diacritics (as the FTS5 tokenizer
     stores them), first occurrence order, no repeats."""
-    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     seen = dict.fromkeys(
-        w for w in (m.group(0).lower() for m in _WORD.finditer(plain)) if w not in STOPWORDS
+        w for w in (m.group(0).lower() for m in _WORD.finditer(_plain(text))) if w not in STOPWORDS
     )
     return list(seen)
+
+
+def names(text: str) -> set[str]:
+    """The terms of `text` written somewhere in it with a capital letter, or with letters
+    and digits together: names, keys, codes ("Kurt", "Lind", "ABCDE", "x86"), not prose.
+    Bare numbers are left out: they are values and years rather than the name of a next
+    hop, and with chunk overlap a picked chunk's own number leads to its neighbour."""
+    out = set()
+    for word in (m.group(0) for m in _WORD.finditer(_plain(text))):
+        low = word.lower()
+        if low in STOPWORDS or word.isdigit():
+            continue
+        if word != low or any(c.isdigit() for c in word):
+            out.add(low)
+    return out
+
+
+def sentences(text: str) -> list[str]:
+    """`text` cut after sentence-ending punctuation and at line breaks."""
+    return [s for s in _SENTENCE_END.split(text) if s.strip()]
 
 
 def match_expression(words: Sequence[str]) -> str:

@@ -28,6 +28,7 @@ from qrag_cli.datasets import Example, data_hash, load_examples, split
 from qrag_cli.episode import StopRule, boltzmann, example_sources, run_episodes
 from qrag_cli.evaluate import calibrate_threshold, cut_episodes, run_examples, score, stop_report
 from qrag_cli.files import atomic_output, atomic_write
+from qrag_cli.lexical import PICKED_QUERIES
 from qrag_cli.model import (
     BASE_NAME,
     from_base,
@@ -55,6 +56,7 @@ def trainable(
     positions: str = "none",
     frozen_chunks: bool = False,
     lexical: list[float] | None = None,
+    lexical_query: str | None = None,
 ) -> QModel:
     """Separate E_s and E_a copies of `model`, set up for Q-learning (raw dot products,
     scaled down so initial Q values are small, as in the reference).
@@ -65,12 +67,14 @@ def trainable(
     learned from a billion sentence pairs.
 
     `lexical` starts the lexical terms of Q at these weights (None: the model's own).
+    `lexical_query` picks what the picked-chunk term asks for (None: the model's own).
     A frozen-chunk model trains on with its own settings (a second stage of training).
     """
     lexical = lexical if lexical is not None else model.cfg.lexical
+    query = lexical_query if lexical_query is not None else model.cfg.lexical_query
     state = copy.deepcopy(model.state_encoder)
     if model.cfg.chunk_source() == "base":  # a second stage: E_a and every setting stay
-        cfg = replace(model.cfg, threshold=None, lexical=lexical)
+        cfg = replace(model.cfg, threshold=None, lexical=lexical, lexical_query=query)
         chunk = model.chunk_encoder
     elif frozen_chunks:
         if not (model.cfg.chunk_source() == "shared" and model.cfg.base.startswith(BASE_NAME)):
@@ -86,6 +90,7 @@ def trainable(
             state_normalize=normalize,
             state_scale=scale,
             lexical=lexical,
+            lexical_query=query,
         )
     else:
         state.normalize, state.scale = normalize, scale
@@ -99,6 +104,7 @@ def trainable(
             threshold=None,
             positions=positions,
             lexical=lexical,
+            lexical_query=query,
         )
     return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config), model.folder)
 
@@ -518,6 +524,8 @@ def train(
         raise DataError("need at least two examples (one to train, one to evaluate)")
     if cfg.positions not in {"none", "relative"}:
         raise UsageError("--positions must be 'none' or 'relative'")
+    if cfg.lexical_query not in {None, *PICKED_QUERIES}:
+        raise UsageError(f"--lexical-query must be one of {', '.join(PICKED_QUERIES)}")
     out = Path(cfg.out)
     rng = np.random.default_rng(cfg.seed)
     start, best = 0, -1.0
@@ -534,6 +542,7 @@ def train(
             positions=cfg.positions,
             frozen_chunks=cfg.frozen_chunks,
             lexical=cfg.lexical,
+            lexical_query=cfg.lexical_query,
         )
     if not cfg.train_encoder and not qvalue.uses_lexical(model):
         raise UsageError(

@@ -93,6 +93,7 @@ class State:
     question_ids: list[int]
     picked: tuple[Action, ...] = ()
     picked_ids: tuple[list[int], ...] = ()
+    query: str = "chunk"  # the model's `lexical_query`: how `lexical_queries` reads picks
 
     def then(self, row: Action, ids: list[int]) -> State:
         return replace(self, picked=(*self.picked, row), picked_ids=(*self.picked_ids, ids))
@@ -104,7 +105,8 @@ class State:
 
 def start(model: QModel, questions: Sequence[str]) -> list[State]:
     ids = model.chunk_ids(questions, model.cfg.question_cap)
-    return [State(q, i) for q, i in zip(questions, ids, strict=True)]
+    query = model.cfg.lexical_query
+    return [State(q, i, query=query) for q, i in zip(questions, ids, strict=True)]
 
 
 def pick(model: QModel, state: State, row: Action) -> State:
@@ -128,13 +130,50 @@ def state_tokens(model: QModel, state: State) -> list[int]:
 
 def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     """(question words, new words of the picked chunks, latest pick first; a query keeps
-    its first lexical.MAX_TERMS words). Keeping only the rarest new words (names, not
-    prose) measured worse on validation: a paragraph's title comes first and is the
-    bridge, and rare words are often the picked chunk's own."""
+    its first lexical.MAX_TERMS words), the new words as the state's `query` says
+    (lexical.PICKED_QUERIES):
+
+    "chunk": every word of the picked chunks the question does not hold. In a long
+    document a chunk is mostly other text, so this query is mostly filler, and the
+    fact's names can fall behind the cut.
+    "names": the names on the trail. The trail starts as the question's words. Each
+    pick, in pick order, keeps its first sentence (where a title sits) and every
+    sentence that shares a word with the trail (a pick that shares none keeps them
+    all); the names among the kept words join the trail, so the next pick follows the
+    name this one revealed. The query is the new words of the kept sentences written
+    with a capital, or with letters and digits (lexical.names: names, keys, codes; not
+    prose, not bare numbers). Chosen on validation (BENCHMARKS.md, "Picked-chunk
+    query"): filler, generic words ("went", "number"), the lower-case keys of
+    look-alike facts and numbers repeated by the chunk overlap pulled the next pick
+    astray.
+
+    Keeping only the rarest new words (not a mode) measured worse on validation: a
+    paragraph's title comes first and is the bridge, and rare words are often the
+    picked chunk's own."""
     asked = lexical.terms(state.question)
     known = set(asked)
+    if state.query == "names":
+        return asked, [w for w in _bridge_words(state, known) if w not in known]
     seen = lexical.terms(" ".join(r.text for r in reversed(state.picked)))
     return asked, [w for w in seen if w not in known]
+
+
+def _bridge_words(state: State, asked: set[str]) -> list[str]:
+    """The "names" query before the question's words are taken out."""
+    named = lexical.names(" ".join(r.text for r in state.picked))
+    followed = set(asked)  # the trail: the question's words and the names found on it
+    kept_per_pick = []
+    for row in state.picked:
+        words = [lexical.terms(s) for s in lexical.sentences(row.text)]
+        shared = [not followed.isdisjoint(w) for w in words]
+        # The first sentence (a title) and those on the trail; with nothing on the
+        # trail, the whole chunk, as "chunk" reads it.
+        everything = not any(shared)
+        kept = [w for j, ws in enumerate(words) if everything or j == 0 or shared[j] for w in ws]
+        followed.update(w for w in kept if w in named)
+        kept_per_pick.append(kept)
+    ordered = dict.fromkeys(w for kept in reversed(kept_per_pick) for w in kept)
+    return [w for w in ordered if w in named]
 
 
 # ---- relative chunk positions (rotary), for order-sensitive tasks ------------------------

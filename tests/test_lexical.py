@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,11 @@ from qrag_cli import lexical, qvalue
 from qrag_cli.config import ChunkConfig
 from qrag_cli.episode import IndexCandidates, MemoryCandidates, StopRule, run_episodes
 from qrag_cli.indexer import build_index
-from qrag_cli.model import load_model, save_model
+from qrag_cli.model import load_model, load_qrag_folder, save_model
+from qrag_cli.model_dirs import default_model_dir
 from qrag_cli.pqn import trainable
 from qrag_cli.store import open_snapshot
+from qrag_cli.types import ModelError
 
 TOWNS = (
     "Arnholt Brevik Calder Dunmore Elvang Fennick Garroway Hesketh Ilmby Jorvale Kettering Lowmoor"
@@ -80,6 +83,65 @@ def test_lexical_features_use_the_new_words_of_picked_chunks() -> None:
     assert after[0].tolist() == [0.0, 0.0]  # picked: no longer an action
     assert after[2, 1] == 1.0 and after[3, 1] == 0.0 and 2 in proposals
     assert ((after >= 0) & (after <= 1)).all()
+
+
+# 60 made-up lower-case words: prose that shares no word with any question below.
+FILLER = [
+    a + b + c for a in ("bra", "clo", "dre", "flu") for b in "aeiou" for c in ("m", "n", "st")
+]
+
+
+def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
+    """In a long document a chunk is mostly filler around one fact. Today's query ("chunk")
+    keeps the first MAX_TERMS new words: all filler, so the next hop's names are cut off
+    and the picked-chunk term points at the chunk that shares the filler. "names" keeps
+    the names of the sentence the question led to, and so finds the next hop."""
+    assert len(FILLER) > lexical.MAX_TERMS
+    texts = [
+        " ".join(FILLER) + ". Kurt Lind put down the golden lamp.",
+        "Kurt Lind went to the garden.",
+        " ".join(FILLER[: lexical.MAX_TERMS]) + ".",
+        "Ada Borg went to the kitchen.",
+    ]
+    source = MemoryCandidates(texts, np.zeros((4, 2), np.float32))
+    model = load_model("base")
+    question = "Where is the golden lamp?"
+    features = {}
+    for query in lexical.PICKED_QUERIES:
+        model.cfg = replace(model.cfg, lexical_query=query)
+        state = qvalue.pick(model, qvalue.start(model, [question])[0], source.rows([0])[0])
+        features[query] = qvalue.lexical_features(source, state)[0][:, 1]
+        if query == "names":
+            assert qvalue.lexical_queries(state)[1] == ["kurt", "lind"]
+            # The chain: the next pick keeps the sentence naming Kurt Lind (not "went").
+            state = qvalue.pick(model, state, source.rows([1])[0])
+            assert qvalue.lexical_queries(state)[1] == ["kurt", "lind"]
+    # Names, keys and codes, not prose and not bare numbers (overlap repeats those).
+    assert lexical.names("Kurt put the x86 key 4406058 in The Box, ERR_4402") == {
+        "kurt",
+        "x86",
+        "box",
+        "err",
+    }
+    assert features["chunk"][1] == 0.0 and features["chunk"][2] == 1.0  # drawn to filler
+    assert features["names"][1] == 1.0 and features["names"][2] == 0.0  # the next hop
+
+    # A model folder names its query (training sets it; folders written before the choice
+    # existed, like the shipped default, keep "chunk"); an unknown one is refused.
+    trained = trainable(model, frozen_chunks=True, lexical=[0.3, 0.3], lexical_query="names")
+    save_model(trained, tmp_path / "names")
+    assert load_model(str(tmp_path / "names")).cfg.lexical_query == "names"
+    assert "lexical_query" not in json.loads((default_model_dir() / "config.json").read_text())
+    assert load_model("default").cfg.lexical_query == "chunk"
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"lexical_query": "rarest"}))
+    (folder / "encoder_config.json").write_text("{}")
+    with pytest.raises(ModelError, match="lexical_query must be one of chunk, names"):
+        load_qrag_folder(folder)
+    proc = run_qrag("train", str(tmp_path / "none.jsonl"), "--lexical-query", "rarest")
+    assert proc.returncode != 0 and "--lexical-query must be one of" in proc.stderr
+    assert proc.stderr.count("\n") == 1
 
 
 def test_index_keeps_bm25_in_step_and_old_indexes_gain_it(tmp_path: Path, base_model) -> None:
