@@ -424,6 +424,11 @@ def write_model_card(out: Path, info: dict) -> None:
     if train_cfg and not train_cfg.get("train_encoder", True):
         what = "only the lexical weights (encoders as in the starting model)"
     lexical = cfg.get("lexical")
+    picked_words = (  # "chunk" keeps the words cards said before the choice existed
+        "new words of picked chunks"
+        if cfg.get("lexical_query", "chunk") == "chunk"
+        else f"new words of picked chunks, lexical_query {cfg['lexical_query']}"
+    )
     lines = [
         f"# {cfg['name']}",
         "",
@@ -435,7 +440,7 @@ def write_model_card(out: Path, info: dict) -> None:
         "| Q | <E_s(s), E_a(a)>"
         + (
             f" + {lexical[0]} x BM25(question) + {lexical[1]} x "
-            "BM25(new words of picked chunks), each scaled to [0, 1]"
+            f"BM25({picked_words}), each scaled to [0, 1]"
             if lexical
             else " (dense only)"
         )
