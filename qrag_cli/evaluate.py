@@ -206,20 +206,23 @@ def evaluate(
 ) -> dict:
     """Fixed budgets, plus the model's stop rule (or the given threshold) with the
     largest budget as its ceiling, and how that stop did (`stop`: see stop_metrics)."""
-    out: dict = {}
-    runs: dict[int, list[Episode]] = {}
-    for budget in budgets:
-        runs[budget] = run_examples(model, examples, budget)
-        out[f"budget_{budget}"] = score(runs[budget], examples).to_dict()
+    # Greedy episodes are deterministic: a smaller budget's episode is a prefix of the
+    # ceiling's, and the stop's is the ceiling's cut where the rule fires (cut_episodes),
+    # so one run at the ceiling scores every budget and the stop.
     ceiling = max(budgets)
+    full = run_examples(model, examples, ceiling)
+    out: dict = {
+        f"budget_{budget}": score(full, examples, [budget] * len(full)).to_dict()
+        for budget in budgets
+    }
     rule = rule_for(model.cfg, ceiling, threshold)
     if rule.active:
-        episodes = run_examples(model, examples, ceiling, rule=rule)
+        episodes = cut_episodes(full, rule)
         name, value = ("head", rule.head.cut) if rule.head else ("threshold", rule.threshold)
         out[name] = {"value": value, **score(episodes, examples).to_dict()}
         out["stop"] = {
             "rule": name,
             "budget": ceiling,
-            **stop_report(episodes, runs[ceiling], examples),
+            **stop_report(episodes, full, examples),
         }
     return out
