@@ -2,7 +2,7 @@
 data only: how BENCHMARKS.md "Picked-chunk query" chose. Never give it the bench's
 held-out data (seed 0 stories, the held-out half of the real questions).
 
-    python models/measure_lexical_query.py MODEL_DIR TRAIN_DIR [SET ...]
+    python models/measure_lexical_query.py MODEL_DIR TRAIN_DIR [--query Q] [SET ...]
 
 SET (default: all): val-real, val-gen (TRAIN_DIR's validation files, budget 5);
 gen7:TASK (8 4K-token documents of 4 stories, seed 7, budget 5); long7:TASK:TOKENS (one
@@ -10,6 +10,7 @@ bench-shaped haystack of 20 stories, seed 7, cut without overlap, budget 5);
 olap7:TASK:TOKENS (the same, cut with the index's overlap and scored by fact as the
 bench scores, budget 5); hp500:BUDGET (the first 200 questions of
 hotpotqa_train_500b.json, each over its own 10 paragraphs). One JSON line per set.
+--query Q (repeatable) measures only those queries (default: every one).
 """
 
 from __future__ import annotations
@@ -113,19 +114,25 @@ def main() -> None:
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
     model = load_model(sys.argv[1])
+    args, queries = sys.argv[3:], []
+    while "--query" in args:
+        at = args.index("--query")
+        queries.append(args[at + 1])
+        del args[at : at + 2]
+    queries = queries or list(PICKED_QUERIES)
     cache: dict = {}  # chunk vectors: E_a does not depend on the query
-    for name in sys.argv[3:] or DEFAULT_SETS:
+    for name in args or DEFAULT_SETS:
         row: dict = {"set": name}
         if name.startswith("olap7:"):
             task, tokens = name.split(":")[1:]
-            for query in PICKED_QUERIES:
+            for query in queries:
                 model.cfg = replace(model.cfg, lexical_query=query)
                 row[query] = round(overlapped(model, task, int(tokens), cache), 3)
             print(json.dumps(row), flush=True)
             continue
         exs, budget = examples(name, Path(sys.argv[2]))
         row.update(n=len(exs), budget=budget)
-        for query in PICKED_QUERIES:
+        for query in queries:
             model.cfg = replace(model.cfg, lexical_query=query)
             row[query] = round(score(run_examples(model, exs, budget, cache=cache), exs).fact_em, 3)
         print(json.dumps(row), flush=True)

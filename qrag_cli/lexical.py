@@ -78,6 +78,22 @@ def sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text) if s.strip()]
 
 
+_TITLE = re.compile(r"([^.!?:\n]{1,120}):\s")  # "Title: text", as paragraphs of a wiki dump
+
+
+def heading(text: str) -> str:
+    """The title a chunk opens with, or "": its first line when that is short and ends
+    without sentence punctuation (a Markdown heading, a file's title line), or the text before a
+    colon in its first sentence ("Aschenbrodel: Aschenbrodel is a ballet ..."). A chunk
+    cut from running prose opens with somebody's sentence, not a title."""
+    first = text.lstrip().split("\n", 1)
+    line = first[0].rstrip()
+    if len(first) > 1 and line and line[-1] not in ".!?" and len(line.split()) <= 12:
+        return first[0]
+    match = _TITLE.match(text.lstrip())
+    return match.group(1) if match else ""
+
+
 def match_expression(words: Sequence[str]) -> str:
     """An FTS5 MATCH string OR-ing quoted terms (quotes make every word a plain string)."""
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words[:MAX_TERMS])

@@ -137,15 +137,16 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     document a chunk is mostly other text, so this query is mostly filler, and the
     fact's names can fall behind the cut.
     "names": the names on the trail. The trail starts as the question's words. Each
-    pick, in pick order, keeps its first sentence (where a title sits) and every
-    sentence that shares a word with the trail (a pick that shares none keeps them
-    all); the names among the kept words join the trail, so the next pick follows the
-    name this one revealed. The query is the new words of the kept sentences written
-    with a capital, or with letters and digits (lexical.names: names, keys, codes; not
-    prose, not bare numbers). Chosen on validation (BENCHMARKS.md, "Picked-chunk
-    query"): filler, generic words ("went", "number"), the lower-case keys of
-    look-alike facts and numbers repeated by the chunk overlap pulled the next pick
-    astray.
+    pick, in pick order, keeps every sentence that shares a word with the trail, and
+    its first sentence when it opens with a title (lexical.heading) (a pick that
+    shares none keeps them all); the names among the kept words join the trail, so
+    the next pick follows the name this one revealed. The query is the new words of
+    the kept sentences written with a capital, or with letters and digits
+    (lexical.names: names, keys, codes; not prose, not bare numbers). Chosen on
+    validation (BENCHMARKS.md, "Picked-chunk query"): filler, generic words ("went",
+    "number"), the lower-case keys of look-alike facts, numbers repeated by the chunk
+    overlap and the names in the opening sentence of a chunk cut from prose (another
+    story's fact) pulled the next pick astray.
 
     Keeping only the rarest new words (not a mode) measured worse on validation: a
     paragraph's title comes first and is the bridge, and rare words are often the
@@ -166,10 +167,18 @@ def _bridge_words(state: State, asked: set[str]) -> list[str]:
     for row in state.picked:
         words = [lexical.terms(s) for s in lexical.sentences(row.text)]
         shared = [not followed.isdisjoint(w) for w in words]
-        # The first sentence (a title) and those on the trail; with nothing on the
-        # trail, the whole chunk, as "chunk" reads it.
+        # The sentences on the trail, and the first one when the chunk opens with a title
+        # (it names what the chunk is about); with nothing on the trail, the whole chunk,
+        # as "chunk" reads it. A chunk cut from running prose opens with somebody else's
+        # sentence, whose names would pull the next pick astray.
+        first = bool(lexical.heading(row.text))
         everything = not any(shared)
-        kept = [w for j, ws in enumerate(words) if everything or j == 0 or shared[j] for w in ws]
+        kept = [
+            w
+            for j, ws in enumerate(words)
+            if everything or shared[j] or (first and j == 0)
+            for w in ws
+        ]
         followed.update(w for w in kept if w in named)
         kept_per_pick.append(kept)
     ordered = dict.fromkeys(w for kept in reversed(kept_per_pick) for w in kept)

@@ -49,8 +49,8 @@ def assert_written_by_the_recipe(model: QModel, tmp_path: Path) -> None:
     the kept update the curve's best, and the card made from the config alone."""
     config = json.loads((DEFAULT / "config.json").read_text())
     # Fields newer than the shipped model: a folder written before them loads with their
-    # defaults (no stop head; the "chunk" picked-chunk query).
-    newer = {"stop_head", "lexical_query"}
+    # defaults (no stop head).
+    newer = {"stop_head"}
     assert set(config) <= {"format", *(f.name for f in fields(ModelConfig))}
     assert {f.name for f in fields(ModelConfig)} - set(config) <= newer
     train_keys = {*(f.name for f in fields(TrainConfig))}
@@ -84,6 +84,7 @@ def assert_written_by_the_recipe(model: QModel, tmp_path: Path) -> None:
     train = config["train"]
     assert not train["train_encoder"]  # --only-lexical
     assert train["lexical"] == [float(w) for w in flag["--lexical"].split(",")]
+    assert train["lexical_query"] == config["lexical_query"] == flag["--lexical-query"]
     assert train["apply_stop"] is (flag["--stop"] == "apply")
     for name in ("warm_start", "updates", "eval_every", "budget", "batch", "seed"):
         assert train[name] == int(flag["--" + name.replace("_", "-")]), name

@@ -5,6 +5,7 @@ features, and the second hop a dense-only Q misses."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -123,16 +124,31 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
         "box",
         "err",
     }
+    # The first sentence of a chunk cut from running prose is somebody else's fact, not a
+    # title: its names (Ada Borg) do not join the query; a title does (wiki paragraphs
+    # open with "Title: ", notes with a heading line).
+    model.cfg = replace(model.cfg, lexical_query="names")
+    prose = MemoryCandidates(["Ada Borg went to the office. Kurt met Bo Dahl."], np.zeros((1, 2)))
+    state = qvalue.pick(model, qvalue.start(model, ["Where is Kurt?"])[0], prose.rows([0])[0])
+    assert qvalue.lexical_queries(state)[1] == ["bo", "dahl"]
+    assert lexical.heading("Aschenbrodel: Aschenbrodel is a ballet by Strauss.") == "Aschenbrodel"
+    assert lexical.heading("# Setup notes\nRun make.") == "# Setup notes"
+    assert lexical.heading("Ada Borg went to the office. Kurt: hello.") == ""
     assert features["chunk"][1] == 0.0 and features["chunk"][2] == 1.0  # drawn to filler
     assert features["names"][1] == 1.0 and features["names"][2] == 0.0  # the next hop
 
-    # A model folder names its query (training sets it; folders written before the choice
-    # existed, like the shipped default, keep "chunk"); an unknown one is refused.
+    # A model folder names its query (training sets it, the recipe to "names"; folders
+    # written before the choice existed keep "chunk"); an unknown one is refused.
     trained = trainable(model, frozen_chunks=True, lexical=[0.3, 0.3], lexical_query="names")
     save_model(trained, tmp_path / "names")
     assert load_model(str(tmp_path / "names")).cfg.lexical_query == "names"
-    assert "lexical_query" not in json.loads((default_model_dir() / "config.json").read_text())
-    assert load_model("default").cfg.lexical_query == "chunk"
+    assert load_model("default").cfg.lexical_query == "names"
+    older = tmp_path / "older"
+    shutil.copytree(default_model_dir(), older)
+    config = json.loads((older / "config.json").read_text())
+    del config["lexical_query"]
+    (older / "config.json").write_text(json.dumps(config))
+    assert load_model(str(older)).cfg.lexical_query == "chunk"
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"lexical_query": "rarest"}))
