@@ -41,13 +41,12 @@ bench:
 #     command wrote it (the shipped model of that commit, unchanged); `make train-default
 #     STAGE1_COMMIT=` trains it again on today's data instead.
 #  2. The two BM25 weights of the hybrid Q on top of stage 1's encoders (--only-lexical),
-#     starting at 0.3 each (the best of 0.1/0.3/0.3,0.6 on val-real + val-gen): 30
-#     warm-start (imitation) updates, then 10 of soft Q-learning (about 25 minutes; no
-#     --bf16: on a CPU without native bf16 it is emulated and slower). The picked-chunk
-#     term asks for the names on the question's trail (--lexical-query names, chosen on
-#     validation: BENCHMARKS.md "Picked-chunk query"). Under it the start weights
-#     0.1,0.1 / 0.3,0.3 / 0.3,0.6 select 0.766 / 0.766 / 0.759 (mean of val-real and
-#     val-gen fact EM at update 0); the tie keeps 0.3,0.3.
+#     starting at 0.3 each: 30 warm-start (imitation) updates, then 10 of soft
+#     Q-learning (17-40 minutes; no --bf16: on a CPU without native bf16 it is emulated
+#     and slower). The picked-chunk term asks for the names on the question's trail
+#     (--lexical-query names, chosen on validation: BENCHMARKS.md "Picked-chunk query").
+#     Under it the start weights 0.1,0.1 / 0.3,0.3 / 0.3,0.6 select 0.766 / 0.766 /
+#     0.759 (mean of val-real and val-gen fact EM at update 0); the tie keeps 0.3,0.3.
 # Both select on val-real/val-gen only; the bench's held-out questions are in no file.
 TRAIN_DIR ?= qrag-train
 STAGE1_COMMIT ?= 66684aa
