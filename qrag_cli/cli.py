@@ -432,10 +432,10 @@ def train_cmd(
         raise UsageError(f"--warm-start must be from 0 to --updates ({updates}), not {warm_start}")
     if stop not in {"apply", "record"}:
         raise UsageError("--stop must be 'apply' or 'record'")
-    from qrag_cli.lexical import PICKED_QUERIES
+    from qrag_cli.lexical import bad_query
 
-    if lexical_query not in {None, *PICKED_QUERIES}:
-        raise UsageError(f"--lexical-query must be one of {', '.join(PICKED_QUERIES)}")
+    if lexical_query is not None and (why := bad_query(lexical_query)):
+        raise UsageError(f"--lexical-query {why}")
     lexical_init = _lexical_weights(lexical, base)
     if resume is None:  # a resumed run writes to its own folder, by design
         check_output(

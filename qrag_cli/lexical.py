@@ -28,6 +28,15 @@ MAX_TERMS = 48  # a query is cut to its first terms: a whole picked chunk is ~10
 # What the picked-chunk term asks for (a model's `lexical_query`; qvalue.lexical_queries).
 PICKED_QUERIES = ("chunk", "names")
 
+
+def bad_query(value: object) -> str | None:
+    """Why `value` is not a picked-chunk query (the flag, the training settings and a
+    model folder all check with this), or None when it is one."""
+    if value in PICKED_QUERIES:
+        return None
+    return f"must be one of {', '.join(PICKED_QUERIES)}, not {value!r}"
+
+
 # Function words carry no evidence; left in, a long query matches every chunk.
 STOPWORDS = frozenset(
     """

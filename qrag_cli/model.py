@@ -52,7 +52,7 @@ from torch import nn
 
 from qrag_cli.bert import Bert
 from qrag_cli.files import atomic_write, fsync_folder, sync_tree
-from qrag_cli.lexical import PICKED_QUERIES
+from qrag_cli.lexical import bad_query
 from qrag_cli.model_dirs import base_model_dir, default_model_dir
 from qrag_cli.qnet import Encoder, HFBackbone, QModel, TextTokenizer
 from qrag_cli.types import ModelError
@@ -302,11 +302,8 @@ def load_qrag_folder(folder: Path) -> QModel:
         encoder_config = json.loads((folder / "encoder_config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{folder} is not a readable qrag model: {exc}") from exc
-    if cfg.lexical_query not in PICKED_QUERIES:
-        raise ModelError(
-            f"{folder}/config.json: lexical_query must be one of {', '.join(PICKED_QUERIES)},"
-            f" not {cfg.lexical_query!r}"
-        )
+    if why := bad_query(cfg.lexical_query):
+        raise ModelError(f"{folder}/config.json: lexical_query {why}")
     tensors, base = _stored_tensors(folder, cfg)
 
     def build(prefix: str, normalize: bool, scale: float) -> Encoder:

@@ -28,7 +28,7 @@ from qrag_cli.datasets import Example, data_hash, load_examples, split
 from qrag_cli.episode import StopRule, boltzmann, example_sources, run_episodes
 from qrag_cli.evaluate import calibrate_threshold, cut_episodes, run_examples, score, stop_report
 from qrag_cli.files import atomic_output, atomic_write
-from qrag_cli.lexical import PICKED_QUERIES
+from qrag_cli.lexical import bad_query
 from qrag_cli.model import (
     BASE_NAME,
     from_base,
@@ -524,8 +524,8 @@ def train(
         raise DataError("need at least two examples (one to train, one to evaluate)")
     if cfg.positions not in {"none", "relative"}:
         raise UsageError("--positions must be 'none' or 'relative'")
-    if cfg.lexical_query not in {None, *PICKED_QUERIES}:
-        raise UsageError(f"--lexical-query must be one of {', '.join(PICKED_QUERIES)}")
+    if cfg.lexical_query is not None and (why := bad_query(cfg.lexical_query)):
+        raise UsageError(f"--lexical-query {why}")
     out = Path(cfg.out)
     rng = np.random.default_rng(cfg.seed)
     start, best = 0, -1.0
