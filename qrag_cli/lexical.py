@@ -82,6 +82,35 @@ def names(text: str) -> set[str]:
     return out
 
 
+_JOINS_NAME = re.compile(r"[ \t'\u2019-]+")  # "Sandra Nord", "Jean-Paul", "O'Brien"
+
+
+def name_runs(text: str) -> list[tuple[str, ...]]:
+    """The names of `text` (see `names`) grouped as written: words standing next to each
+    other, apart only by spaces, hyphens or apostrophes, form one run ("Sandra Nord" ->
+    ("sandra", "nord")).
+    A person or a title of several words is one run; its surname alone is not it."""
+    plain = _plain(text)
+    runs: list[list[str]] = []
+    end = -1
+    for m in _WORD.finditer(plain):
+        word, low = m.group(0), m.group(0).lower()
+        is_name = (
+            low not in STOPWORDS
+            and not word.isdigit()
+            and (word != low or any(c.isdigit() for c in word))
+        )
+        if not is_name:
+            end = -1
+            continue
+        if end >= 0 and _JOINS_NAME.fullmatch(plain[end : m.start()]):
+            runs[-1].append(low)
+        else:
+            runs.append([low])
+        end = m.end()
+    return [tuple(r) for r in runs]
+
+
 def sentences(text: str) -> list[str]:
     """`text` cut after sentence-ending punctuation and at line breaks."""
     return [s for s in _SENTENCE_END.split(text) if s.strip()]

@@ -162,27 +162,40 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
 def _bridge_words(state: State, asked: set[str]) -> list[str]:
     """The "names" query before the question's words are taken out."""
     named = lexical.names(" ".join(r.text for r in state.picked))
-    followed = set(asked)  # the trail: the question's words and the names found on it
+    # The trail: the question's words and the names found on it. A name of several words
+    # ("Sandra Nord") is followed as a whole: a sentence about "Alva Nord" is not on
+    # the trail of "Sandra Nord", and its names would pull the next pick astray.
+    runs = {r for r in lexical.name_runs(state.question) if len(r) > 1}
+    single = asked - {w for r in runs for w in r}
     kept_per_pick = []
     for row in state.picked:
-        words = [lexical.terms(s) for s in lexical.sentences(row.text)]
-        shared = [not followed.isdisjoint(w) for w in words]
+        said = lexical.sentences(row.text)
+        words = [lexical.terms(s) for s in said]
+        shared = [_on_trail(set(w), single, runs) for w in words]
         # The sentences on the trail, and the first one when the chunk opens with a title
         # (it names what the chunk is about); with nothing on the trail, the whole chunk,
         # as "chunk" reads it. A chunk cut from running prose opens with somebody else's
         # sentence, whose names would pull the next pick astray.
         first = bool(lexical.heading(row.text))
         everything = not any(shared)
-        kept = [
-            w
-            for j, ws in enumerate(words)
-            if everything or shared[j] or (first and j == 0)
-            for w in ws
-        ]
-        followed.update(w for w in kept if w in named)
+        kept = []
+        for j, ws in enumerate(words):
+            if not (everything or shared[j] or (first and j == 0)):
+                continue
+            kept.extend(ws)
+            long = [r for r in lexical.name_runs(said[j]) if len(r) > 1]
+            runs.update(long)
+            in_runs = {w for r in long for w in r}
+            single.update(w for w in ws if w in named and w not in in_runs)
         kept_per_pick.append(kept)
     ordered = dict.fromkeys(w for kept in reversed(kept_per_pick) for w in kept)
     return [w for w in ordered if w in named]
+
+
+def _on_trail(words: set[str], single: set[str], runs: set[tuple[str, ...]]) -> bool:
+    """A sentence is on the trail when it holds one of its single words, or two words of
+    one of its names of several words."""
+    return not single.isdisjoint(words) or any(sum(w in words for w in r) >= 2 for r in runs)
 
 
 # ---- relative chunk positions (rotary), for order-sensitive tasks ------------------------

@@ -131,6 +131,18 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     prose = MemoryCandidates(["Ada Borg went to the office. Kurt met Bo Dahl."], np.zeros((1, 2)))
     state = qvalue.pick(model, qvalue.start(model, ["Where is Kurt?"])[0], prose.rows([0])[0])
     assert qvalue.lexical_queries(state)[1] == ["bo", "dahl"]
+    # A name of several words is followed whole: Alva Nord shares only a surname with the
+    # asked Sandra Nord, so her sentence is not on the trail and "alva" is not news.
+    chunk = "Sandra Nord moved to the hallway. Alva Nord moved to the library. Bo met Sandra Nord."
+    near = MemoryCandidates([chunk], np.zeros((1, 2)))
+    state = qvalue.start(model, ["Where is Sandra Nord?"])[0]
+    state = qvalue.pick(model, state, near.rows([0])[0])
+    assert qvalue.lexical_queries(state)[1] == ["bo"]
+    assert lexical.name_runs("Is Jean-Paul O'Brien in New York? He set VAR X1.") == [
+        ("jean", "paul", "o", "brien"),
+        ("new", "york"),
+        ("var", "x1"),
+    ]
     assert lexical.heading("Aschenbrodel: Aschenbrodel is a ballet by Strauss.") == "Aschenbrodel"
     assert lexical.heading("# Setup notes\nRun make.") == "# Setup notes"
     assert lexical.heading("Ada Borg went to the office. Kurt: hello.") == ""
