@@ -45,8 +45,9 @@ bench:
 #     Q-learning (17-40 minutes; no --bf16: on a CPU without native bf16 it is emulated
 #     and slower). The picked-chunk term asks for the names on the question's trail
 #     (--lexical-query names, chosen on validation: BENCHMARKS.md "Picked-chunk query").
-#     Under it the start weights 0.1,0.1 / 0.3,0.3 / 0.3,0.6 select 0.766 / 0.766 /
-#     0.759 (mean of val-real and val-gen fact EM at update 0); the tie keeps 0.3,0.3.
+#     Under it (before names of several words were followed whole) the start weights
+#     0.1,0.1 / 0.3,0.3 / 0.3,0.6 selected 0.766 / 0.766 / 0.759 (mean of val-real and
+#     val-gen fact EM at update 0); the tie keeps 0.3,0.3.
 # Both select on val-real/val-gen only; the bench's held-out questions are in no file.
 TRAIN_DIR ?= qrag-train
 STAGE1_COMMIT ?= 66684aa
