@@ -136,7 +136,9 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     "chunk": every word of the picked chunks the question does not hold. In a long
     document a chunk is mostly other text, so this query is mostly filler, and the
     fact's names can fall behind the cut.
-    "names": the names on the trail. The trail starts as the question's words. Each
+    "names": the question query also asks each of the question's names of several words
+    whole (an FTS5 phrase: "Olga Ros" outranks "Olga Ek"), and the picked-chunk query
+    holds the names on the trail. The trail starts as the question's words. Each
     pick, in pick order, keeps every sentence that shares a word with the trail (two
     words of a name written as several, lexical.name_runs: "Alva Nord" is not on the
     trail of "Sandra Nord"), and its first sentence when it opens with a title
@@ -157,7 +159,11 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     asked = lexical.terms(state.question)
     known = set(asked)
     if state.query == "names":
-        return asked, [w for w in _bridge_words(state, known) if w not in known]
+        # A name of several words is also asked whole (an FTS5 phrase), so a chunk about
+        # "Olga Ros" outranks the chunks about "Olga Ek" and "Olga Berg".
+        whole = [" ".join(r) for r in lexical.name_runs(state.question) if len(r) > 1]
+        bridge = [w for w in _bridge_words(state, known) if w not in known]
+        return [*whole, *asked], bridge
     seen = lexical.terms(" ".join(r.text for r in reversed(state.picked)))
     return asked, [w for w in seen if w not in known]
 

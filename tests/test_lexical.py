@@ -138,6 +138,20 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     state = qvalue.start(model, ["Where is Sandra Nord?"])[0]
     state = qvalue.pick(model, state, near.rows([0])[0])
     assert qvalue.lexical_queries(state)[1] == ["bo"]
+    # The question's name of several words is asked whole too (an FTS5 phrase): chunks
+    # holding only part of "Olga Ros" fall well behind the one holding all of it.
+    olgas = ["Olga Ek met Olga Berg.", "Olga Ros went to the office.", "Ada Ros sang.", "Bo ate."]
+    source = MemoryCandidates(olgas, np.zeros((4, 2)))
+    question = {}
+    for query in lexical.PICKED_QUERIES:
+        model.cfg = replace(model.cfg, lexical_query=query)
+        question[query] = qvalue.start(model, ["Where is Olga Ros?"])[0]
+    assert qvalue.lexical_queries(question["names"])[0] == ["olga ros", "olga", "ros"]
+    parts = {q: qvalue.lexical_features(source, s)[0][:, 0] for q, s in question.items()}
+    assert parts["chunk"][1] == parts["names"][1] == 1.0
+    assert parts["chunk"][0] > 0.6 and parts["chunk"][2] > 0.6  # words asked one by one
+    assert parts["names"][0] < 0.45 and parts["names"][2] < 0.45  # the whole name asked
+    model.cfg = replace(model.cfg, lexical_query="names")
     assert lexical.name_runs("Is Jean-Paul O'Brien in New York? He set VAR X1.") == [
         ("jean", "paul", "o", "brien"),
         ("new", "york"),
