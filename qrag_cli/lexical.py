@@ -86,10 +86,10 @@ _JOINS_NAME = re.compile(r"[ \t'\u2019-]+")  # "Sandra Nord", "Jean-Paul", "O'Br
 
 
 def name_runs(text: str) -> list[tuple[str, ...]]:
-    """The names of `text` (see `names`) grouped as written: words standing next to each
-    other, apart only by spaces, hyphens or apostrophes, form one run ("Sandra Nord" ->
-    ("sandra", "nord")).
-    A person or a title of several words is one run; its surname alone is not it."""
+    """The names of several words in `text` (see `names`): name words standing next to
+    each other, apart only by spaces, hyphens or apostrophes ("Sandra Nord" -> ("sandra",
+    "nord")). A person or a title of several words is one run; its surname alone is not
+    it, and a name of one word is no run."""
     plain = _plain(text)
     runs: list[list[str]] = []
     end = -1
@@ -108,7 +108,7 @@ def name_runs(text: str) -> list[tuple[str, ...]]:
         else:
             runs.append([low])
         end = m.end()
-    return [tuple(r) for r in runs]
+    return [tuple(r) for r in runs if len(r) > 1]
 
 
 def sentences(text: str) -> list[str]:
@@ -133,7 +133,8 @@ def heading(text: str) -> str:
 
 
 def match_expression(words: Sequence[str]) -> str:
-    """An FTS5 MATCH string OR-ing quoted terms (quotes make every word a plain string)."""
+    """An FTS5 MATCH string OR-ing quoted terms (quotes make every word a plain string;
+    an entry of several words, "olga ros", is a phrase: its words in that order)."""
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words[:MAX_TERMS])
 
 

@@ -161,20 +161,20 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     if state.query == "names":
         # A name of several words is also asked whole (an FTS5 phrase), so a chunk about
         # "Olga Ros" outranks the chunks about "Olga Ek" and "Olga Berg".
-        whole = [" ".join(r) for r in lexical.name_runs(state.question) if len(r) > 1]
-        bridge = [w for w in _bridge_words(state, known) if w not in known]
-        return [*whole, *asked], bridge
+        runs = lexical.name_runs(state.question)
+        bridge = [w for w in _bridge_words(state, known, runs) if w not in known]
+        return [*dict.fromkeys(" ".join(r) for r in runs), *asked], bridge
     seen = lexical.terms(" ".join(r.text for r in reversed(state.picked)))
     return asked, [w for w in seen if w not in known]
 
 
-def _bridge_words(state: State, asked: set[str]) -> list[str]:
+def _bridge_words(state: State, asked: set[str], asked_runs: list[tuple[str, ...]]) -> list[str]:
     """The "names" query before the question's words are taken out."""
     named = lexical.names(" ".join(r.text for r in state.picked))
     # The trail: the question's words and the names found on it. A name of several words
     # ("Sandra Nord") is followed as a whole: a sentence about "Alva Nord" is not on
     # the trail of "Sandra Nord", and its names would pull the next pick astray.
-    runs = {r for r in lexical.name_runs(state.question) if len(r) > 1}
+    runs = set(asked_runs)
     single = asked - {w for r in runs for w in r}
     kept_per_pick = []
     for row in state.picked:
@@ -192,7 +192,7 @@ def _bridge_words(state: State, asked: set[str]) -> list[str]:
             if not (everything or shared[j] or (first and j == 0)):
                 continue
             kept.extend(ws)
-            long = [r for r in lexical.name_runs(said[j]) if len(r) > 1]
+            long = lexical.name_runs(said[j])
             runs.update(long)
             in_runs = {w for r in long for w in r}
             single.update(w for w in ws if w in named and w not in in_runs)
