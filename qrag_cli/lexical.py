@@ -111,6 +111,18 @@ def name_runs(text: str) -> list[tuple[str, ...]]:
     return [tuple(r) for r in runs if len(r) > 1]
 
 
+_COMPOUND = re.compile(r"[^\W_]+(?:-[^\W_]+)+")  # "brisk-quarry", "covid-19", "x86-64"
+
+
+def compounds(text: str) -> list[tuple[str, ...]]:
+    """The words of `text` joined by hyphens into one ("brisk-quarry" -> ("brisk",
+    "quarry")), in any case: keys, codes and compound names are one identifier, and the
+    chunk about "brisk-quarry" must outrank one about "mellow-quarry" and "brisk-island"
+    that holds both words apart."""
+    plain = _plain(text)
+    return [tuple(w.lower() for w in m.group(0).split("-")) for m in _COMPOUND.finditer(plain)]
+
+
 def sentences(text: str) -> list[str]:
     """`text` cut after sentence-ending punctuation and at line breaks."""
     return [s for s in _SENTENCE_END.split(text) if s.strip()]

@@ -151,6 +151,29 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     assert parts["chunk"][1] == parts["names"][1] == 1.0
     assert parts["chunk"][0] > 0.6 and parts["chunk"][2] > 0.6  # words asked one by one
     assert parts["names"][0] < 0.45 and parts["names"][2] < 0.45  # the whole name asked
+    # Words joined by hyphens are one key, in any case: the chunk holding "brisk-quarry"
+    # outranks the one holding "brisk" and "quarry" apart (RULER's look-alike keys).
+    keys = [
+        "The number for mellow-quarry is 25. The number for brisk-island is 71.",
+        "The number for brisk-quarry is 54.",
+        *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept."],
+    ]
+    source = MemoryCandidates(keys, np.zeros((len(keys), 2)))
+    asked = {}
+    for query in lexical.PICKED_QUERIES:
+        model.cfg = replace(model.cfg, lexical_query=query)
+        asked[query] = qvalue.start(model, ["What is the number for brisk-quarry?"])[0]
+    assert qvalue.lexical_queries(asked["names"])[0][0] == "brisk quarry"
+    ranked = {q: qvalue.lexical_features(source, s)[0][:, 0] for q, s in asked.items()}
+    assert ranked["chunk"][1] == ranked["names"][1] == 1.0
+    assert ranked["chunk"][0] > 0.75  # its words asked one by one: nearly as good
+    assert ranked["names"][0] < 0.5  # the key asked whole
+    assert lexical.compounds("Is brisk-quarry x86-64 or Jean-Paul - a-b?") == [
+        ("brisk", "quarry"),
+        ("x86", "64"),
+        ("jean", "paul"),
+        ("a", "b"),
+    ]
     model.cfg = replace(model.cfg, lexical_query="names")
     assert lexical.name_runs("Is Jean-Paul O'Brien in New York? He set VAR X1.") == [
         ("jean", "paul", "o", "brien"),
