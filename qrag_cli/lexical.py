@@ -144,10 +144,27 @@ def heading(text: str) -> str:
     return match.group(1) if match else ""
 
 
+# An entry that starts with this matches only at the start of a chunk (FTS5's initial
+# token query); no term starts with it (terms are letters and digits).
+OPENING = "^"
+
+
+def opening(phrase: str) -> str:
+    """A query entry matching `phrase` only where a chunk opens with it: a chunk that
+    opens with a name (a title, "Jeff Scott Soto: ...", or a heading) is about it, more
+    than one that mentions it ("... an album by Jeff Scott Soto")."""
+    return OPENING + phrase
+
+
 def match_expression(words: Sequence[str]) -> str:
     """An FTS5 MATCH string OR-ing quoted terms (quotes make every word a plain string;
-    an entry of several words, "olga ros", is a phrase: its words in that order)."""
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words[:MAX_TERMS])
+    an entry of several words, "olga ros", is a phrase: its words in that order; an
+    entry made by `opening` matches at the start of a chunk only)."""
+    parts = []
+    for w in words[:MAX_TERMS]:
+        start = "^" if w.startswith(OPENING) else ""
+        parts.append(start + '"' + w.removeprefix(OPENING).replace('"', '""') + '"')
+    return " OR ".join(parts)
 
 
 def create_table(conn: sqlite3.Connection, external: bool) -> None:

@@ -138,7 +138,8 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     fact's names can fall behind the cut.
     "names": the question query also asks each of the question's names of several words
     and hyphenated compounds whole (an FTS5 phrase: "Olga Ros" outranks "Olga Ek",
-    "brisk-quarry" outranks "brisk-island"), and the picked-chunk query
+    "brisk-quarry" outranks "brisk-island"), and again where a chunk opens with it (its
+    title: lexical.opening), and the picked-chunk query
     holds the names on the trail. The trail starts as the question's words. Each
     pick, in pick order, keeps every sentence that shares a word with the trail (two
     words of a name written as several, lexical.name_runs: "Alva Nord" is not on the
@@ -162,11 +163,14 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     if state.query == "names":
         # A name of several words, or words joined by hyphens, is also asked whole (an
         # FTS5 phrase), so a chunk about "Olga Ros" outranks the chunks about "Olga Ek"
-        # and "Olga Berg", and "brisk-quarry" outranks "mellow-quarry ... brisk-island".
+        # and "Olga Berg", and "brisk-quarry" outranks "mellow-quarry ... brisk-island";
+        # and once more at the start of a chunk, so the chunk titled "Jeff Scott Soto"
+        # outranks the one about "an album by Jeff Scott Soto".
         runs = lexical.name_runs(state.question)
         bridge = [w for w in _bridge_words(state, known, runs) if w not in known]
-        phrases = [*runs, *lexical.compounds(state.question)]
-        return [*dict.fromkeys(" ".join(r) for r in phrases), *asked], bridge
+        whole = [*runs, *lexical.compounds(state.question)]
+        phrases = list(dict.fromkeys(" ".join(r) for r in whole))
+        return [*map(lexical.opening, phrases), *phrases, *asked], bridge
     seen = lexical.terms(" ".join(r.text for r in reversed(state.picked)))
     return asked, [w for w in seen if w not in known]
 
