@@ -101,12 +101,13 @@ def measure(
         _ = snapshot.hnsw
         load_s = time.perf_counter() - t0
         run_episodes(model, list(questions[:1]), [ann], StopRule(steps))  # warm-up
-        step_ms, search_ms, agree, total = [], [], 0, 0
+        step_ms, encode_ms, search_ms, agree, total = [], [], [], 0, 0
         for q in questions:
             clock: dict[str, float] = {}
             t0 = time.perf_counter()
             a = run_episodes(model, [q], [ann], StopRule(steps), timings=clock)[0]
             step_ms.append((time.perf_counter() - t0) * 1000 / steps)
+            encode_ms.append(clock["encode_ms"] / steps)
             search_ms.append(clock["search_ms"] / steps)
             b = run_episodes(model, [q], [exact], StopRule(steps))[0]
             for x, y in zip(a.evidence, b.evidence, strict=False):
@@ -139,6 +140,7 @@ def measure(
         "chunks": n_chunks,
         "warm_step_ms_median": statistics.median(step_ms),
         "warm_step_ms_p95": float(np.percentile(step_ms, 95)),
+        "encode_ms_per_step_median": statistics.median(encode_ms),
         "search_ms_per_step_median": statistics.median(search_ms),
         "hnsw_load_s": load_s,
         "ann_exact_agreement": agree / max(total, 1),
