@@ -385,9 +385,9 @@ def train_cmd(
     lexical_query: Annotated[
         str | None,
         typer.Option(
-            help="What the picked-chunk BM25 term asks for: chunk (every new word) or names "
-            "(the names, keys and codes of the sentences each hop followed); default: the "
-            "starting model's."
+            help="How the BM25 terms read the state: chunk (every new word of the picks) or "
+            "names (the names, keys and codes of the sentences each hop followed, and the "
+            "question's names and keys asked whole); default: the starting model's."
         ),
     ] = _TRAIN.lexical_query,
     only_lexical: Annotated[

@@ -340,9 +340,10 @@ class TrainConfig:
     """Start the lexical terms of Q ([question BM25, picked-chunk BM25], qvalue.py) at
     these weights and learn them; None = the starting model's (pure dense for the base)."""
     lexical_query: str | None = None
-    """Which words of the picked chunks the picked-chunk BM25 term asks for ("chunk" or
-    "names", see qvalue.lexical_queries); None = the starting model's ("chunk" for the
-    base and for folders written before the choice existed)."""
+    """How the two BM25 terms read the state ("chunk" or "names", see
+    qvalue.lexical_queries: under "names" the question term also asks its names and keys
+    whole); None = the starting model's ("chunk" for the base and for folders written
+    before the choice existed)."""
     lexical_lr: float = 1e-2
     """Peak learning rate of the two lexical weights (scalars move slowly at an encoder's
     rate); follows the same schedule."""

@@ -25,7 +25,8 @@ FTS_TABLE = "chunks_fts"
 # names and identifiers are what this term is for (the dense term covers word forms).
 TOKENIZE = "unicode61 remove_diacritics 2"
 MAX_TERMS = 48  # a query is cut to its first terms: a whole picked chunk is ~100 words
-# What the picked-chunk term asks for (a model's `lexical_query`; qvalue.lexical_queries).
+# How the lexical queries are read (a model's `lexical_query`; qvalue.lexical_queries): the
+# picked-chunk term's words, and under "names" the question term's phrases too.
 PICKED_QUERIES = ("chunk", "names")
 
 
@@ -162,8 +163,9 @@ def match_expression(words: Sequence[str]) -> str:
     entry made by `opening` matches at the start of a chunk only)."""
     parts = []
     for w in words[:MAX_TERMS]:
-        start = "^" if w.startswith(OPENING) else ""
-        parts.append(start + '"' + w.removeprefix(OPENING).replace('"', '""') + '"')
+        # OPENING is FTS5's own initial-token operator: it stays outside the quotes.
+        start, body = (OPENING, w[1:]) if w.startswith(OPENING) else ("", w)
+        parts.append(start + '"' + body.replace('"', '""') + '"')
     return " OR ".join(parts)
 
 

@@ -114,9 +114,11 @@ class ModelConfig:
     """Weights of the lexical terms of Q (qvalue.py): [question BM25, picked-chunk BM25],
     learned by `qrag train`; None = the paper's pure dense Q."""
     lexical_query: str = "chunk"
-    """Which words of the picked chunks the picked-chunk BM25 term asks for
-    (qvalue.lexical_queries): "chunk" = every new word (folders without the field);
-    "names" = the names, keys and codes of the sentences on the question's trail."""
+    """How the two BM25 terms read the state (qvalue.lexical_queries): "chunk" = the
+    question's words, and every new word of the picked chunks (folders without the
+    field); "names" = the question's words plus its names and hyphenated keys asked whole
+    (also at a chunk's start), and the names, keys and codes of the sentences on the
+    question's trail."""
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:

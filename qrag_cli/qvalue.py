@@ -136,24 +136,22 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     "chunk": every word of the picked chunks the question does not hold. In a long
     document a chunk is mostly other text, so this query is mostly filler, and the
     fact's names can fall behind the cut.
-    "names": the question query also asks each of the question's names of several words
-    and hyphenated compounds whole (an FTS5 phrase: "Olga Ros" outranks "Olga Ek",
+    "names": the question query also asks each of the question's names of several words and
+    hyphenated compounds whole (an FTS5 phrase: "Olga Ros" outranks "Olga Ek",
     "brisk-quarry" outranks "brisk-island"), and again where a chunk opens with it (its
-    title: lexical.opening), and the picked-chunk query
-    holds the names on the trail. The trail starts as the question's words. Each
-    pick, in pick order, keeps every sentence that shares a word with the trail (two
-    words of a name written as several, lexical.name_runs: "Alva Nord" is not on the
-    trail of "Sandra Nord"), and its first sentence when it opens with a title
-    (lexical.heading) (a pick that shares none keeps them all); the names among the
-    kept words join the trail, so
-    the next pick follows the name this one revealed. The query is the new words of
-    the kept sentences written with a capital, or with letters and digits
-    (lexical.names: names, keys, codes; not prose, not bare numbers). Chosen on
+    title: lexical.opening); the picked-chunk query holds the names on the trail. The trail
+    starts as the question's words. Each pick, in pick order, keeps every sentence that
+    shares a word with the trail (two words of a name written as several, lexical.name_runs:
+    "Alva Nord" is not on the trail of "Sandra Nord"), and its first sentence when it opens
+    with a title (lexical.heading) (a pick that shares none keeps them all); the names among
+    the kept words join the trail, so the next pick follows the name this one revealed. The
+    query is the new words of the kept sentences written with a capital, or with letters and
+    digits (lexical.names: names, keys, codes; not prose, not bare numbers). Chosen on
     validation (BENCHMARKS.md, "Picked-chunk query"): filler, generic words ("went",
     "number"), the lower-case keys of look-alike facts, numbers repeated by the chunk
-    overlap, the names in the opening sentence of a chunk cut from prose (another
-    story's fact) and a sentence sharing only a surname with the asked person pulled
-    the next pick astray.
+    overlap, the names in the opening sentence of a chunk cut from prose (another story's
+    fact) and a sentence sharing only a surname with the asked person pulled the next pick
+    astray.
 
     Keeping only the rarest new words (not a mode) measured worse on validation: a
     paragraph's title comes first and is the bridge, and rare words are often the

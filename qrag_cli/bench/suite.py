@@ -398,7 +398,7 @@ def markdown(result: dict) -> str:
             f"- index: {s['index']['tokens_per_s']:.0f} tokens/s; raw encoder "
             f"{s['raw_encoder']['tokens_per_s']:.0f} tokens/s (ratio "
             f"{s['index_over_raw']:.2f}; the encoder is "
-            f"{s['index'].get('embed_share', float('nan')):.0%} of indexing time); "
+            f"{s['index']['embed_share']:.0%} of indexing time); "
             f"{s['index']['mb_per_1m_tokens']:.1f} MB per 1M tokens",
             "",
             "| chunks | warm step ms (median) | p95 | ANN = exact | cold ask s |",
