@@ -438,8 +438,8 @@ def write_model_card(out: Path, info: dict) -> None:
         "|---|---|",
         "| Q | <E_s(s), E_a(a)>"
         + (
-            f" + {lexical[0]} x BM25(question) + {lexical[1]} x "
-            f"BM25({picked_words}), each scaled to [0, 1]"
+            f" + {lexical[0]} x BM25(question) / best chunk + {lexical[1]} x "
+            f"BM25({picked_words}) / best chunk not picked (qvalue.py)"
             if lexical
             else " (dense only)"
         )

@@ -2,16 +2,22 @@
 candidate set and the scores. `qrag ask`, training rollouts, training targets and loss,
 and evaluation all call this module; none computes Q on its own.
 
-    Q(s, a) = <E_s(s), pos(E_a(a))>                            the paper's dense term
-            + w_question * bm25(question -> a) / best          exact names, keys, codes
-            + w_picked   * bm25(new words of picked -> a) / best   the next hop's bridge
+    Q(s, a) = <E_s(s), pos(E_a(a))>                                 the paper's dense term
+            + w_question * bm25(question -> a) / best of all chunks     exact names, keys, codes
+            + w_picked   * bm25(new words of picked -> a) / best left   the next hop's bridge
 
-`best` is the highest BM25 score among the chunks still available, so both lexical
-features lie in [0, 1] whatever the corpus size. "New words" are the words of the picked
-chunks that the question does not already hold: the entity a first hop reveals ("kept by
-Ines Berg") and the second hop must find. The weights are the model's
-(`ModelConfig.lexical`, learned by `qrag train`); a model without them, or `--lexical off`,
-is the pure dense Q.
+Dividing by the best score keeps both lexical features in [0, 1] whatever the corpus
+size. The question term divides by the best chunk of the whole corpus, picked ones
+included: once the question's best match has been picked, a chunk that only shares a
+word with it ("grey jug" once "black jug" is taken) keeps its modest score instead of
+being scaled up to a full match and outranking the next hop. The picked-chunk term
+divides by the best chunk still available: its words come from the picks, which
+always hold them.
+
+"New words" are the words of the picked chunks that the question does not already hold:
+the entity a first hop reveals ("kept by Ines Berg") and the second hop must find. The
+weights are the model's (`ModelConfig.lexical`, learned by `qrag train`); a model without
+them, or `--lexical off`, is the pure dense Q.
 
 Candidates at each step are the union of the dense top-`pool` (HNSW, or every chunk) and
 each lexical feature's top-`pool`, all scored exactly.
@@ -30,6 +36,7 @@ from qrag_cli import lexical
 from qrag_cli.qnet import QModel
 
 POOL = 64  # candidates proposed per signal (dense, each lexical feature) and step
+QUESTION = 0  # the question term's lexical feature column (the picked-chunk term's is 1)
 
 
 class Action(Protocol):
@@ -261,11 +268,14 @@ def lexical_features(
     exclude = np.fromiter(state.exclude, np.int64)
     for column, words in enumerate(lexical_queries(state)):
         ids, scores = source.bm25(words)
+        whole = scores.max() if len(scores) else 0.0  # picked chunks included
         keep = ~np.isin(ids, exclude)
         ids, scores = ids[keep], scores[keep]
         if len(ids) == 0:
             continue
-        features[ids, column] = scores / scores.max()
+        # The question term against the whole corpus, the picked-chunk term against what is
+        # left (module docstring): chosen on validation, BENCHMARKS.md "Question term".
+        features[ids, column] = scores / (whole if column == QUESTION else scores.max())
         if raw_max is not None:
             raw_max[column] = float(scores.max())
         proposals.append(ids[np.argsort(-scores, kind="stable")[:POOL]])

@@ -86,6 +86,30 @@ def test_lexical_features_use_the_new_words_of_picked_chunks() -> None:
     assert ((after >= 0) & (after <= 1)).all()
 
 
+def test_question_term_keeps_its_scale_once_its_best_match_is_picked() -> None:
+    """After the question's best match is taken, a chunk sharing one of its words ("grey
+    jug") keeps its partial score: scaled against what is left it became a full match and
+    outranked the holder's next fact (real bAbI qa2, validation seed 7)."""
+    texts = [
+        "Daniel Ek grabbed the black jug there.",
+        "Cora Berg picked up the grey jug there.",
+        "Daniel Ek journeyed to the office.",
+        *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept.", "Ulf swam.", "Mia read."],
+    ]
+    source = MemoryCandidates(texts, np.zeros((len(texts), 2), np.float32))
+    model = load_model("base")
+    model.cfg = replace(model.cfg, lexical_query="names")
+    state = qvalue.start(model, ["Where is the black jug?"])[0]
+    before, _ = qvalue.lexical_features(source, state)
+    assert before[0, 0] == 1.0 and 0.2 < before[1, 0] < 0.8
+    state = qvalue.pick(model, state, source.rows([0])[0])
+    after, _ = qvalue.lexical_features(source, state)
+    assert after[1, 0] == pytest.approx(before[1, 0])  # not scaled up to 1
+    assert after[2].tolist() == [0.0, 1.0]  # the holder's fact: the bridge's best match
+    weights = np.array(load_model("default").cfg.lexical)
+    assert after[2] @ weights > after[1] @ weights
+
+
 # 60 made-up lower-case words: prose that shares no word with any question below.
 FILLER = [
     a + b + c for a in ("bra", "clo", "dre", "flu") for b in "aeiou" for c in ("m", "n", "st")
