@@ -268,16 +268,17 @@ def lexical_features(
     exclude = np.fromiter(state.exclude, np.int64)
     for column, words in enumerate(lexical_queries(state)):
         ids, scores = source.bm25(words)
-        whole = scores.max() if len(scores) else 0.0  # picked chunks included
+        whole = scores.max(initial=0.0)  # picked chunks included
         keep = ~np.isin(ids, exclude)
         ids, scores = ids[keep], scores[keep]
         if len(ids) == 0:
             continue
+        left = scores.max()
         # The question term against the whole corpus, the picked-chunk term against what is
         # left (module docstring): chosen on validation, BENCHMARKS.md "Question term".
-        features[ids, column] = scores / (whole if column == QUESTION else scores.max())
+        features[ids, column] = scores / (whole if column == QUESTION else left)
         if raw_max is not None:
-            raw_max[column] = float(scores.max())
+            raw_max[column] = float(left)
         proposals.append(ids[np.argsort(-scores, kind="stable")[:POOL]])
     return features, (np.concatenate(proposals) if proposals else np.zeros(0, np.int64))
 
