@@ -145,6 +145,19 @@ def heading(text: str) -> str:
     return match.group(1) if match else ""
 
 
+# A label before a colon: periods only after a word of one or two letters ("Bolling v.
+# Sharpe: ...", "Frederick C. Alderdice: ..."), not after a sentence ("... garden. Later:").
+_LABEL = re.compile(r"(?:[^.!?:\n]|(?<![^\W\d_]{3})\.){1,120}:\s")
+
+
+def titled(text: str) -> bool:
+    """Whether a chunk opens with a title (`heading`, or a label before a colon that may
+    hold periods: "Bolling v. Sharpe: ..."): a self-contained unit, an article or a note,
+    whose place among other chunks says nothing. A chunk cut from running text (a story,
+    a log, a diary) has none, and where it stands in the document is when it happened."""
+    return bool(heading(text)) or bool(_LABEL.match(text.lstrip()))
+
+
 # An entry that starts with this matches only at the start of a chunk (FTS5's initial
 # token query); no term starts with it (terms are letters and digits).
 OPENING = "^"

@@ -21,7 +21,7 @@ config.json, and this module stores and rebuilds each):
                       so chunk vectors, the fingerprint and indexes built with the base stay
                       valid. Only E_s is stored. A model trained so trains on the same way.
     --only-lexical    the encoders stay the start model's; only the lexical weights learn.
-    --lexical         on, off or W_QUESTION,W_PICKED: the BM25 terms of Q (qvalue.py).
+    --lexical         on, off or W_QUESTION,W_PICKED[,W_ORDER]: the lexical terms of Q (qvalue.py).
     --positions       none or relative (rotary chunk positions).
     train pack        a compact copy: only the tensors training changed, in fp16; the rest
                       is read from the base wheel on load.
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -111,8 +112,8 @@ class ModelConfig:
     """E_s settings when they differ from E_a's (frozen-chunk models); None = the same."""
     state_scale: float | None = None
     lexical: list[float] | None = None
-    """Weights of the lexical terms of Q (qvalue.py): [question BM25, picked-chunk BM25],
-    learned by `qrag train`; None = the paper's pure dense Q."""
+    """Weights of the lexical terms of Q (qvalue.py): [question BM25, picked-chunk BM25,
+    order] (two: no order term), learned by `qrag train`; None = the paper's pure dense Q."""
     lexical_query: str = "chunk"
     """How the two BM25 terms read the state (qvalue.lexical_queries): "chunk" = the
     question's words, and every new word of the picked chunks (folders without the
@@ -306,6 +307,12 @@ def load_qrag_folder(folder: Path) -> QModel:
         raise ModelError(f"{folder} is not a readable qrag model: {exc}") from exc
     if why := bad_query(cfg.lexical_query):
         raise ModelError(f"{folder}/config.json: lexical_query {why}")
+    if cfg.lexical is not None and (
+        not isinstance(cfg.lexical, list)
+        or len(cfg.lexical) not in (2, 3)
+        or not all(isinstance(w, int | float) and math.isfinite(w) for w in cfg.lexical)
+    ):
+        raise ModelError(f"{folder}/config.json: lexical must be two or three numbers")
     tensors, base = _stored_tensors(folder, cfg)
 
     def build(prefix: str, normalize: bool, scale: float) -> Encoder:
@@ -439,7 +446,13 @@ def write_model_card(out: Path, info: dict) -> None:
         "| Q | <E_s(s), E_a(a)>"
         + (
             f" + {lexical[0]} x BM25(question) / best chunk + {lexical[1]} x "
-            f"BM25({picked_words}) / best chunk not picked (qvalue.py)"
+            f"BM25({picked_words}) / best chunk not picked"
+            + (
+                f" + {lexical[2]} x order (latest near-best match in running text)"
+                if len(lexical) > 2
+                else ""
+            )
+            + " (qvalue.py)"
             if lexical
             else " (dense only)"
         )

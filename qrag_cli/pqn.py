@@ -179,7 +179,7 @@ class Transition:
     action: int  # chunk index
     before: list[int]  # chunks picked before step t
     reward: float
-    features: np.ndarray | None  # lexical features of every chunk under s_t ([n, 2])
+    features: np.ndarray | None  # lexical features of every chunk under s_t ([n, 3])
 
 
 @dataclass
@@ -233,7 +233,7 @@ def collect(
         state = states[i]
         for t, (pick, r) in enumerate(zip(picks, rewards, strict=True)):
             features = (
-                qvalue.lexical_features(sources[i], state)[0]
+                qvalue.lexical_features(sources[i], state, order=qvalue.uses_order(model))[0]
                 if qvalue.uses_lexical(model)
                 else None
             )
@@ -547,7 +547,7 @@ def train(
     if not cfg.train_encoder and not qvalue.uses_lexical(model):
         raise UsageError(
             "nothing to train: --only-lexical needs lexical weights "
-            "(--lexical W_QUESTION,W_PICKED or a model that has them)"
+            "(--lexical W_QUESTION,W_PICKED[,W_ORDER] or a model that has them)"
         )
     device = torch.device(cfg.device)
     model.to(device)

@@ -5,6 +5,7 @@ and evaluation all call this module; none computes Q on its own.
     Q(s, a) = <E_s(s), pos(E_a(a))>                                 the paper's dense term
             + w_question * bm25(question -> a) / best of all chunks     exact names, keys, codes
             + w_picked   * bm25(new words of picked -> a) / best left   the next hop's bridge
+            + w_order    * order(a)                                     the latest fact wins
 
 Dividing by the best score keeps both lexical features in [0, 1] whatever the corpus
 size. The question term divides by the best chunk of the whole corpus, picked ones
@@ -14,10 +15,23 @@ being scaled up to a full match and outranking the next hop. The picked-chunk te
 divides by the best chunk still available: its words come from the picks, which
 always hold them.
 
+Once chunks are picked, the question term asks only for the question's words that no
+pick holds yet, while there are any: "Which has more species, Angraecum or Aphelandra?"
+asks for "Angraecum" once the Aphelandra paragraph is picked, instead of for the
+Aphelandra paragraph's look-alikes.
+
 "New words" are the words of the picked chunks that the question does not already hold:
-the entity a first hop reveals ("kept by Ines Berg") and the second hop must find. The
-weights are the model's (`ModelConfig.lexical`, learned by `qrag train`); a model without
-them, or `--lexical off`, is the pure dense Q.
+the entity a first hop reveals ("kept by Ines Berg") and the second hop must find.
+
+The order feature (`order_feature`) is 1 where a story's order points: the latest of the
+chunks that match the question or the trail nearly best, and the trail's nearest such
+match before each pick ("Where is the football?": the last time it changed hands, then
+where its holder went last before that). It counts only chunks cut from running text;
+a chunk that opens with a title is an article or a note whose place means nothing.
+
+The weights are the model's (`ModelConfig.lexical`, learned by `qrag train`; a model
+with two has no order term); a model without them, or `--lexical off`, is the pure
+dense Q.
 
 Candidates at each step are the union of the dense top-`pool` (HNSW, or every chunk) and
 each lexical feature's top-`pool`, all scored exactly.
@@ -36,7 +50,10 @@ from qrag_cli import lexical
 from qrag_cli.qnet import QModel
 
 POOL = 64  # candidates proposed per signal (dense, each lexical feature) and step
-QUESTION = 0  # the question term's lexical feature column (the picked-chunk term's is 1)
+QUESTION, PICKED, ORDER = 0, 1, 2  # the lexical feature columns (and weights)
+# A BM25 match within this share of the best one is one of the best, for the order term:
+# the facts of one story about the same person or thing score alike, filler does not.
+NEAR_BEST = 0.7
 
 
 class Action(Protocol):
@@ -180,6 +197,16 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     return asked, [w for w in seen if w not in known]
 
 
+def not_held(state: State, entries: list[str]) -> list[str]:
+    """The question query's entries (words, phrases, openings) with a word no picked chunk
+    holds yet, when some are held and some not; else []. The question term asks these
+    while any chunk left matches them (`lexical_features`): "Angraecum" once the
+    Aphelandra paragraph is picked. Chosen on validation: BENCHMARKS.md "Order"."""
+    held = set(lexical.terms(" ".join(r.text for r in state.picked)))
+    left = [e for e in entries if not held.issuperset(e.removeprefix(lexical.OPENING).split())]
+    return left if len(left) < len(entries) else []
+
+
 def _bridge_words(state: State, asked: set[str], asked_runs: list[tuple[str, ...]]) -> list[str]:
     """The "names" query before the question's words are taken out."""
     named = lexical.names(" ".join(r.text for r in state.picked))
@@ -255,13 +282,14 @@ def rotate(vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 # ---- features and scores -----------------------------------------------------------------
 def lexical_features(
-    source: Candidates, state: State, raw_max: list[float] | None = None
+    source: Candidates, state: State, raw_max: list[float] | None = None, order: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Both lexical features of every chunk id under `state` ([id_space, 2], in [0, 1];
-    picked chunks 0) and the ids each feature ranks highest (the lexical proposals).
-    `raw_max`, when given, receives each feature's BM25 maximum before normalisation (0
-    when nothing matches): how strongly anything left still matches, for the stop rule."""
-    features = np.zeros((source.id_space, 2), np.float32)
+    """The lexical features of every chunk id under `state` ([id_space, 3], in [0, 1];
+    picked chunks 0): question, picked-chunk and, with `order`, the order feature (else
+    0), and the ids the two BM25 features rank highest (the lexical proposals). `raw_max`,
+    when given, receives each BM25 feature's maximum before normalisation (0 when nothing
+    matches): how strongly anything left still matches, for the stop rule."""
+    features = np.zeros((source.id_space, 3), np.float32)
     if raw_max is not None:
         raw_max[:] = [0.0, 0.0]
     proposals = []
@@ -271,6 +299,15 @@ def lexical_features(
         whole = scores.max(initial=0.0)  # picked chunks included
         keep = ~np.isin(ids, exclude)
         ids, scores = ids[keep], scores[keep]
+        if column == QUESTION and (narrow := not_held(state, words)):
+            # What the picks do not hold yet, while a chunk left matches it ("numbers" asked
+            # of needles that say "number" matches none: the whole question stays).
+            n_ids, n_scores = source.bm25(narrow)
+            n_keep = ~np.isin(n_ids, exclude)
+            if n_keep.any():
+                proposals.append(ids[np.argsort(-scores, kind="stable")[:POOL]])
+                ids, scores = n_ids[n_keep], n_scores[n_keep]
+                whole = scores.max()  # no pick holds these words
         if len(ids) == 0:
             continue
         left = scores.max()
@@ -280,7 +317,48 @@ def lexical_features(
         if raw_max is not None:
             raw_max[column] = float(left)
         proposals.append(ids[np.argsort(-scores, kind="stable")[:POOL]])
+    if order:
+        features[:, ORDER] = order_feature(source, state, features)
     return features, (np.concatenate(proposals) if proposals else np.zeros(0, np.int64))
+
+
+def order_feature(source: Candidates, state: State, features: np.ndarray) -> np.ndarray:
+    """1 for the chunks a story's order points to, else 0 ([id_space]): for the question
+    and for the trail (the picked-chunk term), the latest of their near-best matches
+    (NEAR_BEST), and for the trail also the nearest such match before each pick.
+
+    "Where is the football?" over a story: the last fact about the football says who
+    dropped it or holds it; the holder's name is then on the trail, and where that person
+    went last before the pick is where the football is. Only chunks cut from running text
+    count (lexical.titled): the order of articles or notes means nothing, and counting it
+    cost real HotpotQA/MuSiQue questions on validation (BENCHMARKS.md "Order")."""
+    out = np.zeros(features.shape[0], np.float32)
+    for column in (QUESTION, PICKED):
+        ids = np.flatnonzero(features[:, column] >= NEAR_BEST)
+        if len(ids) == 0:
+            continue
+        ords = source.ordinals(ids)
+        limits = [None] + ([r.ordinal for r in state.picked] if column == PICKED else [])
+        for limit in limits:
+            if (found := _latest_running(source, ids, ords, limit)) is not None:
+                out[found] = 1.0
+    return out
+
+
+def _latest_running(
+    source: Candidates, ids: np.ndarray, ords: np.ndarray, before: int | None
+) -> int | None:
+    """The latest of `ids` (at ordinals `ords`; only those before `before`, if given) cut
+    from running text, or None. Texts are read latest first, a few at a time: in a large
+    corpus thousands of chunks can match nearly best, and the latest usually qualifies."""
+    order = np.argsort(-ords, kind="stable")
+    if before is not None:
+        order = order[ords[order] < before]
+    for start in range(0, len(order), 16):
+        for row in source.rows(ids[order[start : start + 16]].tolist()):
+            if not lexical.titled(row.text):
+                return row.id
+    return None
 
 
 def positioned(
@@ -302,19 +380,26 @@ def q_halves(
     model: QModel, states: torch.Tensor, chunks: torch.Tensor, features: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Q1, Q2 (the twin critic: each half of the dot product plus half the lexical term);
-    Q = Q1 + Q2. `states` broadcasts against `chunks` [..., dim]; `features` [..., 2]."""
+    Q = Q1 + Q2. `states` broadcasts against `chunks` [..., dim]; `features` [..., 3]
+    (a model with two lexical weights reads the first two)."""
     half = chunks.shape[-1] // 2
     q1 = (states[..., :half] * chunks[..., :half]).sum(-1)
     q2 = (states[..., half:] * chunks[..., half:]).sum(-1)
     if features is not None and model.lexical_weights is not None:
         weights = model.lexical_weights
-        extra = 0.5 * (features.to(q1.device, weights.dtype) @ weights.to(q1.device))
+        feats = features[..., : weights.shape[0]].to(q1.device, weights.dtype)
+        extra = 0.5 * (feats @ weights.to(q1.device))
         q1, q2 = q1 + extra, q2 + extra
     return q1, q2
 
 
 def uses_lexical(model: QModel) -> bool:
     return model.lexical_weights is not None
+
+
+def uses_order(model: QModel) -> bool:
+    """Whether Q has the order term (a third lexical weight)."""
+    return model.lexical_weights is not None and model.lexical_weights.shape[0] > ORDER
 
 
 def without_lexical(model: QModel) -> QModel:
@@ -360,7 +445,7 @@ def best(
     ids = source.propose(state_vec, max(k, POOL), exclude)
     features = None
     if uses_lexical(model):
-        features, lexical_ids = lexical_features(source, state, bm25_max)
+        features, lexical_ids = lexical_features(source, state, bm25_max, uses_order(model))
         ids = np.unique(np.concatenate([ids, lexical_ids]))
     if len(ids) == 0:
         return ids.astype(np.int64), np.zeros(0, np.float32)

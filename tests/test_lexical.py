@@ -81,7 +81,7 @@ def test_lexical_features_use_the_new_words_of_picked_chunks() -> None:
     asked, new = qvalue.lexical_queries(state)
     assert new == ["kept", "ines", "varga"]  # the question's words are not news
     after, proposals = qvalue.lexical_features(source, state)
-    assert after[0].tolist() == [0.0, 0.0]  # picked: no longer an action
+    assert after[0].tolist() == [0.0, 0.0, 0.0]  # picked: no longer an action
     assert after[2, 1] == 1.0 and after[3, 1] == 0.0 and 2 in proposals
     assert ((after >= 0) & (after <= 1)).all()
 
@@ -105,9 +105,97 @@ def test_question_term_keeps_its_scale_once_its_best_match_is_picked() -> None:
     state = qvalue.pick(model, state, source.rows([0])[0])
     after, _ = qvalue.lexical_features(source, state)
     assert after[1, 0] == pytest.approx(before[1, 0])  # not scaled up to 1
-    assert after[2].tolist() == [0.0, 1.0]  # the holder's fact: the bridge's best match
+    assert after[2, :2].tolist() == [0.0, 1.0]  # the holder's fact: the bridge's best match
     weights = np.array(json.loads((default_model_dir() / "config.json").read_text())["lexical"])
-    assert after[2] @ weights > after[1] @ weights
+    assert after[2, :2] @ weights[:2] > after[1, :2] @ weights[:2]
+
+
+def test_question_term_asks_what_the_picks_do_not_hold_yet() -> None:
+    """A comparison question names two things. Once the first one's paragraph is picked,
+    the question term asks for the other one, not for look-alikes of the first (HotpotQA,
+    validation: "Aphelandra sinclairiana" was picked instead of "Angraecum")."""
+    texts = [
+        "Aphelandra: Aphelandra is a genus of about 170 species of flowering plants.",
+        "Aphelandra sinclairiana: Aphelandra sinclairiana is a plant species of Aphelandra, "
+        "one of its species.",
+        "Angraecum: The genus Angraecum, abbreviated as Angcm in the horticultural trade, is "
+        "a genus of orchids found in Africa, Madagascar, the Comoros and Sri Lanka.",
+        *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept."],
+    ]
+    source = MemoryCandidates(texts, np.zeros((len(texts), 2), np.float32))
+    model = load_model("base")
+    for query in lexical.PICKED_QUERIES:
+        model.cfg = replace(model.cfg, lexical_query=query)
+        state = qvalue.start(model, ["Which has more species, Angraecum or Aphelandra?"])[0]
+        before, _ = qvalue.lexical_features(source, state)
+        assert before[1, 0] > before[2, 0]  # the question alone: the look-alike first
+        state = qvalue.pick(model, state, source.rows([0])[0])
+        assert qvalue.not_held(state, qvalue.lexical_queries(state)[0]) == ["angraecum"]
+        after, _ = qvalue.lexical_features(source, state)
+        assert after[2, 0] == 1.0 and after[1, 0] == 0.0
+    # Every word held (a key asked for all its values), or the words not held match no
+    # chunk left ("numbers" where needles say "number"): the whole question is asked.
+    needles = [
+        "The special magic number for pale-saddle is 2796122.",
+        "The special magic number for pale-heron is 1208507.",
+        "The special magic number for pale-saddle is 9669891.",
+        *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept."],
+    ]
+    source = MemoryCandidates(needles, np.zeros((len(needles), 2), np.float32))
+    for question in (
+        "What is the magic number for pale-saddle?",
+        "What are the numbers for pale-saddle?",
+    ):
+        state = qvalue.start(model, [question])[0]
+        before, _ = qvalue.lexical_features(source, state)
+        state = qvalue.pick(model, state, source.rows([0])[0])
+        after, _ = qvalue.lexical_features(source, state)
+        assert after[2, 0] == before[2, 0] > after[1, 0] > 0
+
+
+def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path) -> None:
+    """bAbI's "Where is X?": the last fact about X wins, and the holder's last move
+    before the drop places the thing. Chunks that open with a title (articles, notes)
+    never count: their order means nothing."""
+    story = [
+        "Daniel Ek went to the office.",
+        "Daniel Ek went to the garden.",
+        "Daniel Ek dropped the football.",
+        "Daniel Ek went to the kitchen.",
+        *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept."],
+    ]
+    source = MemoryCandidates(story, np.zeros((len(story), 2), np.float32))
+    model = load_model("base")
+    model.cfg = replace(model.cfg, lexical_query="names")
+    state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
+    features, _ = qvalue.lexical_features(source, state, order=True)
+    assert features[:, qvalue.ORDER].tolist() == [0, 0, 0, 1, 0, 0, 0, 0]  # the latest
+    assert not qvalue.lexical_features(source, state)[0][:, qvalue.ORDER].any()  # off
+    state = qvalue.pick(
+        model, qvalue.start(model, ["Where is the football?"])[0], source.rows([2])[0]
+    )
+    order = qvalue.lexical_features(source, state, order=True)[0][:, qvalue.ORDER]
+    # The trail's latest match, and its nearest one before the pick (where he dropped it).
+    assert order.tolist() == [0, 1, 0, 1, 0, 0, 0, 0]
+    titled = [f"Note {i}: {text}" for i, text in enumerate(story)]
+    notes = MemoryCandidates(titled, np.zeros((len(titled), 2), np.float32))
+    state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
+    assert not qvalue.lexical_features(notes, state, order=True)[0][:, qvalue.ORDER].any()
+    assert lexical.titled("Bolling v. Sharpe: Bolling v. Sharpe, 347 U.S. 497 (1954), is a case.")
+    assert lexical.titled("# Setup notes\nRun make.")
+    assert not lexical.titled("Daniel Ek went to the garden. Later: nothing.")
+    # A model with a third lexical weight has the order term; two or three numbers only.
+    three = trainable(model, frozen_chunks=True, lexical=[0.3, 0.3, 0.1])
+    assert qvalue.uses_order(three) and not qvalue.uses_order(
+        trainable(model, frozen_chunks=True, lexical=[0.3, 0.3])
+    )
+    save_model(three, tmp_path / "three")
+    assert load_model(str(tmp_path / "three")).cfg.lexical == [0.3, 0.3, 0.1]
+    config = json.loads((tmp_path / "three" / "config.json").read_text())
+    config["lexical"] = [0.3, 0.3, 0.1, 0.1]
+    (tmp_path / "three" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="lexical must be two or three numbers"):
+        load_qrag_folder(tmp_path / "three")
 
 
 # 60 made-up lower-case words: prose that shares no word with any question below.
