@@ -286,7 +286,7 @@ def lexical_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The lexical features of every chunk id under `state` ([id_space, 3], in [0, 1];
     picked chunks 0): question, picked-chunk and, with `order`, the order feature (else
-    0), and the ids the two BM25 features rank highest (the lexical proposals). `raw_max`,
+    0), and the ids the features rank highest (the lexical proposals). `raw_max`,
     when given, receives each BM25 feature's maximum before normalisation (0 when nothing
     matches): how strongly anything left still matches, for the stop rule."""
     features = np.zeros((source.id_space, 3), np.float32)
@@ -319,6 +319,9 @@ def lexical_features(
         proposals.append(ids[np.argsort(-scores, kind="stable")[:POOL]])
     if order:
         features[:, ORDER] = order_feature(source, state, features)
+        # The chunks it points to are candidates whatever their BM25 rank: in a large corpus
+        # the latest near-best match can sit below the top POOL.
+        proposals.append(np.flatnonzero(features[:, ORDER]))
     return features, (np.concatenate(proposals) if proposals else np.zeros(0, np.int64))
 
 

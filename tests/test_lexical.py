@@ -177,6 +177,13 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
     order = qvalue.lexical_features(source, state, order=True)[0][:, qvalue.ORDER]
     # The trail's latest match, and its nearest one before the pick (where he dropped it).
     assert order.tolist() == [0, 1, 0, 1, 0, 0, 0, 0]
+    # What it points to is a candidate even below the BM25 top POOL (ties rank by id).
+    moves = [f"Daniel Ek went to room {i}." for i in range(qvalue.POOL + 6)]
+    many = MemoryCandidates(moves, np.zeros((len(moves), 2), np.float32))
+    state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
+    features, proposals = qvalue.lexical_features(many, state, order=True)
+    assert np.flatnonzero(features[:, qvalue.ORDER]).tolist() == [len(moves) - 1]
+    assert len(moves) - 1 in proposals
     titled = [f"Note {i}: {text}" for i, text in enumerate(story)]
     notes = MemoryCandidates(titled, np.zeros((len(titled), 2), np.float32))
     state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
