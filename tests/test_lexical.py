@@ -48,6 +48,18 @@ def compass_corpus(root: Path) -> Path:
     return root
 
 
+def memory(texts: list[str]) -> MemoryCandidates:
+    """Chunks in memory with blank vectors: only their lexical features are read."""
+    return MemoryCandidates(texts, np.zeros((len(texts), 2), np.float32))
+
+
+def names_model():
+    """The base encoder reading the state as the default does (lexical_query "names")."""
+    model = load_model("base")
+    model.cfg = replace(model.cfg, lexical_query="names")
+    return model
+
+
 def test_terms_drop_function_words_and_repeat_nothing() -> None:
     assert lexical.terms("Where is the ERR_4402 key? The key, the key!") == ["err", "4402", "key"]
     assert lexical.match_expression(['a"b', "c"]) == '"a""b" OR "c"'
@@ -96,9 +108,7 @@ def test_question_term_keeps_its_scale_once_its_best_match_is_picked() -> None:
         "Daniel Ek journeyed to the office.",
         *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept.", "Ulf swam.", "Mia read."],
     ]
-    source = MemoryCandidates(texts, np.zeros((len(texts), 2), np.float32))
-    model = load_model("base")
-    model.cfg = replace(model.cfg, lexical_query="names")
+    source, model = memory(texts), names_model()
     state = qvalue.start(model, ["Where is the black jug?"])[0]
     before, _ = qvalue.lexical_features(source, state)
     assert before[0, 0] == 1.0 and 0.2 < before[1, 0] < 0.8
@@ -141,7 +151,7 @@ def test_question_term_asks_what_the_picks_do_not_hold_yet() -> None:
         "The special magic number for pale-saddle is 9669891.",
         *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept."],
     ]
-    source = MemoryCandidates(needles, np.zeros((len(needles), 2), np.float32))
+    source = memory(needles)
     for question in (
         "What is the magic number for pale-saddle?",
         "What are the numbers for pale-saddle?",
@@ -164,9 +174,7 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
         "Daniel Ek went to the kitchen.",
         *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept."],
     ]
-    source = MemoryCandidates(story, np.zeros((len(story), 2), np.float32))
-    model = load_model("base")
-    model.cfg = replace(model.cfg, lexical_query="names")
+    source, model = memory(story), names_model()
     state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
     features, _ = qvalue.lexical_features(source, state, order=True)
     assert features[:, qvalue.ORDER].tolist() == [0, 0, 0, 1, 0, 0, 0, 0]  # the latest
@@ -179,13 +187,13 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
     assert order.tolist() == [0, 1, 0, 1, 0, 0, 0, 0]
     # What it points to is a candidate even below the BM25 top POOL (ties rank by id).
     moves = [f"Daniel Ek went to room {i}." for i in range(qvalue.POOL + 6)]
-    many = MemoryCandidates(moves, np.zeros((len(moves), 2), np.float32))
+    many = memory(moves)
     state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
     features, proposals = qvalue.lexical_features(many, state, order=True)
     assert np.flatnonzero(features[:, qvalue.ORDER]).tolist() == [len(moves) - 1]
     assert len(moves) - 1 in proposals
     titled = [f"Note {i}: {text}" for i, text in enumerate(story)]
-    notes = MemoryCandidates(titled, np.zeros((len(titled), 2), np.float32))
+    notes = memory(titled)
     state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
     assert not qvalue.lexical_features(notes, state, order=True)[0][:, qvalue.ORDER].any()
     assert lexical.titled("Bolling v. Sharpe: Bolling v. Sharpe, 347 U.S. 497 (1954), is a case.")
