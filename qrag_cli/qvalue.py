@@ -16,9 +16,9 @@ divides by the best chunk still available: its words come from the picks, which
 always hold them.
 
 Once chunks are picked, the question term asks only for the question's words that no
-pick holds yet, while there are any: "Which has more species, Angraecum or Aphelandra?"
-asks for "Angraecum" once the Aphelandra paragraph is picked, instead of for the
-Aphelandra paragraph's look-alikes.
+pick holds yet, while a chunk left matches them (`not_held`): "Which has more species,
+Angraecum or Aphelandra?" asks for "Angraecum" once the Aphelandra paragraph is picked,
+instead of for the Aphelandra paragraph's look-alikes.
 
 "New words" are the words of the picked chunks that the question does not already hold:
 the entity a first hop reveals ("kept by Ines Berg") and the second hop must find.
