@@ -295,19 +295,15 @@ def lexical_features(
     proposals = []
     exclude = np.fromiter(state.exclude, np.int64)
     for column, words in enumerate(lexical_queries(state)):
-        ids, scores = source.bm25(words)
+        narrow = not_held(state, words) if column == QUESTION else []
+        ids, scores = source.bm25(narrow or words)
+        if narrow and np.isin(ids, exclude).all():
+            # The open words match no chunk left ("numbers" asked of needles that say
+            # "number"): the whole question stays. One query when they do.
+            ids, scores = source.bm25(words)
         whole = scores.max(initial=0.0)  # picked chunks included
         keep = ~np.isin(ids, exclude)
         ids, scores = ids[keep], scores[keep]
-        if column == QUESTION and (narrow := not_held(state, words)):
-            # What the picks do not hold yet, while a chunk left matches it ("numbers" asked
-            # of needles that say "number" matches none: the whole question stays).
-            n_ids, n_scores = source.bm25(narrow)
-            n_keep = ~np.isin(n_ids, exclude)
-            if n_keep.any():
-                proposals.append(ids[np.argsort(-scores, kind="stable")[:POOL]])
-                ids, scores = n_ids[n_keep], n_scores[n_keep]
-                whole = scores.max()  # no pick holds these words
         if len(ids) == 0:
             continue
         left = scores.max()
