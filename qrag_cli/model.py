@@ -448,7 +448,7 @@ def write_model_card(out: Path, info: dict) -> None:
             f" + {lexical[0]} x BM25(question) / best chunk + {lexical[1]} x "
             f"BM25({picked_words}) / best chunk not picked"
             + (
-                f" + {lexical[2]} x order (latest near-best match in running text)"
+                f" + {lexical[2]} x order (latest facts, read by sentence, in running text)"
                 if len(lexical) > 2
                 else ""
             )

@@ -23,11 +23,13 @@ instead of for the Aphelandra paragraph's look-alikes.
 "New words" are the words of the picked chunks that the question does not already hold:
 the entity a first hop reveals ("kept by Ines Berg") and the second hop must find.
 
-The order feature (`order_feature`) is 1 where a story's order points: the latest of the
-chunks that match the question or the trail nearly best, and the trail's nearest such
-match before each pick ("Where is the football?": the last time it changed hands, then
-where its holder went last before that). It counts only chunks cut from running text;
-a chunk that opens with a title is an article or a note whose place means nothing.
+The order feature (`order_feature`) is 1 where a story's order points, read sentence by
+sentence: the latest fact about what is asked (a sentence holding the question's key
+words together), and, for the names in the picked facts (the trail), the latest sentence
+about them and the nearest one before each pick on the trail ("Where is the football?":
+the last time it changed hands, then where its holder went last before that). It counts
+only chunks cut from running text; a chunk that opens with a title is an article or a
+note whose place means nothing.
 
 The weights are the model's (`ModelConfig.lexical`, learned by `qrag train`; a model
 with two has no order term); a model without them, or `--lexical off`, is the pure
@@ -39,7 +41,7 @@ each lexical feature's top-`pool`, all scored exactly.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -51,9 +53,12 @@ from qrag_cli.qnet import QModel
 
 POOL = 64  # candidates proposed per signal (dense, each lexical feature) and step
 QUESTION, PICKED, ORDER = 0, 1, 2  # the lexical feature columns (and weights)
-# A BM25 match within this share of the best one is one of the best, for the order term:
-# the facts of one story about the same person or thing score alike, filler does not.
-NEAR_BEST = 0.7
+# The order term reads the sentences of the question's matches scoring at least this share
+# of the best (a fact holding the key words together scores near the best; the share
+# bounds how many texts a step reads in a large corpus), and finds the key words in the
+# sentences of its KEY_POOL best matches.
+SCAN_SHARE = 0.5
+KEY_POOL = 8
 
 
 class Action(Protocol):
@@ -294,13 +299,17 @@ def lexical_features(
         raw_max[:] = [0.0, 0.0]
     proposals = []
     exclude = np.fromiter(state.exclude, np.int64)
+    question_hits: tuple[np.ndarray, np.ndarray] | None = None  # the whole question's
     for column, words in enumerate(lexical_queries(state)):
         narrow = not_held(state, words) if column == QUESTION else []
         ids, scores = source.bm25(narrow or words)
         if narrow and np.isin(ids, exclude).all():
             # The open words match no chunk left ("numbers" asked of needles that say
             # "number"): the whole question stays. One query when they do.
+            narrow = []
             ids, scores = source.bm25(words)
+        if column == QUESTION and order:
+            question_hits = source.bm25(words) if narrow else (ids, scores)
         whole = scores.max(initial=0.0)  # picked chunks included
         keep = ~np.isin(ids, exclude)
         ids, scores = ids[keep], scores[keep]
@@ -313,49 +322,128 @@ def lexical_features(
         if raw_max is not None:
             raw_max[column] = float(left)
         proposals.append(ids[np.argsort(-scores, kind="stable")[:POOL]])
-    if order:
-        features[:, ORDER] = order_feature(source, state, features)
+    if order and question_hits is not None:
+        features[:, ORDER] = order_feature(source, state, *question_hits)
         # The chunks it points to are candidates whatever their BM25 rank: in a large corpus
-        # the latest near-best match can sit below the top POOL.
+        # the latest match can sit below the top POOL.
         proposals.append(np.flatnonzero(features[:, ORDER]))
     return features, (np.concatenate(proposals) if proposals else np.zeros(0, np.int64))
 
 
-def order_feature(source: Candidates, state: State, features: np.ndarray) -> np.ndarray:
-    """1 for the chunks a story's order points to, else 0 ([id_space]): for the question
-    and for the trail (the picked-chunk term), the latest of their near-best matches
-    (NEAR_BEST), and for the trail also the nearest such match before each pick.
+def order_feature(
+    source: Candidates, state: State, ids: np.ndarray, scores: np.ndarray
+) -> np.ndarray:
+    """1 for the chunks a story's order points to, else 0 ([id_space]), read sentence by
+    sentence from the question's BM25 matches (`ids`, `scores`, picked chunks included):
 
-    "Where is the football?" over a story: the last fact about the football says who
-    dropped it or holds it; the holder's name is then on the trail, and where that person
-    went last before the pick is where the football is. Only chunks cut from running text
-    count (lexical.titled): the order of articles or notes means nothing, and counting it
-    cost real HotpotQA/MuSiQue questions on validation (BENCHMARKS.md "Order")."""
-    out = np.zeros(features.shape[0], np.float32)
-    for column in (QUESTION, PICKED):
-        ids = np.flatnonzero(features[:, column] >= NEAR_BEST)
-        if len(ids) == 0:
-            continue
-        ords = source.ordinals(ids)
-        limits = [None] + ([r.ordinal for r in state.picked] if column == PICKED else [])
-        for limit in limits:
-            if (found := _latest_running(source, ids, ords, limit)) is not None:
-                out[found] = 1.0
+    - until one is picked, the latest chunk with a *fact about what is asked*: a sentence
+      holding the question's key words (`key_words`: "green ball" together, not "green
+      map ... grey ball"); once one is picked, the older ones are not pointed to;
+    - the *trail* (`order_trail`): the names in the picked facts about what is asked, and in
+      the picked sentences that hold those names, in turn. The latest chunk with a sentence on
+      the trail that is not itself a fact about what is asked, and the nearest such chunk
+      before each pick on the trail.
+
+    "Where is the green ball?" over a story: the last fact about the green ball says who
+    dropped it or holds it ("Per Nord left the green ball."); where Per Nord went last
+    before that ("Per Nord travelled to the office.", not "Per Nord took the green ball
+    there.") is where it is; if he still holds it, where he went last. Only chunks cut from
+    running text count (lexical.titled): the order of articles or notes means nothing, and
+    counting it cost real HotpotQA/MuSiQue questions on validation (BENCHMARKS.md "Order")."""
+    out = np.zeros(source.id_space, np.float32)
+    if len(ids) == 0:
+        return out
+    top = ids[np.argsort(-scores, kind="stable")[:KEY_POOL]]
+    key = key_words(state.question, [r.text for r in source.rows(top.tolist())])
+    if not key:
+        return out
+    exclude = np.fromiter(state.exclude, np.int64)
+
+    def about_asked(words: set[str]) -> bool:
+        return key <= words
+
+    names, runs, on_trail_picks, answered = order_trail(state, key)
+    left = ~np.isin(ids, exclude)
+    near = ids[left & (scores >= SCAN_SHARE * scores.max())]
+    if not answered and (found := _latest_running(source, near, about_asked, None)) is not None:
+        out[found] = 1.0
+    if not (names or runs):
+        return out
+    trail_ids, _ = source.bm25([*(" ".join(r) for r in runs), *names])
+    trail_ids = trail_ids[~np.isin(trail_ids, exclude)]
+
+    def on_trail(words: set[str]) -> bool:
+        return _on_trail(words, names, runs) and not about_asked(words)
+
+    for before in [None, *(r.ordinal for r in on_trail_picks)]:
+        if (found := _latest_running(source, trail_ids, on_trail, before)) is not None:
+            out[found] = 1.0
     return out
 
 
+def key_words(question: str, best: Sequence[str]) -> set[str]:
+    """The question's words that one sentence of its best BM25 matches (`best`) holds
+    together, the most of them: what a fact about what is asked must hold. "Where is the
+    green ball?" -> {green, ball}; "Where was the football before the kitchen?" ->
+    {football} when no sentence holds both (the best match is about the rarer word)."""
+    asked = set(lexical.terms(question))
+    key: set[str] = set()
+    for text in best:
+        for sentence in lexical.sentences(text):
+            held = asked & set(lexical.terms(sentence))
+            if len(held) > len(key):
+                key = held
+    return key
+
+
+def order_trail(
+    state: State, key: set[str]
+) -> tuple[set[str], set[tuple[str, ...]], list[Action], bool]:
+    """(single names, names of several words, the picks on the trail, whether a fact about
+    what is asked is picked). The trail: the names in the picked sentences that hold the
+    `key` words, then in the picked sentences that hold one of those names, in pick order;
+    the question's own words are not names to follow. "Where was the football before the
+    kitchen?": the football's holder, then where the holder went before the kitchen."""
+    asked = set(lexical.terms(state.question))
+    names: set[str] = set()
+    runs: set[tuple[str, ...]] = set()
+    on_trail_picks, answered = [], False
+    for row in state.picked:
+        on_trail = False
+        for sentence in lexical.sentences(row.text):
+            words = set(lexical.terms(sentence))
+            about = key <= words
+            if not (about or _on_trail(words, names, runs)):
+                continue
+            on_trail, answered = True, answered or about
+            long = [r for r in lexical.name_runs(sentence) if not asked.issuperset(r)]
+            runs.update(long)
+            in_runs = {w for r in long for w in r}
+            names.update(lexical.names(sentence) - in_runs - asked)
+        if on_trail:
+            on_trail_picks.append(row)
+    return names, runs, on_trail_picks, answered
+
+
 def _latest_running(
-    source: Candidates, ids: np.ndarray, ords: np.ndarray, before: int | None
+    source: Candidates,
+    ids: np.ndarray,
+    holds: Callable[[set[str]], bool],
+    before: int | None,
 ) -> int | None:
-    """The latest of `ids` (at ordinals `ords`; only those before `before`, if given) cut
-    from running text, or None. Texts are read latest first, a few at a time: in a large
-    corpus thousands of chunks can match nearly best, and the latest usually qualifies."""
+    """The latest of `ids` (only those before ordinal `before`, if given) cut from running
+    text with a sentence whose words `holds` accepts, or None. Texts are read latest
+    first, a few at a time: in a large corpus thousands of chunks can match, and the latest
+    usually qualifies."""
+    ords = source.ordinals(ids)
     order = np.argsort(-ords, kind="stable")
     if before is not None:
         order = order[ords[order] < before]
     for start in range(0, len(order), 16):
         for row in source.rows(ids[order[start : start + 16]].tolist()):
-            if not lexical.titled(row.text):
+            if lexical.titled(row.text):
+                continue
+            if any(holds(set(lexical.terms(s))) for s in lexical.sentences(row.text)):
                 return row.id
     return None
 

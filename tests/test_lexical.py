@@ -185,6 +185,27 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
     order = qvalue.lexical_features(source, state, order=True)[0][:, qvalue.ORDER]
     # The trail's latest match, and its nearest one before the pick (where he dropped it).
     assert order.tolist() == [0, 1, 0, 1, 0, 0, 0, 0]
+    # Read sentence by sentence: a fact about the green ball holds both words in one
+    # sentence (not "grey ball ... green map"), and the holder's move is a sentence about
+    # him that is not itself about the ball ("took the green ball there" is not a move).
+    crowded = memory(
+        [
+            "Per Nord travelled to the office.",
+            "Per Nord took the green ball there.",
+            "Per Nord left the green ball.",
+            "Tova Ek left the grey ball. Sandra Nord left the green map.",
+            "Per Nord went to the kitchen.",
+            *["Bo ate.", "Ada sang.", "Kim ran."],
+        ]
+    )
+    state = qvalue.start(model, ["Where is the green ball?"])[0]
+    order = qvalue.lexical_features(crowded, state, order=True)[0][:, qvalue.ORDER]
+    assert np.flatnonzero(order).tolist() == [2]
+    state = qvalue.pick(model, state, crowded.rows([2])[0])
+    order = qvalue.lexical_features(crowded, state, order=True)[0][:, qvalue.ORDER]
+    # Where he went last before dropping it, and where he went last; once a fact about the
+    # ball is picked, the older facts about it are not pointed to.
+    assert np.flatnonzero(order).tolist() == [0, 4]
     # What it points to is a candidate even below the BM25 top POOL (ties rank by id).
     moves = [f"Daniel Ek went to room {i}." for i in range(qvalue.POOL + 6)]
     many = memory(moves)
