@@ -365,8 +365,11 @@ def order_feature(
     names, runs, on_trail_picks, answered = order_trail(state, key)
     left = ~np.isin(ids, exclude)
     near = ids[left & (scores >= SCAN_SHARE * scores.max())]
-    if not answered and (found := _latest_running(source, near, about_asked, None)) is not None:
-        out[found] = 1.0
+    picked = {s.strip() for r in state.picked for s in lexical.sentences(r.text)}
+    if not answered:
+        found = _latest_running(source, near, about_asked, None, picked)
+        if found is not None:
+            out[found] = 1.0
     if not (names or runs):
         return out
     trail_ids, _ = source.bm25([*(" ".join(r) for r in runs), *names])
@@ -376,7 +379,7 @@ def order_feature(
         return _on_trail(words, names, runs) and not about_asked(words)
 
     for before in [None, *(r.ordinal for r in on_trail_picks)]:
-        if (found := _latest_running(source, trail_ids, on_trail, before)) is not None:
+        if (found := _latest_running(source, trail_ids, on_trail, before, picked)) is not None:
             out[found] = 1.0
     return out
 
@@ -430,11 +433,13 @@ def _latest_running(
     ids: np.ndarray,
     holds: Callable[[set[str]], bool],
     before: int | None,
+    picked: set[str],
 ) -> int | None:
     """The latest of `ids` (only those before ordinal `before`, if given) cut from running
-    text with a sentence whose words `holds` accepts, or None. Texts are read latest
-    first, a few at a time: in a large corpus thousands of chunks can match, and the latest
-    usually qualifies."""
+    text with a sentence whose words `holds` accepts and that is not one of the `picked`
+    sentences (chunks overlap: the next chunk repeats a picked fact, and it is no new
+    fact), or None. Texts are read latest first, a few at a time: in a large corpus
+    thousands of chunks can match, and the latest usually qualifies."""
     ords = source.ordinals(ids)
     order = np.argsort(-ords, kind="stable")
     if before is not None:
@@ -443,7 +448,8 @@ def _latest_running(
         for row in source.rows(ids[order[start : start + 16]].tolist()):
             if lexical.titled(row.text):
                 continue
-            if any(holds(set(lexical.terms(s))) for s in lexical.sentences(row.text)):
+            said = (s for s in lexical.sentences(row.text) if s.strip() not in picked)
+            if any(holds(set(lexical.terms(s))) for s in said):
                 return row.id
     return None
 

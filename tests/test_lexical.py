@@ -206,6 +206,19 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
     # Where he went last before dropping it, and where he went last; once a fact about the
     # ball is picked, the older facts about it are not pointed to.
     assert np.flatnonzero(order).tolist() == [0, 4]
+    # Chunks overlap: a picked fact repeated by its neighbour is no new fact.
+    overlapping = memory(
+        [
+            "Per Nord went to the hall.",
+            "Per Nord travelled to the office.",
+            "Per Nord travelled to the office. Per Nord left the green ball.",
+            *["Bo ate.", "Ada sang.", "Kim ran."],
+        ]
+    )
+    state = qvalue.start(model, ["Where is the green ball?"])[0]
+    state = qvalue.pick(model, state, overlapping.rows([2])[0])
+    order = qvalue.lexical_features(overlapping, state, order=True)[0][:, qvalue.ORDER]
+    assert np.flatnonzero(order).tolist() == [0]
     # What it points to is a candidate even below the BM25 top POOL (ties rank by id).
     moves = [f"Daniel Ek went to room {i}." for i in range(qvalue.POOL + 6)]
     many = memory(moves)
