@@ -150,12 +150,21 @@ def heading(text: str) -> str:
 _LABEL = re.compile(r"(?:[^.!?:\n]|(?<![^\W\d_]{3})\.){1,120}:\s")
 
 
+_PARAGRAPH = re.compile(r"\n\s*\n")
+
+
 def titled(text: str) -> bool:
-    """Whether a chunk opens with a title (`heading`, or a label before a colon that may
-    hold periods: "Bolling v. Sharpe: ..."): a self-contained unit, an article or a note,
-    whose place among other chunks says nothing. A chunk cut from running text (a story,
-    a log, a diary) has none, and where it stands in the document is when it happened."""
-    return bool(heading(text)) or bool(_LABEL.match(text.lstrip()))
+    """Whether any paragraph of a chunk opens with a title (`heading`, or a label before a
+    colon that may hold periods: "Bolling v. Sharpe: ..."): the chunk is a piece of a
+    collection of articles or notes, whose place among other chunks says nothing (a chunk
+    of pooled wiki paragraphs often opens inside one article and holds the title of the
+    next). A chunk cut from running text (a story, a log, a diary) has none, and where it
+    stands in the document is when it happened."""
+    return any(
+        heading(part) or _LABEL.match(part.lstrip())
+        for part in _PARAGRAPH.split(text)
+        if part.strip()
+    )
 
 
 # An entry that starts with this matches only at the start of a chunk (FTS5's initial

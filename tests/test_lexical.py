@@ -233,6 +233,9 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
     assert lexical.titled("Bolling v. Sharpe: Bolling v. Sharpe, 347 U.S. 497 (1954), is a case.")
     assert lexical.titled("# Setup notes\nRun make.")
     assert not lexical.titled("Daniel Ek went to the garden. Later: nothing.")
+    # A chunk of pooled articles that opens inside one and holds the title of the next.
+    assert lexical.titled("an album of 1979.\n\nDemon Dice: Demon Dice is a dice game.")
+    assert not lexical.titled("the roof.\n\nDaniel Ek went to the garden. Bo ate.")
     # A model with a third lexical weight has the order term; two or three numbers only.
     three = trainable(model, frozen_chunks=True, lexical=[0.3, 0.3, 0.1])
     assert qvalue.uses_order(three) and not qvalue.uses_order(
