@@ -55,8 +55,9 @@ POOL = 64  # candidates proposed per signal (dense, each lexical feature) and st
 QUESTION, PICKED, ORDER = 0, 1, 2  # the lexical feature columns (and weights)
 # The order term reads the sentences of the question's matches scoring at least this share
 # of the best (a fact holding the key words together scores near the best; the share
-# bounds how many texts a step reads in a large corpus), and finds the key words in the
-# sentences of its KEY_POOL best matches.
+# bounds how many texts a step reads in a large corpus); it finds the key words in the
+# sentences of the question's KEY_POOL best matches, and is off when any of them holds a
+# title.
 SCAN_SHARE = 0.5
 KEY_POOL = 8
 
