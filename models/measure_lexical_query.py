@@ -82,6 +82,11 @@ def bench_shaped(task: str, tokens: int) -> list[Example]:
     return out
 
 
+def hp500() -> list[Example]:
+    """The first 200 questions of hotpotqa_train_500b.json (train questions: validation)."""
+    return list(from_hotpotqa(SHARED_DATA / "hotpotqa_train_500b.json"))[:200]
+
+
 def examples(name: str, train_dir: Path) -> tuple[list[Example], int]:
     kind, _, rest = name.partition(":")
     if kind in ("val-real", "val-gen"):
@@ -92,7 +97,7 @@ def examples(name: str, train_dir: Path) -> tuple[list[Example], int]:
         task, tokens = rest.split(":")
         return bench_shaped(task, int(tokens)), 5
     if kind == "hp500":
-        return list(from_hotpotqa(SHARED_DATA / "hotpotqa_train_500b.json"))[:200], int(rest)
+        return hp500(), int(rest)
     raise SystemExit(f"error: unknown set {name!r}")
 
 
@@ -100,12 +105,18 @@ def overlapped(model, task: str, tokens: int, cache: dict) -> float:
     """Fact EM of a bench-shaped haystack cut as `qrag index` cuts it (with overlap)."""
     paragraphs, stories = longctx.make_eval(task, tokens, 20, SEED)
     doc = Document("\n\n".join(paragraphs), "text", ((0, 1),))
-    chunks = [c.text for c in chunk_document(doc, ChunkConfig())]
+    return fact_em(model, [c.text for c in chunk_document(doc, ChunkConfig())], stories, cache)
+
+
+def fact_em(model, chunks: list[str], stories: list, cache: dict) -> float:
+    """Fact EM of `stories` asked over one corpus of `chunks`, budget 5, scored by fact as
+    the bench scores (vectors of chunks seen before come from `cache`)."""
     missing = [c for c in dict.fromkeys(chunks) if c not in cache]
     if missing:
         cache.update(zip(missing, model.embed_chunks(missing), strict=True))
     source = MemoryCandidates(chunks, np.stack([cache[c] for c in chunks]))
-    episodes = run_episodes(model, [s.question for s in stories], [source] * 20, StopRule(5))
+    questions = [s.question for s in stories]
+    episodes = run_episodes(model, questions, [source] * len(stories), StopRule(5))
     found = [
         longctx.fact_hits([ev.text for ev in ep.evidence], story)[0]
         for ep, story in zip(episodes, stories, strict=True)
@@ -118,7 +129,7 @@ def pooled(model, cache: dict) -> float:
     real half is (`longctx.write_corpus` files, cut as `qrag index` cuts them): chunks
     that hold the end of one article and the title of the next, or only the middle of
     one."""
-    exs = list(from_hotpotqa(SHARED_DATA / "hotpotqa_train_500b.json"))[:200]
+    exs = hp500()
     paragraphs = list(dict.fromkeys(c for ex in exs for c in ex.chunks))
     chunks = []
     with tempfile.TemporaryDirectory() as folder:
@@ -126,17 +137,8 @@ def pooled(model, cache: dict) -> float:
         for part in sorted(Path(folder).glob("part-*.txt")):
             doc = Document(part.read_text(), "text", ((0, 1),))
             chunks.extend(c.text for c in chunk_document(doc, ChunkConfig()))
-    missing = [c for c in dict.fromkeys(chunks) if c not in cache]
-    if missing:
-        cache.update(zip(missing, model.embed_chunks(missing), strict=True))
-    source = MemoryCandidates(chunks, np.stack([cache[c] for c in chunks]))
     stories = [longctx.Story(ex.question, ex.answer or "", ex.chunks, ex.support) for ex in exs]
-    episodes = run_episodes(model, [s.question for s in stories], [source] * len(exs), StopRule(5))
-    found = [
-        longctx.fact_hits([ev.text for ev in ep.evidence], story)[0]
-        for ep, story in zip(episodes, stories, strict=True)
-    ]
-    return float(np.mean(found))
+    return fact_em(model, chunks, stories, cache)
 
 
 def main() -> None:

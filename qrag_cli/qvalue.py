@@ -362,7 +362,8 @@ def order_feature(
         # no title of its own. Chosen on validation: BENCHMARKS.md "Order, sentence by
         # sentence" (pooled HotpotQA paragraphs).
         return out
-    key = key_words(state.question, best)
+    asked = set(lexical.terms(state.question))
+    key = key_words(asked, best)
     if not key:
         return out
     exclude = np.fromiter(state.exclude, np.int64)
@@ -370,12 +371,12 @@ def order_feature(
     def about_asked(words: set[str]) -> bool:
         return key <= words
 
-    names, runs, on_trail_picks, answered = order_trail(state, key)
+    names, runs, on_trail_picks, answered = order_trail(state, asked, key)
     left = ~np.isin(ids, exclude)
     near = ids[left & (scores >= SCAN_SHARE * scores.max())]
-    picked = {s.strip() for r in state.picked for s in lexical.sentences(r.text)}
+    read = _sentence_reader(source, state.picked)
     if not answered:
-        found = _latest_running(source, near, about_asked, None, picked)
+        found = _latest_running(source, near, about_asked, None, read)
         if found is not None:
             out[found] = 1.0
     if not (names or runs):
@@ -387,17 +388,16 @@ def order_feature(
         return _on_trail(words, names, runs) and not about_asked(words)
 
     for before in [None, *(r.ordinal for r in on_trail_picks)]:
-        if (found := _latest_running(source, trail_ids, on_trail, before, picked)) is not None:
+        if (found := _latest_running(source, trail_ids, on_trail, before, read)) is not None:
             out[found] = 1.0
     return out
 
 
-def key_words(question: str, best: Sequence[str]) -> set[str]:
-    """The question's words that one sentence of its best BM25 matches (`best`) holds
-    together, the most of them: what a fact about what is asked must hold. "Where is the
-    green ball?" -> {green, ball}; "Where was the football before the kitchen?" ->
+def key_words(asked: set[str], best: Sequence[str]) -> set[str]:
+    """The question's words (`asked`) that one sentence of its best BM25 matches (`best`)
+    holds together, the most of them: what a fact about what is asked must hold. "Where
+    is the green ball?" -> {green, ball}; "Where was the football before the kitchen?" ->
     {football} when no sentence holds both (the best match is about the rarer word)."""
-    asked = set(lexical.terms(question))
     key: set[str] = set()
     for text in best:
         for sentence in lexical.sentences(text):
@@ -408,14 +408,14 @@ def key_words(question: str, best: Sequence[str]) -> set[str]:
 
 
 def order_trail(
-    state: State, key: set[str]
+    state: State, asked: set[str], key: set[str]
 ) -> tuple[set[str], set[tuple[str, ...]], list[Action], bool]:
     """(single names, names of several words, the picks on the trail, whether a fact about
     what is asked is picked). The trail: the names in the picked sentences that hold the
     `key` words, then in the picked sentences that hold one of those names, in pick order;
-    the question's own words are not names to follow. "Where was the football before the
-    kitchen?": the football's holder, then where the holder went before the kitchen."""
-    asked = set(lexical.terms(state.question))
+    the question's own words (`asked`) are not names to follow. "Where was the football
+    before the kitchen?": the football's holder, then where the holder went before the
+    kitchen."""
     names: set[str] = set()
     runs: set[tuple[str, ...]] = set()
     on_trail_picks, answered = [], False
@@ -436,29 +436,46 @@ def order_trail(
     return names, runs, on_trail_picks, answered
 
 
+def _sentence_reader(
+    source: Candidates, picked: Sequence[Action]
+) -> Callable[[list[int]], list[list[set[str]]]]:
+    """Chunk ids -> the word sets of their sentences that count for the order term, each
+    chunk read once per step however many pointers scan it: none for a chunk that is not
+    running text (lexical.titled), and never a `picked` sentence (chunks overlap: the next
+    chunk repeats a picked fact, and it is no new fact)."""
+    seen = {s.strip() for r in picked for s in lexical.sentences(r.text)}
+    cache: dict[int, list[set[str]]] = {}
+
+    def read(ids: list[int]) -> list[list[set[str]]]:
+        missing = [i for i in ids if i not in cache]
+        for row in source.rows(missing) if missing else ():
+            said = [] if lexical.titled(row.text) else lexical.sentences(row.text)
+            cache[row.id] = [set(lexical.terms(s)) for s in said if s.strip() not in seen]
+        return [cache[i] for i in ids]
+
+    return read
+
+
 def _latest_running(
     source: Candidates,
     ids: np.ndarray,
     holds: Callable[[set[str]], bool],
     before: int | None,
-    picked: set[str],
+    read: Callable[[list[int]], list[list[set[str]]]],
 ) -> int | None:
-    """The latest of `ids` (only those before ordinal `before`, if given) cut from running
-    text with a sentence whose words `holds` accepts and that is not one of the `picked`
-    sentences (chunks overlap: the next chunk repeats a picked fact, and it is no new
-    fact), or None. Texts are read latest first, a few at a time: in a large corpus
-    thousands of chunks can match, and the latest usually qualifies."""
+    """The latest of `ids` (only those before ordinal `before`, if given) with a sentence
+    whose words `holds` accepts, as `read` gives them (`_sentence_reader`), or None. Chunks
+    are read latest first, a few at a time: in a large corpus thousands of chunks can
+    match, and the latest usually qualifies."""
     ords = source.ordinals(ids)
     order = np.argsort(-ords, kind="stable")
     if before is not None:
         order = order[ords[order] < before]
     for start in range(0, len(order), 16):
-        for row in source.rows(ids[order[start : start + 16]].tolist()):
-            if lexical.titled(row.text):
-                continue
-            said = (s for s in lexical.sentences(row.text) if s.strip() not in picked)
-            if any(holds(set(lexical.terms(s))) for s in said):
-                return row.id
+        batch = ids[order[start : start + 16]].tolist()
+        for chunk_id, sentences in zip(batch, read(batch), strict=True):
+            if any(holds(words) for words in sentences):
+                return chunk_id
     return None
 
 
