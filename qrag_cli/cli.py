@@ -379,7 +379,7 @@ def train_cmd(
         str,
         typer.Option(
             help="on: learn BM25 terms of Q (start: the base model's weights or 0.1,0.1); off: "
-            "pure dense Q; or W_QUESTION,W_PICKED[,W_ORDER] to start from (qvalue.py)."
+            "pure dense Q; or W_QUESTION,W_PICKED[,W_ORDER[,W_NAMED]] to start from (qvalue.py)."
         ),
     ] = "off",
     lexical_query: Annotated[
@@ -536,8 +536,8 @@ def train_cmd(
 
 
 def _lexical_weights(value: str, base: str | None) -> list[float] | None:
-    """`qrag train --lexical`: on | off | W_QUESTION,W_PICKED[,W_ORDER] -> starting
-    weights (two: no order term)."""
+    """`qrag train --lexical`: on | off | W_QUESTION,W_PICKED[,W_ORDER[,W_NAMED]] ->
+    starting weights (two: no order term; three: no named-title term)."""
     if value == "off":
         return None
     if value == "on":
@@ -546,8 +546,8 @@ def _lexical_weights(value: str, base: str | None) -> list[float] | None:
         weights = [float(w) for w in value.split(",")]
     except ValueError:
         weights = []
-    if len(weights) not in (2, 3) or not all(math.isfinite(w) for w in weights):
-        raise UsageError("--lexical must be on, off or two or three weights like 0.3,0.3,0.1")
+    if len(weights) not in (2, 3, 4) or not all(math.isfinite(w) for w in weights):
+        raise UsageError("--lexical must be on, off or two to four weights like 0.3,0.3,0.5,0.3")
     return weights
 
 

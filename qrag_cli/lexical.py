@@ -153,18 +153,63 @@ _LABEL = re.compile(r"(?:[^.!?:\n]|(?<![^\W\d_]{3})\.){1,120}:\s")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 
 
+def titles(text: str) -> list[str]:
+    """The titles the paragraphs of a chunk open with (`heading`, or a label before a
+    colon that may hold periods: "Bolling v. Sharpe: ..."), in order."""
+    out = []
+    for part in _PARAGRAPH.split(text):
+        part = part.lstrip()
+        if not part:
+            continue
+        if title := heading(part):
+            out.append(title)
+        elif label := _LABEL.match(part):
+            out.append(label.group(0).rstrip()[:-1])
+    return out
+
+
 def titled(text: str) -> bool:
-    """Whether any paragraph of a chunk opens with a title (`heading`, or a label before a
-    colon that may hold periods: "Bolling v. Sharpe: ..."): the chunk is a piece of a
-    collection of articles or notes, whose place among other chunks says nothing (a chunk
-    of pooled wiki paragraphs often opens inside one article and holds the title of the
-    next). A chunk cut from running text (a story, a log, a diary) has none, and where it
-    stands in the document is when it happened."""
-    return any(
-        heading(part) or _LABEL.match(part.lstrip())
-        for part in _PARAGRAPH.split(text)
-        if part.strip()
-    )
+    """Whether any paragraph of a chunk opens with a title (`titles`): the chunk is a piece
+    of a collection of articles or notes, whose place among other chunks says nothing (a
+    chunk of pooled wiki paragraphs often opens inside one article and holds the title of
+    the next). A chunk cut from running text (a story, a log, a diary) has none, and where
+    it stands in the document is when it happened."""
+    return bool(titles(text))
+
+
+_QUALIFIER = re.compile(r"\([^()]*\)")  # "Bob Clark (athlete)": which Bob Clark, not the name
+
+
+def title_words(title: str) -> tuple[str, ...]:
+    """The words of a title (stopwords too), lower-cased without diacritics, without its
+    qualifier in parentheses: "Bob Clark (athlete)" and "Bob Clark" are ("bob", "clark")."""
+    return tuple(m.group(0).lower() for m in _WORD.finditer(_plain(_QUALIFIER.sub(" ", title))))
+
+
+class Namings:
+    """Where texts name things: a title is named where its words stand together, the
+    first written with a capital or as a number ("the film Places in the Heart", "a
+    Canadian football player"); "the astronomical clock" names no article "Astronomical
+    clock", it says what something is."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.starts: dict[str, list[tuple[int, int]]] = {}  # word -> (text, position)
+        self.words: list[list[str]] = []
+        for t, text in enumerate(texts):
+            written = [m.group(0) for m in _WORD.finditer(_plain(text))]
+            self.words.append([w.lower() for w in written])
+            for i, word in enumerate(written):
+                if word[0].isupper() or word[0].isdigit():
+                    self.starts.setdefault(word.lower(), []).append((t, i))
+
+    def names(self, title: str) -> bool:
+        words = title_words(title)
+        if not words:
+            return False
+        for t, i in self.starts.get(words[0], ()):
+            if tuple(self.words[t][i : i + len(words)]) == words:
+                return True
+        return False
 
 
 # An entry that starts with this matches only at the start of a chunk (FTS5's initial

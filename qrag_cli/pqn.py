@@ -233,7 +233,12 @@ def collect(
         state = states[i]
         for t, (pick, r) in enumerate(zip(picks, rewards, strict=True)):
             features = (
-                qvalue.lexical_features(sources[i], state, order=qvalue.uses_order(model))[0]
+                qvalue.lexical_features(
+                    sources[i],
+                    state,
+                    order=qvalue.uses_order(model),
+                    named=qvalue.uses_named(model),
+                )[0]
                 if qvalue.uses_lexical(model)
                 else None
             )
@@ -547,7 +552,7 @@ def train(
     if not cfg.train_encoder and not qvalue.uses_lexical(model):
         raise UsageError(
             "nothing to train: --only-lexical needs lexical weights "
-            "(--lexical W_QUESTION,W_PICKED[,W_ORDER] or a model that has them)"
+            "(--lexical W_QUESTION,W_PICKED[,W_ORDER[,W_NAMED]] or a model that has them)"
         )
     device = torch.device(cfg.device)
     model.to(device)

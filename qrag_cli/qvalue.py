@@ -6,6 +6,7 @@ and evaluation all call this module; none computes Q on its own.
             + w_question * bm25(question -> a) / best of all chunks     exact names, keys, codes
             + w_picked   * bm25(new words of picked -> a) / best left   the next hop's bridge
             + w_order    * order(a)                                     the latest fact wins
+            + w_named    * named(a)                      the article the question or a pick names
 
 Dividing by the best score keeps both lexical features in [0, 1] whatever the corpus
 size. The question term divides by the best chunk of the whole corpus, picked ones
@@ -31,9 +32,15 @@ the last time it changed hands, then where its holder went last before that). It
 only chunks cut from running text; a chunk that opens with a title is an article or a
 note whose place means nothing.
 
+The named feature (`named_feature`) is 1 for a chunk with a title (an article's
+"Title: ...", a Markdown heading; lexical.titles) that the question or a picked chunk
+names whole: the article "Carlos Fuentes" rather than "Carlos Fuentes Lemus", which holds
+the same words and more of them; after a first hop, the articles it names. BM25 cannot
+tell these apart; the encoder often cannot either.
+
 The weights are the model's (`ModelConfig.lexical`, learned by `qrag train`; a model
-with two has no order term); a model without them, or `--lexical off`, is the pure
-dense Q.
+with two has no order term, with three no named term); a model without them, or
+`--lexical off`, is the pure dense Q.
 
 Candidates at each step are the union of the dense top-`pool` (HNSW, or every chunk) and
 each lexical feature's top-`pool`, all scored exactly.
@@ -52,7 +59,8 @@ from qrag_cli import lexical
 from qrag_cli.qnet import QModel
 
 POOL = 64  # candidates proposed per signal (dense, each lexical feature) and step
-QUESTION, PICKED, ORDER = 0, 1, 2  # the lexical feature columns (and weights)
+QUESTION, PICKED, ORDER, NAMED = 0, 1, 2, 3  # the lexical feature columns (and weights)
+FEATURES = 4
 # The order term reads the sentences of the question's matches scoring at least this share
 # of the best (a fact holding the key words together scores near the best; the share
 # bounds how many texts a step reads in a large corpus); it finds the key words in the
@@ -288,14 +296,20 @@ def rotate(vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 # ---- features and scores -----------------------------------------------------------------
 def lexical_features(
-    source: Candidates, state: State, raw_max: list[float] | None = None, order: bool = False
+    source: Candidates,
+    state: State,
+    raw_max: list[float] | None = None,
+    order: bool = False,
+    named: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The lexical features of every chunk id under `state` ([id_space, 3], in [0, 1];
-    picked chunks 0): question, picked-chunk and, with `order`, the order feature (else
-    0), and the ids the features rank highest (the lexical proposals). `raw_max`,
+    """The lexical features of every chunk id under `state` ([id_space, FEATURES], in
+    [0, 1]; picked chunks 0): question, picked-chunk, with `order` the order feature and
+    with `named` the named feature (else 0; read for the lexical proposals only: a chunk
+    whose title the question or a pick names matches their words), and the ids the
+    features rank highest (the lexical proposals). `raw_max`,
     when given, receives each BM25 feature's maximum before normalisation (0 when nothing
     matches): how strongly anything left still matches, for the stop rule."""
-    features = np.zeros((source.id_space, 3), np.float32)
+    features = np.zeros((source.id_space, FEATURES), np.float32)
     if raw_max is not None:
         raw_max[:] = [0.0, 0.0]
     proposals = []
@@ -328,6 +342,9 @@ def lexical_features(
         # The chunks it points to are candidates whatever their BM25 rank: in a large corpus
         # the latest match can sit below the top POOL.
         proposals.append(np.flatnonzero(features[:, ORDER]))
+    if named and proposals:
+        ids = np.unique(np.concatenate(proposals))
+        features[ids, NAMED] = named_feature(source, state, ids)
     return features, (np.concatenate(proposals) if proposals else np.zeros(0, np.int64))
 
 
@@ -390,6 +407,20 @@ def order_feature(
     for before in [None, *(r.ordinal for r in on_trail_picks)]:
         if (found := _latest_running(source, trail_ids, on_trail, before, read)) is not None:
             out[found] = 1.0
+    return out
+
+
+def named_feature(source: Candidates, state: State, ids: np.ndarray) -> np.ndarray:
+    """1 for each chunk of `ids` with a title (lexical.titles: "Carlos Fuentes: ...", a
+    Markdown heading) that the question or a picked chunk names whole, else 0: the
+    article a question or a first hop names ("Who was born later, Carlos Fuentes or
+    Christa Wolf?": the article "Carlos Fuentes", not "Carlos Fuentes Lemus" that also
+    holds both words)."""
+    said = lexical.Namings([state.question, *(r.text for r in state.picked)])
+    out = np.zeros(len(ids), np.float32)
+    for j, row in enumerate(source.rows(ids.tolist())):
+        if any(said.names(title) for title in lexical.titles(row.text)):
+            out[j] = 1.0
     return out
 
 
@@ -498,8 +529,8 @@ def q_halves(
     model: QModel, states: torch.Tensor, chunks: torch.Tensor, features: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Q1, Q2 (the twin critic: each half of the dot product plus half the lexical term);
-    Q = Q1 + Q2. `states` broadcasts against `chunks` [..., dim]; `features` [..., 3]
-    (a model with two lexical weights reads the first two)."""
+    Q = Q1 + Q2. `states` broadcasts against `chunks` [..., dim]; `features`
+    [..., FEATURES] (a model with fewer lexical weights reads the first ones)."""
     half = chunks.shape[-1] // 2
     q1 = (states[..., :half] * chunks[..., :half]).sum(-1)
     q2 = (states[..., half:] * chunks[..., half:]).sum(-1)
@@ -518,6 +549,11 @@ def uses_lexical(model: QModel) -> bool:
 def uses_order(model: QModel) -> bool:
     """Whether Q has the order term (a third lexical weight)."""
     return model.lexical_weights is not None and model.lexical_weights.shape[0] > ORDER
+
+
+def uses_named(model: QModel) -> bool:
+    """Whether Q has the named-title term (a fourth lexical weight)."""
+    return model.lexical_weights is not None and model.lexical_weights.shape[0] > NAMED
 
 
 def without_lexical(model: QModel) -> QModel:
@@ -563,7 +599,9 @@ def best(
     ids = source.propose(state_vec, max(k, POOL), exclude)
     features = None
     if uses_lexical(model):
-        features, lexical_ids = lexical_features(source, state, bm25_max, uses_order(model))
+        features, lexical_ids = lexical_features(
+            source, state, bm25_max, uses_order(model), uses_named(model)
+        )
         ids = np.unique(np.concatenate([ids, lexical_ids]))
     if len(ids) == 0:
         return ids.astype(np.int64), np.zeros(0, np.float32)

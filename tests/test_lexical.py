@@ -93,7 +93,7 @@ def test_lexical_features_use_the_new_words_of_picked_chunks() -> None:
     asked, new = qvalue.lexical_queries(state)
     assert new == ["kept", "ines", "varga"]  # the question's words are not news
     after, proposals = qvalue.lexical_features(source, state)
-    assert after[0].tolist() == [0.0, 0.0, 0.0]  # picked: no longer an action
+    assert not after[0].any()  # picked: no longer an action
     assert after[2, 1] == 1.0 and after[3, 1] == 0.0 and 2 in proposals
     assert ((after >= 0) & (after <= 1)).all()
 
@@ -236,18 +236,61 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
     # A chunk of pooled articles that opens inside one and holds the title of the next.
     assert lexical.titled("an album of 1979.\n\nDemon Dice: Demon Dice is a dice game.")
     assert not lexical.titled("the roof.\n\nDaniel Ek went to the garden. Bo ate.")
-    # A model with a third lexical weight has the order term; two or three numbers only.
+    # A model with a third lexical weight has the order term, a fourth the named-title
+    # term; two to four numbers only.
     three = trainable(model, frozen_chunks=True, lexical=[0.3, 0.3, 0.1])
     assert qvalue.uses_order(three) and not qvalue.uses_order(
         trainable(model, frozen_chunks=True, lexical=[0.3, 0.3])
     )
+    assert not qvalue.uses_named(three)
+    assert qvalue.uses_named(trainable(model, frozen_chunks=True, lexical=[0.3, 0.3, 0.1, 0.2]))
     save_model(three, tmp_path / "three")
     assert load_model(str(tmp_path / "three")).cfg.lexical == [0.3, 0.3, 0.1]
     config = json.loads((tmp_path / "three" / "config.json").read_text())
-    config["lexical"] = [0.3, 0.3, 0.1, 0.1]
+    config["lexical"] = [0.3, 0.3, 0.1, 0.1, 0.1]
     (tmp_path / "three" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="lexical must be two or three numbers"):
+    with pytest.raises(ModelError, match="lexical must be two to four numbers"):
         load_qrag_folder(tmp_path / "three")
+
+
+def test_named_feature_marks_the_articles_the_question_or_a_pick_names() -> None:
+    """A title named whole by the question or a picked chunk marks its chunk: "Carlos
+    Fuentes" and not "Carlos Fuentes Lemus" that holds both words too; a qualifier in
+    parentheses is not part of the name; after a pick, the article it names."""
+    articles = memory(
+        [
+            "Carlos Fuentes Lemus: Carlos Fuentes Lemus was the son of Carlos Fuentes.",
+            "Carlos Fuentes: Carlos Fuentes was a Mexican novelist.",
+            "Christa Wolf (writer): Christa Wolf was a German novelist, born in Landsberg.",
+            "Landsberg an der Warthe: a town now called Gorzow.",
+            "# Gorzow\nA city in Poland.",
+            "Carlos Fuentes went to the market. Christa Wolf stayed home.",
+            "the end of an article.\n\nFuentes: a surname.",
+        ]
+    )
+    state = qvalue.State("Who was born later, Carlos Fuentes or Christa Wolf?", [], query="names")
+    features = qvalue.lexical_features(articles, state, named=True)[0]
+    # A title inside a chunk counts too ("Fuentes", a surname the question holds whole).
+    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 2, 6]
+    assert not qvalue.lexical_features(articles, state)[0][:, qvalue.NAMED].any()  # off
+    state = state.then(articles.rows([2])[0], [])
+    features = qvalue.lexical_features(articles, state, named=True)[0]
+    # The picked chunk names "Landsberg", not "Landsberg an der Warthe"; picked chunks are 0.
+    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 6]
+    state = state.then(articles.rows([3])[0], [])
+    features = qvalue.lexical_features(articles, state, named=True)[0]
+    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 4, 6]  # a heading too
+    # Named means written as a name: "the astronomical clock" names no "Astronomical clock".
+    clocks = memory(["Astronomical clock: a clock.", "Prague astronomical clock: a clock."])
+    state = qvalue.State("When was the astronomical clock in Prague built?", [], query="names")
+    assert not qvalue.lexical_features(clocks, state, named=True)[0][:, qvalue.NAMED].any()
+    state = qvalue.State("When was the Prague astronomical clock built?", [], query="names")
+    features = qvalue.lexical_features(clocks, state, named=True)[0]
+    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1]
+    assert lexical.titles("the end.\n\nFuentes: a surname.\n\n# Notes\nrun") == [
+        "Fuentes",
+        "# Notes",
+    ]
 
 
 # 60 made-up lower-case words: prose that shares no word with any question below.

@@ -278,7 +278,7 @@ def test_collect_yields_one_transition_per_pick_and_q_is_qvalues(
                 expected += [*tok.ids([ex.chunks[c]])[0], tok.sep_token_id]
             assert tr.state == expected
             if qvalue.uses_lexical(model):
-                assert tr.features.shape == (len(ex.chunks), 3)
+                assert tr.features.shape == (len(ex.chunks), qvalue.FEATURES)
                 assert (tr.features[tr.before] == 0).all()  # picked: no longer an action
             else:
                 assert tr.features is None
