@@ -186,6 +186,12 @@ def title_words(title: str) -> tuple[str, ...]:
     return tuple(m.group(0).lower() for m in _WORD.finditer(_plain(_QUALIFIER.sub(" ", title))))
 
 
+def qualifier(title: str) -> list[str]:
+    """The content words of a title's qualifier in parentheses: "Bob Clark (athlete)" ->
+    ["athlete"]; [] without one."""
+    return [w for part in _QUALIFIER.findall(title) for w in terms(part)]
+
+
 class Namings:
     """Where texts name things: a title is named where its words stand together, the
     first written with a capital or as a number ("the film Places in the Heart", "a

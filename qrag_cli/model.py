@@ -455,7 +455,7 @@ def write_model_card(out: Path, info: dict) -> None:
                 else ""
             )
             + (
-                f" + {lexical[3]} x title named by the question or a pick"
+                f" + {lexical[3]} x title named by the question or a pick (a namesake half)"
                 if len(lexical) > 3
                 else ""
             )

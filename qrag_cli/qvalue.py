@@ -35,8 +35,9 @@ note whose place means nothing.
 The named feature (`named_feature`) is 1 for a chunk with a title (an article's
 "Title: ...", a Markdown heading; lexical.titles) that the question or a picked chunk
 names whole: the article "Carlos Fuentes" rather than "Carlos Fuentes Lemus", which holds
-the same words and more of them; after a first hop, the articles it names. BM25 cannot
-tell these apart; the encoder often cannot either.
+the same words and more of them; after a first hop, the articles it names (0.5 for a
+namesake whose qualifier, "(athlete)", they do not hold). BM25 cannot tell these apart;
+the encoder often cannot either.
 
 The weights are the model's (`ModelConfig.lexical`, learned by `qrag train`; a model
 with two has no order term, with three no named term); a model without them, or
@@ -415,12 +416,19 @@ def named_feature(source: Candidates, state: State, ids: np.ndarray) -> np.ndarr
     Markdown heading) that the question or a picked chunk names whole, else 0: the
     article a question or a first hop names ("Who was born later, Carlos Fuentes or
     Christa Wolf?": the article "Carlos Fuentes", not "Carlos Fuentes Lemus" that also
-    holds both words)."""
-    said = lexical.Namings([state.question, *(r.text for r in state.picked)])
+    holds both words). 0.5 when the title's qualifier in parentheses says what they do
+    not ("Bob Clark (athlete)" for "Which director worked in more countries, Robert
+    Butler or Bob Clark?", where "Robert Butler (director)" gets 1): another namesake.
+    Chosen on validation: BENCHMARKS.md "Named titles"."""
+    texts = [state.question, *(r.text for r in state.picked)]
+    said = lexical.Namings(texts)
+    words = set(lexical.terms(" ".join(texts)))
     out = np.zeros(len(ids), np.float32)
     for j, row in enumerate(source.rows(ids.tolist())):
-        if any(said.names(title) for title in lexical.titles(row.text)):
-            out[j] = 1.0
+        for title in lexical.titles(row.text):
+            if said.names(title):
+                qualifier = lexical.qualifier(title)
+                out[j] = max(out[j], 1.0 if words.issuperset(qualifier) else 0.5)
     return out
 
 

@@ -96,7 +96,7 @@ def assert_written_by_the_recipe(model: QModel, tmp_path: Path) -> None:
     best = max(row["select"] for row in curve)  # a tie keeps the earlier weights
     assert metrics["kept_update"] == next(r["update"] for r in curve if r["select"] == best)
     # A hybrid Q with the learned BM25 weights; the calibrated stop recorded, not applied.
-    assert model.cfg.lexical == config["lexical"] and len(config["lexical"]) == 3  # + order
+    assert model.cfg.lexical == config["lexical"] and len(config["lexical"]) == 4  # order, named
     assert config["threshold"] is None and metrics["calibrated_threshold"] > 0
     write_model_card(tmp_path, {"config": asdict(model.cfg)})
     assert (tmp_path / "MODEL_CARD.md").read_text() == (DEFAULT / "MODEL_CARD.md").read_text()

@@ -280,6 +280,19 @@ def test_named_feature_marks_the_articles_the_question_or_a_pick_names() -> None
     state = state.then(articles.rows([3])[0], [])
     features = qvalue.lexical_features(articles, state, named=True)[0]
     assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 4, 6]  # a heading too
+    # A namesake whose qualifier the question does not hold counts half.
+    people = memory(
+        [
+            "Bob Clark (athlete): a runner.",
+            "Bob Clark: a director.",
+            "Robert Butler (director): ok.",
+        ]
+    )
+    state = qvalue.State(
+        "Which director worked more, Robert Butler or Bob Clark?", [], query="names"
+    )
+    features = qvalue.lexical_features(people, state, named=True)[0]
+    assert features[:, qvalue.NAMED].tolist() == [0.5, 1.0, 1.0]
     # Named means written as a name: "the astronomical clock" names no "Astronomical clock".
     clocks = memory(["Astronomical clock: a clock.", "Prague astronomical clock: a clock."])
     state = qvalue.State("When was the astronomical clock in Prague built?", [], query="names")
