@@ -13,6 +13,7 @@ scores ~0 there (FTS5 floors its IDF): it cannot tell chunks apart.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 import unicodedata
@@ -153,9 +154,12 @@ _LABEL = re.compile(r"(?:[^.!?:\n]|(?<![^\W\d_]{3})\.){1,120}:\s")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 
 
-def titles(text: str) -> list[str]:
+@functools.lru_cache(maxsize=8192)
+def titles(text: str) -> tuple[str, ...]:
     """The titles the paragraphs of a chunk open with (`heading`, or a label before a
-    colon that may hold periods: "Bolling v. Sharpe: ..."), in order."""
+    colon that may hold periods: "Bolling v. Sharpe: ..."), in order. Cached by text: an
+    episode asks for the same candidates' titles at every step (the named term, the order
+    term's gate)."""
     out = []
     for part in _PARAGRAPH.split(text):
         part = part.lstrip()
@@ -165,7 +169,7 @@ def titles(text: str) -> list[str]:
             out.append(title)
         elif label := _LABEL.match(part):
             out.append(label.group(0).rstrip()[:-1])
-    return out
+    return tuple(out)
 
 
 def titled(text: str) -> bool:
@@ -207,6 +211,7 @@ class Namings:
             for i, word in enumerate(written):
                 if word[0].isupper() or word[0].isdigit():
                     self.starts.setdefault(word.lower(), []).append((t, i))
+        self.vocabulary = {w for words in self.words for w in words}  # every word, lower-case
 
     def names(self, title: str) -> bool:
         words = title_words(title)

@@ -420,15 +420,13 @@ def named_feature(source: Candidates, state: State, ids: np.ndarray) -> np.ndarr
     not ("Bob Clark (athlete)" for "Which director worked in more countries, Robert
     Butler or Bob Clark?", where "Robert Butler (director)" gets 1): another namesake.
     Chosen on validation: BENCHMARKS.md "Named titles"."""
-    texts = [state.question, *(r.text for r in state.picked)]
-    said = lexical.Namings(texts)
-    words = set(lexical.terms(" ".join(texts)))
+    said = lexical.Namings([state.question, *(r.text for r in state.picked)])
     out = np.zeros(len(ids), np.float32)
     for j, row in enumerate(source.rows(ids.tolist())):
         for title in lexical.titles(row.text):
             if said.names(title):
-                qualifier = lexical.qualifier(title)
-                out[j] = max(out[j], 1.0 if words.issuperset(qualifier) else 0.5)
+                held = said.vocabulary.issuperset(lexical.qualifier(title))
+                out[j] = max(out[j], 1.0 if held else 0.5)
     return out
 
 

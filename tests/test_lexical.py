@@ -300,10 +300,10 @@ def test_named_feature_marks_the_articles_the_question_or_a_pick_names() -> None
     state = qvalue.State("When was the Prague astronomical clock built?", [], query="names")
     features = qvalue.lexical_features(clocks, state, named=True)[0]
     assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1]
-    assert lexical.titles("the end.\n\nFuentes: a surname.\n\n# Notes\nrun") == [
+    assert lexical.titles("the end.\n\nFuentes: a surname.\n\n# Notes\nrun") == (
         "Fuentes",
         "# Notes",
-    ]
+    )
 
 
 # 60 made-up lower-case words: prose that shares no word with any question below.
