@@ -55,6 +55,11 @@ bench:
 #     0.5 likewise (BENCHMARKS.md "Named titles": 0 / 0.3 / 0.5 / 1.0 gave HotpotQA
 #     budget 2 0.685 / 0.81 / 0.815 / 0.80, val-real 0.80 at each; pooled 0.745 / 0.91 /
 #     0.915; 0.5 with namesakes at half, as shipped: 0.83 / 0.80 / 0.915).
+#     The state holds the first 48 tokens of each pick (--state-chunk-cap; stage 1 had
+#     96): a shorter state encodes faster at every step (1M-token warm step 35.3 ->
+#     26.7 ms) and measured as well (BENCHMARKS.md "State chunk cap": 96 / 64 / 48 gave
+#     HotpotQA budget 2 0.83 / 0.855 / 0.845, pooled 0.915 / 0.925 / 0.93, val-real
+#     0.80 each, bAbI qa2 64K 1.00 / 0.95 / 0.95, qa3 and vt equal).
 # Both select on val-real/val-gen only; the bench's held-out questions are in no file.
 TRAIN_DIR ?= qrag-train
 STAGE1_COMMIT ?= 66684aa
@@ -74,7 +79,8 @@ train-default:
 	rm -rf $(TRAIN_DIR)/run  # a run's log is appended to (for --resume): start a clean one
 	$(QRAG) train $(TRAIN_DIR)/mix.jsonl --eval $(TRAIN_DIR)/val-real.jsonl \
 	  --eval $(TRAIN_DIR)/val-gen.jsonl --base $(TRAIN_DIR)/stage1 --out $(TRAIN_DIR)/run \
-	  --only-lexical --lexical 0.3,0.3,0.5,0.5 --lexical-query names --warm-start 30 --updates 40 \
+	  --only-lexical --lexical 0.3,0.3,0.5,0.5 --lexical-query names --state-chunk-cap 48 \
+	  --warm-start 30 --updates 40 \
 	  --eval-every 10 --budget 5 --batch 8 --lr 1e-4 --alpha 0.01 --stop record --seed 0
 	$(QRAG) train pack $(TRAIN_DIR)/run models/qrag-default
 

@@ -390,6 +390,14 @@ def train_cmd(
             "question's names and keys asked whole); default: the starting model's."
         ),
     ] = _TRAIN.lexical_query,
+    state_chunk_cap: Annotated[
+        int | None,
+        typer.Option(
+            parser=int_range(8, 512),
+            help="Max encoder tokens of each picked chunk inside the state; default: the "
+            "starting model's.",
+        ),
+    ] = _TRAIN.state_chunk_cap,
     only_lexical: Annotated[
         bool,
         typer.Option("--only-lexical", help="Keep the encoders; learn only the lexical weights."),
@@ -469,6 +477,7 @@ def train_cmd(
         frozen_chunks=frozen_chunks,
         lexical=lexical_init,
         lexical_query=lexical_query,
+        state_chunk_cap=state_chunk_cap,
         train_encoder=not only_lexical,
         warm_start=warm_start,
         apply_stop=stop == "apply",

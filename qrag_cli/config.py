@@ -347,6 +347,10 @@ class TrainConfig:
     lexical_lr: float = 1e-2
     """Peak learning rate of the two lexical weights (scalars move slowly at an encoder's
     rate); follows the same schedule."""
+    state_chunk_cap: int | None = None
+    """Max encoder tokens of each picked chunk inside the state text (the model's
+    `chunk_cap`); None = the starting model's. Shorter states encode faster at every
+    step (BENCHMARKS.md "State chunk cap")."""
     train_encoder: bool = True
     """False: E_s (and E_a) stay as they are and only the lexical weights learn (a cheap
     second stage on top of a trained encoder)."""

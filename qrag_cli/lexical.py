@@ -131,19 +131,42 @@ def sentences(text: str) -> list[str]:
 
 
 _TITLE = re.compile(r"([^.!?:\n]{1,120}):\s")  # "Title: text", as paragraphs of a wiki dump
+_COLON = re.compile(r"[^.!?:\n]{1,120}:\s")  # one more colon-ended part of a title
+
+
+def _colon_title(text: str, label: re.Match[str] | None) -> str:
+    """The title before "label: " at the start of `text`, taking in later colon-ended parts
+    when the text after them opens with the title's first two words: an article repeats its
+    title, so "Diary of a Wimpy Kid: The Long Haul: Diary of a Wimpy Kid: The Long Haul is
+    ..." is titled "Diary of a Wimpy Kid: The Long Haul", not "Diary of a Wimpy Kid" (which
+    names another article)."""
+    if label is None:
+        return ""
+    title = label.group(0).rstrip()[:-1]
+    # The title's first two words, as the article's first sentence would repeat them.
+    start = " ".join(title.split()[:2])
+    end = label.end()
+    while start and not text.startswith(start, end) and len(title) < 120:
+        part = _COLON.match(text, end)
+        if part is None or not text.startswith(start, part.end()):
+            break
+        title += ": " + part.group(0).rstrip()[:-1]
+        end = part.end()
+    return title
 
 
 def heading(text: str) -> str:
     """The title a chunk opens with, or "": its first line when that is short and ends
     without sentence punctuation (a Markdown heading, a file's title line), or the text before a
-    colon in its first sentence ("Aschenbrodel: Aschenbrodel is a ballet ..."). A chunk
-    cut from running prose opens with somebody's sentence, not a title."""
-    first = text.lstrip().split("\n", 1)
+    colon in its first sentence ("Aschenbrodel: Aschenbrodel is a ballet ..."; `_colon_title`
+    for titles holding a colon). A chunk cut from running prose opens with somebody's
+    sentence, not a title."""
+    text = text.lstrip()
+    first = text.split("\n", 1)
     line = first[0].rstrip()
     if len(first) > 1 and line and line[-1] not in ".!?" and len(line.split()) <= 12:
         return first[0]
-    match = _TITLE.match(text.lstrip())
-    return match.group(1) if match else ""
+    return _colon_title(text, _TITLE.match(text))
 
 
 # A label before a colon: periods only after a word of one or two letters ("Bolling v.
@@ -165,10 +188,8 @@ def titles(text: str) -> tuple[str, ...]:
         part = part.lstrip()
         if not part:
             continue
-        if title := heading(part):
+        if title := heading(part) or _colon_title(part, _LABEL.match(part)):
             out.append(title)
-        elif label := _LABEL.match(part):
-            out.append(label.group(0).rstrip()[:-1])
     return tuple(out)
 
 

@@ -57,6 +57,7 @@ def trainable(
     frozen_chunks: bool = False,
     lexical: list[float] | None = None,
     lexical_query: str | None = None,
+    chunk_cap: int | None = None,
 ) -> QModel:
     """Separate E_s and E_a copies of `model`, set up for Q-learning (raw dot products,
     scaled down so initial Q values are small, as in the reference).
@@ -68,13 +69,17 @@ def trainable(
 
     `lexical` starts the lexical terms of Q at these weights (None: the model's own).
     `lexical_query` picks what the picked-chunk term asks for (None: the model's own).
+    `chunk_cap` caps each picked chunk inside the state (None: the model's own).
     A frozen-chunk model trains on with its own settings (a second stage of training).
     """
     lexical = lexical if lexical is not None else model.cfg.lexical
     query = lexical_query if lexical_query is not None else model.cfg.lexical_query
+    cap = chunk_cap or model.cfg.chunk_cap
     state = copy.deepcopy(model.state_encoder)
     if model.cfg.chunk_source() == "base":  # a second stage: E_a and every setting stay
-        cfg = replace(model.cfg, threshold=None, lexical=lexical, lexical_query=query)
+        cfg = replace(
+            model.cfg, threshold=None, lexical=lexical, lexical_query=query, chunk_cap=cap
+        )
         chunk = model.chunk_encoder
     elif frozen_chunks:
         if not (model.cfg.chunk_source() == "shared" and model.cfg.base.startswith(BASE_NAME)):
@@ -91,6 +96,7 @@ def trainable(
             state_scale=scale,
             lexical=lexical,
             lexical_query=query,
+            chunk_cap=cap,
         )
     else:
         state.normalize, state.scale = normalize, scale
@@ -105,6 +111,7 @@ def trainable(
             positions=positions,
             lexical=lexical,
             lexical_query=query,
+            chunk_cap=cap,
         )
     return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config), model.folder)
 
@@ -548,6 +555,7 @@ def train(
             frozen_chunks=cfg.frozen_chunks,
             lexical=cfg.lexical,
             lexical_query=cfg.lexical_query,
+            chunk_cap=cfg.state_chunk_cap,
         )
     if not cfg.train_encoder and not qvalue.uses_lexical(model):
         raise UsageError(

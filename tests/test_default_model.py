@@ -86,6 +86,7 @@ def assert_written_by_the_recipe(model: QModel, tmp_path: Path) -> None:
     assert train["lexical"] == [float(w) for w in flag["--lexical"].split(",")]
     assert train["lexical_query"] == config["lexical_query"] == flag["--lexical-query"]
     assert train["apply_stop"] is (flag["--stop"] == "apply")
+    assert train["state_chunk_cap"] == config["chunk_cap"] == int(flag["--state-chunk-cap"])
     for name in ("warm_start", "updates", "eval_every", "budget", "batch", "seed"):
         assert train[name] == int(flag["--" + name.replace("_", "-")]), name
     assert train["lr"] == float(flag["--lr"]) and train["alpha"] == float(flag["--alpha"])

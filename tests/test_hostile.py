@@ -58,6 +58,8 @@ NUMERIC_FLAGS = [
     (["train", MISSING, "--updates", "5", "--warm-start", "6"], "--warm-start"),
     (["train", MISSING, "--lexical", "nan,0.1"], "--lexical"),
     (["train", MISSING, "--lexical", "0.3,0.3,0.1,0.1,0.1"], "--lexical"),
+    (["train", MISSING, "--state-chunk-cap", "0"], "--state-chunk-cap"),
+    (["train", MISSING, "--state-chunk-cap", "513"], "--state-chunk-cap"),
     (["train", "eval", MISSING, "--budget", "2", "--budget", "0"], "--budget"),
     (["train", "eval", MISSING, "--threshold", "inf"], "--threshold"),
     (["bench", "--length", "100"], "--length"),

@@ -304,6 +304,15 @@ def test_named_feature_marks_the_articles_the_question_or_a_pick_names() -> None
         "Fuentes",
         "# Notes",
     )
+    # A title holding a colon: the article's first sentence repeats it whole, so the film
+    # "Diary of a Wimpy Kid: The Long Haul" is not an article titled "Diary of a Wimpy Kid".
+    sequel = "Diary of a Wimpy Kid: The Long Haul: Diary of a Wimpy Kid: The Long Haul is a film."
+    assert lexical.heading(sequel) == "Diary of a Wimpy Kid: The Long Haul"
+    assert lexical.titles("Error: file: not found.") == ("Error",)
+    films = memory([sequel, "Diary of a Wimpy Kid: Diary of a Wimpy Kid is a novel."])
+    state = qvalue.State("Which film of Diary of a Wimpy Kid came first?", [], query="names")
+    features = qvalue.lexical_features(films, state, named=True)[0]
+    assert features[:, qvalue.NAMED].tolist() == [0.0, 1.0]
 
 
 # 60 made-up lower-case words: prose that shares no word with any question below.

@@ -389,6 +389,8 @@ def test_only_lexical_learns_the_bm25_weights(tmp_path: Path) -> None:
             "--out",
             str(out),
             "--only-lexical",
+            "--state-chunk-cap",
+            "48",
             "--budget",
             "2",
             "--updates",
@@ -407,8 +409,10 @@ def test_only_lexical_learns_the_bm25_weights(tmp_path: Path) -> None:
     # Measured: held-out EM 0.075 -> 0.275, weights 0/0 -> 0.11/0.12 (a 2-layer encoder
     # that never learned the task; the BM25 terms alone carry the gain).
     assert result["after"]["fact_em"] >= result["before"]["fact_em"] + 0.15, result
-    weights = json.loads((out / "config.json").read_text())["lexical"]
+    config = json.loads((out / "config.json").read_text())
+    weights = config["lexical"]
     assert weights[1] > 0.05, weights
+    assert config["chunk_cap"] == 48 and config["train"]["state_chunk_cap"] == 48
     from safetensors.torch import load_file
 
     before = load_file(str(tmp_path / "start" / "model.safetensors"))
