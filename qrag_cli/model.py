@@ -464,6 +464,8 @@ def write_model_card(out: Path, info: dict) -> None:
             else " (dense only)"
         )
         + " |",
+        f"| state | the question (first {cfg.get('question_cap')} tokens) and each picked "
+        f"chunk's first {cfg.get('chunk_cap')} tokens, in document order |",
         f"| trained | {what} |",
         f"| data | `{train_cfg.get('data')}` (sha256 {train_cfg.get('data_hash')}), "
         f"{train_cfg.get('train_examples')} train / {train_cfg.get('eval_examples')} eval |",

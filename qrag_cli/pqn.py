@@ -74,7 +74,7 @@ def trainable(
     """
     lexical = lexical if lexical is not None else model.cfg.lexical
     query = lexical_query if lexical_query is not None else model.cfg.lexical_query
-    cap = chunk_cap or model.cfg.chunk_cap
+    cap = chunk_cap if chunk_cap is not None else model.cfg.chunk_cap
     state = copy.deepcopy(model.state_encoder)
     if model.cfg.chunk_source() == "base":  # a second stage: E_a and every setting stay
         cfg = replace(
