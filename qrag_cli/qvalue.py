@@ -337,7 +337,7 @@ def lexical_features(
         features[ids, column] = scores / (whole if column == QUESTION else left)
         if raw_max is not None:
             raw_max[column] = float(left)
-        proposals.append(ids[np.argsort(-scores, kind="stable")[:POOL]])
+        proposals.append(ids[top_positions(scores, POOL)])
     if order and question_hits is not None:
         features[:, ORDER] = order_feature(source, state, *question_hits)
         # The chunks it points to are candidates whatever their BM25 rank: in a large corpus
@@ -372,7 +372,7 @@ def order_feature(
     out = np.zeros(source.id_space, np.float32)
     if len(ids) == 0:
         return out
-    top = ids[np.argsort(-scores, kind="stable")[:KEY_POOL]]
+    top = ids[top_positions(scores, KEY_POOL)]
     best = [r.text for r in source.rows(top.tolist())]
     if any(lexical.titled(text) for text in best):
         # The question is answered from articles or notes (its best matches hold titles):
@@ -613,6 +613,20 @@ def best(
         return ids.astype(np.int64), np.zeros(0, np.float32)
     q = score_all(model, state_vec, source, state, ids, features)
     return top_k(q, ids, k)
+
+
+def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the `k` highest scores, best first, ties in position order: what
+    np.argsort(-scores, kind="stable")[:k] gives, without sorting every BM25 match (a
+    query over 1M tokens can match ten thousand chunks, at every step)."""
+    n = len(scores)
+    if n <= k:
+        return np.argsort(-scores, kind="stable")
+    kth = np.partition(scores, n - k)[n - k]  # the k-th highest
+    above = np.flatnonzero(scores > kth)
+    ties = np.flatnonzero(scores == kth)[: k - len(above)]
+    chosen = np.sort(np.concatenate([above, ties]))
+    return chosen[np.argsort(-scores[chosen], kind="stable")]
 
 
 def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

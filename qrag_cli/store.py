@@ -293,6 +293,9 @@ class IndexSnapshot:
         self.n_vectors = int(self.meta["n_vectors"])
         self.generation = int(self.meta["generation"])
         self._hnsw: hnswlib.Index | None = None
+        # The snapshot's chunks never change (`renew` keeps it only while meta, and so the
+        # generation, is the same): what FTS5 answered once holds.
+        self._searcher = lexical.Searcher(self.conn)
         vec_path = folder / "vectors.f32"
         expected = self.n_vectors * self.dim * 4
         size = vec_path.stat().st_size if vec_path.exists() else -1
@@ -341,8 +344,9 @@ class IndexSnapshot:
         return table
 
     def bm25(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk ids, BM25 scores) of every chunk matching any of `words`."""
-        return lexical.bm25(self.conn, words)
+        """(chunk ids, BM25 scores) of every chunk matching any of `words` (read-only
+        arrays, remembered while this snapshot lives: lexical.Searcher)."""
+        return self._searcher.bm25(words)
 
     def chunks(self, ids: Iterable[int]) -> list[ChunkRow]:
         ids = list(ids)

@@ -75,6 +75,28 @@ def test_memory_bm25_ranks_the_exact_identifier_first() -> None:
     assert ids[np.argmax(scores)] == 0 and 2 not in ids and (scores > 0).all()
 
 
+def test_searcher_answers_a_repeated_query_from_memory_unchanged() -> None:
+    """An episode asks the question query at every step: the second answer is the first
+    one, and it cannot be changed by whoever holds it."""
+    lexicon = lexical.MemoryLexicon(["The deploy failed with error E4402.", "E4403 again."])
+    first = lexicon.bm25(["e4402", "error"])
+    lexicon.conn.execute(f"DELETE FROM {lexical.FTS_TABLE}")  # an answer asked anew would be ()
+    again = lexicon.bm25(["e4402", "error"])
+    assert again[0] is first[0] and list(first[0]) == [0]
+    with pytest.raises(ValueError):
+        first[1][0] = 9.0
+    assert len(lexicon.bm25(["e4403"])[0]) == 0  # another query is asked
+
+
+def test_top_positions_is_a_stable_sort_cut_short() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        scores = rng.integers(0, 5, int(rng.integers(0, 120))).astype(np.float32)
+        k = int(rng.integers(1, 70))
+        want = np.argsort(-scores, kind="stable")[:k]
+        assert np.array_equal(qvalue.top_positions(scores, k), want)
+
+
 def test_lexical_features_use_the_new_words_of_picked_chunks() -> None:
     texts = [
         "The copper compass number 7 is kept by Ines Varga.",
