@@ -24,6 +24,10 @@ instead of for the Aphelandra paragraph's look-alikes.
 "New words" are the words of the picked chunks that the question does not already hold:
 the entity a first hop reveals ("kept by Ines Berg") and the second hop must find.
 
+Chunks overlap, so the chunk next to a pick repeats the pick's edge. Both BM25 features
+are 0 for such a neighbour when the rest of its text matches none of their query
+(`beside_picks`): the same needle is not evidence twice.
+
 The order feature (`order_feature`) is 1 where a story's order points, read sentence by
 sentence: the latest fact about what is asked (a sentence holding the question's key
 words together), and, for the names in the picked facts (the trail), the latest sentence
@@ -316,6 +320,7 @@ def lexical_features(
     proposals = []
     exclude = np.fromiter(state.exclude, np.int64)
     question_hits: tuple[np.ndarray, np.ndarray] | None = None  # the whole question's
+    asked: list[list[str]] = []  # each BM25 feature's query, as asked
     for column, words in enumerate(lexical_queries(state)):
         narrow = not_held(state, words) if column == QUESTION else []
         ids, scores = source.bm25(narrow or words)
@@ -324,6 +329,7 @@ def lexical_features(
             # "number"): the whole question stays. One query when they do.
             narrow = []
             ids, scores = source.bm25(words)
+        asked.append(narrow or words)
         if column == QUESTION and order:
             question_hits = source.bm25(words) if narrow else (ids, scores)
         whole = scores.max(initial=0.0)  # picked chunks included
@@ -338,6 +344,11 @@ def lexical_features(
         if raw_max is not None:
             raw_max[column] = float(left)
         proposals.append(ids[top_positions(scores, POOL)])
+    for chunk_id, rest in beside_picks(source, state, features).items():
+        said = set(lexical.terms(rest))
+        for column, words in enumerate(asked):
+            if not any(said.issuperset(e.removeprefix(lexical.OPENING).split()) for e in words):
+                features[chunk_id, column] = 0.0
     if order and question_hits is not None:
         features[:, ORDER] = order_feature(source, state, *question_hits)
         # The chunks it points to are candidates whatever their BM25 rank: in a large corpus
@@ -347,6 +358,49 @@ def lexical_features(
         ids = np.unique(np.concatenate(proposals))
         features[ids, NAMED] = named_feature(source, state, ids)
     return features, (np.concatenate(proposals) if proposals else np.zeros(0, np.int64))
+
+
+def beside_picks(source: Candidates, state: State, features: np.ndarray) -> dict[int, str]:
+    """The chunks next to a pick (ordinal one before or after) that a BM25 feature
+    matches, each with its text less the part it shares with the pick: chunks overlap, and
+    a neighbour that matches only through the picked text it repeats holds nothing new. A
+    needle at the edge of a chunk is whole in both chunks; without this, the neighbour
+    outranks the next needle ("What are all the special magic numbers for cobalt-meadow?"
+    took the same number twice at 1M tokens)."""
+    if not state.picked:
+        return {}
+    matched = np.flatnonzero(features[:, : PICKED + 1].any(axis=1))
+    if len(matched) == 0:
+        return {}
+    ords = source.ordinals(matched)
+    picked = {r.ordinal: r.text for r in state.picked}
+    near = np.fromiter((o + d for o in picked for d in (-1, 1)), np.int64)
+    beside = matched[np.isin(ords, near)]
+    out = {}
+    for row in source.rows(beside.tolist()):
+        rest = row.text
+        if (after := picked.get(row.ordinal - 1)) is not None:
+            rest = rest[_shared_edge(after, rest) :]
+        if (before := picked.get(row.ordinal + 1)) is not None:
+            rest = rest[: len(rest) - _shared_edge(rest, before)]
+        out[row.id] = rest
+    return out
+
+
+MIN_SHARED = 8  # characters: shorter shared edges ("5", ". ") are chance, not overlap
+
+
+def _shared_edge(first: str, second: str) -> int:
+    """The length of the longest end of `first` that `second` starts with (the text two
+    overlapping chunks share), 0 when none or shorter than MIN_SHARED."""
+    if not second:
+        return 0
+    start = max(0, len(first) - len(second))
+    while (i := first.find(second[0], start)) >= 0 and len(first) - i >= MIN_SHARED:
+        if second.startswith(first[i:]):
+            return len(first) - i
+        start = i + 1
+    return 0
 
 
 def order_feature(

@@ -4,6 +4,7 @@ features, and the second hop a dense-only Q misses."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import sqlite3
@@ -15,7 +16,9 @@ import pytest
 from conftest import run_qrag
 
 from qrag_cli import lexical, qvalue
+from qrag_cli.chunk import chunk_document
 from qrag_cli.config import ChunkConfig
+from qrag_cli.documents import Document
 from qrag_cli.episode import IndexCandidates, MemoryCandidates, StopRule, run_episodes
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model, load_qrag_folder, save_model
@@ -118,6 +121,51 @@ def test_lexical_features_use_the_new_words_of_picked_chunks() -> None:
     assert not after[0].any()  # picked: no longer an action
     assert after[2, 1] == 1.0 and after[3, 1] == 0.0 and 2 in proposals
     assert ((after >= 0) & (after <= 1)).all()
+
+
+def test_a_neighbour_matching_only_through_the_overlap_it_repeats_scores_nothing() -> None:
+    """Chunks overlap: a needle at the edge of a pick is whole in its neighbour too, which
+    then matches the question as well as the pick did and took the step the next needle
+    needs ("What are all the special magic numbers for cobalt-meadow?" at 1M tokens)."""
+    needle = "The special magic number for cobalt-meadow is 8048426."
+    texts = [
+        f"The ferry left the harbour at dawn. {needle}",
+        f"{needle} The mill owner praised the eastern pass.",  # starts with the pick's end
+        "A herd of reindeer sold a map of the islands.",
+        "The special magic number for cobalt-meadow is 1369099. The river rose.",
+    ]
+    source = MemoryCandidates(texts, np.zeros((4, 2), np.float32))
+    model = load_model("base")
+    start = qvalue.start(model, ["What are all the special magic numbers for cobalt-meadow?"])[0]
+    before, _ = qvalue.lexical_features(source, start)
+    assert before[1, 0] > 0 and before[3, 0] > 0
+    state = qvalue.pick(model, start, source.rows([0])[0])
+    assert qvalue.beside_picks(source, state, before) == {
+        1: " The mill owner praised the eastern pass."
+    }
+    after, _ = qvalue.lexical_features(source, state)
+    assert after[1, 0] == 0.0 and after[3, 0] > 0  # the next needle, not the same one again
+    # The chunk before a pick ends with what the pick starts with.
+    state = qvalue.pick(model, start, source.rows([1])[0])
+    after, _ = qvalue.lexical_features(source, state)
+    assert after[0, 0] == 0.0 and after[3, 0] > 0
+    # A neighbour with something new of its own keeps its match: the pick's next sentence.
+    texts[1] = f"{needle} The special magic number for cobalt-meadow is 5853994."
+    source = MemoryCandidates(texts, np.zeros((4, 2), np.float32))
+    state = qvalue.pick(model, start, source.rows([0])[0])
+    after, _ = qvalue.lexical_features(source, state)
+    assert after[1, 0] > 0
+
+
+def test_overlapping_chunks_share_their_edges() -> None:
+    """What `beside_picks` takes off is the overlap the chunker really writes."""
+    words = "ferry harbour mill river lantern quarry meadow bridge".split()
+    text = " ".join(f"The {words[i % 8]} keeper counted {i} stones." for i in range(400))
+    chunks = [c.text for c in chunk_document(Document(text, "text", ((0, 1),)), ChunkConfig())]
+    assert len(chunks) > 5
+    for first, second in itertools.pairwise(chunks):
+        shared = qvalue._shared_edge(first, second)
+        assert shared >= qvalue.MIN_SHARED and first.endswith(second[:shared])
 
 
 def test_question_term_keeps_its_scale_once_its_best_match_is_picked() -> None:
