@@ -133,6 +133,28 @@ def sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text) if s.strip()]
 
 
+def _at_sentence_start(text: str, i: int) -> bool:
+    head = text[:i].rstrip()
+    return not head or head[-1] in ".!?" or "\n" in text[len(head) : i + 1]
+
+
+def sentence_start(text: str, i: int) -> int:
+    """Where the sentence that position `i` of `text` falls in starts (`i` itself when a
+    sentence starts there, as `sentences` cuts)."""
+    if _at_sentence_start(text, i):
+        return i
+    return max((m.end() for m in _SENTENCE_END.finditer(text, 0, i)), default=0)
+
+
+def sentence_end(text: str, i: int) -> int:
+    """Where the sentence that position `i` of `text` falls in ends (`i` itself when a
+    sentence starts there)."""
+    if _at_sentence_start(text, i):
+        return i
+    found = _SENTENCE_END.search(text, i)
+    return found.start() if found else len(text)
+
+
 _TITLE = re.compile(r"([^.!?:\n]{1,120}):\s")  # "Title: text", as paragraphs of a wiki dump
 _COLON = re.compile(r"[^.!?:\n]{1,120}:\s")  # one more colon-ended part of a title
 

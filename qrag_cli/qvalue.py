@@ -362,8 +362,9 @@ def lexical_features(
 
 def beside_picks(source: Candidates, state: State, features: np.ndarray) -> dict[int, str]:
     """The chunks next to a pick (ordinal one before or after) that a BM25 feature
-    matches, each with its text less the part it shares with the pick: chunks overlap, and
-    a neighbour that matches only through the picked text it repeats holds nothing new. A
+    matches, each with its text less the whole sentences it shares with the pick: chunks
+    overlap, and a neighbour that matches only through picked text it repeats holds
+    nothing new. A
     needle at the edge of a chunk is whole in both chunks; without this, the neighbour
     outranks the next needle ("What are all the special magic numbers for cobalt-meadow?"
     took the same number twice at 1M tokens)."""
@@ -378,11 +379,13 @@ def beside_picks(source: Candidates, state: State, features: np.ndarray) -> dict
     beside = matched[np.isin(ords, near)]
     out = {}
     for row in source.rows(beside.tolist()):
+        # The shared edge is cut by tokens, so it can start or end inside a sentence: that
+        # sentence is whole only in the neighbour, and stays in its rest.
         rest = row.text
         if (after := picked.get(row.ordinal - 1)) is not None:
-            rest = rest[_shared_edge(after, rest) :]
+            rest = rest[lexical.sentence_start(rest, _shared_edge(after, rest)) :]
         if (before := picked.get(row.ordinal + 1)) is not None:
-            rest = rest[: len(rest) - _shared_edge(rest, before)]
+            rest = rest[: lexical.sentence_end(rest, len(rest) - _shared_edge(rest, before))]
         out[row.id] = rest
     return out
 

@@ -155,6 +155,15 @@ def test_a_neighbour_matching_only_through_the_overlap_it_repeats_scores_nothing
     state = qvalue.pick(model, start, source.rows([0])[0])
     after, _ = qvalue.lexical_features(source, state)
     assert after[1, 0] > 0
+    # The overlap is cut by tokens: a pick that opens inside the needle ("special magic
+    # ...", its "The" left behind) does not hold it whole, and its neighbour that does
+    # keeps the match.
+    texts[1] = f"{needle[4:]} The mill owner praised the eastern pass."
+    source = MemoryCandidates(texts, np.zeros((4, 2), np.float32))
+    state = qvalue.pick(model, start, source.rows([1])[0])
+    assert qvalue.beside_picks(source, state, before)[0] == texts[0]
+    after, _ = qvalue.lexical_features(source, state)
+    assert after[0, 0] > 0
 
 
 def test_overlapping_chunks_share_their_edges() -> None:
