@@ -364,10 +364,9 @@ def beside_picks(source: Candidates, state: State, features: np.ndarray) -> dict
     """The chunks next to a pick (ordinal one before or after) that a BM25 feature
     matches, each with its text less the whole sentences it shares with the pick: chunks
     overlap, and a neighbour that matches only through picked text it repeats holds
-    nothing new. A
-    needle at the edge of a chunk is whole in both chunks; without this, the neighbour
-    outranks the next needle ("What are all the special magic numbers for cobalt-meadow?"
-    took the same number twice at 1M tokens)."""
+    nothing new. A needle at the edge of a chunk is whole in both chunks; without this,
+    the neighbour outranks the next needle ("What are all the special magic numbers for
+    cobalt-meadow?" took the same number twice at 1M tokens)."""
     if not state.picked:
         return {}
     matched = np.flatnonzero(features[:, : PICKED + 1].any(axis=1))
