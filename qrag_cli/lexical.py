@@ -301,21 +301,6 @@ def create_table(conn: sqlite3.Connection, external: bool) -> None:
     )
 
 
-def bm25(conn: sqlite3.Connection, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(chunk ids, BM25 scores > 0) of every chunk matching any of `words`."""
-    if not words:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    rows = conn.execute(
-        f"SELECT rowid, bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ?",
-        (match_expression(words),),
-    ).fetchall()
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-    scores = -np.fromiter((r[1] for r in rows), np.float32, len(rows))  # FTS5: lower = better
-    return ids, scores
-
-
 class Searcher:
     """BM25 over one FTS5 table that does not change while this object lives (an index
     snapshot, an episode's in-memory table), remembering its latest answers.
@@ -332,18 +317,32 @@ class Searcher:
         self._recent: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def bm25(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        key = match_expression(words)
-        hit = self._recent.get(key)
+        """(chunk ids, BM25 scores > 0) of every chunk matching any of `words`."""
+        if not words:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        expression = match_expression(words)
+        hit = self._recent.get(expression)
         if hit is not None:
-            self._recent.move_to_end(key)
+            self._recent.move_to_end(expression)
             return hit
-        ids, scores = bm25(self.conn, words)
+        rows = self.conn.execute(
+            f"SELECT rowid, bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ?",
+            (expression,),
+        ).fetchall()
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        scores = -np.fromiter((r[1] for r in rows), np.float32, len(rows))  # FTS5: lower = better
         ids.flags.writeable = False
         scores.flags.writeable = False
-        self._recent[key] = (ids, scores)
+        self._recent[expression] = (ids, scores)
         if len(self._recent) > self.RECENT:
             self._recent.popitem(last=False)
         return ids, scores
+
+
+def holds(words: set[str], entry: str) -> bool:
+    """Whether a bag of terms holds a query entry: a word, every word of a phrase, or of
+    an opening (`opening`)."""
+    return words.issuperset(entry.removeprefix(OPENING).split())
 
 
 class MemoryLexicon(Searcher):

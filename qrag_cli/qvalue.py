@@ -222,7 +222,7 @@ def not_held(state: State, entries: list[str]) -> list[str]:
     while any chunk left matches them (`lexical_features`): "Angraecum" once the
     Aphelandra paragraph is picked. Chosen on validation: BENCHMARKS.md "Order"."""
     held = set(lexical.terms(" ".join(r.text for r in state.picked)))
-    left = [e for e in entries if not held.issuperset(e.removeprefix(lexical.OPENING).split())]
+    left = [e for e in entries if not lexical.holds(held, e)]
     return left if len(left) < len(entries) else []
 
 
@@ -320,7 +320,7 @@ def lexical_features(
     proposals = []
     exclude = np.fromiter(state.exclude, np.int64)
     question_hits: tuple[np.ndarray, np.ndarray] | None = None  # the whole question's
-    asked: list[list[str]] = []  # each BM25 feature's query, as asked
+    queries: list[list[str]] = []  # each BM25 feature's query, as asked
     for column, words in enumerate(lexical_queries(state)):
         narrow = not_held(state, words) if column == QUESTION else []
         ids, scores = source.bm25(narrow or words)
@@ -329,7 +329,7 @@ def lexical_features(
             # "number"): the whole question stays. One query when they do.
             narrow = []
             ids, scores = source.bm25(words)
-        asked.append(narrow or words)
+        queries.append(narrow or words)
         if column == QUESTION and order:
             question_hits = source.bm25(words) if narrow else (ids, scores)
         whole = scores.max(initial=0.0)  # picked chunks included
@@ -346,8 +346,8 @@ def lexical_features(
         proposals.append(ids[top_positions(scores, POOL)])
     for chunk_id, rest in beside_picks(source, state, features).items():
         said = set(lexical.terms(rest))
-        for column, words in enumerate(asked):
-            if not any(said.issuperset(e.removeprefix(lexical.OPENING).split()) for e in words):
+        for column, words in enumerate(queries):
+            if not any(lexical.holds(said, e) for e in words):
                 features[chunk_id, column] = 0.0
     if order and question_hits is not None:
         features[:, ORDER] = order_feature(source, state, *question_hits)
@@ -686,8 +686,6 @@ def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    if len(scores) > k:
-        part = np.argpartition(-scores, k - 1)[:k]
-        scores, ids = scores[part], ids[part]
-    order = np.argsort(-scores, kind="stable")
+    """The `k` best (ids, scores), best first; equal scores in `ids` order."""
+    order = top_positions(scores, k)
     return ids[order], scores[order]
