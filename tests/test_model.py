@@ -31,6 +31,22 @@ def test_compact_bert_matches_transformers(base_model) -> None:
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
+def test_embeddings_do_not_depend_on_the_batch_size(base_model) -> None:
+    """Chunks embed in batches of `qnet.batch_tokens` padded tokens on a CPU: one chunk per
+    batch, the default and one batch for all give the same vectors."""
+    from qrag_cli.qnet import batch_tokens
+
+    texts = [
+        f"Record {i}: the ferry crossed the river {'north ' * (i % 40)}at dawn." for i in range(90)
+    ]
+    ids = base_model.action_ids(texts)
+    assert sum(map(len, ids)) > batch_tokens(torch.device("cpu"))  # several batches
+    default = base_model.encode(base_model.chunk_encoder, ids)
+    for budget in (1, 1 << 20):
+        other = base_model.encode(base_model.chunk_encoder, ids, token_budget=budget)
+        assert torch.allclose(default, other, atol=1e-5)
+
+
 def test_save_load_round_trip_and_fingerprint(tmp_path: Path) -> None:
     model = trainable(from_base(layers=2), scale=0.1)
     save_model(model, tmp_path / "m")
