@@ -8,6 +8,7 @@ judges the evidence complete, on the budget, or when nothing is left.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -129,6 +130,9 @@ class IndexCandidates:
         self._notify = notify
         self._live: np.ndarray | None = None
         self._ordinals: np.ndarray | None = None
+        self._rows: OrderedDict[int, ChunkRow] = OrderedDict()  # oldest first
+
+    ROWS_KEPT = 4096  # chunk rows remembered (a few episodes' candidates, ~3 MB)
 
     def __len__(self) -> int:
         return self.snapshot.n_chunks
@@ -189,7 +193,16 @@ class IndexCandidates:
         return ids
 
     def rows(self, ids) -> list[ChunkRow]:
-        return self.snapshot.chunks([int(i) for i in ids])
+        # Remembered: an episode reads the same candidates' rows at every step (features,
+        # the order term, the overlap rule), and a snapshot's chunks cannot change.
+        want = [int(i) for i in ids]
+        missing = [i for i in dict.fromkeys(want) if i not in self._rows]
+        fetched = {r.id: r for r in self.snapshot.chunks(missing)} if missing else {}
+        out = [fetched.get(i) or self._rows[i] for i in want]
+        self._rows.update(fetched)
+        while len(self._rows) > self.ROWS_KEPT:
+            self._rows.popitem(last=False)
+        return out
 
 
 Policy = Callable[[np.ndarray], int]

@@ -91,6 +91,36 @@ def test_searcher_answers_a_repeated_query_from_memory_unchanged() -> None:
     assert len(lexicon.bm25(["e4403"])[0]) == 0  # another query is asked
 
 
+def test_terms_are_remembered_by_text_and_each_caller_gets_its_own_list() -> None:
+    first = lexical.terms("Ines Varga keeps the copper compass")
+    first.append("changed")  # a caller's list is its own: the remembered answer stays
+    assert lexical.terms("Ines Varga keeps the copper compass") == [
+        "ines",
+        "varga",
+        "keeps",
+        "copper",
+        "compass",
+    ]
+
+
+def test_index_rows_are_remembered_in_order_within_their_bound(tmp_path: Path, base_model) -> None:
+    """An episode reads the same candidates' rows at every step: later reads come from
+    memory, in the order asked, repeats included, and no more rows are kept than the bound."""
+    root = compass_corpus(tmp_path / "docs")
+    build_index([root], tmp_path / "idx", base_model, ChunkConfig())
+    with open_snapshot(tmp_path / "idx") as snapshot:
+        source = IndexCandidates(snapshot)
+        source.ROWS_KEPT = 5
+        ids = snapshot.live_ids().tolist()
+        asked = [ids[3], ids[0], ids[3], ids[7]]
+        assert source.rows(asked) == snapshot.chunks(asked)
+        first = source.rows([ids[0]])[0]
+        assert source.rows([ids[0]])[0] is first  # remembered, not read again
+        source.rows(ids[:9])
+        assert len(source._rows) == 5
+        assert [r.id for r in source.rows(ids[::-1])] == ids[::-1]
+
+
 def test_top_positions_is_a_stable_sort_cut_short() -> None:
     rng = np.random.default_rng(0)
     for _ in range(500):
