@@ -111,8 +111,10 @@ class IndexCandidates:
     A failed HNSW search falls back to every chunk for as long as this object lives (one
     snapshot): `notify` (the CLI passes its stderr log) is told once, and `fallback` keeps
     why. Library code never prints, so without `notify` only `fallback` says so. The next
-    snapshot (a new
-    `qrag ask`, or `qrag mcp` after the index changed) tries the graph again."""
+    snapshot (a new `qrag ask`, or `qrag mcp` after the index changed) tries the graph
+    again."""
+
+    ROWS_KEPT = 4096  # chunk rows remembered (a few episodes' candidates, ~3 MB)
 
     def __init__(
         self,
@@ -131,8 +133,6 @@ class IndexCandidates:
         self._live: np.ndarray | None = None
         self._ordinals: np.ndarray | None = None
         self._rows: OrderedDict[int, ChunkRow] = OrderedDict()  # oldest first
-
-    ROWS_KEPT = 4096  # chunk rows remembered (a few episodes' candidates, ~3 MB)
 
     def __len__(self) -> int:
         return self.snapshot.n_chunks

@@ -209,7 +209,7 @@ class QModel(nn.Module):
 
 def batch_tokens(device: torch.device) -> int:
     """Padded tokens per forward pass. On a CPU, batches whose activations stay in cache
-    (2048 tokens: ~12 MB for MiniLM's widest layer) embedded the same chunks ~25% faster
+    (2048 tokens: ~12 MB for MiniLM's widest layer) embedded the same chunks 8-25% faster
     than batches of 16384 (BENCHMARKS.md "Embedding batches"); a GPU wants large batches."""
     return 2048 if device.type == "cpu" else 16384
 
