@@ -57,9 +57,9 @@ bench:
 #     0.915; 0.5 with namesakes at half, as shipped: 0.83 / 0.80 / 0.915).
 #     The state holds the first 48 tokens of each pick (--state-chunk-cap; stage 1 had
 #     96): a shorter state encodes faster at every step (state encode ~30 -> ~21 ms a
-#     step at 1M tokens) and measured as well (BENCHMARKS.md "State chunk cap": 96 / 64
-#     / 48 gave HotpotQA budget 2 0.83 / 0.855 / 0.845, pooled 0.915 / 0.925 / 0.93, val-real
-#     0.80 each, bAbI qa2 64K 1.00 / 0.95 / 0.95, qa3 and vt equal).
+#     step at 1M tokens) and measured as well (BENCHMARKS.md "State chunk cap":
+#     96 / 64 / 48 gave HotpotQA budget 2 0.83 / 0.855 / 0.845, pooled 0.915 / 0.925 /
+#     0.93, val-real 0.80 each, bAbI qa2 64K 1.00 / 0.95 / 0.95, qa3 and vt equal).
 # Both select on val-real/val-gen only; the bench's held-out questions are in no file.
 TRAIN_DIR ?= qrag-train
 STAGE1_COMMIT ?= 66684aa

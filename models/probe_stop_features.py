@@ -30,7 +30,7 @@ from qrag_cli.datasets import load_examples, real_examples, split
 from qrag_cli.evaluate import complete_at, run_examples, score, stop_metrics
 from qrag_cli.model import load_model
 from qrag_cli.stop import evidence_view, features
-from qrag_cli.stopfit import TOLERANCE, logistic
+from qrag_cli.stopfit import fewest_steps, head_cuts, logistic
 
 EXTRA = 7  # extra features per decision (see the module docstring)
 VARIANTS = {
@@ -117,15 +117,13 @@ def main() -> None:
     for name, columns in VARIANTS.items():
         head = logistic(*decisions(runs["train"], sets["train"], columns)[:2])
         x_val, _, _ = decisions(runs["val"], sets["val"], columns)
-        candidates = {1.01, *np.quantile(head.prob(x_val), np.linspace(0, 1, 201)).tolist()}
-        fixed = score(runs["val"], sets["val"]).fact_em
-        best_key, best_cut = None, 1.01
-        for cut in sorted(candidates, reverse=True):
-            m = score(runs["val"], sets["val"], cuts(head, runs["val"], sets["val"], columns, cut))
-            if m.fact_em < fixed - TOLERANCE - 1e-9:
-                continue
-            if best_key is None or (m.mean_steps, -m.fact_em) < best_key:
-                best_key, best_cut = (m.mean_steps, -m.fact_em), cut
+        val_eps, val_exs = runs["val"], sets["val"]
+        best_cut = fewest_steps(
+            head_cuts(head.prob(x_val)),
+            lambda cut: score(val_eps, val_exs, cuts(head, val_eps, val_exs, columns, cut)),
+            score(val_eps, val_exs).fact_em,
+        )
+        best_cut = 1.01 if best_cut is None else best_cut
         out: dict = {"features": name, "cut": best_cut}
         for split_name in ("val", "real", "gen"):
             eps, exs = runs[split_name], sets[split_name]

@@ -15,18 +15,27 @@ Everything here reads greedy no-stop episodes: a stop only truncates a greedy ep
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 
 from qrag_cli.datasets import Example
-from qrag_cli.evaluate import complete_at, cut_episodes, run_examples, score, stop_report
+from qrag_cli.evaluate import (
+    Metrics,
+    complete_at,
+    cut_episodes,
+    run_examples,
+    score,
+    stop_report,
+)
 from qrag_cli.qnet import QModel
 from qrag_cli.stop import FEATURES, StopHead, StopRule, evidence_view, features
 from qrag_cli.types import Episode
 
 TOLERANCE = 0.02  # fact EM a stop may lose against the fixed budget
+T = TypeVar("T")
 
 
 def choose_rule(
@@ -38,18 +47,39 @@ def choose_rule(
     """The rule with the fewest mean steps whose fact EM is within `tolerance` of the
     fixed budget's (ties: the higher EM); none qualifying: a rule that never fires."""
     fixed = score(episodes, examples).fact_em
-    best: tuple[float, float] | None = None
-    chosen: StopRule | None = None
-    for rule in rules:
-        m = score(cut_episodes(episodes, rule), examples)
-        if m.fact_em < fixed - tolerance - 1e-9:
-            continue
-        key = (m.mean_steps, -m.fact_em)
-        if best is None or key < best:
-            best, chosen = key, rule
+    chosen = fewest_steps(
+        rules, lambda rule: score(cut_episodes(episodes, rule), examples), fixed, tolerance
+    )
     if chosen is None:
         raise ValueError("no candidate rules")
     return chosen
+
+
+def fewest_steps(
+    candidates: Iterable[T],
+    metrics: Callable[[T], Metrics],
+    fixed_em: float,
+    tolerance: float = TOLERANCE,
+) -> T | None:
+    """The candidate whose `metrics` have the fewest mean steps with fact EM within
+    `tolerance` of `fixed_em` (ties: the higher EM, then the first), or None when none
+    does: the one selection every stop rule and probe is chosen by."""
+    best: tuple[float, float] | None = None
+    chosen: T | None = None
+    for candidate in candidates:
+        m = metrics(candidate)
+        if m.fact_em < fixed_em - tolerance - 1e-9:
+            continue
+        key = (m.mean_steps, -m.fact_em)
+        if best is None or key < best:
+            best, chosen = key, candidate
+    return chosen
+
+
+def head_cuts(probs: np.ndarray) -> list[float]:
+    """The cuts a stop head is tried at, highest first: its eval probabilities' 201
+    quantiles, and 1.01 (never stop)."""
+    return sorted({1.01, *np.quantile(probs, np.linspace(0, 1, 201)).tolist()}, reverse=True)
 
 
 def _threshold_candidates(episodes: Sequence[Episode]) -> list[float]:
@@ -128,9 +158,8 @@ def fit_head(
     head = logistic(x, y)
     ex, _ = stop_rows(eval_episodes, eval_examples)
     probs = head.prob(ex) if len(ex) else np.zeros(0)
-    cuts = sorted({1.01, *np.quantile(probs, np.linspace(0, 1, 201)).tolist()}, reverse=True)
     budget = max(len(ep.evidence) for ep in eval_episodes)
-    rules = [StopRule(budget, head=replace(head, cut=float(c))) for c in cuts]
+    rules = [StopRule(budget, head=replace(head, cut=float(c))) for c in head_cuts(probs)]
     return choose_rule(eval_episodes, eval_examples, rules, tolerance).head
 
 
