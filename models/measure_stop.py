@@ -27,20 +27,37 @@ from qrag_cli.stop import StopRule
 from qrag_cli.stopfit import em_threshold, fit_head
 
 
+def stop_sets(folder: Path, n_train: int) -> dict[str, list]:
+    """The stop studies' examples: `train` (N_TRAIN of mix.jsonl, seed 0) fits, `val`
+    (val-real + val-gen) chooses, `real` (the bench's held-out half of the pooled real
+    questions) and `gen` (fresh stories of every bench task) are held out."""
+    mix = load_examples(folder / "mix.jsonl")
+    real = real_examples()
+    assert real is not None, "../shared/data is needed for the held-out real questions"
+    return {
+        "train": random.Random(0).sample(mix, min(n_train, len(mix))),
+        "val": [
+            *load_examples(folder / "val-real.jsonl"),
+            *load_examples(folder / "val-gen.jsonl"),
+        ],
+        "real": split(real, 0.5, 0)[1],
+        "gen": [ex for task in TASKS for ex in training_examples(task, 6, 2026, stories=4)],
+    }
+
+
+def _printed(head) -> dict:
+    """A head's numbers without its count model's weights (384 x 4)."""
+    return {k: v for k, v in head.to_dict().items() if k != "counts"}
+
+
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "qrag-train")
     n_train = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     model = load_model(sys.argv[3] if len(sys.argv) > 3 else None)
     budget = int((model.cfg.train or {}).get("budget") or 5)
-    mix = load_examples(folder / "mix.jsonl")
-    train = random.Random(0).sample(mix, min(n_train, len(mix)))
-    val = [*load_examples(folder / "val-real.jsonl"), *load_examples(folder / "val-gen.jsonl")]
-    real = real_examples()
-    assert real is not None, "../shared/data is needed for the held-out real questions"
-    held = {
-        "real": split(real, 0.5, 0)[1],
-        "gen": [ex for task in TASKS for ex in training_examples(task, 6, 2026, stories=4)],
-    }
+    sets = stop_sets(folder, n_train)
+    train, val = sets["train"], sets["val"]
+    held = {"real": sets["real"], "gen": sets["gen"]}
     cache: dict = {}
     t0 = time.perf_counter()
     runs = {
@@ -51,17 +68,24 @@ def main() -> None:
     f1_thr, _, _ = calibrate_threshold(runs["val"], val)
     em_thr = em_threshold(runs["val"], val)
     head = fit_head(runs["train"], train, runs["val"], val)
+    no_counts = fit_head(runs["train"], train, runs["val"], val, count_model=False)
     rules = {
         "fixed": None,
         "threshold_f1": StopRule(budget, f1_thr),
         "threshold_em": StopRule(budget, em_thr),
         "head": StopRule(budget, head=head),
+        "head_without_counts": StopRule(budget, head=no_counts),
     }
     out: dict = {
         "model": model.cfg.name,
         "budget": budget,
         "n": {k: len(v) for k, v in examples.items()},
-        "params": {"threshold_f1": f1_thr, "threshold_em": em_thr, "head": head.to_dict()},
+        "params": {
+            "threshold_f1": f1_thr,
+            "threshold_em": em_thr,
+            "head": _printed(head),
+            "head_without_counts": _printed(no_counts),
+        },
         "seconds_episodes": round(time.perf_counter() - t0, 1),
     }
     for name, rule in rules.items():  # each rule's stop metrics per split

@@ -17,16 +17,14 @@ left match the question fully. Prints one JSON line per feature set.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from measure_stop import stop_sets  # models/: this script's folder
 
 from qrag_cli import qvalue
-from qrag_cli.bench.longctx import TASKS, training_examples
-from qrag_cli.datasets import load_examples, real_examples, split
 from qrag_cli.evaluate import complete_at, run_examples, score, stop_metrics
 from qrag_cli.model import load_model
 from qrag_cli.stop import evidence_view, features
@@ -100,16 +98,7 @@ def main() -> None:
     n_train = int(sys.argv[1]) if len(sys.argv) > 1 else 150
     model = load_model(sys.argv[2] if len(sys.argv) > 2 else None)
     budget = int((model.cfg.train or {}).get("budget") or 5)
-    folder = Path("qrag-train")
-    mix = load_examples(folder / "mix.jsonl")
-    real = real_examples()
-    assert real is not None, "../shared/data is needed for the held-out real questions"
-    sets = {
-        "train": random.Random(0).sample(mix, min(n_train, len(mix))),
-        "val": [*load_examples(folder / "val-real.jsonl"), *load_examples(folder / "val-gen.jsonl")],
-        "real": split(real, 0.5, 0)[1],
-        "gen": [ex for task in TASKS for ex in training_examples(task, 6, 2026, stories=4)],
-    }
+    sets = stop_sets(Path("qrag-train"), n_train)
     t0 = time.perf_counter()
     cache: dict = {}
     runs = {name: run_examples(model, exs, budget, cache=cache) for name, exs in sets.items()}

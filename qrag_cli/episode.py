@@ -246,6 +246,8 @@ def run_episodes(
     states = qvalue.start(model, questions)
     evidence: list[list[Evidence]] = [[] for _ in range(n)]
     stops: list[str | None] = [None] * n
+    question_vecs: list[np.ndarray | None] = [None] * n  # the first step's state vectors
+    counts: list[np.ndarray | None] = [None] * n
     clock = timings if timings is not None else {}
     for step in range(stop.max_steps):
         live = [i for i in range(n) if stops[i] is None]
@@ -255,6 +257,9 @@ def run_episodes(
         state_vecs = model.embed_states([qvalue.state_tokens(model, states[i]) for i in live])
         t1 = time.perf_counter()
         for row, i in enumerate(live):
+            if step == 0:
+                question_vecs[i] = state_vecs[row]
+                counts[i] = stop.counts(state_vecs[row])
             bm25_max: list[float] = []
             ids, q = qvalue.best(
                 model, state_vecs[row], sources[i], states[i], max(alternatives, 1), bm25_max
@@ -265,7 +270,7 @@ def run_episodes(
             choice = policy(q)
             lexical = (bm25_max[0], bm25_max[1]) if bm25_max else None
             first_q = evidence[i][0].q if evidence[i] else None
-            if stop.fires(StepView(step, q, first_q, lexical), choice):
+            if stop.fires(StepView(step, q, first_q, lexical, counts[i]), choice):
                 stops[i] = "complete"
                 continue
             chosen = sources[i].rows([ids[choice]])[0]
@@ -294,7 +299,7 @@ def run_episodes(
         clock["search_ms"] = clock.get("search_ms", 0.0) + (t2 - t1) * 1000
         clock["steps"] = clock.get("steps", 0) + 1
     more = _more_expected(
-        model, states, evidence, sources, stops, stop, max(alternatives, 1), clock
+        model, states, evidence, sources, stops, stop, max(alternatives, 1), clock, counts
     )
     return [
         Episode(
@@ -302,6 +307,7 @@ def run_episodes(
             evidence=evidence[i],
             stop=stops[i] or "budget",
             more_expected=more[i],
+            question_vec=question_vecs[i],
         )
         for i in range(n)
     ]
@@ -316,6 +322,7 @@ def _more_expected(
     stop: StopRule,
     k: int,
     clock: dict[str, float],
+    counts: Sequence[np.ndarray | None],
 ) -> list[bool | None]:
     """For a rule that can stop: would the best next action still have been taken at
     step `max_steps` + 1? One more state encoding and scoring for the episodes the budget
@@ -334,7 +341,8 @@ def _more_expected(
         ids, q = qvalue.best(model, state_vecs[row], sources[i], states[i], k, bm25_max)
         lexical = (bm25_max[0], bm25_max[1]) if bm25_max else None
         first_q = evidence[i][0].q if evidence[i] else None
-        more[i] = len(ids) > 0 and not stop.fires(StepView(stop.max_steps, q, first_q, lexical))
+        view = StepView(stop.max_steps, q, first_q, lexical, counts[i])
+        more[i] = len(ids) > 0 and not stop.fires(view)
     clock["encode_ms"] = clock.get("encode_ms", 0.0) + (t1 - t0) * 1000
     clock["search_ms"] = clock.get("search_ms", 0.0) + (time.perf_counter() - t1) * 1000
     return more

@@ -9,7 +9,9 @@ Everything here reads greedy no-stop episodes: a stop only truncates a greedy ep
   qualifies).
 - `em_threshold`: a Q threshold chosen that way (instead of the F1-best one).
 - `fit_head`: a logistic stop head (stop.StopHead) fitted on TRAINING episodes, label =
-  "the gold set is already complete before this pick", its `cut` chosen on eval episodes.
+  "the gold set is already complete before this pick", its `cut` chosen on eval episodes;
+  first its count model (`fit_counts`: the question's gold chunk count from E_s of the
+  question), whose output the head reads.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
+import torch
 
 from qrag_cli.datasets import Example
 from qrag_cli.evaluate import (
@@ -31,10 +34,19 @@ from qrag_cli.evaluate import (
     stop_report,
 )
 from qrag_cli.qnet import QModel
-from qrag_cli.stop import FEATURES, StopHead, StopRule, evidence_view, features
+from qrag_cli.stop import (
+    FEATURES,
+    CountModel,
+    StopHead,
+    StopRule,
+    evidence_view,
+    features,
+)
 from qrag_cli.types import Episode
 
 TOLERANCE = 0.02  # fact EM a stop may lose against the fixed budget
+MAX_COUNT = 4  # count classes: 1, 2, 3, 4 or more gold chunks
+COUNT_L2 = (1e-4, 1e-3, 1e-2)  # the count model's L2, chosen by eval accuracy
 T = TypeVar("T")
 
 
@@ -105,16 +117,17 @@ def em_threshold(
 
 
 def stop_rows(
-    episodes: Sequence[Episode], examples: Sequence[Example]
+    episodes: Sequence[Episode], examples: Sequence[Example], counts: CountModel | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """One row per decision a stop could take in greedy no-stop episodes (before each pick
-    but the first): the features the rule reads, and whether the gold set was already
-    complete (stopping there loses nothing)."""
+    but the first): the features the rule reads (`count_done` from `counts`), and whether
+    the gold set was already complete (stopping there loses nothing)."""
     xs, ys = [], []
     for ep, ex in zip(episodes, examples, strict=True):
         done = complete_at([ev.chunk_id for ev in ep.evidence], ex.support)
+        probs = None if counts is None else counts.probs(_question_vecs([ep])[0])
         for t in range(1, len(ep.evidence)):
-            xs.append(features(evidence_view(t, ep.evidence)))
+            xs.append(features(evidence_view(t, ep.evidence, probs)))
             ys.append(done is not None and done <= t)
     return np.array(xs, np.float64).reshape(-1, len(FEATURES)), np.array(ys, np.float64)
 
@@ -144,19 +157,86 @@ def logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) ->
     )
 
 
+def _gold_counts(examples: Sequence[Example]) -> np.ndarray:
+    return np.array([min(max(len(set(ex.support)), 1), MAX_COUNT) for ex in examples])
+
+
+def _question_vecs(episodes: Sequence[Episode]) -> np.ndarray:
+    if any(ep.question_vec is None for ep in episodes):
+        raise ValueError("an episode without its question vector (no step ran)")
+    return np.stack([np.asarray(ep.question_vec, np.float64) for ep in episodes])
+
+
+def softmax_regression(x: np.ndarray, labels: np.ndarray, classes: int, l2: float) -> CountModel:
+    """Multinomial logistic regression (L-BFGS, L2 on the weights) of labels 0..classes-1."""
+    xt = torch.tensor(x, dtype=torch.float64)
+    yt = torch.tensor(labels, dtype=torch.long)
+    w = torch.zeros(x.shape[1], classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        opt.zero_grad()
+        value = torch.nn.functional.cross_entropy(xt @ w + b, yt) + l2 * (w**2).sum()
+        value.backward()
+        return value
+
+    opt.step(loss)
+    return CountModel(w.detach().tolist(), b.detach().tolist())
+
+
+def count_accuracy(
+    model: CountModel | None, episodes: Sequence[Episode], examples: Sequence[Example]
+) -> float:
+    """Share of the episodes' questions whose most likely count is their gold count."""
+    if model is None or not episodes:
+        return 0.0
+    guessed = np.array([model.probs(v).argmax() + 1 for v in _question_vecs(episodes)])
+    return float((guessed == _gold_counts(examples)).mean())
+
+
+def fit_counts(
+    train_episodes: Sequence[Episode],
+    train_examples: Sequence[Example],
+    eval_episodes: Sequence[Episode],
+    eval_examples: Sequence[Example],
+) -> CountModel:
+    """The count model: each training question's vector -> its gold chunk count (1 to
+    MAX_COUNT), the L2 of COUNT_L2 with the best accuracy on the eval questions (ties:
+    the stronger L2)."""
+    x, y = _question_vecs(train_episodes), _gold_counts(train_examples) - 1
+    best: tuple[float, float] | None = None
+    chosen: CountModel | None = None
+    for l2 in COUNT_L2:
+        model = softmax_regression(x, y, MAX_COUNT, l2)
+        key = (count_accuracy(model, eval_episodes, eval_examples), l2)
+        if best is None or key > best:
+            best, chosen = key, model
+    assert chosen is not None
+    return chosen
+
+
 def fit_head(
     train_episodes: Sequence[Episode],
     train_examples: Sequence[Example],
     eval_episodes: Sequence[Episode],
     eval_examples: Sequence[Example],
     tolerance: float = TOLERANCE,
+    count_model: bool = True,
 ) -> StopHead:
-    """A stop head fitted on training episodes; its `cut` chosen on the eval episodes."""
-    x, y = stop_rows(train_episodes, train_examples)
+    """A stop head fitted on training episodes (its count model first; `count_model`
+    False for the ablation: `count_done` stays 0); its `cut` and the count model's L2
+    chosen on the eval episodes."""
+    counts = (
+        fit_counts(train_episodes, train_examples, eval_episodes, eval_examples)
+        if count_model
+        else None
+    )
+    x, y = stop_rows(train_episodes, train_examples, counts)
     if len(y) == 0 or y.min() == y.max():
         raise ValueError("the training episodes need stops that are both right and wrong")
-    head = logistic(x, y)
-    ex, _ = stop_rows(eval_episodes, eval_examples)
+    head = replace(logistic(x, y), counts=counts)
+    ex, _ = stop_rows(eval_episodes, eval_examples, counts)
     probs = head.prob(ex) if len(ex) else np.zeros(0)
     budget = max(len(ep.evidence) for ep in eval_episodes)
     rules = [StopRule(budget, head=replace(head, cut=float(c))) for c in head_cuts(probs)]
@@ -173,14 +253,17 @@ def fit_model_stop(
 ) -> dict:
     """Fit the model's stop (`kind`: "head", or "threshold" chosen for fact EM) on greedy
     episodes at `budget`, set it in `model.cfg` (the other kind is cleared) and return
-    what it did on the eval examples (evaluate.stop_metrics, as `metrics.stop`)."""
+    what it did on the eval examples (evaluate.stop_metrics, as `metrics.stop`; a head
+    adds `count_accuracy`, its count model's share of eval questions read right)."""
     cache: dict[str, np.ndarray] = {}
     eval_runs = run_examples(model, eval_examples, budget, cache=cache)
+    extra: dict = {}
     if kind == "head":
         train_runs = run_examples(model, train_examples, budget, cache=cache)
         head = fit_head(train_runs, train_examples, eval_runs, eval_examples, tolerance)
         model.cfg.stop_head, model.cfg.threshold = head.to_dict(), None
         rule = StopRule(budget, head=head)
+        extra["count_accuracy"] = count_accuracy(head.counts, eval_runs, eval_examples)
     else:
         threshold = em_threshold(eval_runs, eval_examples, tolerance)
         model.cfg.stop_head, model.cfg.threshold = None, threshold
@@ -191,4 +274,5 @@ def fit_model_stop(
         "train_examples": len(train_examples) if kind == "head" else 0,
         "eval_examples": len(eval_examples),
         **stop_report(cut_episodes(eval_runs, rule), eval_runs, eval_examples),
+        **extra,
     }

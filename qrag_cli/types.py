@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class QragError(Exception):
@@ -138,3 +139,6 @@ class Episode:
     more_expected: bool | None = None
     """Budget stops of a model with a stop rule: True when its rule would not have fired
     at the next step (the evidence is likely incomplete). None: no stop rule applied."""
+    question_vec: Any = field(default=None, repr=False, compare=False)
+    """E_s of the question alone (the first step's state vector, a numpy array): what a
+    stop head's count model reads (stop.CountModel); None where no step ran."""
