@@ -47,7 +47,7 @@ def stop_sets(folder: Path, n_train: int) -> dict[str, list]:
 
 def _printed(head) -> dict:
     """A head's numbers without its count model's weights (384 x 4)."""
-    return {k: v for k, v in head.to_dict().items() if k != "counts"}
+    return {k: v for k, v in head.to_dict().items() if k != "count_model"}
 
 
 def main() -> None:

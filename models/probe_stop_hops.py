@@ -124,8 +124,8 @@ def main() -> None:
         xs, ys, where = [], [], []
         for i, ep in enumerate(runs[name]):
             for t in range(1, len(ep.evidence)):
-                counts = probs[name][i] if hops else None  # count_done is 0 without
-                row = [features(evidence_view(t, ep.evidence, counts))]
+                question_probs = probs[name][i] if hops else None  # count_done is 0 without
+                row = [features(evidence_view(t, ep.evidence, question_probs))]
                 if state:
                     key = (ep.question, tuple(e.chunk_id for e in ep.evidence[:t]))
                     row.append(state_vecs[key])

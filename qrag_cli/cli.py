@@ -689,8 +689,8 @@ def train_stop(
     if as_json:
         render.print_json({"src": str(src), "out": str(out), **fitted})
     else:
-        counts = fitted.get("count_accuracy")
-        read = f"; question chunk counts read right: {counts:.0%}" if counts is not None else ""
+        accuracy = fitted.get("count_accuracy")
+        read = f"; question chunk counts read right: {accuracy:.0%}" if accuracy is not None else ""
         render.log(f"wrote {out}: {render.stop_summary(fitted)}{read}")
 
 

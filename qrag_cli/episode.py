@@ -247,7 +247,7 @@ def run_episodes(
     evidence: list[list[Evidence]] = [[] for _ in range(n)]
     stops: list[str | None] = [None] * n
     question_vecs: list[np.ndarray | None] = [None] * n  # the first step's state vectors
-    counts: list[np.ndarray | None] = [None] * n
+    count_probs: list[np.ndarray | None] = [None] * n
     clock = timings if timings is not None else {}
     for step in range(stop.max_steps):
         live = [i for i in range(n) if stops[i] is None]
@@ -259,7 +259,7 @@ def run_episodes(
         for row, i in enumerate(live):
             if step == 0:
                 question_vecs[i] = state_vecs[row]
-                counts[i] = stop.counts(state_vecs[row])
+                count_probs[i] = stop.count_probs(state_vecs[row])
             bm25_max: list[float] = []
             ids, q = qvalue.best(
                 model, state_vecs[row], sources[i], states[i], max(alternatives, 1), bm25_max
@@ -270,7 +270,7 @@ def run_episodes(
             choice = policy(q)
             lexical = (bm25_max[0], bm25_max[1]) if bm25_max else None
             first_q = evidence[i][0].q if evidence[i] else None
-            if stop.fires(StepView(step, q, first_q, lexical, counts[i]), choice):
+            if stop.fires(StepView(step, q, first_q, lexical, count_probs[i]), choice):
                 stops[i] = "complete"
                 continue
             chosen = sources[i].rows([ids[choice]])[0]
@@ -299,7 +299,7 @@ def run_episodes(
         clock["search_ms"] = clock.get("search_ms", 0.0) + (t2 - t1) * 1000
         clock["steps"] = clock.get("steps", 0) + 1
     more = _more_expected(
-        model, states, evidence, sources, stops, stop, max(alternatives, 1), clock, counts
+        model, states, evidence, sources, stops, stop, max(alternatives, 1), clock, count_probs
     )
     return [
         Episode(
@@ -322,7 +322,7 @@ def _more_expected(
     stop: StopRule,
     k: int,
     clock: dict[str, float],
-    counts: Sequence[np.ndarray | None],
+    count_probs: Sequence[np.ndarray | None],
 ) -> list[bool | None]:
     """For a rule that can stop: would the best next action still have been taken at
     step `max_steps` + 1? One more state encoding and scoring for the episodes the budget
@@ -341,7 +341,7 @@ def _more_expected(
         ids, q = qvalue.best(model, state_vecs[row], sources[i], states[i], k, bm25_max)
         lexical = (bm25_max[0], bm25_max[1]) if bm25_max else None
         first_q = evidence[i][0].q if evidence[i] else None
-        view = StepView(stop.max_steps, q, first_q, lexical, counts[i])
+        view = StepView(stop.max_steps, q, first_q, lexical, count_probs[i])
         more[i] = len(ids) > 0 and not stop.fires(view)
     clock["encode_ms"] = clock.get("encode_ms", 0.0) + (t1 - t0) * 1000
     clock["search_ms"] = clock.get("search_ms", 0.0) + (time.perf_counter() - t1) * 1000

@@ -146,9 +146,9 @@ def _cut_at(episode: Episode, rule: StopRule | float) -> int:
     """Picks kept by a stop rule (a threshold: its rule) on a no-stop greedy episode."""
     if not isinstance(rule, StopRule):
         rule = StopRule(len(episode.evidence), rule)
-    counts = rule.counts(episode.question_vec)
+    count_probs = rule.count_probs(episode.question_vec)
     for t in range(len(episode.evidence)):
-        if rule.fires(evidence_view(t, episode.evidence, counts)):
+        if rule.fires(evidence_view(t, episode.evidence, count_probs)):
             return t
     return len(episode.evidence)
 

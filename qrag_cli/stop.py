@@ -48,14 +48,14 @@ FEATURES = (
 class StepView:
     """What the rule sees before a pick: `q`, the top candidates' Q, best first;
     `first_q`, the first pick's Q (None before it); `bm25_max`, the two lexical queries'
-    raw BM25 maxima over the chunks left (None for a dense model); `counts`, the count
+    raw BM25 maxima over the chunks left (None for a dense model); `count_probs`, the count
     model's P(the question needs 1, 2, ... chunks) (None: the rule has none)."""
 
     step: int  # 0-based: picks already taken
     q: np.ndarray
     first_q: float | None = None
     bm25_max: tuple[float, float] | None = None
-    counts: np.ndarray | None = None
+    count_probs: np.ndarray | None = None
 
 
 def features(view: StepView) -> np.ndarray:
@@ -64,7 +64,8 @@ def features(view: StepView) -> np.ndarray:
     ratio = best / first if abs(first) > 1e-6 else 1.0
     margin = best - float(view.q[1]) if len(view.q) > 1 else 0.0
     lex = view.bm25_max or (0.0, 0.0)
-    count_done = float(view.counts[: view.step].sum()) if view.counts is not None else 0.0
+    probs = view.count_probs
+    count_done = float(probs[: view.step].sum()) if probs is not None else 0.0
     return np.array(
         [
             best,
@@ -119,7 +120,7 @@ class StopHead:
     scale: list[float]
     cut: float = 0.5
     """Stop when P(complete) >= cut (chosen on eval data)."""
-    counts: CountModel | None = None
+    count_model: CountModel | None = None
     """Reads the question's chunk count for `count_done` (None: that feature is 0)."""
 
     def prob(self, x: np.ndarray) -> np.ndarray:
@@ -139,14 +140,14 @@ class StopHead:
             )
         n = len(FEATURES)
         try:
-            counts = data.get("counts")
+            counts = data.get("count_model")
             head = cls(
                 weights=[float(w) for w in data["weights"]],
                 bias=float(data["bias"]),
                 mean=[float(m) for m in data["mean"]],
                 scale=[float(s) for s in data["scale"]],
                 cut=float(data["cut"]),
-                counts=CountModel.from_dict(counts) if counts is not None else None,
+                count_model=CountModel.from_dict(counts) if counts is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"the model's stop head is malformed ({exc})") from exc
@@ -174,12 +175,12 @@ class StopRule:
         """Whether a rule besides the ceiling applies."""
         return self.head is not None or self.threshold is not None
 
-    def counts(self, question_vec: np.ndarray | None) -> np.ndarray | None:
+    def count_probs(self, question_vec: np.ndarray | None) -> np.ndarray | None:
         """The head's P(the question needs 1, 2, ... chunks), from E_s of the question
         (None: no head, no count model, or no vector)."""
-        if self.head is None or self.head.counts is None or question_vec is None:
+        if self.head is None or self.head.count_model is None or question_vec is None:
             return None
-        return self.head.counts.probs(question_vec)
+        return self.head.count_model.probs(question_vec)
 
     def fires(self, view: StepView, choice: int = 0) -> bool:
         """Stop instead of taking candidate `choice` (an index into `view.q`)."""
@@ -200,19 +201,20 @@ def rule_for(
     if threshold is not None:
         return StopRule(max_steps, threshold)
     head = StopHead.from_dict(model_cfg.stop_head) if model_cfg.stop_head else None
-    if head is not None and head.counts is not None and len(head.counts.weights) != model_cfg.dim:
+    count_model = head.count_model if head is not None else None
+    if count_model is not None and len(count_model.weights) != model_cfg.dim:
         raise ModelError(
-            f"the model's stop head reads {len(head.counts.weights)}-number question vectors, "
+            f"the model's stop head reads {len(count_model.weights)}-number question vectors, "
             f"its encoder makes {model_cfg.dim}; refit it with `qrag train stop`"
         )
     return StopRule(max_steps, model_cfg.threshold, head)
 
 
-def evidence_view(step: int, evidence: Sequence, counts: np.ndarray | None = None) -> StepView:
+def evidence_view(step: int, evidence: Sequence, count_probs: np.ndarray | None = None) -> StepView:
     """The view the rule had before pick `step` of a greedy no-stop episode: that pick's
     Q and its alternatives', the first pick's Q, that step's BM25 maxima, and the
-    question's chunk-count probabilities (`StopRule.counts` of the episode's
+    question's chunk-count probabilities (`StopRule.count_probs` of the episode's
     `question_vec`)."""
     ev = evidence[step]
     q = np.array([ev.q, *(b for _, b in ev.alternatives)], dtype=np.float64)
-    return StepView(step, q, evidence[0].q if step else None, ev.bm25_max, counts)
+    return StepView(step, q, evidence[0].q if step else None, ev.bm25_max, count_probs)

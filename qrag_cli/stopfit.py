@@ -10,7 +10,7 @@ Everything here reads greedy no-stop episodes: a stop only truncates a greedy ep
 - `em_threshold`: a Q threshold chosen that way (instead of the F1-best one).
 - `fit_head`: a logistic stop head (stop.StopHead) fitted on TRAINING episodes, label =
   "the gold set is already complete before this pick", its `cut` chosen on eval episodes;
-  first its count model (`fit_counts`: the question's gold chunk count from E_s of the
+  first its count model (`fit_count_model`: the question's gold chunk count from E_s of the
   question), whose output the head reads.
 """
 
@@ -117,15 +117,15 @@ def em_threshold(
 
 
 def stop_rows(
-    episodes: Sequence[Episode], examples: Sequence[Example], counts: CountModel | None = None
+    episodes: Sequence[Episode], examples: Sequence[Example], count_model: CountModel | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """One row per decision a stop could take in greedy no-stop episodes (before each pick
-    but the first): the features the rule reads (`count_done` from `counts`), and whether
+    but the first): the features the rule reads (`count_done` from `count_model`), and whether
     the gold set was already complete (stopping there loses nothing)."""
     xs, ys = [], []
     for ep, ex in zip(episodes, examples, strict=True):
         done = complete_at([ev.chunk_id for ev in ep.evidence], ex.support)
-        probs = None if counts is None else counts.probs(_question_vecs([ep])[0])
+        probs = None if count_model is None else count_model.probs(_question_vecs([ep])[0])
         for t in range(1, len(ep.evidence)):
             xs.append(features(evidence_view(t, ep.evidence, probs)))
             ys.append(done is not None and done <= t)
@@ -195,7 +195,7 @@ def count_accuracy(
     return float((guessed == _gold_counts(examples)).mean())
 
 
-def fit_counts(
+def fit_count_model(
     train_episodes: Sequence[Episode],
     train_examples: Sequence[Example],
     eval_episodes: Sequence[Episode],
@@ -227,16 +227,16 @@ def fit_head(
     """A stop head fitted on training episodes (its count model first; `count_model`
     False for the ablation: `count_done` stays 0); its `cut` and the count model's L2
     chosen on the eval episodes."""
-    counts = (
-        fit_counts(train_episodes, train_examples, eval_episodes, eval_examples)
+    count_model = (
+        fit_count_model(train_episodes, train_examples, eval_episodes, eval_examples)
         if count_model
         else None
     )
-    x, y = stop_rows(train_episodes, train_examples, counts)
+    x, y = stop_rows(train_episodes, train_examples, count_model)
     if len(y) == 0 or y.min() == y.max():
         raise ValueError("the training episodes need stops that are both right and wrong")
-    head = replace(logistic(x, y), counts=counts)
-    ex, _ = stop_rows(eval_episodes, eval_examples, counts)
+    head = replace(logistic(x, y), count_model=count_model)
+    ex, _ = stop_rows(eval_episodes, eval_examples, count_model)
     probs = head.prob(ex) if len(ex) else np.zeros(0)
     budget = max(len(ep.evidence) for ep in eval_episodes)
     rules = [StopRule(budget, head=replace(head, cut=float(c))) for c in head_cuts(probs)]
@@ -263,7 +263,7 @@ def fit_model_stop(
         head = fit_head(train_runs, train_examples, eval_runs, eval_examples, tolerance)
         model.cfg.stop_head, model.cfg.threshold = head.to_dict(), None
         rule = StopRule(budget, head=head)
-        extra["count_accuracy"] = count_accuracy(head.counts, eval_runs, eval_examples)
+        extra["count_accuracy"] = count_accuracy(head.count_model, eval_runs, eval_examples)
     else:
         threshold = em_threshold(eval_runs, eval_examples, tolerance)
         model.cfg.stop_head, model.cfg.threshold = None, threshold

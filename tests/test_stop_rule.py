@@ -47,8 +47,8 @@ def test_a_head_decides_online_as_it_is_scored_offline(lexical_model) -> None:
     assert np.allclose(full.question_vec, lexical_model.embed_states([question])[0], atol=1e-5)
     rng = np.random.default_rng(0)
     dim = len(full.question_vec)
-    counts = CountModel(rng.normal(size=(dim, 4)).tolist(), [0.0, 0.0, 0.0, 0.0])
-    probs_of_count = counts.probs(full.question_vec)
+    count_model = CountModel(rng.normal(size=(dim, 4)).tolist(), [0.0, 0.0, 0.0, 0.0])
+    probs_of_count = count_model.probs(full.question_vec)
     assert probs_of_count.sum() == pytest.approx(1.0) and probs_of_count.min() > 0
     views = [evidence_view(t, full.evidence, probs_of_count) for t in range(len(full.evidence))]
     assert all(v.bm25_max is not None for v in views)  # the lexical maxima are kept
@@ -59,10 +59,12 @@ def test_a_head_decides_online_as_it_is_scored_offline(lexical_model) -> None:
     assert count_done[1] == pytest.approx(probs_of_count[0])
     weights = rng.normal(size=len(FEATURES))
     head = StopHead(list(weights), 0.0, [0.0] * len(FEATURES), list(x.std(0) + 1e-3))
-    head.counts = counts
+    head.count_model = count_model
     probs = head.prob(x)[1:]
     if probs.argmax() == 0:  # make the rule fire after step 2, not at the first chance
-        head = StopHead([-w for w in head.weights], 0.0, head.mean, head.scale, counts=counts)
+        head = StopHead(
+            [-w for w in head.weights], 0.0, head.mean, head.scale, count_model=count_model
+        )
         probs = head.prob(x)[1:]
     head.cut = float((probs[0] + probs.max()) / 2)
     rule = StopRule(6, head=head)
@@ -87,13 +89,13 @@ def test_the_model_rule_and_its_overrides() -> None:
     with pytest.raises(ModelError, match="malformed"):
         rule_for(ModelConfig(stop_head={**head.to_dict(), "weights": [1.0]}), 3)
     # A count model travels as plain nested lists and comes back the same.
-    head.counts = CountModel([[0.5, -0.5, 0.0], [1.0, 2.0, -1.0]], [0.1, 0.0, -0.1])
+    head.count_model = CountModel([[0.5, -0.5, 0.0], [1.0, 2.0, -1.0]], [0.1, 0.0, -0.1])
     stored = json.loads(json.dumps(head.to_dict()))
     assert StopHead.from_dict(stored) == head
     with pytest.raises(ModelError, match="question vectors"):  # the encoder makes 384
         rule_for(ModelConfig(stop_head=stored), 4)
-    assert rule_for(ModelConfig(dim=2, stop_head=stored), 4).counts(np.array([1.0, 0.0])) == (
-        pytest.approx(head.counts.probs(np.array([1.0, 0.0])))
+    assert rule_for(ModelConfig(dim=2, stop_head=stored), 4).count_probs(np.array([1.0, 0.0])) == (
+        pytest.approx(head.count_model.probs(np.array([1.0, 0.0])))
     )
     for bad_counts in (
         {"weights": [[1.0, 2.0], [1.0]], "bias": [0.0, 0.0]},  # ragged
@@ -101,14 +103,14 @@ def test_the_model_rule_and_its_overrides() -> None:
         {"weights": [[1.0, 2.0]]},  # no bias
     ):
         with pytest.raises(ModelError, match="malformed"):
-            rule_for(ModelConfig(dim=2, stop_head={**stored, "counts": bad_counts}), 3)
+            rule_for(ModelConfig(dim=2, stop_head={**stored, "count_model": bad_counts}), 3)
 
 
 def test_the_count_model_reads_how_many_chunks_a_question_needs() -> None:
-    """fit_counts learns the gold count from the question vectors, its L2 chosen on the
+    """fit_count_model learns the gold count from the question vectors, its L2 chosen on the
     eval questions; an episode without a question vector cannot be fitted on."""
     from qrag_cli.datasets import Example
-    from qrag_cli.stopfit import fit_counts
+    from qrag_cli.stopfit import fit_count_model
     from qrag_cli.types import Episode
 
     rng = np.random.default_rng(3)
@@ -122,12 +124,12 @@ def test_the_count_model_reads_how_many_chunks_a_question_needs() -> None:
         return episodes, examples
 
     train, held = made(120), made(60)
-    model = fit_counts(*train, *held)
+    model = fit_count_model(*train, *held)
     assert len(model.bias) == 4 and len(model.weights) == 16
     guessed = [int(model.probs(ep.question_vec).argmax()) + 1 for ep in held[0]]
     assert np.mean([g == len(ex.support) for g, ex in zip(guessed, held[1], strict=True)]) > 0.9
     with pytest.raises(ValueError, match="question vector"):
-        fit_counts([Episode("q", [], "budget")], train[1][:1], *held)
+        fit_count_model([Episode("q", [], "budget")], train[1][:1], *held)
 
 
 def test_logistic_fit_separates_and_em_threshold_keeps_em() -> None:
@@ -178,7 +180,7 @@ def test_train_stop_fits_a_head_onto_a_model_folder(tmp_path: Path, two_hop) -> 
     head = config["stop_head"]
     assert head["features"] == list(FEATURES) and config["threshold"] is None
     assert all(isinstance(w, float) for w in head["weights"])  # plain numbers, no pickle
-    assert len(head["counts"]["weights"]) == 384 and len(head["counts"]["bias"]) == 4
+    assert len(head["count_model"]["weights"]) == 384 and len(head["count_model"]["bias"]) == 4
     assert config["metrics"]["stop_fit"]["exact_share"] == fitted["exact_share"]
     assert config["fingerprint"] == json.loads((src / "config.json").read_text())["fingerprint"]
     assert "stop fitted" in (out / "MODEL_CARD.md").read_text()
