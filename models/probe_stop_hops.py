@@ -35,11 +35,13 @@ from qrag_cli import qvalue
 from qrag_cli.datasets import load_examples
 from qrag_cli.evaluate import Metrics, complete_at, run_examples, score, stop_metrics
 from qrag_cli.model import load_model
-from qrag_cli.stop import CountModel, evidence_view, features
+from qrag_cli.stop import evidence_view, features
 from qrag_cli.stopfit import (
     COUNT_L2,
     MAX_COUNT,
+    count_accuracy,
     fewest_steps,
+    gold_counts,
     head_cuts,
     logistic,
     softmax_regression,
@@ -66,16 +68,9 @@ def _recording_best(model, state_vec, source, state, k, bm25_max=None):
 
 
 def question_vectors(model, examples) -> np.ndarray:
+    """E_s of each question alone, as the first step of an episode encodes it."""
     states = qvalue.start(model, [ex.question for ex in examples])
     return model.embed_states([qvalue.state_tokens(model, s) for s in states])
-
-
-def classes(counts: np.ndarray) -> np.ndarray:
-    return np.clip(counts, 1, MAX_COUNT) - 1
-
-
-def count_probs(fit: CountModel, x: np.ndarray) -> np.ndarray:
-    return np.stack([fit.probs(v) for v in x])
 
 
 def main() -> None:
@@ -84,26 +79,6 @@ def main() -> None:
     model = load_model(sys.argv[2] if len(sys.argv) > 2 else None)
     budget = int((model.cfg.train or {}).get("budget") or 5)
     sets = stop_sets(Path("qrag-train"), n_train)
-    counts = {name: np.array([len(set(ex.support)) for ex in exs]) for name, exs in sets.items()}
-    qvecs = {name: question_vectors(model, exs) for name, exs in sets.items()}
-
-    # The count model: every mix question; L2 by accuracy on the validation questions.
-    mix = load_examples(Path("qrag-train") / "mix.jsonl")
-    mix_x, mix_y = question_vectors(model, mix), np.array([len(set(ex.support)) for ex in mix])
-    label = classes(counts["val"])
-    fits = {l2: softmax_regression(mix_x, classes(mix_y), MAX_COUNT, l2) for l2 in COUNT_L2}
-    accuracy = {
-        l2: float((count_probs(f, qvecs["val"]).argmax(1) == label).mean())
-        for l2, f in fits.items()
-    }
-    l2 = max(accuracy, key=lambda k: (accuracy[k], k))
-    probs = {name: count_probs(fits[l2], qvecs[name]) for name in SETS}
-    held_accuracy = {
-        name: round(float((probs[name].argmax(1) == classes(counts[name])).mean()), 3)
-        for name in SETS
-    }
-    print(json.dumps({"count_l2": l2, "val_accuracy": accuracy, "accuracy": held_accuracy}))
-
     t0 = time.perf_counter()
     cache: dict = {}
     runs = {name: run_examples(model, sets[name], budget, cache=cache) for name in SETS}
@@ -115,6 +90,22 @@ def main() -> None:
         ]
         for name in SETS
     }
+    counts = {name: gold_counts(sets[name]) for name in SETS}
+
+    # The count model: every mix question (no episodes: their vectors are encoded here);
+    # L2 by accuracy on the validation questions.
+    mix = load_examples(Path("qrag-train") / "mix.jsonl")
+    mix_x = question_vectors(model, mix)
+    fits = {l2: softmax_regression(mix_x, gold_counts(mix) - 1, MAX_COUNT, l2) for l2 in COUNT_L2}
+    accuracy = {l2: count_accuracy(f, runs["val"], sets["val"]) for l2, f in fits.items()}
+    l2 = max(accuracy, key=lambda k: (accuracy[k], k))
+    probs = {
+        name: np.stack([fits[l2].probs(ep.question_vec) for ep in runs[name]]) for name in SETS
+    }
+    held_accuracy = {
+        name: round(count_accuracy(fits[l2], runs[name], sets[name]), 3) for name in SETS
+    }
+    print(json.dumps({"count_l2": l2, "val_accuracy": accuracy, "accuracy": held_accuracy}))
     print(json.dumps({"state_vector_collisions": collisions}))
 
     def em(name: str, cut: list[int]) -> Metrics:

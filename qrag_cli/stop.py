@@ -140,14 +140,14 @@ class StopHead:
             )
         n = len(FEATURES)
         try:
-            counts = data.get("count_model")
+            stored = data.get("count_model")
             head = cls(
                 weights=[float(w) for w in data["weights"]],
                 bias=float(data["bias"]),
                 mean=[float(m) for m in data["mean"]],
                 scale=[float(s) for s in data["scale"]],
                 cut=float(data["cut"]),
-                count_model=CountModel.from_dict(counts) if counts is not None else None,
+                count_model=CountModel.from_dict(stored) if stored is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"the model's stop head is malformed ({exc})") from exc

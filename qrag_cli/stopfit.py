@@ -123,9 +123,10 @@ def stop_rows(
     but the first): the features the rule reads (`count_done` from `count_model`), and whether
     the gold set was already complete (stopping there loses nothing)."""
     xs, ys = [], []
-    for ep, ex in zip(episodes, examples, strict=True):
+    vecs = _question_vecs(episodes) if count_model is not None else [None] * len(episodes)
+    for ep, ex, vec in zip(episodes, examples, vecs, strict=True):
         done = complete_at([ev.chunk_id for ev in ep.evidence], ex.support)
-        probs = None if count_model is None else count_model.probs(_question_vecs([ep])[0])
+        probs = None if count_model is None else count_model.probs(vec)
         for t in range(1, len(ep.evidence)):
             xs.append(features(evidence_view(t, ep.evidence, probs)))
             ys.append(done is not None and done <= t)
@@ -157,7 +158,8 @@ def logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) ->
     )
 
 
-def _gold_counts(examples: Sequence[Example]) -> np.ndarray:
+def gold_counts(examples: Sequence[Example]) -> np.ndarray:
+    """Each example's gold chunk count, read as 1 to MAX_COUNT (the count classes)."""
     return np.array([min(max(len(set(ex.support)), 1), MAX_COUNT) for ex in examples])
 
 
@@ -186,13 +188,11 @@ def softmax_regression(x: np.ndarray, labels: np.ndarray, classes: int, l2: floa
 
 
 def count_accuracy(
-    model: CountModel | None, episodes: Sequence[Episode], examples: Sequence[Example]
+    model: CountModel, episodes: Sequence[Episode], examples: Sequence[Example]
 ) -> float:
     """Share of the episodes' questions whose most likely count is their gold count."""
-    if model is None or not episodes:
-        return 0.0
     guessed = np.array([model.probs(v).argmax() + 1 for v in _question_vecs(episodes)])
-    return float((guessed == _gold_counts(examples)).mean())
+    return float((guessed == gold_counts(examples)).mean())
 
 
 def fit_count_model(
@@ -204,7 +204,7 @@ def fit_count_model(
     """The count model: each training question's vector -> its gold chunk count (1 to
     MAX_COUNT), the L2 of COUNT_L2 with the best accuracy on the eval questions (ties:
     the stronger L2)."""
-    x, y = _question_vecs(train_episodes), _gold_counts(train_examples) - 1
+    x, y = _question_vecs(train_episodes), gold_counts(train_examples) - 1
     best: tuple[float, float] | None = None
     chosen: CountModel | None = None
     for l2 in COUNT_L2:
@@ -263,6 +263,7 @@ def fit_model_stop(
         head = fit_head(train_runs, train_examples, eval_runs, eval_examples, tolerance)
         model.cfg.stop_head, model.cfg.threshold = head.to_dict(), None
         rule = StopRule(budget, head=head)
+        assert head.count_model is not None  # fit_head fits one unless told not to
         extra["count_accuracy"] = count_accuracy(head.count_model, eval_runs, eval_examples)
     else:
         threshold = em_threshold(eval_runs, eval_examples, tolerance)
