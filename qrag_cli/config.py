@@ -69,8 +69,8 @@ def _seconds(text: str) -> float:
 
 def _dtype(text: str) -> str:
     value = text.strip().lower()
-    if value not in {"fp32", "bf16"}:
-        raise ValueError("use fp32 or bf16")
+    if value not in {"fp32", "bf16", "int8"}:
+        raise ValueError("use fp32, bf16 or int8")
     return value
 
 
@@ -93,7 +93,8 @@ ENV_VARS: dict[str, EnvVar] = {
         EnvVar("QRAG_LLM", "reader GGUF used when --llm is not given", _path),
         EnvVar(
             "QRAG_DTYPE",
-            "inference dtype fp32|bf16 (unset: bf16 where the CPU computes it natively, else fp32)",
+            "inference dtype fp32|bf16|int8 (int8: the state encoder's, chunks in fp32; "
+            "unset: bf16 where the CPU computes it natively, else int8 on x86, else fp32)",
             _dtype,
         ),
         EnvVar("QRAG_DEBUG", "1: tracebacks on errors, like --debug", _zero_one, False),

@@ -564,6 +564,7 @@ def train(
         )
     device = torch.device(cfg.device)
     model.to(device)
+    model.state_int8 = False  # rollouts score with the float weights being learned
     target_state = copy.deepcopy(model.state_encoder).requires_grad_(False)
     # A frozen E_a (this run's --frozen-chunks, or a frozen-chunk model trained further)
     # is its own target network.
@@ -697,6 +698,7 @@ def train(
 
     # Ship the best checkpoint, with the stop threshold calibrated on eval data.
     final = load_qrag_folder(out) if (out / "config.json").is_file() else model
+    final.state_int8 = False  # the card's numbers in the precision the run trained in
     saved = final.cfg.metrics or {}
     kept = saved.get("update", saved.get("kept_update"))  # the update those weights are from
     episodes = run_examples(final, eval_set, max(cfg.budget, 4), cache=cache)

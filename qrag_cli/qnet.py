@@ -9,8 +9,10 @@ that is model.py (config, discovery, load/save/compact, fingerprints, card).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,7 +132,13 @@ class QModel(nn.Module):
         # Inference (chunks at index time, states at each step) runs in bf16 where the CPU
         # has native bf16 (AVX512-BF16/AMX): ~2x faster, scores move by ~1e-3. Training
         # rollouts and evaluation use the same path, so a model is measured as it is used.
-        self.infer_dtype = inference_dtype()
+        precision = inference_precision()
+        self.infer_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        # int8 (other x86 CPUs): states go through an int8 copy of E_s (30-45% faster encodes);
+        # chunks stay fp32, so an index is the same whichever precision asks it. `qrag
+        # train` turns it off: its rollouts score with the float weights it is learning.
+        self.state_int8 = precision == "int8"
+        self._int8_copy: tuple[tuple[int, ...], nn.Module] | None = None
 
     # ---- text -> token ids ----------------------------------------------------------
     def chunk_ids(self, texts: Sequence[str], cap: int) -> list[list[int]]:
@@ -204,7 +212,42 @@ class QModel(nn.Module):
 
     def embed_states(self, states: Sequence[list[int]]) -> np.ndarray:
         """E_s over assembled state token ids -> float32 [n, dim]."""
-        return self.encode(self.state_encoder, states, dtype=self.infer_dtype).float().cpu().numpy()
+        encoder = self._state_int8_encoder() if self.state_int8 else self.state_encoder
+        return self.encode(encoder, states, dtype=self.infer_dtype).float().cpu().numpy()
+
+    def _state_int8_encoder(self) -> nn.Module:
+        """The int8 copy of E_s, made again whenever E_s's weights changed in place (every
+        in-place write bumps a tensor's version: an optimiser step, load_state_dict)."""
+        version = tuple(p._version for p in self.state_encoder.parameters())
+        if self._int8_copy is None or self._int8_copy[0] != version:
+            self._int8_copy = (version, int8_state_encoder(self.state_encoder))
+        return self._int8_copy[1]
+
+
+def int8_state_encoder(encoder: Encoder) -> nn.Module:
+    """A copy of E_s for a CPU whose linear layers after the first transformer layer hold
+    int8 weights (one scale per output channel) and quantise their inputs per call: one
+    state alone encodes ~2x faster. The first layer stays fp32: quantising it moved the state
+    vector most (cosine to fp32 ~0.97 with it, ~0.986 without; BENCHMARKS.md "int8
+    states"). A backbone other than qrag's own BERT (or one not on the CPU) is returned
+    as it is."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    layers = getattr(encoder.backbone, "layers", None)
+    if layers is None or next(encoder.parameters()).device.type != "cpu":
+        return encoder
+    first = {id(m) for m in layers[0].modules()}
+    spec = {
+        name: per_channel_dynamic_qconfig
+        for name, module in encoder.named_modules()
+        if isinstance(module, nn.Linear) and id(module) not in first
+    }
+    # The copy shares every float tensor with E_s (the memo maps each to itself): only the
+    # int8 layers are new, and a cold `qrag ask` pays ~0.2 s for them, not for 90 MB.
+    clone = copy.deepcopy(encoder, {id(p): p for p in encoder.parameters()}).eval()
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(clone, spec, dtype=torch.qint8, inplace=True)
 
 
 def batch_tokens(device: torch.device) -> int:
@@ -214,13 +257,23 @@ def batch_tokens(device: torch.device) -> int:
     return 2048 if device.type == "cpu" else 16384
 
 
-def inference_dtype() -> torch.dtype:
-    """bf16 where the CPU computes it natively, else fp32; QRAG_DTYPE=fp32|bf16 overrides."""
+def inference_precision(cpu_flags: set[str] | None = None) -> str:
+    """How a fixed model embeds: bf16 where the CPU computes it natively; else int8 states
+    where torch has an x86 int8 engine (chunks in fp32); else fp32. QRAG_DTYPE=fp32|bf16|
+    int8 overrides. `cpu_flags`: /proc/cpuinfo's (unset: read them)."""
     forced = env_value("QRAG_DTYPE")
-    if forced in {"fp32", "bf16"}:
-        return torch.bfloat16 if forced == "bf16" else torch.float32
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return torch.float32
-    return torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & set(flags) else torch.float32
+    if forced in {"fp32", "bf16", "int8"}:
+        return forced
+    if cpu_flags is None:
+        try:
+            cpu_flags = set(Path("/proc/cpuinfo").read_text().split())
+        except OSError:
+            cpu_flags = set()
+    if {"avx512_bf16", "amx_bf16"} & cpu_flags:
+        return "bf16"
+    return "int8" if has_x86_int8() else "fp32"
+
+
+def has_x86_int8() -> bool:
+    """Whether torch has fbgemm's per-channel int8 kernels (x86); qnnpack (ARM) has not."""
+    return bool({"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines))

@@ -63,6 +63,7 @@ def run(
         "tokens_target": tokens,
         "model": model.cfg.name,
         "infer_dtype": str(model.infer_dtype).removeprefix("torch."),
+        "state_int8": model.state_int8,
     }
 
     summary = build_index([corpus], index_dir, model, ChunkConfig())
