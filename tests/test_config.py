@@ -49,7 +49,7 @@ def test_json_parses_and_names_a_source_for_every_setting(qrag_home: Path) -> No
         "reader.max_tokens": ask.reader.max_tokens,
         "reader.temperature": ask.reader.temperature,
         "reader.order": ask.reader.order,
-        "embed_group": 512,
+        "embed_group": 2048,
         "commit_interval": 10.0,
         "dtype": "auto",
         "debug": False,
@@ -123,7 +123,7 @@ def test_bad_environment_value_is_a_one_line_error(name: str, value: str) -> Non
 
 def test_environment_values_are_parsed_once_with_defaults(monkeypatch) -> None:
     monkeypatch.setenv("QRAG_EMBED_GROUP", "")  # empty is unset
-    assert env_value("QRAG_EMBED_GROUP") == 512
+    assert env_value("QRAG_EMBED_GROUP") == 2048
     monkeypatch.setenv("QRAG_EMBED_GROUP", " 8 ")
     assert env_value("QRAG_EMBED_GROUP") == 8
     monkeypatch.setenv("QRAG_EMBED_GROUP", "8.5")
