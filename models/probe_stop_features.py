@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from measure_stop import stop_sets  # models/: this script's folder
+from measure_stop import stop_runs, stop_sets  # models/: this script's folder
 
 from qrag_cli import qvalue
-from qrag_cli.evaluate import complete_at, run_examples, score, stop_metrics
+from qrag_cli.evaluate import complete_at, score, stop_metrics
 from qrag_cli.model import load_model
 from qrag_cli.stop import evidence_view, features
 from qrag_cli.stopfit import fewest_steps, head_cuts, logistic
@@ -97,12 +96,8 @@ def main() -> None:
     qvalue.lexical_features, qvalue.best = _recording_features, _recording_best
     n_train = int(sys.argv[1]) if len(sys.argv) > 1 else 150
     model = load_model(sys.argv[2] if len(sys.argv) > 2 else None)
-    budget = int((model.cfg.train or {}).get("budget") or 5)
     sets = stop_sets(Path("qrag-train"), n_train)
-    t0 = time.perf_counter()
-    cache: dict = {}
-    runs = {name: run_examples(model, exs, budget, cache=cache) for name, exs in sets.items()}
-    print(f"episodes: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    _, runs, _ = stop_runs(model, sets)
     for name, columns in VARIANTS.items():
         head = logistic(*decisions(runs["train"], sets["train"], columns)[:2])
         x_val, _, _ = decisions(runs["val"], sets["val"], columns)

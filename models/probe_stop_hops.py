@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from measure_stop import stop_sets  # models/: this script's folder
+from measure_stop import stop_runs, stop_sets  # models/: this script's folder
 
 from qrag_cli import qvalue
 from qrag_cli.datasets import load_examples
-from qrag_cli.evaluate import Metrics, complete_at, run_examples, score, stop_metrics
+from qrag_cli.evaluate import Metrics, complete_at, score, stop_metrics
 from qrag_cli.model import load_model
 from qrag_cli.stop import evidence_view, features
 from qrag_cli.stopfit import (
@@ -77,12 +76,8 @@ def main() -> None:
     qvalue.best = _recording_best
     n_train = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     model = load_model(sys.argv[2] if len(sys.argv) > 2 else None)
-    budget = int((model.cfg.train or {}).get("budget") or 5)
     sets = stop_sets(Path("qrag-train"), n_train)
-    t0 = time.perf_counter()
-    cache: dict = {}
-    runs = {name: run_examples(model, sets[name], budget, cache=cache) for name in SETS}
-    print(f"episodes: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    _, runs, _ = stop_runs(model, sets)
     done = {
         name: [
             complete_at([e.chunk_id for e in ep.evidence], ex.support)

@@ -261,8 +261,8 @@ def inference_precision(cpu_flags: set[str] | None = None) -> str:
     """How a fixed model embeds: bf16 where the CPU computes it natively; else int8 states
     where torch has an x86 int8 engine (chunks in fp32); else fp32. QRAG_DTYPE=fp32|bf16|
     int8 overrides. `cpu_flags`: /proc/cpuinfo's (unset: read them)."""
-    forced = env_value("QRAG_DTYPE")
-    if forced in {"fp32", "bf16", "int8"}:
+    forced = env_value("QRAG_DTYPE")  # config validates it: fp32, bf16 or int8
+    if forced:
         return forced
     if cpu_flags is None:
         try:
