@@ -29,11 +29,11 @@ decisions. This probe gives a judge far more decisions and a reader of the text:
   outputs, the step added to [CLS], read at [CLS]), a light cross-encoder on top of the
   frozen E_s. Each is fitted on the episodes, on the pseudo-episodes, and on both.
 
-Each judge's cut is chosen on val-real + val-gen (the most right stops with fact EM
-within 0.02 of the fixed budget), and the bench's held-out real half and fresh
-generated stories (6 per task, seed 2026) score it, at the model's training budget (the
-ceiling), as measure_stop.py does. Also printed at cut 0.5, and the share of decisions
-judged right. One JSON line per judge.
+Each judge's cut is chosen on val-real + val-gen as every stop head's is (the fewest
+mean steps with fact EM within 0.02 of the fixed budget), and the bench's held-out real
+half and fresh generated stories (6 per task, seed 2026) score it, at the model's
+training budget (the ceiling), as measure_stop.py does. Also printed at cut 0.5, and the
+share of decisions judged right. One JSON line per judge.
 """
 
 from __future__ import annotations
@@ -53,48 +53,44 @@ from torch import nn
 from qrag_cli import qvalue
 from qrag_cli.datasets import Example, load_examples
 from qrag_cli.episode import MemoryChunk
-from qrag_cli.evaluate import complete_at, stop_metrics
+from qrag_cli.evaluate import Metrics, complete_at, stop_metrics
 from qrag_cli.lexical import MemoryLexicon, terms
 from qrag_cli.model import load_model
-from qrag_cli.stopfit import TOLERANCE
+from qrag_cli.qnet import batch_tokens
+from qrag_cli.stopfit import TOLERANCE, fewest_steps, head_cuts
 
 EPOCHS = 3  # the token judge's passes over its decisions (the vector judge: 30)
 SEED = 0
-CUTS = np.linspace(0.3, 0.98, 35)
 
 
-def _padded(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-    return ids, mask
-
-
-def hidden_states(model, seqs: list[list[int]]) -> list[np.ndarray]:
-    """E_s's last hidden layer (fp16, [tokens, dim]) for each token-id sequence."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out: list[np.ndarray] = [np.zeros(0)] * len(seqs)
-    backbone = model.state_encoder.backbone
+def encoded(model, seqs: list[list[int]]) -> tuple[list[np.ndarray], np.ndarray]:
+    """E_s over token-id sequences, in the model's own length-sorted batches: each one's
+    last hidden layer (fp16, [tokens, dim]) and the state vector E_s pools from it."""
+    hidden: list[np.ndarray] = [np.zeros(0)] * len(seqs)
+    vecs = np.zeros((len(seqs), model.cfg.dim), np.float32)
+    encoder, cpu = model.state_encoder, torch.device("cpu")
+    dtype = model.infer_dtype
     with (
         torch.inference_mode(),
-        torch.autocast("cpu", model.infer_dtype, enabled=model.infer_dtype != torch.float32),
+        torch.autocast("cpu", dtype, enabled=dtype != torch.float32),
     ):
-        for start in range(0, len(order), 32):
-            idx = order[start : start + 32]
-            ids, mask = _padded([seqs[i] for i in idx])
-            h = backbone(input_ids=ids, attention_mask=mask)[0].float().half().numpy()
-            for row, i in enumerate(idx):
-                out[i] = h[row, : len(seqs[i])]
-    return out
+        for batch in model._batches(seqs, batch_tokens(cpu)):
+            ids, mask = model._pad([seqs[i] for i in batch], cpu)
+            h = encoder.backbone(input_ids=ids, attention_mask=mask)[0]
+            vecs[batch] = encoder.pool(h, mask).float().numpy()
+            h = h.float().half().numpy()
+            for row, i in enumerate(batch):
+                hidden[i] = h[row, : len(seqs[i])]
+    return hidden, vecs
 
 
-def state_seq(model, question: str, picks: list[tuple[int, int, str]]) -> list[int]:
-    state = qvalue.start(model, [question])[0]
+def prefix_seqs(model, question: str, picks: list[tuple[int, int, str]]) -> list[list[int]]:
+    """The state tokens after each pick of `picks` (chunk id, ordinal, text), in order."""
+    state, seqs = qvalue.start(model, [question])[0], []
     for chunk_id, ordinal, text in picks:
         state = qvalue.pick(model, state, MemoryChunk(chunk_id, ordinal, text))
-    return qvalue.state_tokens(model, state)
+        seqs.append(qvalue.state_tokens(model, state))
+    return seqs
 
 
 def episode_decisions(model, episodes, examples: list[Example], hidden: bool = True) -> dict:
@@ -103,11 +99,10 @@ def episode_decisions(model, episodes, examples: list[Example], hidden: bool = T
     (-1: never)."""
     seqs, ep_of, step_of = [], [], []
     for e, ep in enumerate(episodes):
-        for t in range(1, len(ep.evidence) + 1):
-            picks = [(ev.chunk_id, ev.ordinal, ev.text) for ev in ep.evidence[:t]]
-            seqs.append(state_seq(model, ep.question, picks))
-            ep_of.append(e)
-            step_of.append(t)
+        picks = [(ev.chunk_id, ev.ordinal, ev.text) for ev in ep.evidence]
+        seqs += prefix_seqs(model, ep.question, picks)
+        ep_of += [e] * len(picks)
+        step_of += range(1, len(picks) + 1)
     done = [
         complete_at([ev.chunk_id for ev in ep.evidence], ex.support)
         for ep, ex in zip(episodes, examples, strict=True)
@@ -115,9 +110,11 @@ def episode_decisions(model, episodes, examples: list[Example], hidden: bool = T
     done_arr = np.array([-1 if d is None else d for d in done])
     ep_arr, t_arr = np.array(ep_of), np.array(step_of)
     label = (done_arr[ep_arr] >= 0) & (t_arr >= done_arr[ep_arr])
+    h, vecs = encoded(model, seqs) if hidden else ([], np.zeros(0))
     return {
         "seqs": seqs,
-        "h": hidden_states(model, seqs) if hidden else [],
+        "h": h,
+        "vec": vecs,
         "ep": ep_arr,
         "t": t_arr,
         "done": done_arr,
@@ -156,27 +153,17 @@ def pseudo_decisions(model, examples: list[Example], rng: random.Random) -> dict
                     picks.append(rng.choice(others))
                 if complete and rng.random() < 0.5:
                     break
-            for t in range(1, len(picks) + 1):
+            prefixes = prefix_seqs(model, ex.question, [(p, p, ex.chunks[p]) for p in picks])
+            for t, seq in enumerate(prefixes, start=1):
                 key = tuple(sorted(picks[:t]))
                 if key in seen:
                     continue
                 seen.add(key)
-                seqs.append(
-                    state_seq(model, ex.question, [(p, p, ex.chunks[p]) for p in picks[:t]])
-                )
+                seqs.append(seq)
                 steps.append(t)
                 labels.append(set(gold) <= set(picks[:t]))
-    return {"h": hidden_states(model, seqs), "t": np.array(steps), "label": np.array(labels)}
-
-
-def pooled(model, h: list[np.ndarray]) -> np.ndarray:
-    """The state vectors E_s returns (qnet.Encoder: the mean over tokens, normalised if
-    E_s normalises, scaled by its scale)."""
-    encoder = model.state_encoder
-    vecs = np.stack([x.astype(np.float32).mean(0) for x in h])
-    if encoder.normalize:
-        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    return vecs * encoder.scale
+    h, vecs = encoded(model, seqs)
+    return {"h": h, "vec": vecs, "t": np.array(steps), "label": np.array(labels)}
 
 
 class TokenJudge(nn.Module):
@@ -327,7 +314,7 @@ def cross_judge(model, train: dict, epochs: int, batch: int = 16):
             for i in range(0, len(g), batch)
         ]
         for b in (batches[i] for i in rng.permutation(len(batches))):
-            ids, mask = _padded([train["seqs"][i] for i in b])
+            ids, mask = model._pad([train["seqs"][i] for i in b], torch.device("cpu"))
             step = torch.from_numpy(np.minimum(train["t"][b], 5))
             with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
                 logit = net(ids, mask, step)
@@ -340,11 +327,10 @@ def cross_judge(model, train: dict, epochs: int, batch: int = 16):
 
     @torch.inference_mode()
     def judged(data: dict) -> np.ndarray:
-        order = np.argsort([len(s) for s in data["seqs"]])
-        probs = np.zeros(len(order))
-        for i in range(0, len(order), 32):
-            b = order[i : i + 32]
-            ids, mask = _padded([data["seqs"][j] for j in b])
+        probs = np.zeros(len(data["seqs"]))
+        cpu = torch.device("cpu")
+        for b in map(np.array, model._batches(data["seqs"], batch_tokens(cpu))):
+            ids, mask = model._pad([data["seqs"][j] for j in b], cpu)
             step = torch.from_numpy(np.minimum(data["t"][b], 5))
             with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
                 probs[b] = torch.sigmoid(net(ids, mask, step).float()).numpy()
@@ -354,19 +340,18 @@ def cross_judge(model, train: dict, epochs: int, batch: int = 16):
 
 
 def scored(probs: dict[str, np.ndarray], data: dict, budget: int) -> dict:
-    """A judge's cut (the most right stops on val with fact EM within 0.02 of the fixed
-    budget; none qualifying: the most right stops) and its stop metrics on val, real and
-    gen at that cut and at 0.5, with the share of decisions it judges right."""
-    on_val = [(c, stop_at(data["val"], probs["val"], c, budget)) for c in CUTS]
-    cut = float(
-        max(
-            on_val,
-            key=lambda cm: (
-                cm[1]["fact_em_stop"] >= cm[1]["fact_em_fixed"] - TOLERANCE,
-                cm[1]["exact_share"],
-            ),
-        )[0]
-    )
+    """A judge's cut, chosen on val as every stop head's is (stopfit.fewest_steps over
+    stopfit.head_cuts: the fewest mean steps with fact EM within 0.02 of the fixed budget),
+    and its stop metrics on val, real and gen at that cut and at 0.5, with the share of
+    decisions it judges right."""
+    val = data["val"]
+    fixed = stop_at(val, probs["val"], 1.01, budget)["fact_em_fixed"]
+
+    def on_val(cut: float) -> Metrics:
+        m = stop_at(val, probs["val"], cut, budget)
+        return Metrics(m["fact_em_stop"], 0.0, m["mean_steps"], m["n"])
+
+    cut = fewest_steps(head_cuts(probs["val"]), on_val, fixed, TOLERANCE) or 1.01
     line: dict = {"cut": round(cut, 3)}
     for n in ("val", "real", "gen"):
         d = data[n]
@@ -408,8 +393,6 @@ def main() -> None:
     data = {name: episode_decisions(model, runs[name], sets[name]) for name in runs}
     mix = load_examples(folder / "mix.jsonl")
     data["synth"] = pseudo_decisions(model, random.Random(1).sample(mix, n_synth), random.Random(1))
-    for d in data.values():
-        d["vec"] = pooled(model, d["h"])
     counts = {k: len(v["t"]) for k, v in data.items()}
     print(f"decisions: {counts}, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     dim = model.cfg.dim
