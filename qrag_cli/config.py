@@ -224,7 +224,7 @@ class ChunkConfig:
     """Target chunk size in cl100k_base tokens."""
     overlap: int = 16
     """Tokens repeated from the end of one chunk at the start of the next."""
-    version: int = 1
+    version: int = 2
     """Chunker algorithm version, bumped whenever its output changes."""
 
     def to_dict(self) -> dict[str, int]:

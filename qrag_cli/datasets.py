@@ -210,11 +210,12 @@ def _read_json_or_jsonl(path: Path) -> Iterator[tuple[str, object]]:
 
 
 def from_hotpotqa(path: Path, on_problem: OnProblem = ignore_problem) -> Iterator[Example]:
-    """HotpotQA / 2WikiMultihopQA: one chunk per paragraph ("Title: sentences")."""
+    """HotpotQA / 2WikiMultihopQA: one chunk per paragraph, its title on the first line
+    ("Title\nsentences", as a plain-text note of it would be written; chunk.structured)."""
     for where, item in _read_json_or_jsonl(path):
         try:
             titles = [c[0] for c in item["context"]]
-            chunks = [f"{title}: {''.join(sents).strip()}" for title, sents in item["context"]]
+            chunks = [f"{title}\n{''.join(sents).strip()}" for title, sents in item["context"]]
             gold = {t for t, _ in item["supporting_facts"]}
             support = sorted(i for i, t in enumerate(titles) if t in gold)
             lengths = {title: len(sents) for title, sents in item["context"]}
@@ -250,7 +251,7 @@ def from_musique(path: Path, on_problem: OnProblem = ignore_problem) -> Iterator
                 on_problem(Problem(where, "unanswerable question left out"))
                 continue
             paras = sorted(item["paragraphs"], key=lambda p: p["idx"])
-            chunks = [f"{p['title']}: {p['paragraph_text'].strip()}" for p in paras]
+            chunks = [f"{p['title']}\n{p['paragraph_text'].strip()}" for p in paras]
             support = [i for i, p in enumerate(paras) if p["is_supporting"]]
             yield parse_example(
                 {

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from qrag_cli import qvalue
+from qrag_cli.chunk import contextual_text, structured
 from qrag_cli.datasets import Example
 from qrag_cli.lexical import MemoryLexicon
 from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import Action, Candidates
 from qrag_cli.stop import StepView, StopRule
 from qrag_cli.store import ChunkRow, IndexSnapshot
-from qrag_cli.types import Episode, Evidence, IndexMismatchError
+from qrag_cli.types import Episode, Evidence
 
 __all__ = ["StopRule"]  # the stop rule lives in stop.py; callers may import it from here
 
@@ -37,17 +38,22 @@ class MemoryChunk:
     id: int
     ordinal: int
     text: str
+    heading: tuple[str, ...] = ()
 
 
 class MemoryCandidates:
     """Chunks held in memory (training episodes, evaluation): every chunk is a candidate.
 
+    Each chunk is given as one string and read as an indexed file would be
+    (`chunk.structured`): a title line on top becomes its heading path, the rest its text.
     `lexicon` (an in-memory FTS5 table of the texts) is built on first use, or shared."""
 
     def __init__(
-        self, texts: Sequence[str], vectors: np.ndarray, lexicon: MemoryLexicon | None = None
+        self, chunks: Sequence[str], vectors: np.ndarray, lexicon: MemoryLexicon | None = None
     ) -> None:
-        self.texts = list(texts)
+        parts = [structured(c) for c in chunks]
+        self.headings = [h for h, _ in parts]
+        self.texts = [t for _, t in parts]
         self._vectors = np.asarray(vectors, dtype=np.float32)
         self._lexicon = lexicon
 
@@ -76,32 +82,41 @@ class MemoryCandidates:
 
     def bm25(self, words):
         if self._lexicon is None:
-            self._lexicon = MemoryLexicon(self.texts)
+            self._lexicon = MemoryLexicon(self.texts, self.headings)
         return self._lexicon.bm25(words)
 
     def rows(self, ids) -> list[MemoryChunk]:
-        return [MemoryChunk(id=int(i), ordinal=int(i), text=self.texts[i]) for i in ids]
+        return [
+            MemoryChunk(id=int(i), ordinal=int(i), text=self.texts[i], heading=self.headings[i])
+            for i in ids
+        ]
 
 
 def example_sources(
     model: QModel, examples: Sequence[Example], cache: dict[str, np.ndarray] | None = None
 ) -> list[MemoryCandidates]:
-    """Each example's own chunks, embedded with E_a in one batch (as `qrag index` would).
+    """Each example's own chunks, embedded with E_a in one batch as `qrag index` would:
+    heading path and text together (chunk.contextual_text).
 
-    `cache` maps chunk text to its vector, for an E_a that does not change (filled here)."""
+    `cache` maps chunk string to its vector, for an E_a that does not change (filled here)."""
     texts = [c for ex in examples for c in ex.chunks]
     if cache is None:
-        vectors = model.embed_chunks(texts)
+        vectors = model.embed_chunks([_embedded(t) for t in texts])
     else:
         missing = list(dict.fromkeys(t for t in texts if t not in cache))
         if missing:
-            cache.update(zip(missing, model.embed_chunks(missing), strict=True))
+            embedded = model.embed_chunks([_embedded(t) for t in missing])
+            cache.update(zip(missing, embedded, strict=True))
         vectors = np.stack([cache[t] for t in texts])
     sources, offset = [], 0
     for ex in examples:
         sources.append(MemoryCandidates(ex.chunks, vectors[offset : offset + len(ex.chunks)]))
         offset += len(ex.chunks)
     return sources
+
+
+def _embedded(chunk: str) -> str:
+    return contextual_text(*structured(chunk))
 
 
 class IndexCandidates:
@@ -154,12 +169,6 @@ class IndexCandidates:
         return np.asarray(self.snapshot.vectors[ids], dtype=np.float32)
 
     def bm25(self, words):
-        if not self.snapshot.has_lexical:
-            raise IndexMismatchError(
-                f"index {self.snapshot.index_dir} predates lexical search; run `qrag index "
-                f"--index {self.snapshot.index_dir}` once (nothing is re-embedded) or pass "
-                "--lexical off"
-            )
         return self.snapshot.bm25(words)
 
     def propose(self, state, k, exclude):
@@ -285,6 +294,7 @@ def run_episodes(
                     start_line=start_line,
                     end_line=end_line,
                     text=chosen.text,
+                    heading=chosen.heading,
                     ordinal=chosen.ordinal,
                     alternatives=tuple(
                         (int(a), float(b))

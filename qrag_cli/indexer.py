@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qrag_cli.chunk import chunk_document
+from qrag_cli.chunk import chunk_document, contextual_text
 from qrag_cli.config import DEFAULT_MAX_FILE_SIZE, ChunkConfig, env_value
 from qrag_cli.discover import FoundFile, discover, file_hash, root_problem
 from qrag_cli.documents import read_document
@@ -271,7 +271,9 @@ def build_index(
         group: list[_Pending] = []
 
         def flush() -> None:
-            texts = [c.text for p in group for c in p.chunks]
+            # E_a reads a chunk with its heading path (a contextual header): a chunk cut
+            # from the middle of a section still says which article or section it is.
+            texts = [contextual_text(c.heading, c.text) for p in group for c in p.chunks]
             t0 = time.perf_counter()
             vectors = model.embed_chunks(texts)
             summary.embed_seconds += time.perf_counter() - t0

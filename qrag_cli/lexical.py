@@ -165,78 +165,6 @@ def sentence_end(text: str, i: int) -> int:
     return found.start() if found else len(text)
 
 
-_TITLE = re.compile(r"([^.!?:\n]{1,120}):\s")  # "Title: text", as paragraphs of a wiki dump
-_COLON = re.compile(r"[^.!?:\n]{1,120}:\s")  # one more colon-ended part of a title
-
-
-def _colon_title(text: str, label: re.Match[str] | None) -> str:
-    """The title before "label: " at the start of `text`, taking in later colon-ended parts
-    when the text after them opens with the title's first two words: an article repeats its
-    title, so "Diary of a Wimpy Kid: The Long Haul: Diary of a Wimpy Kid: The Long Haul is
-    ..." is titled "Diary of a Wimpy Kid: The Long Haul", not "Diary of a Wimpy Kid" (which
-    names another article)."""
-    if label is None:
-        return ""
-    title = label.group(0).rstrip()[:-1]
-    # The title's first two words, as the article's first sentence would repeat them.
-    start = " ".join(title.split()[:2])
-    end = label.end()
-    while start and not text.startswith(start, end) and len(title) < 120:
-        part = _COLON.match(text, end)
-        if part is None or not text.startswith(start, part.end()):
-            break
-        title += ": " + part.group(0).rstrip()[:-1]
-        end = part.end()
-    return title
-
-
-def heading(text: str) -> str:
-    """The title a chunk opens with, or "": its first line when that is short and ends
-    without sentence punctuation (a Markdown heading, a file's title line), or the text before a
-    colon in its first sentence ("Aschenbrodel: Aschenbrodel is a ballet ..."; `_colon_title`
-    for titles holding a colon). A chunk cut from running prose opens with somebody's
-    sentence, not a title."""
-    text = text.lstrip()
-    first = text.split("\n", 1)
-    line = first[0].rstrip()
-    if len(first) > 1 and line and line[-1] not in ".!?" and len(line.split()) <= 12:
-        return first[0]
-    return _colon_title(text, _TITLE.match(text))
-
-
-# A label before a colon: periods only after a word of one or two letters ("Bolling v.
-# Sharpe: ...", "Frederick C. Alderdice: ..."), not after a sentence ("... garden. Later:").
-_LABEL = re.compile(r"(?:[^.!?:\n]|(?<![^\W\d_]{3})\.){1,120}:\s")
-
-
-_PARAGRAPH = re.compile(r"\n\s*\n")
-
-
-@functools.lru_cache(maxsize=8192)
-def titles(text: str) -> tuple[str, ...]:
-    """The titles the paragraphs of a chunk open with (`heading`, or a label before a
-    colon that may hold periods: "Bolling v. Sharpe: ..."), in order. Cached by text: an
-    episode asks for the same candidates' titles at every step (the named term, the order
-    term's gate)."""
-    out = []
-    for part in _PARAGRAPH.split(text):
-        part = part.lstrip()
-        if not part:
-            continue
-        if title := heading(part) or _colon_title(part, _LABEL.match(part)):
-            out.append(title)
-    return tuple(out)
-
-
-def titled(text: str) -> bool:
-    """Whether any paragraph of a chunk opens with a title (`titles`): the chunk is a piece
-    of a collection of articles or notes, whose place among other chunks says nothing (a
-    chunk of pooled wiki paragraphs often opens inside one article and holds the title of
-    the next). A chunk cut from running text (a story, a log, a diary) has none, and where
-    it stands in the document is when it happened."""
-    return bool(titles(text))
-
-
 _QUALIFIER = re.compile(r"\([^()]*\)")  # "Bob Clark (athlete)": which Bob Clark, not the name
 
 
@@ -279,35 +207,39 @@ class Namings:
         return False
 
 
-# An entry that starts with this matches only at the start of a chunk (FTS5's initial
-# token query); no term starts with it (terms are letters and digits).
-OPENING = "^"
+# An entry that starts with this matches only in a chunk's heading path (an FTS5 column
+# filter); no term starts with it (terms are letters and digits).
+IN_HEADING = "^"
+# BM25 weight of the heading column against the text's 1.0: a word of the heading path
+# counts as much as one in the text (FTS5 sums the columns' scores).
+HEADING_WEIGHT = 1.0
 
 
-def opening(phrase: str) -> str:
-    """A query entry matching `phrase` only where a chunk opens with it: a chunk that
-    opens with a name (a title, "Jeff Scott Soto: ...", or a heading) is about it, more
-    than one that mentions it ("... an album by Jeff Scott Soto")."""
-    return OPENING + phrase
+def in_heading(phrase: str) -> str:
+    """A query entry matching `phrase` only in a chunk's heading path: a chunk under the
+    heading "Jeff Scott Soto" is about him, more than one that mentions him ("... an album
+    by Jeff Scott Soto"), whatever way the file writes its titles."""
+    return IN_HEADING + phrase
 
 
 def match_expression(words: Sequence[str]) -> str:
     """An FTS5 MATCH string OR-ing quoted terms (quotes make every word a plain string;
     an entry of several words, "olga ros", is a phrase: its words in that order; an
-    entry made by `opening` matches at the start of a chunk only)."""
+    entry made by `in_heading` matches in the heading column only)."""
     parts = []
     for w in words[:MAX_TERMS]:
-        # OPENING is FTS5's own initial-token operator: it stays outside the quotes.
-        start, body = (OPENING, w[1:]) if w.startswith(OPENING) else ("", w)
-        parts.append(start + '"' + body.replace('"', '""') + '"')
+        column, body = ("heading : ", w[1:]) if w.startswith(IN_HEADING) else ("", w)
+        parts.append(column + '"' + body.replace('"', '""') + '"')
     return " OR ".join(parts)
 
 
 def create_table(conn: sqlite3.Connection, external: bool) -> None:
-    """The FTS5 table; `external` indexes the `chunks` table's text by chunk id."""
+    """The FTS5 table (a chunk's text and its heading path); `external` indexes the
+    `chunks` table's columns by chunk id."""
     content = ", content='chunks', content_rowid='id'" if external else ""
     conn.execute(
-        f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(text{content}, tokenize='{TOKENIZE}')"
+        f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(text, heading{content}, "
+        f"tokenize='{TOKENIZE}')"
     )
 
 
@@ -336,7 +268,8 @@ class Searcher:
             self._recent.move_to_end(expression)
             return hit
         rows = self.conn.execute(
-            f"SELECT rowid, bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ?",
+            f"SELECT rowid, bm25({FTS_TABLE}, 1.0, {HEADING_WEIGHT}) FROM {FTS_TABLE} "
+            f"WHERE {FTS_TABLE} MATCH ?",
             (expression,),
         ).fetchall()
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
@@ -351,15 +284,23 @@ class Searcher:
 
 def holds(words: set[str], entry: str) -> bool:
     """Whether a bag of terms holds a query entry: a word, every word of a phrase, or of
-    an opening (`opening`)."""
-    return words.issuperset(entry.removeprefix(OPENING).split())
+    an entry `in_heading`."""
+    return words.issuperset(entry.removeprefix(IN_HEADING).split())
 
 
 class MemoryLexicon(Searcher):
-    """An in-memory FTS5 table over an episode's chunk texts (ids = list positions)."""
+    """An in-memory FTS5 table over an episode's chunk texts and their heading paths (ids
+    = list positions; no headings: none)."""
 
-    def __init__(self, texts: Iterable[str]) -> None:
+    def __init__(
+        self, texts: Iterable[str], headings: Iterable[tuple[str, ...]] | None = None
+    ) -> None:
+        texts = list(texts)
+        paths = list(headings) if headings is not None else [()] * len(texts)
         conn = sqlite3.connect(":memory:", check_same_thread=False)
         create_table(conn, external=False)
-        conn.executemany(f"INSERT INTO {FTS_TABLE}(rowid, text) VALUES (?, ?)", enumerate(texts))
+        conn.executemany(
+            f"INSERT INTO {FTS_TABLE}(rowid, text, heading) VALUES (?, ?, ?)",
+            ((i, t, "\n".join(h)) for i, (t, h) in enumerate(zip(texts, paths, strict=True))),
+        )
         super().__init__(conn)

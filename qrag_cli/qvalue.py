@@ -33,12 +33,12 @@ sentence: the latest fact about what is asked (a sentence holding the question's
 words together), and, for the names in the picked facts (the trail), the latest sentence
 about them and the nearest one before each pick on the trail ("Where is the football?":
 the last time it changed hands, then where its holder went last before that). It counts
-only chunks cut from running text; a chunk that opens with a title is an article or a
-note whose place means nothing.
+only where the question is answered from one running text: when its best matches sit
+under different headings (articles, notes) their order means nothing.
 
-The named feature (`named_feature`) is 1 for a chunk with a title (an article's
-"Title: ...", a Markdown heading; lexical.titles) that the question or a picked chunk
-names whole: the article "Carlos Fuentes" rather than "Carlos Fuentes Lemus", which holds
+The named feature (`named_feature`) is 1 for a chunk under a heading (its stored heading
+path, whatever the file format wrote it as) that the question or a picked chunk names
+whole: the article "Carlos Fuentes" rather than "Carlos Fuentes Lemus", which holds
 the same words and more of them; after a first hop, the articles it names (0.5 for a
 namesake whose qualifier, "(athlete)", they do not hold). BM25 cannot tell these apart;
 the encoder often cannot either.
@@ -62,6 +62,7 @@ import torch
 
 from qrag_cli import lexical
 from qrag_cli.qnet import QModel
+from qrag_cli.types import contextual_text
 
 POOL = 64  # candidates proposed per signal (dense, each lexical feature) and step
 QUESTION, PICKED, ORDER, NAMED = 0, 1, 2, 3  # the lexical feature columns (and weights)
@@ -91,6 +92,18 @@ class Action(Protocol):
 
     @property
     def text(self) -> str: ...
+
+    @property
+    def heading(self) -> tuple[str, ...]:
+        """The heading path of the section the chunk was cut from (() for none)."""
+        ...
+
+
+def read(row: Action) -> str:
+    """What Q reads of a chunk (E_a embeds it at index time, E_s reads a pick as it, the
+    BM25 queries of picks come from it): its heading path, then its text
+    (chunk.contextual_text)."""
+    return contextual_text(row.heading, row.text)
 
 
 class Candidates(Protocol):
@@ -154,7 +167,7 @@ def start(model: QModel, questions: Sequence[str]) -> list[State]:
 
 def pick(model: QModel, state: State, row: Action) -> State:
     """The state after taking `row`."""
-    return state.then(row, model.chunk_ids([row.text], model.cfg.chunk_cap)[0])
+    return state.then(row, model.chunk_ids([read(row)], model.cfg.chunk_cap)[0])
 
 
 def state_tokens(model: QModel, state: State) -> list[int]:
@@ -181,12 +194,12 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     fact's names can fall behind the cut.
     "names": the question query also asks each of the question's names of several words and
     hyphenated compounds whole (an FTS5 phrase: "Olga Ros" outranks "Olga Ek",
-    "brisk-quarry" outranks "brisk-island"), and again where a chunk opens with it (its
-    title: lexical.opening); the picked-chunk query holds the names on the trail. The trail
+    "brisk-quarry" outranks "brisk-island"), and again in the chunks' heading paths
+    (lexical.in_heading); the picked-chunk query holds the names on the trail. The trail
     starts as the question's words. Each pick, in pick order, keeps every sentence that
     shares a word with the trail (two words of a name written as several, lexical.name_runs:
-    "Alva Nord" is not on the trail of "Sandra Nord"), and its first sentence when it opens
-    with a title (lexical.heading) (a pick that shares none keeps them all); the names among
+    "Alva Nord" is not on the trail of "Sandra Nord"), and its heading path and first
+    sentence when it has a heading (a pick that shares none keeps them all); the names among
     the kept words join the trail, so the next pick follows the name this one revealed. The
     query is the new words of the kept sentences written with a capital, or with letters and
     digits (lexical.names: names, keys, codes; not prose, not bare numbers). Chosen on
@@ -205,14 +218,14 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
         # A name of several words, or words joined by hyphens, is also asked whole (an
         # FTS5 phrase), so a chunk about "Olga Ros" outranks the chunks about "Olga Ek"
         # and "Olga Berg", and "brisk-quarry" outranks "mellow-quarry ... brisk-island";
-        # and once more at the start of a chunk, so the chunk titled "Jeff Scott Soto"
+        # and once more in the heading column, so a chunk under "Jeff Scott Soto"
         # outranks the one about "an album by Jeff Scott Soto".
         runs = lexical.name_runs(state.question)
         bridge = [w for w in _bridge_words(state, known, runs) if w not in known]
         whole = [*runs, *lexical.compounds(state.question)]
         phrases = list(dict.fromkeys(" ".join(r) for r in whole))
-        return [*map(lexical.opening, phrases), *phrases, *asked], bridge
-    seen = lexical.terms(" ".join(r.text for r in reversed(state.picked)))
+        return [*map(lexical.in_heading, phrases), *phrases, *asked], bridge
+    seen = lexical.terms(" ".join(read(r) for r in reversed(state.picked)))
     return asked, [w for w in seen if w not in known]
 
 
@@ -221,14 +234,14 @@ def not_held(state: State, entries: list[str]) -> list[str]:
     holds yet, when some are held and some not; else []. The question term asks these
     while any chunk left matches them (`lexical_features`): "Angraecum" once the
     Aphelandra paragraph is picked. Chosen on validation: BENCHMARKS.md "Order"."""
-    held = set(lexical.terms(" ".join(r.text for r in state.picked)))
+    held = set(lexical.terms(" ".join(read(r) for r in state.picked)))
     left = [e for e in entries if not lexical.holds(held, e)]
     return left if len(left) < len(entries) else []
 
 
 def _bridge_words(state: State, asked: set[str], asked_runs: list[tuple[str, ...]]) -> list[str]:
     """The "names" query before the question's words are taken out."""
-    named = lexical.names(" ".join(r.text for r in state.picked))
+    named = lexical.names(" ".join(read(r) for r in state.picked))
     # The trail: the question's words and the names found on it. A name of several words
     # ("Sandra Nord") is followed as a whole: a sentence about "Alva Nord" is not on
     # the trail of "Sandra Nord", and its names would pull the next pick astray.
@@ -236,18 +249,18 @@ def _bridge_words(state: State, asked: set[str], asked_runs: list[tuple[str, ...
     single = asked - {w for r in runs for w in r}
     kept_per_pick = []
     for row in state.picked:
-        said = lexical.sentences(row.text)
+        said = lexical.sentences(read(row))
         words = [lexical.terms(s) for s in said]
         shared = [_on_trail(set(w), single, runs) for w in words]
-        # The sentences on the trail, and the first one when the chunk opens with a title
-        # (it names what the chunk is about); with nothing on the trail, the whole chunk,
-        # as "chunk" reads it. A chunk cut from running prose opens with somebody else's
-        # sentence, whose names would pull the next pick astray.
-        first = bool(lexical.heading(row.text))
+        # The sentences on the trail, and, under a heading, the heading path and the first
+        # sentence after it (they name what the chunk is about); with nothing on the
+        # trail, the whole chunk, as "chunk" reads it. A chunk cut from running prose
+        # opens with somebody else's sentence, whose names would pull the next pick astray.
+        about = 2 if row.heading else 0
         everything = not any(shared)
         kept = []
         for j, ws in enumerate(words):
-            if not (everything or shared[j] or (first and j == 0)):
+            if not (everything or shared[j] or j < about):
                 continue
             kept.extend(ws)
             long = lexical.name_runs(said[j])
@@ -422,20 +435,20 @@ def order_feature(
     "Where is the green ball?" over a story: the last fact about the green ball says who
     dropped it or holds it ("Per Nord left the green ball."); where Per Nord went last
     before that ("Per Nord travelled to the office.", not "Per Nord took the green ball
-    there.") is where it is; if he still holds it, where he went last. Only chunks cut from
-    running text count (lexical.titled): the order of articles or notes means nothing, and
-    counting it cost real HotpotQA/MuSiQue questions on validation (BENCHMARKS.md "Order")."""
+    there.") is where it is; if he still holds it, where he went last. Only for a question
+    answered from one running text: when its best matches sit under more than one heading
+    (articles, notes, whatever their format) their order means nothing, and counting it
+    cost real HotpotQA/MuSiQue questions on validation (BENCHMARKS.md "Order")."""
     out = np.zeros(source.id_space, np.float32)
     if len(ids) == 0:
         return out
-    top = ids[top_positions(scores, KEY_POOL)]
-    best = [r.text for r in source.rows(top.tolist())]
-    if any(lexical.titled(text) for text in best):
-        # The question is answered from articles or notes (its best matches hold titles):
-        # their order means nothing, and a chunk cut from the middle of an article holds
-        # no title of its own. Chosen on validation: BENCHMARKS.md "Order, sentence by
-        # sentence" (pooled HotpotQA paragraphs).
+    top = source.rows(ids[top_positions(scores, KEY_POOL)].tolist())
+    if len({r.heading for r in top}) > 1:
+        # The question is answered from articles or notes (its best matches sit under
+        # different headings): their order means nothing. A story kept under one heading
+        # still counts. Chosen on validation: BENCHMARKS.md "Order, sentence by sentence".
         return out
+    best = [r.text for r in top]
     asked = set(lexical.terms(state.question))
     key = key_words(asked, best)
     if not key:
@@ -468,18 +481,18 @@ def order_feature(
 
 
 def named_feature(source: Candidates, state: State, ids: np.ndarray) -> np.ndarray:
-    """1 for each chunk of `ids` with a title (lexical.titles: "Carlos Fuentes: ...", a
-    Markdown heading) that the question or a picked chunk names whole, else 0: the
+    """1 for each chunk of `ids` under a heading (any element of its stored heading path)
+    that the question or a picked chunk names whole, else 0: the
     article a question or a first hop names ("Who was born later, Carlos Fuentes or
     Christa Wolf?": the article "Carlos Fuentes", not "Carlos Fuentes Lemus" that also
     holds both words). 0.5 when the title's qualifier in parentheses says what they do
     not ("Bob Clark (athlete)" for "Which director worked in more countries, Robert
     Butler or Bob Clark?", where "Robert Butler (director)" gets 1): another namesake.
     Chosen on validation: BENCHMARKS.md "Named titles"."""
-    said = lexical.Namings([state.question, *(r.text for r in state.picked)])
+    said = lexical.Namings([state.question, *(read(r) for r in state.picked)])
     out = np.zeros(len(ids), np.float32)
     for j, row in enumerate(source.rows(ids.tolist())):
-        for title in lexical.titles(row.text):
+        for title in row.heading:
             if said.names(title):
                 held = said.vocabulary.issuperset(lexical.qualifier(title))
                 out[j] = max(out[j], 1.0 if held else 0.5)
@@ -533,16 +546,15 @@ def _sentence_reader(
     source: Candidates, picked: Sequence[Action]
 ) -> Callable[[list[int]], list[list[set[str]]]]:
     """Chunk ids -> the word sets of their sentences that count for the order term, each
-    chunk read once per step however many pointers scan it: none for a chunk that is not
-    running text (lexical.titled), and never a `picked` sentence (chunks overlap: the next
-    chunk repeats a picked fact, and it is no new fact)."""
+    chunk read once per step however many pointers scan it, never a `picked` sentence
+    (chunks overlap: the next chunk repeats a picked fact, and it is no new fact)."""
     seen = {s.strip() for r in picked for s in lexical.sentences(r.text)}
     cache: dict[int, list[set[str]]] = {}
 
     def read(ids: list[int]) -> list[list[set[str]]]:
         missing = [i for i in ids if i not in cache]
         for row in source.rows(missing) if missing else ():
-            said = [] if lexical.titled(row.text) else lexical.sentences(row.text)
+            said = lexical.sentences(row.text)
             cache[row.id] = [set(lexical.terms(s)) for s in said if s.strip() not in seen]
         return [cache[i] for i in ids]
 

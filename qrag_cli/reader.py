@@ -22,7 +22,7 @@ from typing import Any
 from qrag_cli import config, render
 from qrag_cli.config import ReaderSettings
 from qrag_cli.gguf_file import GGUFFormatError, GGUFInfo, read_header
-from qrag_cli.types import ConfigError, Evidence, LLMError, UsageError
+from qrag_cli.types import HEADING_JOIN, ConfigError, Evidence, LLMError, UsageError
 
 ORDERS = ("document", "retrieval")
 
@@ -258,8 +258,12 @@ class Reader:
 
     @staticmethod
     def _evidence_block(evidence: Sequence[Evidence]) -> str:
+        # The heading path goes on the source line ("(Title > Section)"): the text
+        # itself stays as the file has it, which is what the small readers answer best from.
         items = [
-            f"[{n}] {e.path}:{e.start_line}-{e.end_line}\n{e.text.strip()}"
+            f"[{n}] {e.path}:{e.start_line}-{e.end_line}"
+            + (f" ({HEADING_JOIN.join(e.heading)})" if e.heading else "")
+            + f"\n{e.text.strip()}"
             for n, e in enumerate(evidence, 1)
         ]
         return "\n\n".join(items) if items else "(no evidence found)"

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from qrag_cli.config import env_value
 from qrag_cli.files import display_path
-from qrag_cli.types import Episode, Evidence, Problem, stop_name
+from qrag_cli.types import HEADING_JOIN, Episode, Evidence, Problem, contextual_text, stop_name
 
 if TYPE_CHECKING:
     from qrag_cli.asking import AskResult
@@ -169,6 +169,7 @@ def evidence_json(ev: Evidence, explain: bool = False, absolute: bool = False) -
         "path": ev.path if absolute else display_path(ev.path),
         "start_line": ev.start_line,
         "end_line": ev.end_line,
+        "heading": list(ev.heading),
         "text": ev.text,
     }
     if explain:
@@ -198,7 +199,9 @@ def episode_table(
             str(ev.step),
             f"{ev.q:.3f}",
             plain(location(ev)),
-            plain(ev.text, multiline=True) if show_text else snippet(ev.text),
+            plain(contextual_text(ev.heading, ev.text), multiline=True)
+            if show_text
+            else snippet(HEADING_JOIN.join((*ev.heading, "")) + ev.text),
         )
         if explain:
             for chunk_id, q in ev.alternatives:

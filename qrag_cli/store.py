@@ -44,9 +44,12 @@ import numpy as np
 from qrag_cli import lexical
 from qrag_cli.config import private_umask
 from qrag_cli.files import atomic_output, atomic_write
-from qrag_cli.types import Chunk, CorruptIndexError, NoIndexError, QragError
+from qrag_cli.types import Chunk, CorruptIndexError, NoIndexError, QragError, contextual_text
 
-FORMAT_VERSION = 1
+# 2: chunks keep their section's heading path (`chunks.heading`, a BM25 column of its own);
+# an index of format 1 is rebuilt once, beside the old one, by the next `qrag index`.
+FORMAT_VERSION = 2
+FORMAT_CHANGES = {2: "chunks now keep their section headings"}
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 
@@ -93,6 +96,26 @@ MIGRATIONS = [
         VALUES ('delete', old.id, old.text);
     END;
     """,
+    # 3: each chunk's heading path (lines joined by "\n"; "" for none), and BM25 over it
+    # as a column of its own (lexical.HEADING_WEIGHT). Only a new store reaches this step:
+    # an index of format 1 is rebuilt from its files (FORMAT_VERSION).
+    f"""
+    ALTER TABLE chunks ADD COLUMN heading TEXT NOT NULL DEFAULT '';
+    DROP TRIGGER chunks_fts_insert;
+    DROP TRIGGER chunks_fts_delete;
+    DROP TABLE {lexical.FTS_TABLE};
+    CREATE VIRTUAL TABLE {lexical.FTS_TABLE} USING fts5(text, heading, content='chunks',
+        content_rowid='id', tokenize='{lexical.TOKENIZE}');
+    INSERT INTO {lexical.FTS_TABLE}({lexical.FTS_TABLE}) VALUES ('rebuild');
+    CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+        INSERT INTO {lexical.FTS_TABLE}(rowid, text, heading)
+        VALUES (new.id, new.text, new.heading);
+    END;
+    CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+        INSERT INTO {lexical.FTS_TABLE}({lexical.FTS_TABLE}, rowid, text, heading)
+        VALUES ('delete', old.id, old.text, old.heading);
+    END;
+    """,
 ]
 LEXICAL_VERSION = 2  # the schema version that has the lexical table
 VECTORS_CRC = "vectors_crc32"  # meta: CRC-32 of vectors.f32's first n_vectors rows
@@ -111,6 +134,15 @@ class ChunkRow:
     end_line: int
     n_tokens: int
     text: str
+    heading: tuple[str, ...] = ()  # the heading path of its section (Chunk.heading)
+
+
+def _heading_column(heading: tuple[str, ...]) -> str:
+    return "\n".join(heading)
+
+
+def _heading_path(column: str) -> tuple[str, ...]:
+    return tuple(column.split("\n")) if column else ()
 
 
 @dataclass(frozen=True)
@@ -223,6 +255,14 @@ def _crc32(path: Path, length: int, crc: int = 0) -> int:
     return crc
 
 
+def _format_change(old: object = None) -> str:
+    """ " (1 -> 2: why)": what the current format changed, for the one line that says why an
+    index is rebuilt."""
+    step = f"{old} -> {FORMAT_VERSION}: " if old is not None else ""
+    why = FORMAT_CHANGES.get(FORMAT_VERSION)
+    return f" ({step}{why})" if why else ""
+
+
 def _rebuild_hint(index_dir: Path) -> str:
     return f"rebuild it with `qrag index PATH --index {index_dir}`"
 
@@ -276,9 +316,6 @@ class IndexSnapshot:
         try:
             self.conn.execute("BEGIN")  # snapshot: later commits stay invisible to us
             self.meta = _meta(self.conn)
-            self.has_lexical = (
-                self.conn.execute("PRAGMA user_version").fetchone()[0] >= LEXICAL_VERSION
-            )
             self.n_chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             self.conn.close()
@@ -287,7 +324,7 @@ class IndexSnapshot:
             self.conn.close()
             raise CorruptIndexError(
                 f"index {self.index_dir} has format {self.meta.get('format_version')}, this qrag "
-                f"reads {FORMAT_VERSION}; {_rebuild_hint(self.index_dir)}"
+                f"reads {FORMAT_VERSION}{_format_change()}; {_rebuild_hint(self.index_dir)}"
             )
         self.dim = int(self.meta["dim"])
         self.n_vectors = int(self.meta["n_vectors"])
@@ -356,10 +393,11 @@ class IndexSnapshot:
             marks = ",".join("?" * len(part))
             for row in self.conn.execute(
                 "SELECT c.id, f.path, c.seq, c.ordinal, c.start_line, c.end_line, c.n_tokens, "
-                f"c.text FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.id IN ({marks})",
+                "c.text, c.heading FROM chunks c JOIN files f ON f.id = c.file_id "
+                f"WHERE c.id IN ({marks})",
                 part,
             ):
-                out[row[0]] = ChunkRow(*row)
+                out[row[0]] = ChunkRow(*row[:-1], _heading_path(row[-1]))
         missing = [i for i in ids if i not in out]
         if missing:
             raise CorruptIndexError(
@@ -695,7 +733,7 @@ class IndexWriter:
             return f"the existing {damaged}"
         want = self.manifest
         if int(meta.get("format_version", 0)) != FORMAT_VERSION:
-            return "the index format changed"
+            return f"the index format changed{_format_change(meta.get('format_version'))}"
         if meta.get("model_fingerprint") != want.model_fingerprint:
             return f"the model changed ({meta.get('model_name')} -> {want.model_name})"
         had = json.loads(meta.get("chunking", "{}"))
@@ -854,17 +892,17 @@ class IndexWriter:
         self._dirty = True
 
     def chunk_texts(self, ids: Sequence[int]) -> list[str]:
-        """The stored text of chunks `ids`, in that order."""
-        texts = (
-            dict(
-                self.conn.execute(
-                    f"SELECT id, text FROM chunks WHERE id IN ({','.join('?' * len(ids))})",
-                    [int(i) for i in ids],
-                ).fetchall()
-            )
+        """What E_a embedded of chunks `ids` (chunk.contextual_text: heading path and
+        text), in that order: a damaged vector is re-embedded from exactly this."""
+        rows = (
+            self.conn.execute(
+                f"SELECT id, heading, text FROM chunks WHERE id IN ({','.join('?' * len(ids))})",
+                [int(i) for i in ids],
+            ).fetchall()
             if len(ids)
-            else {}
+            else []
         )
+        texts = {r[0]: contextual_text(_heading_path(r[1]), r[2]) for r in rows}
         return [texts[int(i)] for i in ids]
 
     def restore_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -945,7 +983,7 @@ class IndexWriter:
         first = self.n_vectors + sum(len(v) for v in self._pending_vectors)
         self.conn.executemany(
             "INSERT INTO chunks (id, file_id, seq, start_line, end_line, start_byte, end_byte, "
-            "n_tokens, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "n_tokens, text, heading) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     first + i,
@@ -957,6 +995,7 @@ class IndexWriter:
                     c.end_byte,
                     c.n_tokens,
                     c.text,
+                    _heading_column(c.heading),
                 )
                 for i, c in enumerate(chunks)
             ],

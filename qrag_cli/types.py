@@ -83,6 +83,34 @@ class Document:
     text: str
     kind: str
     line_map: tuple[tuple[int, int], ...]
+    sections: tuple[Section, ...] = ()
+    """The document's structure: its bodies under each heading, in order (documents.py).
+    Empty: one section, the whole text, with no heading. Heading lines themselves belong to
+    no section (they are its `path`), so no chunk repeats them in its text."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """The body of one section of a Document: text[start:end], under the heading path
+    `path` (outermost first: file title > section > subsection; for code the enclosing
+    definitions). `path` is () for text before any heading, or in a file without any."""
+
+    start: int
+    end: int
+    path: tuple[str, ...] = ()
+
+
+HEADING_JOIN = " > "  # how a heading path is shown and embedded: "Title > Section"
+
+
+def contextual_text(heading: tuple[str, ...], text: str) -> str:
+    """What the encoders, BM25 and the answering LLM read of a chunk: its heading path on
+    a line of its own (a contextual header), then its text. A chunk cut from the middle
+    of a section says which article and section it belongs to; without a heading it is
+    its text."""
+    if not heading:
+        return text
+    return HEADING_JOIN.join(heading) + "\n" + text
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,7 @@ class Chunk:
     start_byte: int  # UTF-8 byte offsets into the extracted text
     end_byte: int
     n_tokens: int  # cl100k_base tokens
+    heading: tuple[str, ...] = ()  # the heading path of the section it was cut from
 
 
 @dataclass(frozen=True)
@@ -111,6 +140,7 @@ class Evidence:
     text: str
     ordinal: int  # position in corpus (document) order
     alternatives: tuple[tuple[int, float], ...] = field(default=())
+    heading: tuple[str, ...] = ()  # the heading path of the section it comes from
     bm25_max: tuple[float, float] | None = None
     """Raw BM25 maxima of the two lexical queries over the chunks left at this step (what
     the stop rule reads; qvalue.lexical_features); None for a dense Q."""

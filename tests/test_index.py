@@ -141,16 +141,16 @@ def test_manifest_keeps_the_stored_form_of_existing_indexes(hop_corpus, base_mod
     with open_snapshot(index_dir) as snapshot:
         meta = dict(snapshot.conn.execute("SELECT key, value FROM meta").fetchall())
         manifest = snapshot.manifest
-    assert meta["format_version"] == "1" and meta["dim"] == "384"
+    assert meta["format_version"] == "2" and meta["dim"] == "384"
     assert meta["model_name"] == "all-MiniLM-L6-v2" and meta["model_spec"] == "base"
-    assert meta["chunking"] == '{"chunk_tokens": 128, "overlap": 16, "version": 1}'
+    assert meta["chunking"] == '{"chunk_tokens": 128, "overlap": 16, "version": 2}'
     as_json = {
-        "format_version": 1,
+        "format_version": 2,
         "model": "all-MiniLM-L6-v2",
         "model_spec": "base",
         "model_fingerprint": meta["model_fingerprint"],
         "dim": 384,
-        "chunking": {"chunk_tokens": 128, "overlap": 16, "version": 1},
+        "chunking": {"chunk_tokens": 128, "overlap": 16, "version": 2},
         "generation": int(meta["generation"]),
     }
     assert manifest.to_dict() == as_json

@@ -234,10 +234,10 @@ def test_question_term_asks_what_the_picks_do_not_hold_yet() -> None:
     the question term asks for the other one, not for look-alikes of the first (HotpotQA,
     validation: "Aphelandra sinclairiana" was picked instead of "Angraecum")."""
     texts = [
-        "Aphelandra: Aphelandra is a genus of about 170 species of flowering plants.",
-        "Aphelandra sinclairiana: Aphelandra sinclairiana is a plant species of Aphelandra, "
+        "Aphelandra\nAphelandra is a genus of about 170 species of flowering plants.",
+        "Aphelandra sinclairiana\nAphelandra sinclairiana is a plant species of Aphelandra, "
         "one of its species.",
-        "Angraecum: The genus Angraecum, abbreviated as Angcm in the horticultural trade, is "
+        "Angraecum\nThe genus Angraecum, abbreviated as Angcm in the horticultural trade, is "
         "a genus of orchids found in Africa, Madagascar, the Comoros and Sri Lanka.",
         *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept."],
     ]
@@ -335,16 +335,16 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
     features, proposals = qvalue.lexical_features(many, state, order=True)
     assert np.flatnonzero(features[:, qvalue.ORDER]).tolist() == [len(moves) - 1]
     assert len(moves) - 1 in proposals
-    titled = [f"Note {i}: {text}" for i, text in enumerate(story)]
-    notes = memory(titled)
+    # Notes under headings of their own: their order means nothing. The same story kept
+    # under one heading is still one running text.
     state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
+    notes = memory([f"Note {i}\n{text}" for i, text in enumerate(story)])
     assert not qvalue.lexical_features(notes, state, order=True)[0][:, qvalue.ORDER].any()
-    assert lexical.titled("Bolling v. Sharpe: Bolling v. Sharpe, 347 U.S. 497 (1954), is a case.")
-    assert lexical.titled("# Setup notes\nRun make.")
-    assert not lexical.titled("Daniel Ek went to the garden. Later: nothing.")
-    # A chunk of pooled articles that opens inside one and holds the title of the next.
-    assert lexical.titled("an album of 1979.\n\nDemon Dice: Demon Dice is a dice game.")
-    assert not lexical.titled("the roof.\n\nDaniel Ek went to the garden. Bo ate.")
+    kept = memory([f"Diary\n{text}" for text in story])
+    assert notes.rows([0])[0].heading == ("Note 0",) and kept.rows([0])[0].heading == ("Diary",)
+    untitled = qvalue.lexical_features(memory(story), state, order=True)[0][:, qvalue.ORDER]
+    under_one = qvalue.lexical_features(kept, state, order=True)[0][:, qvalue.ORDER]
+    assert untitled.any() and under_one.tolist() == untitled.tolist()
     # A model with a third lexical weight has the order term, a fourth the named-title
     # term; two to four numbers only.
     three = trainable(model, frozen_chunks=True, lexical=[0.3, 0.3, 0.1])
@@ -368,33 +368,33 @@ def test_named_feature_marks_the_articles_the_question_or_a_pick_names() -> None
     parentheses is not part of the name; after a pick, the article it names."""
     articles = memory(
         [
-            "Carlos Fuentes Lemus: Carlos Fuentes Lemus was the son of Carlos Fuentes.",
-            "Carlos Fuentes: Carlos Fuentes was a Mexican novelist.",
-            "Christa Wolf (writer): Christa Wolf was a German novelist, born in Landsberg.",
-            "Landsberg an der Warthe: a town now called Gorzow.",
-            "# Gorzow\nA city in Poland.",
+            "Carlos Fuentes Lemus\nCarlos Fuentes Lemus was the son of Carlos Fuentes.",
+            "Carlos Fuentes\nCarlos Fuentes was a Mexican novelist.",
+            "Christa Wolf (writer)\nChrista Wolf was a German novelist, born in Landsberg.",
+            "Landsberg an der Warthe\nLandsberg an der Warthe is a town now called Gorzow.",
+            "Gorzow\nA city in Poland.",
             "Carlos Fuentes went to the market. Christa Wolf stayed home.",
-            "the end of an article.\n\nFuentes: a surname.",
+            "Carlos Fuentes: a Mexican novelist, written as a label and not as a heading.",
         ]
     )
     state = qvalue.State("Who was born later, Carlos Fuentes or Christa Wolf?", [], query="names")
     features = qvalue.lexical_features(articles, state, named=True)[0]
-    # A title inside a chunk counts too ("Fuentes", a surname the question holds whole).
-    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 2, 6]
+    # Only a heading counts: no text pattern ("Title: ...") is read as one.
+    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 2]
     assert not qvalue.lexical_features(articles, state)[0][:, qvalue.NAMED].any()  # off
     state = state.then(articles.rows([2])[0], [])
     features = qvalue.lexical_features(articles, state, named=True)[0]
     # The picked chunk names "Landsberg", not "Landsberg an der Warthe"; picked chunks are 0.
-    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 6]
+    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1]
     state = state.then(articles.rows([3])[0], [])
     features = qvalue.lexical_features(articles, state, named=True)[0]
-    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 4, 6]  # a heading too
+    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 4]
     # A namesake whose qualifier the question does not hold counts half.
     people = memory(
         [
-            "Bob Clark (athlete): a runner.",
-            "Bob Clark: a director.",
-            "Robert Butler (director): ok.",
+            "Bob Clark (athlete)\nA runner.",
+            "Bob Clark\nA director.",
+            "Robert Butler (director)\nA director.",
         ]
     )
     state = qvalue.State(
@@ -403,22 +403,16 @@ def test_named_feature_marks_the_articles_the_question_or_a_pick_names() -> None
     features = qvalue.lexical_features(people, state, named=True)[0]
     assert features[:, qvalue.NAMED].tolist() == [0.5, 1.0, 1.0]
     # Named means written as a name: "the astronomical clock" names no "Astronomical clock".
-    clocks = memory(["Astronomical clock: a clock.", "Prague astronomical clock: a clock."])
+    clocks = memory(["Astronomical clock\nA clock.", "Prague astronomical clock\nA clock."])
     state = qvalue.State("When was the astronomical clock in Prague built?", [], query="names")
     assert not qvalue.lexical_features(clocks, state, named=True)[0][:, qvalue.NAMED].any()
     state = qvalue.State("When was the Prague astronomical clock built?", [], query="names")
     features = qvalue.lexical_features(clocks, state, named=True)[0]
     assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1]
-    assert lexical.titles("the end.\n\nFuentes: a surname.\n\n# Notes\nrun") == (
-        "Fuentes",
-        "# Notes",
-    )
-    # A title holding a colon: the article's first sentence repeats it whole, so the film
-    # "Diary of a Wimpy Kid: The Long Haul" is not an article titled "Diary of a Wimpy Kid".
-    sequel = "Diary of a Wimpy Kid: The Long Haul: Diary of a Wimpy Kid: The Long Haul is a film."
-    assert lexical.heading(sequel) == "Diary of a Wimpy Kid: The Long Haul"
-    assert lexical.titles("Error: file: not found.") == ("Error",)
-    films = memory([sequel, "Diary of a Wimpy Kid: Diary of a Wimpy Kid is a novel."])
+    # A title holding a colon: the film "Diary of a Wimpy Kid: The Long Haul" is not an
+    # article titled "Diary of a Wimpy Kid" (a partial match is no name match).
+    sequel = "Diary of a Wimpy Kid: The Long Haul\nDiary of a Wimpy Kid: The Long Haul is a film."
+    films = memory([sequel, "Diary of a Wimpy Kid\nDiary of a Wimpy Kid is a novel."])
     state = qvalue.State("Which film of Diary of a Wimpy Kid came first?", [], query="names")
     features = qvalue.lexical_features(films, state, named=True)[0]
     assert features[:, qvalue.NAMED].tolist() == [0.0, 1.0]
@@ -510,20 +504,22 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     # only mentions it: HotpotQA's comparison questions ("Who is older, John Waite or
     # Jeff Scott Soto?") need each entity's own paragraph.
     titled = [
-        "Essential Ballads: Essential Ballads is an album by Jeff Scott Soto.",
-        "Jeff Scott Soto: Jeff Scott Soto (born November 4, 1965) is an American rock "
+        "Essential Ballads\nEssential Ballads is an album by Jeff Scott Soto.",
+        "Jeff Scott Soto\nJeff Scott Soto (born November 4, 1965) is an American rock "
         "singer of Puerto Rican descent, best known as the vocalist of Talisman.",
         *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept."],
     ]
     source = MemoryCandidates(titled, np.zeros((len(titled), 2)))
     singer = qvalue.start(model, ["Who is older, John Waite or Jeff Scott Soto?"])[0]
     assert lexical.match_expression(qvalue.lexical_queries(singer)[0]).startswith(
-        '^"john waite" OR ^"jeff scott soto" OR "john waite" OR'
+        'heading : "john waite" OR heading : "jeff scott soto" OR "john waite" OR'
     )
     by_title = qvalue.lexical_features(source, singer)[0][:, 0]
     assert by_title[1] == 1.0 and by_title[0] < 0.85
-    # ... where the same words asked without the opening rank the album first.
-    ids, scores = lexical.MemoryLexicon(titled).bm25(["jeff scott soto", "jeff", "scott", "soto"])
+    # ... where the same words asked of the texts alone rank the album first.
+    ids, scores = lexical.MemoryLexicon(source.texts).bm25(
+        ["jeff scott soto", "jeff", "scott", "soto"]
+    )
     assert ids[np.argmax(scores)] == 0
     assert lexical.compounds("Is brisk-quarry x86-64 or Jean-Paul - a-b?") == [
         ("brisk", "quarry"),
@@ -537,9 +533,6 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
         ("new", "york"),
         ("var", "x1"),
     ]
-    assert lexical.heading("Aschenbrodel: Aschenbrodel is a ballet by Strauss.") == "Aschenbrodel"
-    assert lexical.heading("# Setup notes\nRun make.") == "# Setup notes"
-    assert lexical.heading("Ada Borg went to the office. Kurt: hello.") == ""
     assert features["chunk"][1] == 0.0 and features["chunk"][2] == 1.0  # drawn to filler
     assert features["names"][1] == 1.0 and features["names"][2] == 0.0  # the next hop
 
@@ -566,12 +559,13 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     assert proc.stderr.count("\n") == 1
 
 
-def test_index_keeps_bm25_in_step_and_old_indexes_gain_it(tmp_path: Path, base_model) -> None:
+def test_index_keeps_bm25_in_step_and_an_old_index_is_rebuilt_once(
+    tmp_path: Path, base_model
+) -> None:
     root = compass_corpus(tmp_path / "docs")
     index = tmp_path / "idx"
     build_index([root], index, base_model, ChunkConfig())
     with open_snapshot(index) as snapshot:
-        assert snapshot.has_lexical
         ids, _ = snapshot.bm25(["varga"])
         paths = {r.path.rsplit("/", 1)[-1] for r in snapshot.chunks(ids.tolist())}
     assert paths == {"weaver-00.txt", "compass-08.txt"}
@@ -585,39 +579,33 @@ def test_index_keeps_bm25_in_step_and_old_indexes_gain_it(tmp_path: Path, base_m
         assert not any("Ines Varga is a weaver" in t or "number 8 " in t for t in texts)
         assert len(snapshot.bm25(["weaver"])[0]) == 11  # one weaver note changed its words
 
-    # An index written before the lexical table: refused with the fix, then upgraded by
-    # the next `qrag index` without embedding anything again.
+    # An index of the format before sections (chunks without headings): `qrag ask`
+    # refuses it in one line saying why and how; the next `qrag index` rebuilds it once,
+    # saying why in one line, and then it answers.
     with open_snapshot(index) as snapshot:
         db = snapshot.folder / "index.sqlite"
     conn = sqlite3.connect(db)
-    conn.executescript(
-        "DROP TRIGGER chunks_fts_insert; DROP TRIGGER chunks_fts_delete; "
-        "DROP TABLE chunks_fts; PRAGMA user_version=1;"
-    )
+    with conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
     conn.close()
-    model = trainable(load_model("base"), frozen_chunks=True, lexical=[0.3, 0.3])
-    save_model(model, tmp_path / "hybrid")
-    proc = run_qrag(
-        "ask", COMPASS_QUESTION, "--index", str(index), "--model", str(tmp_path / "hybrid")
+    proc = run_qrag("ask", COMPASS_QUESTION, "--index", str(index))
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "has format 1, this qrag reads 2 (chunks now keep their section headings)" in (
+        proc.stderr
     )
-    assert proc.returncode != 0 and "predates lexical search" in proc.stderr
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    dense = run_qrag(
-        "ask",
-        COMPASS_QUESTION,
-        "--index",
-        str(index),
-        "--model",
-        str(tmp_path / "hybrid"),
-        "--lexical",
-        "off",
-        "--json",
-    )
-    assert dense.returncode == 0, dense.stderr
-    summary = build_index([root], index, base_model, ChunkConfig())
-    assert summary.tokens_embedded == 0
+    assert "rebuild it with `qrag index PATH" in proc.stderr and "Traceback" not in proc.stderr
+    rebuilt = run_qrag("index", str(root), "--index", str(index))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    why = [line for line in rebuilt.stderr.splitlines() if "rebuild" in line]
+    assert why == [
+        "full rebuild: the index format changed (1 -> 2: chunks now keep their section headings)"
+    ]
+    again = run_qrag("index", str(root), "--index", str(index))
+    assert "rebuild" not in again.stderr  # once
+    answered = run_qrag("ask", COMPASS_QUESTION, "--index", str(index), "--json")
+    assert answered.returncode == 0, answered.stderr
     with open_snapshot(index) as snapshot:
-        assert snapshot.has_lexical and len(snapshot.bm25(["weaver"])[0]) == 11
+        assert len(snapshot.bm25(["weaver"])[0]) == 11
 
 
 def test_lexical_off_is_the_pure_dense_q(tmp_path: Path, base_model) -> None:

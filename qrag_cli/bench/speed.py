@@ -16,6 +16,7 @@ from qrag_cli.config import ChunkConfig
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model
 from qrag_cli.store import open_snapshot
+from qrag_cli.types import contextual_text
 
 WORDS = (
     "the a of to in river town engine ferry salmon plateau inventor mill harbour winter "
@@ -79,7 +80,8 @@ def run(
         "embed_share": summary.embed_seconds / summary.seconds,
     }
     with open_snapshot(index_dir) as snapshot:
-        texts = [r.text for r in snapshot.chunks(snapshot.live_ids().tolist())]
+        rows = snapshot.chunks(snapshot.live_ids().tolist())
+        texts = [contextual_text(r.heading, r.text) for r in rows]  # what indexing embedded
         size = sum(p.stat().st_size for p in snapshot.folder.iterdir() if p.is_file())
     result["index"]["bytes_on_disk"] = size
     result["index"]["mb_per_1m_tokens"] = size / 1e6 / (summary.tokens_embedded / 1e6)

@@ -34,7 +34,7 @@ from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import without_lexical
 from qrag_cli.stop import rule_for
 from qrag_cli.store import open_snapshot
-from qrag_cli.types import UsageError
+from qrag_cli.types import UsageError, contextual_text
 
 K = 1024
 
@@ -85,13 +85,16 @@ Retrieved = list[tuple[list[str], float, int, list[str] | None]]
 
 
 def bm25_top_k(index_dir: Path, questions: Sequence[str], k: int) -> Retrieved:
-    """BM25 over the chunk texts of the base index (the same chunks every method sees)."""
+    """BM25 over the chunks of the base index (the same chunks every method sees), each
+    read with its heading path as Q's encoders read it; the picks are their texts."""
     import bm25s
 
     with open_snapshot(index_dir) as snapshot:
-        texts = [r.text for r in snapshot.chunks(snapshot.live_ids().tolist())]
+        rows = snapshot.chunks(snapshot.live_ids().tolist())
+    texts = [r.text for r in rows]
+    read = [contextual_text(r.heading, r.text) for r in rows]
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+    retriever.index(bm25s.tokenize(read, stopwords="en", show_progress=False), show_progress=False)
     out = []
     for q in questions:
         t0 = time.perf_counter()
@@ -231,8 +234,13 @@ def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx
     paragraphs = list(dict.fromkeys(c for ex in examples for c in ex.chunks))
     corpus = work / "corpus" / "real-pooled"
     longctx.write_corpus(corpus, paragraphs)
+    # The gold facts are the paragraphs' sentences (the converters write "Title\nsentences"):
+    # a picked chunk holds them, while a title found as a heading is stored apart.
     stories = [
-        longctx.Story(ex.question, ex.answer or "", ex.chunks, ex.support) for ex in held[:n_eval]
+        longctx.Story(
+            ex.question, ex.answer or "", tuple(c.split("\n", 1)[-1] for c in ex.chunks), ex.support
+        )
+        for ex in held[:n_eval]
     ]
     return corpus, stories
 
