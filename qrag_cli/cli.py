@@ -931,16 +931,62 @@ def bench_cmd(
             "each model twice (the ablation).",
         ),
     ] = "on",
+    layouts: Annotated[
+        bool,
+        typer.Option(
+            "--layouts",
+            help="Run the layout bench instead: the same real questions with their "
+            "paragraphs written in several file layouts (default, BM25, dense top-k).",
+        ),
+    ] = False,
+    layout: Annotated[
+        list[str] | None, typer.Option(help="With --layouts: only these layouts (repeatable).")
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="With --layouts: validation (choose on it), test (once per issue, at the "
+            "end) or both."
+        ),
+    ] = "validation",
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Long-context multi-hop benchmarks, baselines, speed and scale -> a results folder.
 
     `qrag bench data TASK OUT.jsonl` writes training episodes of a generated task.
+    `qrag bench --layouts` writes the layout bench (layouts.md, layouts.json).
     """
     from dataclasses import replace
 
     from qrag_cli.bench import suite
+
+    if split not in {"validation", "test", "both"}:
+        raise UsageError("--split must be 'validation', 'test' or 'both'")
+    if (layout or split != "validation") and not layouts:
+        raise UsageError("--layout and --split go with --layouts")
+    if layouts:
+        from qrag_cli.bench import layouts as layout_bench
+
+        unknown = [n for n in layout or [] if n not in layout_bench.LAYOUTS]
+        if unknown:
+            raise UsageError(
+                f"unknown layout {unknown[0]!r}; choose from {', '.join(layout_bench.LAYOUTS)}"
+            )
+        check_output(out, [], folder=True)
+        result = layout_bench.run(
+            out,
+            splits=layout_bench.SPLITS if split == "both" else (split,),
+            layouts=tuple(layout or layout_bench.LAYOUTS),
+            n_questions=questions,
+            log=render.log,
+        )
+        if as_json:
+            render.print_json(result)
+        else:
+            render.out.print(render.plain((out / "layouts.md").read_text(), multiline=True))
+            render.log(f"results in {out} ({result['seconds']} s)")
+        return
 
     if profile not in suite.PROFILES:
         raise UsageError(f"--profile must be one of {', '.join(suite.PROFILES)}")

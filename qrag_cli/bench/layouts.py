@@ -1,0 +1,300 @@
+"""The layout bench (`qrag bench --layouts`): the same questions over the same paragraphs,
+written the ways people keep files, so a gain that holds in only one layout shows.
+
+Each layout is indexed through the real `qrag index` code with the default model; on that
+one index the default's multi-step episode, BM25 top-k and dense top-k (the untrained
+all-MiniLM-L6-v2, whose chunk vectors the default shares) each pick 4 chunks per question
+(the default without a stop rule; EM@2 is its first two picks). A question counts at @k
+when its picks hold every gold paragraph (longctx.fact_hits).
+
+Two question sets, never mixed:
+- validation: the bench's held-out half of the HotpotQA + MuSiQue samples
+  (`split(real_examples(), 0.5, 0)[1]`, every paragraph of those questions pooled). It
+  has been measured after every change since it was built: choose rules on it.
+- test: `hotpotqa_train_evidence_500.jsonl`, the one real file no rule, weight or
+  checkpoint was ever checked on (frozen 2026-12-07, before the layout work): the
+  two-sentence questions whose evidence shares no sentence with the HotpotQA files used
+  for training and validation, over every such question's evidence (all lengths) pooled.
+  Each evidence sentence is a note of its own; the file
+  gives no titles, so each note is titled "Note N" (N from a seeded shuffle): nothing
+  in a heading tells the answer. Run it once per issue, at the end.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from qrag_cli.bench import longctx
+from qrag_cli.config import ChunkConfig
+from qrag_cli.datasets import SHARED_DATA, real_examples, split
+from qrag_cli.files import atomic_write
+from qrag_cli.types import UsageError
+
+BUDGET = 4  # picks per question; EM@2 reads the first two
+SPLITS = ("validation", "test")
+TEST_FILE = "hotpotqa_train_evidence_500.jsonl"
+TEST_SEED = 2026  # the note numbering and every layout's shuffle of the test split
+NOTES_PER_FILE = (20, 30)  # articles per notes file / HTML page / rst file
+
+
+@dataclass(frozen=True)
+class Article:
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
+class QuestionSet:
+    name: str
+    articles: tuple[Article, ...]
+    stories: tuple[longctx.Story, ...]  # gold facts: article texts
+    seed: int
+
+
+def validation_set(n_questions: int | None = None) -> QuestionSet:
+    examples = real_examples()
+    if examples is None:
+        raise UsageError(f"the layout bench needs the shared data in {SHARED_DATA}")
+    held = split(examples, 0.5, 0)[1]
+    articles: dict[tuple[str, str], Article] = {}
+    stories = []
+    for ex in held:
+        # The converters write each paragraph as "Title\nsentences" (datasets.py).
+        parts = [tuple(c.split("\n", 1)) if "\n" in c else ("Untitled", c) for c in ex.chunks]
+        for title, text in parts:
+            articles.setdefault((title, text), Article(title, text))
+        texts = tuple(t for _, t in parts)
+        stories.append(longctx.Story(ex.question, ex.answer or "", texts, ex.support))
+    return QuestionSet("validation", tuple(articles.values()), _first(stories, n_questions), 0)
+
+
+def test_set(n_questions: int | None = None) -> QuestionSet:
+    path = SHARED_DATA / TEST_FILE
+    if not path.is_file():
+        raise UsageError(f"the layout bench's test split needs {path}")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    used = _training_sentences()
+    kept, sentences = [], []
+    for r in records:
+        evidence = [str(e).strip() for e in r["evidence"]]
+        if used.intersection(evidence):
+            continue
+        sentences.extend(evidence)  # every other question's evidence is a distractor
+        if len(set(evidence)) == 2:
+            kept.append((r["question"], r["answer"], tuple(evidence)))
+    sentences = list(dict.fromkeys(sentences))
+    numbers = list(range(1, len(sentences) + 1))
+    random.Random(TEST_SEED).shuffle(numbers)
+    articles = tuple(Article(f"Note {n}", s) for n, s in zip(numbers, sentences, strict=True))
+    stories = [longctx.Story(q, a, ev, (0, 1)) for q, a, ev in kept]
+    return QuestionSet("test", articles, _first(stories, n_questions), TEST_SEED)
+
+
+def _training_sentences() -> set[str]:
+    """Every sentence of the HotpotQA files that training and validation read."""
+    out: set[str] = set()
+    for name in ("hotpotqa_train_200.json", "hotpotqa_train_500b.json"):
+        path = SHARED_DATA / name
+        if path.is_file():
+            for item in json.loads(path.read_text()):
+                out.update(s.strip() for _, sents in item["context"] for s in sents)
+    return out
+
+
+def _first(stories: list[longctx.Story], n: int | None) -> tuple[longctx.Story, ...]:
+    return tuple(stories if n is None else stories[:n])
+
+
+# ---- layouts: each writes every article into `folder` --------------------------------------
+def _groups(articles: Sequence[Article], rng: random.Random) -> list[list[Article]]:
+    out, i = [], 0
+    while i < len(articles):
+        n = rng.randint(*NOTES_PER_FILE)
+        out.append(list(articles[i : i + n]))
+        i += n
+    return out
+
+
+def _write(folder: Path, name: str, text: str) -> None:
+    (folder / name).write_text(text, encoding="utf-8")
+
+
+def plain(folder: Path, articles: Sequence[Article], rng: random.Random) -> None:
+    """One text file per article, its title on the first line."""
+    for i, a in enumerate(articles):
+        _write(folder, f"article-{i:05d}.txt", f"{a.title}\n{a.text}\n")
+
+
+def markdown(folder: Path, articles: Sequence[Article], rng: random.Random) -> None:
+    """One Markdown file per article under `# Title`."""
+    for i, a in enumerate(articles):
+        _write(folder, f"article-{i:05d}.md", f"# {a.title}\n\n{a.text}\n")
+
+
+def notes(folder: Path, articles: Sequence[Article], rng: random.Random) -> None:
+    """Markdown notes: 20-30 articles per file under `## Title`, the file under `# Notes N`."""
+    for i, group in enumerate(_groups(articles, rng)):
+        body = "".join(f"## {a.title}\n\n{a.text}\n\n" for a in group)
+        _write(folder, f"notes-{i:04d}.md", f"# Notes {i + 1}\n\n{body}")
+
+
+def html_pages(folder: Path, articles: Sequence[Article], rng: random.Random) -> None:
+    """HTML pages of 20-30 articles: `<h1>` for the page, `<h2>` per article."""
+    for i, group in enumerate(_groups(articles, rng)):
+        body = "".join(
+            f"<h2>{html.escape(a.title)}</h2>\n<p>{html.escape(a.text)}</p>\n" for a in group
+        )
+        page = (
+            f"<!doctype html>\n<html><head><title>Pages {i + 1}</title></head>\n"
+            f"<body>\n<h1>Pages {i + 1}</h1>\n{body}</body></html>\n"
+        )
+        _write(folder, f"page-{i:04d}.html", page)
+
+
+def one_file(folder: Path, articles: Sequence[Article], rng: random.Random) -> None:
+    """Everything in one large plain-text file: title line, text, blank line."""
+    _write(folder, "everything.txt", "".join(f"{a.title}\n{a.text}\n\n" for a in articles))
+
+
+def rst(folder: Path, articles: Sequence[Article], rng: random.Random) -> None:
+    """reStructuredText files of 20-30 articles: `===` over and under the file title, `---`
+    under each article's."""
+    for i, group in enumerate(_groups(articles, rng)):
+        title = f"Notes {i + 1}"
+        bar = "=" * len(title)
+        body = "".join(f"{a.title}\n{'-' * len(a.title)}\n\n{a.text}\n\n" for a in group)
+        _write(folder, f"notes-{i:04d}.rst", f"{bar}\n{title}\n{bar}\n\n{body}")
+
+
+Writer = Callable[[Path, Sequence[Article], random.Random], None]
+LAYOUTS: dict[str, Writer] = {
+    "plain": plain,
+    "markdown": markdown,
+    "notes": notes,
+    "html": html_pages,
+    "onefile": one_file,
+    "rst": rst,
+}
+METHODS = ("default", "bm25 top-k", "dense top-k")
+
+
+def write_layout(layout: str, folder: Path, questions: QuestionSet) -> None:
+    """The question set's articles, shuffled (seeded by set and layout), in `layout`."""
+    rng = random.Random(f"{questions.seed}:{layout}")
+    articles = list(questions.articles)
+    rng.shuffle(articles)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():  # a rerun with fewer articles must not keep stale files
+        old.unlink()
+    LAYOUTS[layout](folder, articles, rng)
+
+
+# ---- scoring -----------------------------------------------------------------------------
+def _picks(index_dir: Path, questions: Sequence[str]) -> dict[str, list[list[str]]]:
+    """Per method, the texts of the chunks each question picks, in pick order."""
+    from qrag_cli.bench.suite import bm25_top_k
+    from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
+    from qrag_cli.model import load_model
+    from qrag_cli.qvalue import without_lexical
+    from qrag_cli.store import open_snapshot
+
+    default, dense = load_model("default"), load_model("base")
+    if dense.cfg.fingerprint != default.cfg.fingerprint:
+        # Dense top-k is the untrained encoder's on the same index: the default's own
+        # E_s, without its lexical terms, when its chunks are not the base's.
+        dense = without_lexical(load_model("default"))
+    out: dict[str, list[list[str]]] = {m: [] for m in METHODS}
+    with open_snapshot(index_dir) as snapshot:
+        source = IndexCandidates(snapshot)
+        for start in range(0, len(questions), 32):
+            batch = list(questions[start : start + 32])
+            for ep in run_episodes(default, batch, [source] * len(batch), StopRule(BUDGET)):
+                out["default"].append([ev.text for ev in ep.evidence])
+            for ep in run_episodes(
+                dense, batch, [source] * len(batch), StopRule(1), alternatives=BUDGET
+            ):
+                first = ep.evidence[0] if ep.evidence else None
+                rest = source.rows([a for a, _ in first.alternatives]) if first else []
+                out["dense top-k"].append([e.text for e in ep.evidence] + [r.text for r in rest])
+    out["bm25 top-k"] = [texts for texts, *_ in bm25_top_k(index_dir, questions, BUDGET)]
+    return out
+
+
+def _em(picks: list[list[str]], stories: Sequence[longctx.Story], k: int) -> float:
+    hits = [longctx.fact_hits(p[:k], s)[0] for p, s in zip(picks, stories, strict=True)]
+    return round(sum(hits) / max(1, len(hits)), 4)
+
+
+def run(
+    out: Path,
+    splits: Sequence[str] = ("validation",),
+    layouts: Sequence[str] = tuple(LAYOUTS),
+    n_questions: int | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Index and score every (split, layout); writes layouts.json and layouts.md to `out`."""
+    from qrag_cli.indexer import build_index
+    from qrag_cli.model import load_model
+
+    for name in layouts:
+        if name not in LAYOUTS:
+            raise UsageError(f"unknown layout {name!r}; choose from {', '.join(LAYOUTS)}")
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model("default")
+    result: dict = {"budget": BUDGET, "model": model.cfg.name, "splits": {}}
+    for split_name in splits:
+        questions = (validation_set if split_name == "validation" else test_set)(n_questions)
+        asked = [s.question for s in questions.stories]
+        rows: dict[str, dict] = {}
+        for layout in layouts:
+            corpus = out / "work" / split_name / "corpus" / layout
+            write_layout(layout, corpus, questions)
+            index_dir = out / "work" / split_name / "index" / layout
+            summary = build_index([corpus], index_dir, model, ChunkConfig())
+            picks = _picks(index_dir, asked)
+            row: dict = {"chunks": summary.chunks_total}
+            for method in METHODS:
+                row[method] = {
+                    f"em@{k}": _em(picks[method], questions.stories, k) for k in (2, BUDGET)
+                }
+            rows[layout] = row
+            log(
+                f"{split_name} {layout}: "
+                + ", ".join(
+                    f"{m} {row[m]['em@2']:.2f}/{row[m][f'em@{BUDGET}']:.2f}" for m in METHODS
+                )
+            )
+        result["splits"][split_name] = {
+            "questions": len(asked),
+            "articles": len(questions.articles),
+            "layouts": rows,
+        }
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write(out / "layouts.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(out / "layouts.md", markdown_table(result))
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    lines = []
+    for name, part in result["splits"].items():
+        lines += [
+            f"### {name}: {part['questions']} questions, {part['articles']} articles pooled "
+            f"(model {result['model']}, budget {result['budget']})",
+            "",
+            "| layout | chunks | default EM@2 | default EM@4 | BM25 EM@2 | BM25 EM@4 "
+            "| dense EM@2 | dense EM@4 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for layout, row in part["layouts"].items():
+            cells = [f"{row[m][f'em@{k}']:.2f}" for m in METHODS for k in (2, result["budget"])]
+            lines.append(f"| {layout} | {row['chunks']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)

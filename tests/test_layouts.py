@@ -1,0 +1,90 @@
+"""The layout bench: every layout keeps each article whole under its own title (read by
+the real readers and chunker), and `qrag bench --layouts` scores a layout end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from conftest import run_qrag
+
+from qrag_cli.bench import layouts
+from qrag_cli.chunk import chunk_document
+from qrag_cli.config import ChunkConfig
+from qrag_cli.discover import discover
+from qrag_cli.documents import read_document
+
+ARTICLES = [
+    layouts.Article(
+        "Scott Derrickson",
+        "Scott Derrickson (born July 16, 1966) is an American director, screenwriter and "
+        "producer. He lives in Los Angeles, California.",
+    ),
+    layouts.Article("Ed Wood", "Edward Davis Wood Jr. was an American filmmaker & actor."),
+    layouts.Article("Woodson, Arkansas", "Woodson is a census-designated place in Arkansas."),
+    layouts.Article(
+        "Doctor Strange (2016 film)",
+        "Doctor Strange is a 2016 American superhero film based on the Marvel Comics "
+        "character of the same name, directed by Scott Derrickson. " * 6,
+    ),
+]
+
+
+@pytest.mark.parametrize("layout", list(layouts.LAYOUTS))
+def test_every_layout_keeps_each_article_under_its_title(tmp_path: Path, layout: str) -> None:
+    layouts.LAYOUTS[layout](tmp_path, ARTICLES, random.Random(0))
+    under: dict[str, str] = {}
+    for path in sorted(p for p in tmp_path.iterdir()):
+        doc = read_document(path)
+        for chunk in chunk_document(doc, ChunkConfig()):
+            assert chunk.heading, f"{layout}: a chunk without a heading: {chunk.text!r}"
+            title = chunk.heading[-1]
+            under[title] = (under.get(title, "") + " " + chunk.text).strip()
+            # The title is the heading, never text of a chunk (it would be read twice).
+            assert not chunk.text.startswith(title + "\n")
+    assert set(under) == {a.title for a in ARTICLES}
+    for a in ARTICLES:
+        assert a.text.split(".")[0] in under[a.title]  # no article's text under another
+
+
+def test_layouts_shuffle_the_same_articles(tmp_path: Path) -> None:
+    questions = layouts.QuestionSet("demo", tuple(ARTICLES), (), seed=3)
+    layouts.write_layout("onefile", tmp_path / "a", questions)
+    layouts.write_layout("onefile", tmp_path / "b", questions)
+    one = (tmp_path / "a" / "everything.txt").read_text()
+    assert one == (tmp_path / "b" / "everything.txt").read_text()  # seeded
+    assert all(a.text in one for a in ARTICLES)
+    assert len(discover([tmp_path / "a"]).files) == 1
+
+
+def test_bench_layouts_scores_a_layout_end_to_end(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "bench"
+    r = run_qrag(
+        "bench", "--layouts", "--layout", "markdown", "--questions", "4", "--out", str(out),
+        "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    row = result["splits"]["validation"]["layouts"]["markdown"]
+    assert result["splits"]["validation"]["questions"] == 4
+    assert row["chunks"] > 1000  # every held-out question's paragraphs, pooled
+    for method in layouts.METHODS:
+        assert 0.0 <= row[method]["em@2"] <= row[method]["em@4"] <= 1.0
+    assert "| markdown |" in (out / "layouts.md").read_text()
+    assert "test" not in result["splits"]  # the test split runs only when asked
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--split", "test"], "--layout and --split go with --layouts"),
+        (["--layouts", "--split", "dev"], "--split must be"),
+        (["--layouts", "--layout", "scroll"], "unknown layout 'scroll'"),
+    ],
+)
+def test_bench_layout_flags_are_checked(tmp_path: Path, args: list[str], message: str) -> None:
+    r = run_qrag("bench", *args, "--out", str(tmp_path / "out"))
+    assert r.returncode != 0 and message in r.stderr
+    assert not (tmp_path / "out").exists()
