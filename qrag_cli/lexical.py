@@ -207,30 +207,18 @@ class Namings:
         return False
 
 
-# An entry that starts with this matches only in a chunk's heading path (an FTS5 column
-# filter); no term starts with it (terms are letters and digits).
-IN_HEADING = "^"
 # BM25 weight of the heading column against the text's 1.0: a word of the heading path
-# counts as much as one in the text (FTS5 sums the columns' scores).
+# counts as much as one in the text (FTS5 sums the columns' scores). On the layout bench's
+# validation split, 0 / 1 / 2 gave EM@4 0.75-0.78 / 0.77-0.79 / 0.77-0.79 across layouts
+# (BENCHMARKS.md "Layouts").
 HEADING_WEIGHT = 1.0
-
-
-def in_heading(phrase: str) -> str:
-    """A query entry matching `phrase` only in a chunk's heading path: a chunk under the
-    heading "Jeff Scott Soto" is about him, more than one that mentions him ("... an album
-    by Jeff Scott Soto"), whatever way the file writes its titles."""
-    return IN_HEADING + phrase
 
 
 def match_expression(words: Sequence[str]) -> str:
     """An FTS5 MATCH string OR-ing quoted terms (quotes make every word a plain string;
-    an entry of several words, "olga ros", is a phrase: its words in that order; an
-    entry made by `in_heading` matches in the heading column only)."""
-    parts = []
-    for w in words[:MAX_TERMS]:
-        column, body = ("heading : ", w[1:]) if w.startswith(IN_HEADING) else ("", w)
-        parts.append(column + '"' + body.replace('"', '""') + '"')
-    return " OR ".join(parts)
+    an entry of several words, "olga ros", is a phrase: its words in that order, in the
+    text or the heading path)."""
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words[:MAX_TERMS])
 
 
 def create_table(conn: sqlite3.Connection, external: bool) -> None:
@@ -283,9 +271,8 @@ class Searcher:
 
 
 def holds(words: set[str], entry: str) -> bool:
-    """Whether a bag of terms holds a query entry: a word, every word of a phrase, or of
-    an entry `in_heading`."""
-    return words.issuperset(entry.removeprefix(IN_HEADING).split())
+    """Whether a bag of terms holds a query entry: a word, or every word of a phrase."""
+    return words.issuperset(entry.split())
 
 
 class MemoryLexicon(Searcher):

@@ -100,10 +100,14 @@ class Action(Protocol):
 
 
 def read(row: Action) -> str:
-    """What Q reads of a chunk (E_a embeds it at index time, E_s reads a pick as it, the
-    BM25 queries of picks come from it): its heading path, then its text
-    (chunk.contextual_text)."""
-    return contextual_text(row.heading, row.text)
+    """What Q reads of a picked chunk (E_s reads it in the state; the BM25 queries, the
+    trail and the named term take their words from it): its own section's title, then its
+    text. The enclosing headings (a notes file's title, a page's <h1>) are left out: every
+    sibling section shares them, so as next-hop words they point back into the same file,
+    not to the next fact; in the state they spend the pick's token cap. Chosen on
+    validation (BENCHMARKS.md "Layouts"). E_a still embeds the whole path at index time
+    (types.contextual_text)."""
+    return contextual_text(row.heading[-1:], row.text)
 
 
 class Candidates(Protocol):
@@ -194,8 +198,8 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     fact's names can fall behind the cut.
     "names": the question query also asks each of the question's names of several words and
     hyphenated compounds whole (an FTS5 phrase: "Olga Ros" outranks "Olga Ek",
-    "brisk-quarry" outranks "brisk-island"), and again in the chunks' heading paths
-    (lexical.in_heading); the picked-chunk query holds the names on the trail. The trail
+    "brisk-quarry" outranks "brisk-island"); the picked-chunk query holds the names on
+    the trail. The trail
     starts as the question's words. Each pick, in pick order, keeps every sentence that
     shares a word with the trail (two words of a name written as several, lexical.name_runs:
     "Alva Nord" is not on the trail of "Sandra Nord"), and its heading path and first
@@ -217,20 +221,20 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     if state.query == "names":
         # A name of several words, or words joined by hyphens, is also asked whole (an
         # FTS5 phrase), so a chunk about "Olga Ros" outranks the chunks about "Olga Ek"
-        # and "Olga Berg", and "brisk-quarry" outranks "mellow-quarry ... brisk-island";
-        # and once more in the heading column, so a chunk under "Jeff Scott Soto"
-        # outranks the one about "an album by Jeff Scott Soto".
+        # and "Olga Berg", and "brisk-quarry" outranks "mellow-quarry ... brisk-island".
+        # Asking them once more in the heading column alone gained nothing on the layout
+        # bench (the named term already favours the chunk under the name): not asked.
         runs = lexical.name_runs(state.question)
         bridge = [w for w in _bridge_words(state, known, runs) if w not in known]
         whole = [*runs, *lexical.compounds(state.question)]
         phrases = list(dict.fromkeys(" ".join(r) for r in whole))
-        return [*map(lexical.in_heading, phrases), *phrases, *asked], bridge
+        return [*phrases, *asked], bridge
     seen = lexical.terms(" ".join(read(r) for r in reversed(state.picked)))
     return asked, [w for w in seen if w not in known]
 
 
 def not_held(state: State, entries: list[str]) -> list[str]:
-    """The question query's entries (words, phrases, openings) with a word no picked chunk
+    """The question query's entries (words and phrases) with a word no picked chunk
     holds yet, when some are held and some not; else []. The question term asks these
     while any chunk left matches them (`lexical_features`): "Angraecum" once the
     Aphelandra paragraph is picked. Chosen on validation: BENCHMARKS.md "Order"."""
