@@ -82,7 +82,10 @@ train-default:
 	  --only-lexical --lexical 0.3,0.3,0.5,0.5 --lexical-query names --state-chunk-cap 48 \
 	  --warm-start 30 --updates 40 \
 	  --eval-every 10 --budget 5 --batch 8 --lr 1e-4 --alpha 0.01 --stop record --seed 0
-	$(QRAG) train pack $(TRAIN_DIR)/run models/qrag-default
+	# The layout bench's validation table goes into the card (the test split never does).
+	$(QRAG) bench --layouts -m $(TRAIN_DIR)/run --out $(TRAIN_DIR)/layouts
+	$(QRAG) train pack $(TRAIN_DIR)/run models/qrag-default \
+	  --layouts $(TRAIN_DIR)/layouts/layouts.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

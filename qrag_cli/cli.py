@@ -719,6 +719,13 @@ def train_convert(
 def train_pack(
     src: Annotated[Path, typer.Argument(help="Trained model folder.")],
     dest: Annotated[Path, typer.Argument(help="Compact model folder to write.")],
+    layouts: Annotated[
+        Path | None,
+        typer.Option(
+            help="layouts.json of `qrag bench --layouts -m SRC`: its validation table "
+            "goes into the model's metrics and card."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -732,9 +739,12 @@ def train_pack(
 
     if not (src / "config.json").is_file():
         raise UsageError(f"{src} is not a model folder (no config.json)")
-    check_output(dest, [("MODEL_DIR", src)], folder=True)
+    check_output(dest, [("MODEL_DIR", src), ("--layouts", layouts)], folder=True)
+    measured = _layout_metrics(layouts) if layouts is not None else None
     qmodel = load_model(str(src))
     qmodel.cfg.name = dest.name
+    if measured is not None:
+        qmodel.cfg.metrics = {**(qmodel.cfg.metrics or {}), "layouts": measured}
     save_model(qmodel, dest, compact=True)
     write_model_card(dest, {"config": asdict(qmodel.cfg)})  # under its new name
     if (src / "train_log.jsonl").is_file():
@@ -754,6 +764,19 @@ def train_pack(
             f"wrote {dest}: weights {size / 1e6:.1f} MB "
             f"(from {result['source_weights_bytes'] / 1e6:.1f} MB)"
         )
+
+
+def _layout_metrics(path: Path) -> dict:
+    """The validation part of a layout bench result (the test split never goes into a
+    model: it is reported once, in BENCHMARKS.md)."""
+    try:
+        result = json.loads(path.read_text())
+        part = result["splits"]["validation"]
+        return {"budget": result["budget"], **part}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"--layouts {path}: not a layout bench result with a validation split ({exc})"
+        ) from None
 
 
 @app.command()
@@ -973,12 +996,15 @@ def bench_cmd(
             raise UsageError(
                 f"unknown layout {unknown[0]!r}; choose from {', '.join(layout_bench.LAYOUTS)}"
             )
+        if len(model or []) > 1:
+            raise UsageError("--layouts measures one --model at a time")
         check_output(out, [], folder=True)
         result = layout_bench.run(
             out,
             splits=layout_bench.SPLITS if split == "both" else (split,),
             layouts=tuple(layout or layout_bench.LAYOUTS),
             n_questions=questions,
+            model_spec=(model or ["default"])[0],
             log=render.log,
         )
         if as_json:

@@ -495,6 +495,8 @@ def write_model_card(out: Path, info: dict) -> None:
         ),
         "",
     ]
+    if metrics.get("layouts"):
+        lines += _layout_lines(metrics["layouts"])
     lines += [
         "Held-out benchmark tables (BM25, dense, untrained, this model with and without "
         "its lexical terms): `BENCHMARKS.md` in the qrag repository; reproduce with "
@@ -502,6 +504,27 @@ def write_model_card(out: Path, info: dict) -> None:
         "",
     ]
     atomic_write(out / "MODEL_CARD.md", "\n".join(lines))
+
+
+def _layout_lines(part: dict) -> list[str]:
+    """The layout bench's validation table (`qrag bench --layouts`, packed in by `qrag
+    train pack --layouts`)."""
+    k = part["budget"]
+    lines = [
+        f"Layout bench, validation split ({part['questions']} questions, {part['articles']} "
+        f"articles pooled; fact EM@2 / EM@{k}; reproduce with `qrag bench --layouts -m "
+        "MODEL_DIR`):",
+        "",
+        "| layout | this model | BM25 top-k | dense top-k |",
+        "|---|---|---|---|",
+    ]
+    for layout, row in part["layouts"].items():
+        cells = [
+            f"{row[m]['em@2']:.2f} / {row[m][f'em@{k}']:.2f}"
+            for m in ("default", "bm25 top-k", "dense top-k")
+        ]
+        lines.append(f"| {layout} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def is_base_name(spec: str) -> bool:

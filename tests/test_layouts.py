@@ -15,6 +15,7 @@ from qrag_cli.chunk import chunk_document
 from qrag_cli.config import ChunkConfig
 from qrag_cli.discover import discover
 from qrag_cli.documents import read_document
+from qrag_cli.model_dirs import default_model_dir
 
 ARTICLES = [
     layouts.Article(
@@ -74,6 +75,21 @@ def test_bench_layouts_scores_a_layout_end_to_end(tmp_path: Path, shared_data: P
         assert 0.0 <= row[method]["em@2"] <= row[method]["em@4"] <= 1.0
     assert "| markdown |" in (out / "layouts.md").read_text()
     assert "test" not in result["splits"]  # the test split runs only when asked
+    # The recipe packs the validation table into the model's metrics and card.
+    packed = tmp_path / "packed"
+    r = run_qrag(
+        "train", "pack", str(default_model_dir()), str(packed),
+        "--layouts", str(out / "layouts.json"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((packed / "config.json").read_text())["metrics"]["layouts"]
+    assert metrics["layouts"]["markdown"] == row and metrics["questions"] == 4
+    card = (packed / "MODEL_CARD.md").read_text()
+    assert "Layout bench, validation split (4 questions" in card
+    assert f"| markdown | {row['default']['em@2']:.2f} / " in card
+    bad = run_qrag("train", "pack", str(default_model_dir()), str(tmp_path / "x"),
+                   "--layouts", str(out / "layouts.md"))  # fmt: skip
+    assert bad.returncode != 0 and "not a layout bench result" in bad.stderr
 
 
 @pytest.mark.parametrize(

@@ -196,7 +196,9 @@ def write_layout(layout: str, folder: Path, questions: QuestionSet) -> None:
 
 
 # ---- scoring -----------------------------------------------------------------------------
-def _picks(index_dir: Path, questions: Sequence[str]) -> dict[str, list[list[str]]]:
+def _picks(
+    index_dir: Path, questions: Sequence[str], model_spec: str = "default"
+) -> dict[str, list[list[str]]]:
     """Per method, the texts of the chunks each question picks, in pick order."""
     from qrag_cli.bench.suite import bm25_top_k
     from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
@@ -204,11 +206,11 @@ def _picks(index_dir: Path, questions: Sequence[str]) -> dict[str, list[list[str
     from qrag_cli.qvalue import without_lexical
     from qrag_cli.store import open_snapshot
 
-    default, dense = load_model("default"), load_model("base")
+    default, dense = load_model(model_spec), load_model("base")
     if dense.cfg.fingerprint != default.cfg.fingerprint:
-        # Dense top-k is the untrained encoder's on the same index: the default's own
-        # E_s, without its lexical terms, when its chunks are not the base's.
-        dense = without_lexical(load_model("default"))
+        # Dense top-k is the untrained encoder's on the same index: the model's own E_s,
+        # without its lexical terms, when its chunks are not the base's.
+        dense = without_lexical(load_model(model_spec))
     out: dict[str, list[list[str]]] = {m: [] for m in METHODS}
     with open_snapshot(index_dir) as snapshot:
         source = IndexCandidates(snapshot)
@@ -236,9 +238,11 @@ def run(
     splits: Sequence[str] = ("validation",),
     layouts: Sequence[str] = tuple(LAYOUTS),
     n_questions: int | None = None,
+    model_spec: str = "default",
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict:
-    """Index and score every (split, layout); writes layouts.json and layouts.md to `out`."""
+    """Index and score every (split, layout) with the model `model_spec` (the "default"
+    method); writes layouts.json and layouts.md to `out`."""
     from qrag_cli.indexer import build_index
     from qrag_cli.model import load_model
 
@@ -247,7 +251,7 @@ def run(
             raise UsageError(f"unknown layout {name!r}; choose from {', '.join(LAYOUTS)}")
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model("default")
+    model = load_model(model_spec)
     result: dict = {"budget": BUDGET, "model": model.cfg.name, "splits": {}}
     for split_name in splits:
         questions = (validation_set if split_name == "validation" else test_set)(n_questions)
@@ -256,9 +260,9 @@ def run(
         for layout in layouts:
             corpus = out / "work" / split_name / "corpus" / layout
             write_layout(layout, corpus, questions)
-            index_dir = out / "work" / split_name / "index" / layout
+            index_dir = out / "work" / split_name / "index" / f"{layout}--{model.cfg.fingerprint}"
             summary = build_index([corpus], index_dir, model, ChunkConfig())
-            picks = _picks(index_dir, asked)
+            picks = _picks(index_dir, asked, model_spec)
             row: dict = {"chunks": summary.chunks_total}
             for method in METHODS:
                 row[method] = {
