@@ -500,8 +500,9 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     assert ranked["chunk"][1] == ranked["names"][1] == 1.0
     assert ranked["chunk"][0] > 0.75  # its words asked one by one: nearly as good
     assert ranked["names"][0] < 0.5  # the key asked whole
-    # The chunk under the asked name must beat a shorter one that only mentions it: HotpotQA's comparison questions ("Who is older, John Waite or
-    # Jeff Scott Soto?") need each entity's own paragraph.
+    # The chunk under the asked name must beat a shorter one that only mentions it:
+    # HotpotQA's comparison questions ("Who is older, John Waite or Jeff Scott Soto?")
+    # need each entity's own paragraph.
     titled = [
         "Essential Ballads\nEssential Ballads is an album by Jeff Scott Soto.",
         "Jeff Scott Soto\nJeff Scott Soto (born November 4, 1965) is an American rock "
