@@ -72,8 +72,14 @@ def assert_written_by_the_recipe(model: QModel, tmp_path: Path) -> None:
         "curve",
         "kept_update",
     }
-    # Newer training runs add `stop` (evaluate.stop_metrics); `qrag train stop`, `stop_fit`.
-    assert written <= set(metrics) <= written | {"stop", "stop_fit"}
+    # Newer training runs add `stop` (evaluate.stop_metrics); `qrag train stop`, `stop_fit`;
+    # `qrag train pack --layouts` (the recipe), `layouts`: the layout bench's validation
+    # split, never its test split.
+    assert written <= set(metrics) <= written | {"stop", "stop_fit", "layouts"}
+    assert metrics["layouts"]["questions"] == 150 and "splits" not in metrics["layouts"]
+    assert set(metrics["layouts"]["layouts"]) == {
+        "plain", "markdown", "notes", "html", "onefile", "rst"
+    }  # fmt: skip
     recipe = (REPO / "Makefile").read_text().replace("\\\n", " ")
     words = next(
         line
