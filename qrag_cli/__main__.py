@@ -1,3 +1,3 @@
-from qrag_cli.cli import main
+from qrag_cli.launch import main
 
 main()

@@ -18,6 +18,7 @@ from qrag_cli import render
 from qrag_cli.cliparse import RunOrSubcommand, refuse_flag_values
 from qrag_cli.config import (
     DEFAULT_MAX_FILE_SIZE,
+    MAX_STEPS,
     AskOptions,
     ChunkConfig,
     ReaderSettings,
@@ -785,7 +786,8 @@ def ask(
     index: IndexOpt = None,
     model: ModelOpt = None,
     steps: Annotated[
-        int, typer.Option("--steps", "-n", parser=int_range(1), help="Most chunks to pick.")
+        int,
+        typer.Option("--steps", "-n", parser=int_range(1, MAX_STEPS), help="Most chunks to pick."),
     ] = _ASK.steps,
     threshold: Annotated[
         float | None,

@@ -22,6 +22,9 @@ from qrag_cli.files import atomic_write
 from qrag_cli.types import ConfigError, UsageError
 
 DEFAULT_INDEX = "default"
+# The most chunks one question may pick, for `qrag ask --steps` and MCP `ask` alike: it
+# bounds one answer's size (every step adds a whole chunk of text).
+MAX_STEPS = 32
 CONFIG_NAME = "config.toml"
 DEFAULT_SOURCE = "default"
 FILE_SOURCE = CONFIG_NAME
@@ -175,7 +178,16 @@ def resolve_index(name_or_dir: str | None) -> Path:
     """`--index` takes a name (kept under qrag_home()/indexes) or a folder path."""
     value = name_or_dir or DEFAULT_INDEX
     if os.sep in value or value.startswith(".") or (os.altsep and os.altsep in value):
-        return Path(value).expanduser().resolve()
+        folder = Path(value).expanduser().resolve()
+        here = Path.cwd().resolve()
+        # `--index .` or `..` would scatter index files among the user's own (the folder
+        # being indexed, often); a folder that already holds an index is fine.
+        if (folder == here or folder in here.parents) and not (folder / "CURRENT").exists():
+            raise UsageError(
+                f"--index {value}: that is the current folder or one above it; give an "
+                "index name or a folder of its own"
+            )
+        return folder
     if not value.replace("-", "").replace("_", "").isalnum():
         raise UsageError(f"bad index name {value!r}: use letters, digits, '-' and '_', or a path")
     return qrag_home() / "indexes" / value

@@ -121,12 +121,17 @@ def _json_lines(
             continue
         where = f"{path}:{number}"
         try:
-            yield where, json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as exc:
             why = f"not JSON ({exc.msg})"
-            if on_problem is None:
-                raise DataError(f"{where}: {why}") from None
-            on_problem(Problem(where, why))
+        except RecursionError:  # json gives up on deep nesting: a bad line like any other
+            why = "not JSON (nested too deeply)"
+        else:
+            yield where, value
+            continue
+        if on_problem is None:
+            raise DataError(f"{where}: {why}")
+        on_problem(Problem(where, why))
 
 
 def read_jsonl(
@@ -158,8 +163,13 @@ def load_questions(path: Path) -> list[dict]:
     """`qrag ask --questions`: JSONL of {"id"?, "question"}; any bad line refuses the file."""
     items = []
     for where, item in read_jsonl(path, read_error=UsageError):
-        if not isinstance(item, dict) or not str(item.get("question", "")).strip():
-            raise DataError(f'{where}: expected {{"question": "..."}}')
+        question, ident = (
+            (item.get("question"), item.get("id")) if isinstance(item, dict) else (None, None)
+        )
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f'{where}: expected {{"question": "..."}} with a non-empty string')
+        if (ident is not None and not isinstance(ident, (str, int))) or isinstance(ident, bool):
+            raise DataError(f'{where}: "id" must be a string or an integer')
         items.append(item)
     if not items:
         raise DataError(f"{path} has no questions")

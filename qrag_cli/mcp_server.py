@@ -28,14 +28,13 @@ from pydantic import BaseModel, Field
 
 from qrag_cli import render
 from qrag_cli.asking import LOAD_TIMINGS, Asker, AskOptions, load_llm
-from qrag_cli.config import ReaderSettings, qrag_home, resolve_index
+from qrag_cli.config import MAX_STEPS, ReaderSettings, qrag_home, resolve_index
 from qrag_cli.documents import last_line, line_span, read_document
 from qrag_cli.model import load_model
 from qrag_cli.qnet import QModel
 from qrag_cli.store import index_exists, index_status, list_indexes, open_snapshot
 from qrag_cli.types import QragError, UsageError
 
-MAX_STEPS = 32  # bounds one answer's size: every step adds a whole chunk of text
 MAX_GET_LINES = 400
 
 log = logging.getLogger("qrag.mcp")

@@ -137,6 +137,21 @@ class ChunkRow:
     heading: tuple[str, ...] = ()  # the heading path of its section (Chunk.heading)
 
 
+def _path_column(path: str) -> str | bytes:
+    """How a file path is stored: as text, or, for a name that is not valid UTF-8 (its
+    bytes decoded with surrogate escapes, os.fsdecode), as its raw bytes (a BLOB): SQLite
+    text must be UTF-8, and the name must come back exactly to open the file again."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def _path_value(column: str | bytes) -> str:
+    return os.fsdecode(column) if isinstance(column, bytes) else column
+
+
 def _heading_column(heading: tuple[str, ...]) -> str:
     return "\n".join(heading)
 
@@ -397,7 +412,9 @@ class IndexSnapshot:
                 f"WHERE c.id IN ({marks})",
                 part,
             ):
-                out[row[0]] = ChunkRow(*row[:-1], _heading_path(row[-1]))
+                out[row[0]] = ChunkRow(
+                    row[0], _path_value(row[1]), *row[2:-1], _heading_path(row[-1])
+                )
         missing = [i for i in ids if i not in out]
         if missing:
             raise CorruptIndexError(
@@ -427,9 +444,8 @@ class IndexSnapshot:
         return [Path(p) for p in json.loads(self.meta.get("roots") or "[]")]
 
     def has_file(self, path: str) -> bool:
-        return (
-            self.conn.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone() is not None
-        )
+        found = self.conn.execute("SELECT 1 FROM files WHERE path = ?", (_path_column(path),))
+        return found.fetchone() is not None
 
     def release(self) -> None:
         """End the read snapshot. A long-lived reader (`qrag mcp`) calls this between uses:
@@ -940,7 +956,7 @@ class IndexWriter:
         rows = self.conn.execute(
             "SELECT id, path, hash, size, mtime_ns, n_chunks FROM files"
         ).fetchall()
-        return {r[1]: FileRow(*r) for r in rows}
+        return {path: FileRow(r[0], path, *r[2:]) for r in rows if (path := _path_value(r[1]))}
 
     # -- changes (staged until commit) --
     def remove_file(self, file_id: int) -> int:
@@ -977,7 +993,15 @@ class IndexWriter:
         cur = self.conn.execute(
             "INSERT INTO files (path, hash, size, mtime_ns, kind, n_chunks, n_tokens) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (path, hash_, size, mtime_ns, kind, len(chunks), sum(c.n_tokens for c in chunks)),
+            (
+                _path_column(path),
+                hash_,
+                size,
+                mtime_ns,
+                kind,
+                len(chunks),
+                sum(c.n_tokens for c in chunks),
+            ),
         )
         file_id = cur.lastrowid
         first = self.n_vectors + sum(len(v) for v in self._pending_vectors)

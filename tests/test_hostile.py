@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,8 @@ NUMERIC_FLAGS = [
     (["index", "--max-file-size", "inf"], "--max-file-size"),
     (["index", "--max-file-size", "10XB"], "--max-file-size"),
     (["ask", "q", "--steps", "0"], "--steps"),
+    (["ask", "q", "--steps", "33"], "--steps"),  # MCP's `ask` has the same range (config)
+    (["ask", "q", "--steps", "100000000000000000000"], "--steps"),
     (["ask", "q", "--threshold", "nan"], "--threshold"),
     (["ask", "q", "--max-tokens", "0"], "--max-tokens"),
     (["ask", "q", "--temperature", "-1"], "--temperature"),
@@ -400,3 +403,86 @@ def test_failed_train_validation_creates_no_output(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     assert not list(tmp_path.glob(".model*"))  # no checkpoint or temp folder either
+
+
+def test_a_file_name_that_is_not_utf8_is_indexed_and_shown_escaped(tmp_path: Path) -> None:
+    """A name of raw bytes (`bad\\xff\\xfe.txt`) must not stop the run: it is stored
+    losslessly, found unchanged next time, shown as `\\xff` on screen, and its JSON path
+    names the same file (Python's surrogate escapes, os.fsdecode)."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    odd = os.path.join(os.fsencode(docs), b"bad\xff\xfe.txt")
+    with open(odd, "wb") as fh:
+        fh.write(b"The lighthouse keeper of Brevik rows to Calder.\n")
+    (docs / "good.txt").write_text("Ines Varga is a weaver in Dunmore.\n")
+    index = tmp_path / "idx"
+    first = run_qrag("index", str(docs), "--index", str(index), "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["files_total"] == 2
+    again = run_qrag("index", str(docs), "--index", str(index), "--json")
+    assert json.loads(again.stdout)["unchanged"] == 2
+    shown = run_qrag("ask", "Who rows to Calder?", "--index", str(index), "--steps", "1")
+    assert shown.returncode == 0 and "bad\\xff\\xfe.txt:1-1" in shown.stdout
+    found = run_qrag("ask", "Who rows to Calder?", "--index", str(index), "--steps", "1", "--json")
+    path = json.loads(found.stdout)["evidence"][0]["path"]
+    assert os.fsencode(path) == odd
+
+
+def test_ctrl_c_while_the_cli_is_still_importing_ends_in_one_line(tmp_path: Path) -> None:
+    """Ctrl-C lands in the first tenth of a second of a run (importing typer and rich)
+    as often as later: the entry point ends it as `interrupted`, exit code 130, no
+    traceback. The import is made to be interrupted, so the test does not race a timer."""
+    script = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'qrag_cli.cli':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+        "sys.argv = ['qrag', 'status']\n"
+        "from qrag_cli.launch import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 130 and proc.stderr == "interrupted\n"
+
+
+@pytest.mark.parametrize("where", [".", "..", "./"])
+def test_index_in_the_current_folder_or_above_is_refused(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "note.txt").write_text("Ines Varga is a weaver in Dunmore.\n")
+    monkeypatch.chdir(docs)
+    proc = run_qrag("index", ".", "--index", where)
+    assert proc.returncode == 2 and "current folder or one above it" in proc.stderr
+    assert sorted(p.name for p in docs.iterdir()) == ["note.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs"]
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ('{"question": 5}', 'expected {"question": "..."} with a non-empty string'),
+        ('{"question": ["a"]}', 'expected {"question": "..."} with a non-empty string'),
+        ('{"question": "q", "id": true}', '"id" must be a string or an integer'),
+        ('{"question": ' + "[" * 100_000 + "]" * 100_000 + "}", "not JSON (nested too deeply)"),
+    ],
+)
+def test_bad_question_lines_are_named_by_file_and_line(tmp_path: Path, line: str, why: str) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "fine"}\n' + line + "\n")
+    proc = run_qrag("ask", "--questions", str(questions), "--index", str(tmp_path / "none"))
+    assert proc.returncode != 0 and proc.stderr == f"error: {questions}:2: {why}\n"
+
+
+def test_deeply_nested_training_line_is_a_bad_line(tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    write_examples(two_hop_task(3, seed=1), data)
+    with data.open("a") as fh:
+        fh.write("[" * 100_000 + "]" * 100_000 + "\n")
+    proc = run_qrag("train", str(data), "--out", str(tmp_path / "m"), "--updates", "1")
+    assert proc.returncode != 0 and f"{data}:4: not JSON (nested too deeply)" in proc.stderr
+    assert "internal error" not in proc.stderr and not (tmp_path / "m").exists()
