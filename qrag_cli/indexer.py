@@ -97,6 +97,21 @@ def settings_for(
     )
 
 
+FIRST_GROUP = 256  # chunks embedded before the first commit: it comes within seconds
+LEAST_GROUP = 64  # a group never shrinks below this (batching stays efficient)
+
+
+def next_group(chunks: int, seconds: float, interval: float, cap: int) -> int:
+    """How many chunks to embed before the next commit chance: about `interval` seconds of
+    embedding at the rate the last group ran, within [LEAST_GROUP, cap]. A kill loses at
+    most one group, so on a slow machine (2,048 chunks took two minutes) commits still come
+    every few seconds, while a fast one keeps groups of `cap` (QRAG_EMBED_GROUP), the size
+    that keeps indexing close to the raw encoder's speed."""
+    if chunks <= 0 or seconds <= 0:
+        return cap
+    return max(min(LEAST_GROUP, cap), min(cap, int(interval * chunks / seconds)))
+
+
 @dataclass
 class IndexSummary:
     index: str
@@ -265,18 +280,21 @@ def build_index(
 
         embed_group = env_value("QRAG_EMBED_GROUP")
         min_interval = env_value("QRAG_COMMIT_INTERVAL")
+        group_limit = min(embed_group, FIRST_GROUP)
         total = len(todo)
         last_commit = time.perf_counter()
         commit_cost = 0.0
         group: list[_Pending] = []
 
-        def flush() -> None:
+        def flush() -> float:
+            """Embed and stage the group; returns the seconds embedding took."""
             # E_a reads a chunk with its heading path (a contextual header): a chunk cut
             # from the middle of a section still says which article or section it is.
             texts = [contextual_text(c.heading, c.text) for p in group for c in p.chunks]
             t0 = time.perf_counter()
             vectors = model.embed_chunks(texts)
-            summary.embed_seconds += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            summary.embed_seconds += took
             offset = 0
             for p in group:
                 n = len(p.chunks)
@@ -298,6 +316,7 @@ def build_index(
                 summary.chunks_embedded += n
                 summary.tokens_embedded += sum(c.n_tokens for c in p.chunks)
             group.clear()
+            return took
 
         for done, job in enumerate(todo):
             on_progress(done, total)  # here, not at the end: skipped files count too
@@ -333,8 +352,8 @@ def build_index(
                 continue
             chunks = chunk_document(doc, chunk_cfg, fits=model.fits)
             group.append(_Pending(item, job.hash, doc.kind, chunks, job.old_id))
-            if sum(len(p.chunks) for p in group) >= embed_group:
-                flush()
+            if (staged := sum(len(p.chunks) for p in group)) >= group_limit:
+                group_limit = next_group(staged, flush(), min_interval, embed_group)
                 # Commit often enough that a kill loses little, rarely enough that saving
                 # the graph stays a small share of the run.
                 now = time.perf_counter()

@@ -311,3 +311,16 @@ def test_progress_bar_only_on_a_terminal(hop_corpus: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_embedding_groups_are_sized_to_commit_every_interval() -> None:
+    """A kill loses at most one embedding group: a slow machine gets groups of about one
+    commit interval of work, a fast one the configured cap; never below LEAST_GROUP."""
+    from qrag_cli.indexer import FIRST_GROUP, LEAST_GROUP, next_group
+
+    assert FIRST_GROUP < 2048  # the first commit does not wait for a full group
+    assert next_group(2048, 120.0, 10.0, 2048) == 170  # 2,048 chunks took two minutes
+    assert next_group(2048, 5.0, 10.0, 2048) == 2048  # fast: the cap
+    assert next_group(100, 100.0, 0.0, 2048) == LEAST_GROUP
+    assert next_group(10, 1.0, 10.0, 8) == 8  # a cap below the floor wins
+    assert next_group(0, 0.0, 10.0, 512) == 512
