@@ -580,8 +580,9 @@ def _graph_rows(graph: hnswlib.Index, ids: np.ndarray) -> np.ndarray:
 def _check_lexical(conn: sqlite3.Connection, full: bool) -> str | None:
     """Why the BM25 table disagrees with `chunks`, or None. Always: it holds exactly the
     chunk ids (a few ms per 10K chunks). `full`: FTS5 also compares its whole index with
-    the chunk texts (~0.4 s per 10K chunks, so only `qrag status --check` pays it); that
-    statement takes SQLite's write lock, so it is skipped while a writer runs."""
+    the chunk texts (~0.4 s per 10K chunks: `qrag status --check`, and every writer, so
+    that `qrag index` repairs what the check finds); that statement takes SQLite's write
+    lock, so `status --check` skips it while a writer runs."""
     if conn.execute("PRAGMA user_version").fetchone()[0] < LEXICAL_VERSION:
         return None
     docs = f"{lexical.FTS_TABLE}_docsize"
@@ -823,7 +824,7 @@ class IndexWriter:
         damage = Damage()
         on_disk = _inspect_vectors(folder, meta, live, damage)
         graph, damage.graph = _open_graph(folder, meta, live, max(self.n_vectors, 1024))
-        damage.lexical = _check_lexical(self.conn, full=False)
+        damage.lexical = _check_lexical(self.conn, full=True)
         self._lexical_damaged = damage.lexical is not None
         if damage.lexical:
             self.repairs.append(f"BM25 table rebuilt from the chunks ({damage.lexical})")

@@ -191,16 +191,30 @@ def test_failed_graph_search_says_so_and_the_next_snapshot_uses_the_repaired_gra
     assert notice not in proc.stderr and json.loads(proc.stdout)["evidence"] == exact
 
 
-def test_damaged_bm25_table_is_rebuilt(corpus: Path) -> None:
+@pytest.mark.parametrize("damage", ["row deleted", "byte flipped"])
+def test_damaged_bm25_table_is_rebuilt(corpus: Path, damage: str) -> None:
     run_qrag("index", str(corpus), check=True)
     before = evidence()
     conn = sqlite3.connect(store() / "index.sqlite")
-    chunk_id, text = conn.execute("SELECT id, text FROM chunks LIMIT 1").fetchone()
-    with conn:  # the chunk's words vanish from BM25 while the chunk stays
-        conn.execute(
-            "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', ?, ?)",
-            (chunk_id, text),
-        )
+    with conn:
+        if damage == "row deleted":  # the chunk's words vanish from BM25, the chunk stays
+            chunk_id, text, heading = conn.execute(
+                "SELECT id, text, heading FROM chunks LIMIT 1"
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO chunks_fts(chunks_fts, rowid, text, heading) "
+                "VALUES ('delete', ?, ?, ?)",
+                (chunk_id, text, heading),
+            )
+        else:  # one byte of FTS5's own index: only its integrity check finds it
+            block_id, block = conn.execute(
+                "SELECT id, block FROM chunks_fts_data ORDER BY length(block) DESC LIMIT 1"
+            ).fetchone()
+            flipped = bytearray(block)
+            flipped[len(block) // 2] ^= 0xFF
+            conn.execute(
+                "UPDATE chunks_fts_data SET block = ? WHERE id = ?", (bytes(flipped), block_id)
+            )
     conn.close()
 
     code, rows = check()
