@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -247,11 +248,60 @@ def _migrate(conn: sqlite3.Connection) -> None:
             raise
 
 
+STORE_NAME = re.compile(r"store-[0-9a-f]{12}")  # the only names CURRENT and BUILDING hold
+
+
 def _read_pointer(path: Path) -> str | None:
+    """The store folder CURRENT or BUILDING names, or None (missing or empty). A pointer
+    to anything but a store folder of this index (`../other/store-...`, an absolute
+    path) is refused: it would be served, and a rebuild would delete what it names."""
     try:
-        return path.read_text().strip() or None
+        name = path.read_text(errors="replace").strip() or None
     except FileNotFoundError:
         return None
+    if name is not None and not STORE_NAME.fullmatch(name):
+        raise CorruptIndexError(
+            f"{path} names {name!r}, not a store of this index; `qrag index --index "
+            f"{path.parent}` takes up its newest intact store"
+        )
+    return name
+
+
+def _newest_store(index_dir: Path) -> str | None:
+    """The store to use when CURRENT is missing or empty: the most recently written
+    store folder whose index.sqlite passes SQLite's check (never the one BUILDING names:
+    it is unfinished)."""
+    try:
+        building = _read_pointer(index_dir / "BUILDING")
+    except CorruptIndexError:
+        building = None
+    found = []
+    for folder in index_dir.glob("store-*"):
+        db = folder / "index.sqlite"
+        if not STORE_NAME.fullmatch(folder.name) or folder.name == building or not db.is_file():
+            continue
+        try:
+            conn = _connect(db)
+            try:
+                intact = _check_database(conn) is None and "format_version" in _meta(conn)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError:
+            continue
+        if intact:
+            found.append((db.stat().st_mtime_ns, folder.name))
+    return max(found)[1] if found else None
+
+
+def live_store(index_dir: Path) -> tuple[str | None, bool]:
+    """(the live store's folder name, whether CURRENT was missing and it was found by
+    `_newest_store`): an index whose CURRENT was lost keeps being served, and the next
+    `qrag index` writes CURRENT again instead of starting an empty store over it."""
+    name = _read_pointer(index_dir / "CURRENT")
+    if name is not None:
+        return name, False
+    found = _newest_store(index_dir) if index_dir.is_dir() else None
+    return found, found is not None
 
 
 def _meta(conn: sqlite3.Connection) -> dict[str, str]:
@@ -294,7 +344,9 @@ def corrupt_database(index_dir: Path, exc: BaseException) -> CorruptIndexError:
 
 
 def index_exists(index_dir: Path) -> bool:
-    return _read_pointer(index_dir / "CURRENT") is not None
+    """Whether `index_dir` holds an index (CorruptIndexError: a CURRENT naming something
+    outside it)."""
+    return live_store(index_dir)[0] is not None
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,7 +358,7 @@ class IndexSnapshot:
     def __init__(self, index_dir: Path) -> None:
         self.index_dir = index_dir
         for attempt in range(3):  # a rebuild may swap CURRENT between our two reads
-            name = _read_pointer(index_dir / "CURRENT")
+            name = live_store(index_dir)[0]
             if name is None:
                 raise NoIndexError(f"no index at {index_dir}; run `qrag index PATH` first")
             try:
@@ -619,7 +671,13 @@ def check_index(index_dir: Path) -> dict:
     vector sizes and checksum, zeroed vectors, graph present, intact and complete, BM25
     table. Returns {"index", "ok", "problems": [one line each]}."""
     result: dict = {"index": str(index_dir), "ok": False, "problems": []}
-    name = _read_pointer(index_dir / "CURRENT")
+    try:
+        name, found = live_store(index_dir)
+    except CorruptIndexError as exc:
+        result["problems"].append(str(exc))
+        return result
+    if found:  # served from the newest intact store; `qrag index` writes CURRENT again
+        result["problems"].append(f"CURRENT is missing or empty (the newest store is {name})")
     db = index_dir / name / "index.sqlite" if name else None
     if db is None or not db.is_file():
         result["problems"].append("index.sqlite is missing")
@@ -646,7 +704,7 @@ def check_index(index_dir: Path) -> dict:
         _inspect_vectors(index_dir / name, meta, live, damage)
         damage.graph = _open_graph(index_dir / name, meta, live)[1]
         damage.lexical = _check_lexical(conn, full=True)
-        result["problems"] = damage.problems()
+        result["problems"] += damage.problems()
     except sqlite3.DatabaseError as exc:
         result["problems"].append(f"index.sqlite is corrupt ({exc})")
     finally:
@@ -660,7 +718,14 @@ def stored_settings(index_dir: Path) -> dict[str, str]:
     `qrag index` continues it: an interrupted rebuild's settings first (it resumes), else
     the live store's; {} when there is none or it cannot be read."""
     for pointer in ("BUILDING", "CURRENT"):
-        name = _read_pointer(index_dir / pointer)
+        try:
+            name = (
+                _read_pointer(index_dir / pointer)
+                if pointer == "BUILDING"
+                else live_store(index_dir)[0]
+            )
+        except CorruptIndexError:
+            continue
         db = index_dir / name / "index.sqlite" if name else None
         if db is None or not db.is_file():
             continue
@@ -709,8 +774,16 @@ class IndexWriter:
         self.rebuild_reason: str | None = None
         self.old_roots: str | None = None
         self.totals = (0, 0)
-        current = _read_pointer(index_dir / "CURRENT")
-        building = _read_pointer(index_dir / "BUILDING")
+        self.pointer_repair: str | None = None
+        current, lost = self._current(index_dir)
+        try:
+            building = _read_pointer(index_dir / "BUILDING")
+        except CorruptIndexError:  # names something outside: forget it, never delete it
+            (index_dir / "BUILDING").unlink()
+            building = None
+        if lost and current:  # the newest intact store goes on, never an empty one over it
+            atomic_write(index_dir / "CURRENT", current.encode())
+            self.pointer_repair = f"CURRENT restored ({lost}): {current}"
         if current and (index_dir / current / "index.sqlite").is_file():
             reason = self._mismatch(index_dir / current)
             if reason is None:
@@ -735,6 +808,20 @@ class IndexWriter:
         atomic_write(index_dir / ("BUILDING" if current else "CURRENT"), name.encode())
 
     # -- setup --
+    @staticmethod
+    def _current(index_dir: Path) -> tuple[str | None, str | None]:
+        """(the live store, why CURRENT must be written again or None): live_store, where
+        a CURRENT naming something outside this index counts as lost (the writer puts
+        the newest intact store back; it never follows such a pointer)."""
+        try:
+            name, found = live_store(index_dir)
+            return name, "it was missing or empty" if found else None
+        except CorruptIndexError:
+            found = _newest_store(index_dir)
+            if found is None:  # nothing to take up: the pointer goes, a new store comes
+                (index_dir / "CURRENT").unlink()
+            return found, "it named a folder outside this index" if found else None
+
     def _mismatch(self, folder: Path) -> str | None:
         try:
             conn = _connect(folder / "index.sqlite")
@@ -792,7 +879,7 @@ class IndexWriter:
         self.dim = int(meta["dim"])
         self.generation = int(meta["generation"])
         self.n_vectors = int(meta["n_vectors"])
-        self.repairs: list[str] = []
+        self.repairs: list[str] = [self.pointer_repair] if self.pointer_repair else []
         self.damaged_rows = np.zeros(0, np.int64)  # vectors to re-embed: `restore_vectors`
         self._pending_vectors: list[np.ndarray] = []
         self._dirty = False  # SQLite rows changed
@@ -1169,4 +1256,12 @@ def list_indexes(root: Path) -> list[Path]:
     folder = root / "indexes"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if (p / "CURRENT").is_file())
+    # An index whose CURRENT was lost is still listed (and `status --check` says so).
+    return sorted(p for p in folder.iterdir() if (p / "CURRENT").is_file() or _holds_store(p))
+
+
+def _holds_store(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and index_exists(folder)
+    except CorruptIndexError:
+        return True

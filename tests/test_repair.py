@@ -337,3 +337,37 @@ def test_refresh_keeps_the_model(corpus: Path, other_model: Path) -> None:
     proc = run_qrag("index", "--model", "base", check=True)  # another model, explicitly
     assert "full rebuild" in proc.stderr and "model changed" in proc.stderr
     assert _manifest()["model"] == "all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize("pointer", ["missing", "empty", "outside", "absolute"])
+def test_a_lost_current_pointer_keeps_the_index(corpus: Path, tmp_path: Path, pointer: str) -> None:
+    """CURRENT missing, empty, or naming a folder outside the index: nothing is lost.
+    Readers serve the newest intact store (a pointer outside is never followed), `status
+    --check` names the problem, and `qrag index` writes CURRENT again instead of starting
+    an empty store over the one that holds the data."""
+    run_qrag("index", str(corpus), check=True)
+    before, live = evidence(), store()
+    index_dir = live.parent
+    outside = tmp_path / "elsewhere" / live.name
+    shutil.copytree(live, outside)
+    current = index_dir / "CURRENT"
+    if pointer == "missing":
+        current.unlink()
+    else:
+        current.write_text(
+            {"empty": "", "outside": f"../elsewhere/{live.name}", "absolute": str(outside)}[pointer]
+        )
+    code, rows = check()
+    assert code == 1 and len(rows[0]["problems"]) == 1
+    if pointer in ("missing", "empty"):
+        assert evidence() == before  # served from the newest intact store
+    else:
+        assert "not a store of this index" in rows[0]["problems"][0]
+        proc = run_qrag("ask", QUESTION)
+        assert_one_line_error(proc, "not a store of this index", "qrag index --index")
+    proc = run_qrag("index", "--json", check=True)
+    assert json.loads(proc.stdout)["unchanged"] > 0  # the same store, nothing re-embedded
+    assert any("CURRENT restored" in r for r in json.loads(proc.stdout)["repaired"])
+    assert current.read_text() == live.name and check()[0] == 0
+    assert evidence() == before
+    assert sorted(p.name for p in outside.iterdir())  # what it named is never deleted
