@@ -32,6 +32,7 @@ from qrag_cli.config import MAX_STEPS, ReaderSettings, qrag_home, resolve_index
 from qrag_cli.documents import last_line, line_span, read_document
 from qrag_cli.model import load_model
 from qrag_cli.qnet import QModel
+from qrag_cli.secretscan import find_secret
 from qrag_cli.store import index_exists, index_status, list_indexes, open_snapshot
 from qrag_cli.types import QragError, UsageError
 
@@ -187,6 +188,8 @@ class Service:
             raise UsageError("start_line must be at least 1")
         if end_line is not None and end_line < start_line:
             raise UsageError("end_line must not be less than start_line")
+        if "\0" in path:
+            raise UsageError("path holds a NUL character; refused")
         index_dir = self._index(index)
         # The index stores resolved paths: resolving here also sees through `..` and links.
         real = Path(path).expanduser().resolve()
@@ -205,6 +208,14 @@ class Service:
                     f"or not indexed yet: run `qrag index`); refused"
                 )
         doc = read_document(real)
+        # Read fresh from disk: a file that gained a key since it was indexed is checked by
+        # the same rules indexing uses (secretscan), and refused whole.
+        secret = find_secret(doc, (Path(path).name, real.name))
+        if secret:
+            raise UsageError(
+                f"{path} now holds a secret ({secret}); refused (the next `qrag index` drops "
+                "it from the index)"
+            )
         total = last_line(doc)
         if start_line > total:
             raise UsageError(f"{path} has {total} lines; start_line {start_line} is past its end")

@@ -145,6 +145,17 @@ def test_tools_over_stdio(hop_index: Path, hop_corpus: Path, tmp_path: Path) -> 
                 assert needle in message and "\n" not in message, message
                 assert "hunter2" not in message and "sentinel-7f3a" not in message
 
+            # Read fresh from disk: a file that gained a key after indexing is not served.
+            Path(river).write_text(
+                HOP_FILES["c.txt"] + "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+                "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZWQy\n"
+                "-----END OPENSSH PRIVATE KEY-----\n"
+            )
+            message = await server.error("get", path=river, start_line=1, end_line=1)
+            assert "now holds a secret (private key block" in message and "b3Bl" not in message
+            Path(river).write_text(HOP_FILES["c.txt"])
+            assert "NUL" in await server.error("get", path=river + "\0.txt")
+
             message = await server.error("ask", question="x", index="nothere")
             assert cli_error == f"error: {message}"  # the CLI's one line, word for word
             assert "empty" in await server.error("ask", question="   ")
