@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from qrag_cli import render
 from qrag_cli.asking import LOAD_TIMINGS, Asker, AskOptions, load_llm
@@ -294,13 +295,34 @@ INSTRUCTIONS = (
 # Module level: the SDK reads the tools' (string) annotations in this module's namespace.
 IndexArg = Annotated[
     str | None,
-    Field(description="Index name (under qrag's home) or folder; default: the server's index."),
+    Field(
+        description="Index name (under qrag's home) or folder; default: the server's index.",
+        strict=True,
+    ),
 ]
+
+
+class _Server(MCPServer):
+    """The SDK's server, with arguments that fail the tool's schema reported in one line
+    (`ask: steps: Input should be a valid integer`) instead of pydantic's multi-line
+    text, and never echoing the rejected values (the caller's data)."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or 'arguments'}: {err['msg']}"
+                for err in exc.__cause__.errors()
+            )
+            raise ToolError(f"{name}: {problems}") from None
 
 
 def build_server(service: Service, worker: ThreadPoolExecutor) -> MCPServer:
     """`worker`: the one thread that runs every tool body (see the module's docstring)."""
-    server = MCPServer("qrag", instructions=INSTRUCTIONS, log_level="WARNING")
+    server = _Server("qrag", instructions=INSTRUCTIONS, log_level="WARNING")
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
     async def run(work: Callable[..., dict], *args: Any) -> CallToolResult:
@@ -316,12 +338,15 @@ def build_server(service: Service, worker: ThreadPoolExecutor) -> MCPServer:
 
     @server.tool(annotations=read_only)
     async def ask(
-        question: Annotated[str, Field(description="The question, in natural language.")],
+        question: Annotated[
+            str, Field(description="The question, in natural language.", strict=True)
+        ],
         steps: Annotated[
             int,
             Field(
                 description=f"Most evidence chunks to pick (1-{MAX_STEPS}); retrieval may stop "
-                "sooner when the model judges the evidence complete."
+                "sooner when the model judges the evidence complete.",
+                strict=True,
             ),
         ] = AskOptions().steps,
         index: IndexArg = None,
@@ -329,7 +354,8 @@ def build_server(service: Service, worker: ThreadPoolExecutor) -> MCPServer:
             bool,
             Field(
                 description="Also let the local reader LLM answer from the evidence (slower: "
-                "seconds)."
+                "seconds).",
+                strict=True,
             ),
         ] = False,
     ) -> Annotated[CallToolResult, AskOutput]:
@@ -340,13 +366,14 @@ def build_server(service: Service, worker: ThreadPoolExecutor) -> MCPServer:
 
     @server.tool(annotations=read_only)
     async def get(
-        path: Annotated[str, Field(description="File path, as `ask` returned it.")],
-        start_line: Annotated[int, Field(description="First line (1-based).")] = 1,
+        path: Annotated[str, Field(description="File path, as `ask` returned it.", strict=True)],
+        start_line: Annotated[int, Field(description="First line (1-based).", strict=True)] = 1,
         end_line: Annotated[
             int | None,
             Field(
                 description=f"Last line, inclusive; default: the end of the file (at most "
-                f"{MAX_GET_LINES} lines are returned)."
+                f"{MAX_GET_LINES} lines are returned).",
+                strict=True,
             ),
         ] = None,
         index: IndexArg = None,

@@ -160,6 +160,15 @@ def test_tools_over_stdio(hop_index: Path, hop_corpus: Path, tmp_path: Path) -> 
             assert cli_error == f"error: {message}"  # the CLI's one line, word for word
             assert "empty" in await server.error("ask", question="   ")
             assert "steps" in await server.error("ask", question="x", steps=0)
+            for tool, wrong, field in (
+                ("ask", {"question": "x", "steps": "4"}, "steps"),
+                ("ask", {"question": "x", "steps": True}, "steps"),
+                ("ask", {"question": "x", "answer": "yes"}, "answer"),
+                ("ask", {"question": 5}, "question"),
+                ("get", {"path": river, "start_line": "1"}, "start_line"),
+            ):
+                message = await server.error(tool, **wrong)
+                assert message.startswith(f"{tool}: {field}: ") and "\n" not in message
             assert "past its end" in await server.error("get", path=river, start_line=9)
 
             status = await server.call("status")
