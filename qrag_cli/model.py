@@ -128,6 +128,48 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def problem(self) -> str | None:
+        """What in a config.json makes no sense (a hand-edited or damaged folder), or None:
+        a model is refused by name rather than computing something nobody trained."""
+
+        def whole(value: object, least: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+        def positive(value: object) -> bool:
+            return (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value > 0
+            )
+
+        checks = [
+            ("dim", whole(self.dim, 2), "a whole number of at least 2"),
+            ("question_cap", whole(self.question_cap, 1), "a whole number of at least 1"),
+            ("chunk_cap", whole(self.chunk_cap, 1), "a whole number of at least 1"),
+            ("max_tokens", whole(self.max_tokens, 1), "a whole number of at least 1"),
+            ("state_max_tokens", whole(self.state_max_tokens, 3), "a whole number of at least 3"),
+            ("scale", positive(self.scale), "a positive number"),
+            (
+                "state_scale",
+                self.state_scale is None or positive(self.state_scale),
+                "a positive number or null",
+            ),
+            ("positions", self.positions in ("none", "relative"), '"none" or "relative"'),
+            (
+                "threshold",
+                self.threshold is None
+                or (isinstance(self.threshold, int | float) and math.isfinite(self.threshold)),
+                "a number or null",
+            ),
+        ]
+        for flag in ("normalize", "shared", "frozen_chunks"):
+            checks.append((flag, isinstance(getattr(self, flag), bool), "true or false"))
+        for name, ok, want in checks:
+            if not ok:
+                return f"{name} must be {want}, not {getattr(self, name)!r}"
+        return None
+
     def chunk_source(self) -> str:
         """Where E_a comes from: "shared" (E_a is E_s: an untrained model), "base" (the
         base wheel's encoder as shipped: frozen-chunk models, which store no chunk
@@ -309,6 +351,8 @@ def load_qrag_folder(folder: Path) -> QModel:
         raise ModelError(f"{folder} is not a readable qrag model: {exc}") from exc
     if why := bad_query(cfg.lexical_query):
         raise ModelError(f"{folder}/config.json: lexical_query {why}")
+    if why := cfg.problem():
+        raise ModelError(f"{folder}/config.json: {why}")
     if cfg.lexical is not None and (
         not isinstance(cfg.lexical, list)
         or len(cfg.lexical) not in (2, 3, 4)

@@ -150,3 +150,36 @@ def test_frozen_chunk_model_keeps_the_base_vectors_and_indexes(
     import json
 
     assert len(json.loads(proc.stdout)["evidence"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("chunk_cap", -5, "chunk_cap must be a whole number of at least 1, not -5"),
+        ("question_cap", 0, "question_cap must be a whole number of at least 1, not 0"),
+        ("max_tokens", 12.5, "max_tokens must be a whole number of at least 1, not 12.5"),
+        ("scale", -1.0, "scale must be a positive number, not -1.0"),
+        ("positions", "sideways", 'positions must be "none" or "relative", not \'sideways\''),
+        ("normalize", "yes", "normalize must be true or false, not 'yes'"),
+        ("threshold", "high", "threshold must be a number or null, not 'high'"),
+    ],
+)
+def test_a_model_folder_with_nonsense_settings_is_refused_by_name(
+    tmp_path: Path, key: str, value: object, why: str
+) -> None:
+    import json
+
+    folder = tmp_path / "model"
+    save_model(from_base(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError) as caught:
+        load_model(str(folder))
+    assert str(caught.value) == f"{folder}/config.json: {why}"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "note.txt").write_text("Ines Varga is a weaver in Dunmore.\n")
+    index = tmp_path / "idx"
+    proc = run_qrag("index", str(tmp_path / "docs"), "--model", str(folder), "--index", str(index))
+    assert proc.returncode != 0 and why in proc.stderr and proc.stderr.count("\n") == 1
+    assert not index.exists()
