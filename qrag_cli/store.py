@@ -797,6 +797,13 @@ class IndexWriter:
             and (index_dir / building / "index.sqlite").is_file()
             and self._mismatch(index_dir / building) is None
         ):
+            # Its settings are the ones a plain `qrag index` took (stored_settings reads an
+            # interrupted rebuild's first): say so, since they are not the live index's.
+            if self.rebuild_reason:
+                self.rebuild_reason += (
+                    "; finishing the rebuild an earlier run started (give the live index's "
+                    "settings to keep them instead)"
+                )
             self._open(index_dir / building)
             return
         self._drop_stale_build(building)

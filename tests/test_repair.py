@@ -371,3 +371,36 @@ def test_a_lost_current_pointer_keeps_the_index(corpus: Path, tmp_path: Path, po
     assert current.read_text() == live.name and check()[0] == 0
     assert evidence() == before
     assert sorted(p.name for p in outside.iterdir())  # what it named is never deleted
+
+
+def test_a_plain_refresh_says_it_finishes_an_interrupted_rebuild(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild with other settings, interrupted, is finished by the next plain `qrag
+    index` with those settings (they are an interrupted rebuild's): it says so."""
+    from qrag_cli.config import ChunkConfig
+    from qrag_cli.indexer import build_index
+    from qrag_cli.model import load_model
+
+    run_qrag("index", str(corpus), check=True)
+    model = load_model("default")
+    monkeypatch.setenv("QRAG_EMBED_GROUP", "2")  # small groups, each committed
+    monkeypatch.setenv("QRAG_COMMIT_INTERVAL", "0")
+    embed, calls = model.embed_chunks, []
+
+    def interrupted(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        if len(calls) == 2:  # after the first group is committed
+            raise KeyboardInterrupt
+        return embed(texts)
+
+    model.embed_chunks = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        build_index([corpus], resolve_index(None), model, ChunkConfig(chunk_tokens=64))
+    assert (resolve_index(None) / "BUILDING").exists()
+    proc = run_qrag("index", check=True)
+    assert (
+        "full rebuild: the chunking settings changed (chunk_tokens 128 -> 64); finishing the "
+        "rebuild an earlier run started (give the live index's settings to keep them instead)"
+    ) in proc.stderr
+    assert not (resolve_index(None) / "BUILDING").exists() and check()[0] == 0
