@@ -23,12 +23,15 @@ from dataclasses import dataclass
 
 from qrag_cli.types import Document
 
-RULES_VERSION = 1
+RULES_VERSION = 2  # 2: Docker auths, Kubernetes Secrets, code literals, XML, names, URLs
 
 # -- names ------------------------------------------------------------------------------
 # (what the user is told, globs matched case-insensitively against the file's name)
 _NAME_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("environment file", (".env", ".env.*", "*.env", ".envrc")),
+    (
+        "environment file",
+        (".env", ".env.*", "*.env", ".envrc", "env", "dotenv", "env.*", "*.env.*"),
+    ),
     ("SSH key file", ("id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "ssh_host_*key", "*.ppk")),
     ("key file", ("*.pem", "*.key", "*.p8", "*.pkcs8", "*.gpg", "secring.*")),
     (
@@ -128,12 +131,28 @@ _TOKEN_RULES = (
     _token("SendGrid key", r"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}"),
     _rule("Azure storage key", r"AccountKey=[A-Za-z0-9+/]{80,}"),
     _token("JSON web token", r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),
+    # Docker's config.json: "auths": {"registry": {"auth": "<base64 user:password>"}}.
+    _rule("registry credentials", r'"auth"\s*:\s*"[A-Za-z0-9+/]{12,}=*"'),
 )
 # Matched against the lower-cased text: AWS_SECRET_ACCESS_KEY, aws_secret_access_key and
 # awsSecretAccessKey are all common. Also checked in every file.
 _LOWER_RULES = (
     _rule("AWS secret key", r"aws_?secret_?access_?key\W{0,5}[a-z0-9/+=]{40}"),
     _rule("AWS session token", r"aws_?session_?token\W{0,5}[a-z0-9/+=]{40}"),
+    # A password inside a URL works wherever it is written, notes included ("postgres://
+    # app:password@db" and other stand-ins are placeholders).
+    _rule("password in URL", r"://[^\s/:@]+:(?P<value>[^\s/:@]{3,})@"),
+)
+# In code, a password or key written as a string literal (`DB_PASSWORD = "..."` in a
+# settings.py): a value read from elsewhere (`getpass()`, `os.environ[...]`) is not one,
+# nor a name (`SECRET_RULES_KEY = "secret_rules"`): the literal holds letters and digits.
+_CODE_RULES = (
+    _rule(
+        "password or key",
+        r"(?:password|passwd|passphrase|secret|api_?key|apikey|access_?key|secret_?key|"
+        r"private_?key|token)\w*[\"']?[ \t]*[:=][ \t]*[\"']"
+        r"(?P<value>(?=[^\s\"']*[0-9])(?=[^\s\"']*[a-z])[^\s\"']{8,})[\"']",
+    ),
 )
 # Assignments of a password or key, and passwords inside URLs: common and harmless in prose
 # and code ("password = prompt()"), so only checked in configuration files (lower-cased).
@@ -146,7 +165,12 @@ _CONFIG_RULES = (
         r"access[_-]?key|secret[_-]?key|private[_-]?key|token|_auth)[\"']?[ \t]*[:=]"
         r"[ \t]*[\"']?(?P<value>[^\s\"'`,;]{8,})",
     ),
-    _rule("password in URL", r"://[^\s/:@]+:(?P<value>[^\s/:@]{3,})@"),
+    # XML settings: <password>...</password>, <apiKey>...</apiKey> (lower-cased).
+    _rule(
+        "password or key",
+        r"<(?:password|passwd|secret|api[_-]?key|apikey|token|secretkey|accesskey)>"
+        r"(?P<value>[^<\s]{8,})</",
+    ),
 )
 
 # Values that stand for a secret rather than being one: references, paths, examples.
@@ -200,7 +224,14 @@ _CONFIG_SUFFIXES = frozenset(
 )
 _CONFIG_NAMES = frozenset(
     ".npmrc .pypirc .yarnrc .netrc _netrc .pgpass .git-credentials .gitconfig .my.cnf .boto "
-    ".s3cfg .dockercfg .htpasswd config credentials".split()
+    ".s3cfg .dockercfg .htpasswd config credentials npmrc pypirc yarnrc kubeconfig".split()
+)
+# Kubernetes manifests and kubeconfigs hold settings whatever their file is called.
+_CONFIG_TEXT = re.compile(r"(?m)^(?:apiVersion|kind):\s*\S")
+_KUBERNETES_SECRET = re.compile(r"(?m)^kind:\s*Secret\s*$")
+# Its `data:`/`stringData:` block holding a value (base64 `tls.key: LS0t...`).
+_SECRET_DATA = re.compile(
+    r"(?m)^(?:data|stringData):\s*\n(?:[ \t]+\S[^\n]*\n)*?[ \t]+[\w.-]+:\s*\S{8,}"
 )
 
 
@@ -218,12 +249,21 @@ def find_secret(doc: Document, names: Iterable[str]) -> str | None:
     `names`: the file's names (a link's and its target's); the configuration rules apply
     when any of them is a configuration file. The whole text is scanned, however long.
     """
+    names = list(names)
+    for name in names:  # a token in a file name is stored and shown like its text
+        if in_name := _first(_TOKEN_RULES, name, len(name)):
+            return f"{in_name[1]} in the file name"
     text = doc.text
     found = _first(_TOKEN_RULES, text, len(text))
+    kube = _KUBERNETES_SECRET.search(text)
+    if kube and _SECRET_DATA.search(text) and (found is None or kube.start() < found[0]):
+        found = (kube.start(), "Kubernetes Secret")
     low = text.lower()
     if len(low) != len(text):  # "İ" lowers to two characters: keep offsets aligned
         low = text.translate(_ASCII_LOWER)
-    rules = _LOWER_RULES + (_CONFIG_RULES if any(config_like(n) for n in names) else ())
+    config = any(config_like(n) for n in names) or _CONFIG_TEXT.search(text) is not None
+    rules = _LOWER_RULES + (_CONFIG_RULES if config else ())
+    rules += _CODE_RULES if doc.kind == "code" and not config else ()
     found = _first(rules, low, found[0] if found else len(text)) or found
     if found is None:
         return None

@@ -107,6 +107,39 @@ IN_TEXT = [
     ),
     ("config.json", '{"service": {"api_key": "' + fake("", 32) + '"}}\n', "password or key"),
     ("app.ini", "[db]\nurl = postgres://app:Xk9vQ2mL@db/prod\n", "password in URL, line 2"),
+    # Round 2 (issue 41): decided by content where the name says nothing.
+    (
+        "config.json",
+        '{"auths": {"registry.example.com": {"auth": "' + fake("", 28, ALNUM + "+/") + '="}}}\n',
+        "registry credentials",
+    ),
+    (
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\nusers:\n- name: admin\n  user:\n"
+        f"    token: {fake('', 40)}\n",
+        "password or key, line 6",
+    ),
+    ("cluster-admin", f"apiVersion: v1\nkind: Config\ntoken: {fake('', 40)}\n", "password or key"),
+    ("npmrc", f"//registry.npmjs.org/:_authToken={fake('', 36)}\n", "password or key"),
+    (
+        "tls-secret.yaml",
+        "apiVersion: v1\ndata:\n  tls.crt: LS0tLS1CRUdJTiBDRVJU\n"
+        f"  tls.key: {fake('LS0t', 60)}\nkind: Secret\nmetadata:\n  name: web-tls\n",
+        "Kubernetes Secret, line 5",
+    ),
+    ("manifest", "kind: Secret\nstringData:\n  password: Xk9vQ2mLp7zz\n", "Kubernetes Secret"),
+    (
+        "setup.md",
+        "Connect with https://deploy:Xk9vQ2mLp7@git.internal/repo.git\n",
+        "password in URL",
+    ),
+    ("settings.py", 'DEBUG = False\nDB_PASSWORD = "Xk9vQ2mLp7zz"\n', "password or key, line 2"),
+    ("Client.java", 'String apiKey = "' + fake("", 32) + '";\n', "password or key"),
+    (
+        "config.xml",
+        "<config>\n  <user>app</user>\n  <password>Xk9vQ2mLp7</password>\n</config>\n",
+        "password or key, line 3",
+    ),
 ]
 
 # Text that mentions secrets without holding one: indexed.
@@ -127,6 +160,12 @@ NOT_SECRETS = [
     ("public.pem.txt", "-----BEGIN PUBLIC KEY-----\nMIIBIj\n-----BEGIN CERTIFICATE-----\n"),
     ("authorized_keys.txt", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG8v user@host\n"),
     ("ids.md", f"task-{fake('', 48)} and desk_live_{fake('', 24)}\n"),
+    ("k8s.md", "A Secret is written `kind: Secret` with a `data:` map of base64 values.\n"),
+    ("deploy.yaml", "apiVersion: apps/v1\nkind: Deployment\nspec:\n  replicas: 3\n"),
+    ("urls.md", "Use postgres://user:password@localhost/db or https://host/path.\n"),
+    ("client.py", 'API_KEY = os.environ["API_KEY"]\npassword = "short"\n'),
+    ("auth.json", '{"auth": "none", "mode": "oauth"}\n'),
+    ("rules.py", 'SECRET_RULES_KEY = "secret_rules"\nTOKEN_KIND = "access_token"\n'),
 ]
 
 SECRET_NAMES = [
@@ -156,6 +195,10 @@ SECRET_NAMES = [
     ("_netrc", "password file"),
     (".pgpass", "password file"),
     (".git-credentials", "password file"),
+    ("env", "environment file"),
+    ("dotenv", "environment file"),
+    ("env.production", "environment file"),
+    ("app.env.example", "environment file"),
 ]
 PLAIN_NAMES = [
     "notes.txt",
@@ -433,3 +476,11 @@ def test_cli_keeps_index_and_config_private(tmp_path: Path, umask_022: None) -> 
         path.chmod(0o755 if path.is_dir() else 0o644)
     run_qrag("index", env=env, check=True)
     assert modes(home / "indexes" / "default") == {}
+
+
+def test_a_token_in_a_file_name_is_refused(tmp_path: Path) -> None:
+    """The name is stored and shown (evidence, status): a token in it is a secret too."""
+    name = f"{GITHUB}.txt"
+    doc = read_document(write(tmp_path / name, "An ordinary note.\n"))
+    assert find_secret(doc, (name,)) == "GitHub token in the file name"
+    assert find_secret(doc, ("notes.txt",)) is None
