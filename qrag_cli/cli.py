@@ -1085,6 +1085,21 @@ def bench_data(
     render.log(f"wrote {len(examples)} examples to {output}")
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is a full disk: ENOSPC/EDQUOT from a write, or
+    SQLite's "database or disk is full"."""
+    import errno
+    import sqlite3
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main() -> None:
     debug = "--debug" in sys.argv
 
@@ -1115,6 +1130,12 @@ def main() -> None:
     except Exception as exc:
         if debug:
             raise
+        if _disk_full(exc):  # SQLite or a plain write: what was committed before stays
+            fail(
+                "disk full: free some space and run the command again (what was "
+                "committed before is kept)",
+                1,
+            )
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # usage errors
             hint = " (see --help)" if exc.exit_code == 2 else ""
             fail(f"{exc.format_message()}{hint}", exc.exit_code)

@@ -486,3 +486,26 @@ def test_deeply_nested_training_line_is_a_bad_line(tmp_path: Path) -> None:
     proc = run_qrag("train", str(data), "--out", str(tmp_path / "m"), "--updates", "1")
     assert proc.returncode != 0 and f"{data}:4: not JSON (nested too deeply)" in proc.stderr
     assert "internal error" not in proc.stderr and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("error", ["sqlite", "oserror"])
+def test_a_full_disk_is_said_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    import errno
+    import sqlite3
+
+    from qrag_cli.store import IndexWriter
+
+    def full(*args: object, **kwargs: object) -> None:
+        if error == "sqlite":
+            raise sqlite3.OperationalError("database or disk is full")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "note.txt").write_text("Ines Varga is a weaver in Dunmore.\n")
+    monkeypatch.setattr(IndexWriter, "add_file", full)
+    proc = run_qrag("index", str(docs), "--index", str(tmp_path / "idx"))
+    assert proc.returncode == 1 and proc.stderr.startswith("error: disk full: ")
+    assert proc.stderr.count("\n") == 1 and "internal error" not in proc.stderr
