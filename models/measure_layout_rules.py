@@ -20,28 +20,20 @@ from pathlib import Path
 
 import torch
 
-import qrag_cli.model as model_module
 from qrag_cli import lexical, qvalue
 from qrag_cli.bench import layouts
+from qrag_cli.qnet import QModel
 from qrag_cli.types import contextual_text
 
 ZEROED = {"no-picked-bm25": 1, "no-order": 2, "no-named": 3}  # index into the lexical weights
 
 
-def apply(variant: str) -> None:
-    """Change one part of Q for this process."""
+def apply(variant: str, model: QModel) -> None:
+    """Change one part of Q for this process (and `model`)."""
     if variant in ZEROED:
-        load = model_module.load_model
-
-        def load_changed(spec: str | None = None):
-            model = load(spec)
-            if spec == "default" and model.lexical_weights is not None:
-                weights = model.lexical_weights.detach().clone()
-                weights[ZEROED[variant]] = 0.0
-                model.lexical_weights = torch.nn.Parameter(weights, requires_grad=False)
-            return model
-
-        model_module.load_model = load_changed
+        weights = model.lexical_weights.detach().clone()
+        weights[ZEROED[variant]] = 0.0
+        model.lexical_weights = torch.nn.Parameter(weights, requires_grad=False)
     elif variant.startswith("heading-weight="):
         lexical.HEADING_WEIGHT = float(variant.split("=", 1)[1])
     elif variant == "whole-path":
@@ -51,14 +43,14 @@ def apply(variant: str) -> None:
 
 
 def main(bench_out: Path, variant: str) -> None:
-    apply(variant)
+    model, dense = layouts.models("default")
+    apply(variant, model)
     questions = layouts.validation_set()
     asked = [s.question for s in questions.stories]
-    fingerprint = model_module.load_model("default").cfg.fingerprint
     out = {}
     for layout in layouts.LAYOUTS:
-        index_dir = bench_out / "work" / "validation" / "index" / f"{layout}--{fingerprint}"
-        picks = layouts._picks(index_dir, asked)["default"]
+        index = bench_out / "work" / "validation" / "index" / f"{layout}--{model.cfg.fingerprint}"
+        picks = layouts._picks(index, asked, model, dense)["default"]
         out[layout] = [layouts._em(picks, questions.stories, k) for k in (2, layouts.BUDGET)]
     print(json.dumps({"variant": variant, "em": out}), flush=True)
 

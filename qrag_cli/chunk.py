@@ -39,8 +39,8 @@ from typing import NamedTuple
 import tiktoken
 
 from qrag_cli.config import ChunkConfig
-from qrag_cli.documents import text_sections
-from qrag_cli.types import Chunk, Document, Section, contextual_text
+from qrag_cli.documents import sections_of, text_sections
+from qrag_cli.types import Chunk, Document, contextual_text
 
 # Must equal ChunkConfig.version's default; bump both whenever the output changes.
 CHUNKER_VERSION = 2  # 2: sections (a chunk never spans two; each keeps its heading path)
@@ -98,7 +98,7 @@ def chunk_document(
     if not 0 <= overlap < limit:
         raise ValueError(f"overlap must be in [0, chunk_tokens), not {overlap}")
     spans: list[tuple[int, int, int, tuple[str, ...]]] = []
-    for section in doc.sections or (Section(0, len(doc.text)),):
+    for section in sections_of(doc):
         # Each section is cut on its own: a chunk never runs from one section into the
         # next (an article's last sentence and the next article's title), and the overlap
         # never carries one section's text into another's first chunk.
@@ -118,12 +118,14 @@ def _with_heading(fits: Callable[[str], bool], heading: tuple[str, ...]) -> Call
     return lambda text: fits(contextual_text(heading, text))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def structured(text: str) -> tuple[tuple[str, ...], str]:
     """(heading path, body) of a chunk given as one string (training and evaluation
     examples: "Title\nbody", as a plain-text file stores an article): the title line the
     plain-text reader finds at its start, and the text under it. ((), text) without one.
     Read by the same rule as an indexed file, so an example's chunk and the same article
-    indexed from disk look alike to Q."""
+    indexed from disk look alike to Q. Cached: training builds every episode's candidates
+    from the same pooled paragraphs again and again, and embeds them through it too."""
     found = text_sections(text, "text")
     if not found or not found[0].path:  # no title line, or text before the first one
         return (), text

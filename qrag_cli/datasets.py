@@ -219,6 +219,13 @@ def _read_json_or_jsonl(path: Path) -> Iterator[tuple[str, object]]:
     yield from _json_lines(path, _records(text), None)
 
 
+def paragraph(chunk: str) -> tuple[str, str]:
+    """(title, sentences) of a chunk as `from_hotpotqa` and `from_musique` write it
+    ("Title\nsentences"); ("", chunk) for a chunk without a title line."""
+    title, newline, text = chunk.partition("\n")
+    return (title, text) if newline else ("", chunk)
+
+
 def from_hotpotqa(path: Path, on_problem: OnProblem = ignore_problem) -> Iterator[Example]:
     """HotpotQA / 2WikiMultihopQA: one chunk per paragraph, its title on the first line
     ("Title\nsentences", as a plain-text note of it would be written; chunk.structured)."""

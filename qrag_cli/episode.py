@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from qrag_cli import qvalue
-from qrag_cli.chunk import contextual_text, structured
+from qrag_cli.chunk import structured
 from qrag_cli.datasets import Example
 from qrag_cli.lexical import MemoryLexicon
 from qrag_cli.qnet import QModel
 from qrag_cli.qvalue import Action, Candidates
 from qrag_cli.stop import StepView, StopRule
 from qrag_cli.store import ChunkRow, IndexSnapshot
-from qrag_cli.types import Episode, Evidence
+from qrag_cli.types import Episode, Evidence, contextual_text
 
 __all__ = ["StopRule"]  # the stop rule lives in stop.py; callers may import it from here
 

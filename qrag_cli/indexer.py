@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qrag_cli.chunk import chunk_document, contextual_text
+from qrag_cli.chunk import chunk_document
 from qrag_cli.config import DEFAULT_MAX_FILE_SIZE, ChunkConfig, env_value
 from qrag_cli.discover import FoundFile, discover, file_hash, root_problem
 from qrag_cli.documents import read_document
@@ -23,6 +23,7 @@ from qrag_cli.types import (
     QragError,
     ReadError,
     UsageError,
+    contextual_text,
     ignore_problem,
 )
 

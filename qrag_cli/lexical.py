@@ -214,6 +214,17 @@ class Namings:
 HEADING_WEIGHT = 1.0
 
 
+def heading_column(path: tuple[str, ...]) -> str:
+    """A heading path as the FTS5 `heading` column (and `chunks.heading`) holds it: one
+    heading a line; "" for none."""
+    return "\n".join(path)
+
+
+def heading_path(column: str) -> tuple[str, ...]:
+    """`heading_column`, read back."""
+    return tuple(column.split("\n")) if column else ()
+
+
 def match_expression(words: Sequence[str]) -> str:
     """An FTS5 MATCH string OR-ing quoted terms (quotes make every word a plain string;
     an entry of several words, "olga ros", is a phrase: its words in that order, in the
@@ -288,6 +299,6 @@ class MemoryLexicon(Searcher):
         create_table(conn, external=False)
         conn.executemany(
             f"INSERT INTO {FTS_TABLE}(rowid, text, heading) VALUES (?, ?, ?)",
-            ((i, t, "\n".join(h)) for i, (t, h) in enumerate(zip(texts, paths, strict=True))),
+            ((i, t, heading_column(h)) for i, (t, h) in enumerate(zip(texts, paths, strict=True))),
         )
         super().__init__(conn)

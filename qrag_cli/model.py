@@ -165,6 +165,14 @@ class ModelConfig:
         ]
         for flag in ("normalize", "shared", "frozen_chunks"):
             checks.append((flag, isinstance(getattr(self, flag), bool), "true or false"))
+        if why := bad_query(self.lexical_query):
+            return f"lexical_query {why}"
+        if self.lexical is not None and (
+            not isinstance(self.lexical, list)
+            or len(self.lexical) not in (2, 3, 4)
+            or not all(isinstance(w, int | float) and math.isfinite(w) for w in self.lexical)
+        ):
+            return "lexical must be two to four numbers"
         for name, ok, want in checks:
             if not ok:
                 return f"{name} must be {want}, not {getattr(self, name)!r}"
@@ -349,16 +357,8 @@ def load_qrag_folder(folder: Path) -> QModel:
         encoder_config = json.loads((folder / "encoder_config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{folder} is not a readable qrag model: {exc}") from exc
-    if why := bad_query(cfg.lexical_query):
-        raise ModelError(f"{folder}/config.json: lexical_query {why}")
     if why := cfg.problem():
         raise ModelError(f"{folder}/config.json: {why}")
-    if cfg.lexical is not None and (
-        not isinstance(cfg.lexical, list)
-        or len(cfg.lexical) not in (2, 3, 4)
-        or not all(isinstance(w, int | float) and math.isfinite(w) for w in cfg.lexical)
-    ):
-        raise ModelError(f"{folder}/config.json: lexical must be two to four numbers")
     tensors, base = _stored_tensors(folder, cfg)
 
     def build(prefix: str, normalize: bool, scale: float) -> Encoder:

@@ -202,8 +202,8 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     the trail. The trail
     starts as the question's words. Each pick, in pick order, keeps every sentence that
     shares a word with the trail (two words of a name written as several, lexical.name_runs:
-    "Alva Nord" is not on the trail of "Sandra Nord"), and its heading path and first
-    sentence when it has a heading (a pick that shares none keeps them all); the names among
+    "Alva Nord" is not on the trail of "Sandra Nord"), and its section's title and first
+    sentence when it has a heading (`read`; a pick that shares none keeps them all); the names among
     the kept words join the trail, so the next pick follows the name this one revealed. The
     query is the new words of the kept sentences written with a capital, or with letters and
     digits (lexical.names: names, keys, codes; not prose, not bare numbers). Chosen on
@@ -256,8 +256,9 @@ def _bridge_words(state: State, asked: set[str], asked_runs: list[tuple[str, ...
         said = lexical.sentences(read(row))
         words = [lexical.terms(s) for s in said]
         shared = [_on_trail(set(w), single, runs) for w in words]
-        # The sentences on the trail, and, under a heading, the heading path and the first
-        # sentence after it (they name what the chunk is about); with nothing on the
+        # The sentences on the trail, and, under a heading, its section's title and the
+        # first sentence after it (`read` puts the title first; they name what the chunk
+        # is about); with nothing on the
         # trail, the whole chunk, as "chunk" reads it. A chunk cut from running prose
         # opens with somebody else's sentence, whose names would pull the next pick astray.
         about = 2 if row.heading else 0
@@ -465,9 +466,9 @@ def order_feature(
     names, runs, on_trail_picks, answered = order_trail(state, asked, key)
     left = ~np.isin(ids, exclude)
     near = ids[left & (scores >= SCAN_SHARE * scores.max())]
-    read = _sentence_reader(source, state.picked)
+    sentences_of = _sentence_reader(source, state.picked)
     if not answered:
-        found = _latest_running(source, near, about_asked, None, read)
+        found = _latest_running(source, near, about_asked, None, sentences_of)
         if found is not None:
             out[found] = 1.0
     if not (names or runs):
@@ -479,7 +480,8 @@ def order_feature(
         return _on_trail(words, names, runs) and not about_asked(words)
 
     for before in [None, *(r.ordinal for r in on_trail_picks)]:
-        if (found := _latest_running(source, trail_ids, on_trail, before, read)) is not None:
+        found = _latest_running(source, trail_ids, on_trail, before, sentences_of)
+        if found is not None:
             out[found] = 1.0
     return out
 
@@ -555,14 +557,14 @@ def _sentence_reader(
     seen = {s.strip() for r in picked for s in lexical.sentences(r.text)}
     cache: dict[int, list[set[str]]] = {}
 
-    def read(ids: list[int]) -> list[list[set[str]]]:
+    def sentences_of(ids: list[int]) -> list[list[set[str]]]:
         missing = [i for i in ids if i not in cache]
         for row in source.rows(missing) if missing else ():
             said = lexical.sentences(row.text)
             cache[row.id] = [set(lexical.terms(s)) for s in said if s.strip() not in seen]
         return [cache[i] for i in ids]
 
-    return read
+    return sentences_of
 
 
 def _latest_running(
@@ -570,10 +572,10 @@ def _latest_running(
     ids: np.ndarray,
     holds: Callable[[set[str]], bool],
     before: int | None,
-    read: Callable[[list[int]], list[list[set[str]]]],
+    sentences_of: Callable[[list[int]], list[list[set[str]]]],
 ) -> int | None:
     """The latest of `ids` (only those before ordinal `before`, if given) with a sentence
-    whose words `holds` accepts, as `read` gives them (`_sentence_reader`), or None. Chunks
+    whose words `holds` accepts, as `sentences_of` gives them (`_sentence_reader`), or None. Chunks
     are read latest first, a few at a time: in a large corpus thousands of chunks can
     match, and the latest usually qualifies."""
     ords = source.ordinals(ids)
@@ -582,7 +584,7 @@ def _latest_running(
         order = order[ords[order] < before]
     for start in range(0, len(order), 16):
         batch = ids[order[start : start + 16]].tolist()
-        for chunk_id, sentences in zip(batch, read(batch), strict=True):
+        for chunk_id, sentences in zip(batch, sentences_of(batch), strict=True):
             if any(holds(words) for words in sentences):
                 return chunk_id
     return None

@@ -143,33 +143,36 @@ _LOWER_RULES = (
     # app:password@db" and other stand-ins are placeholders).
     _rule("password in URL", r"://[^\s/:@]+:(?P<value>[^\s/:@]{3,})@"),
 )
+# The names a password or key goes by, as the end of a setting's or variable's name
+# (`DB_PASSWORD`, `api_key`, `secretKey`, lower-cased).
+_KEY_NAMES = (
+    r"(?:password|passwd|passphrase|secret|api[_-]?key|apikey|access[_-]?key|secret[_-]?key"
+    r"|private[_-]?key|token)"
+)
 # In code, a password or key written as a string literal (`DB_PASSWORD = "..."` in a
 # settings.py): a value read from elsewhere (`getpass()`, `os.environ[...]`) is not one,
 # nor a name (`SECRET_RULES_KEY = "secret_rules"`): the literal holds letters and digits.
 _CODE_RULES = (
     _rule(
         "password or key",
-        r"(?:password|passwd|passphrase|secret|api_?key|apikey|access_?key|secret_?key|"
-        r"private_?key|token)\w*[\"']?[ \t]*[:=][ \t]*[\"']"
+        _KEY_NAMES + r"\w*[\"']?[ \t]*[:=][ \t]*[\"']"
         r"(?P<value>(?=[^\s\"']*[0-9])(?=[^\s\"']*[a-z])[^\s\"']{8,})[\"']",
     ),
 )
-# Assignments of a password or key, and passwords inside URLs: common and harmless in prose
-# and code ("password = prompt()"), so only checked in configuration files (lower-cased).
+# Assignments of a password or key: common and harmless in prose and code ("password =
+# prompt()"), so only checked in configuration files (lower-cased).
 # The key ends with one of the words (`DB_PASSWORD=`, `"api_key": "`, `_authToken=`); the
 # value has 8+ characters and no spaces.
 _CONFIG_RULES = (
     _rule(
         "password or key",
-        r"(?:password|passwd|passphrase|secret|api[_-]?key|apikey|"
-        r"access[_-]?key|secret[_-]?key|private[_-]?key|token|_auth)[\"']?[ \t]*[:=]"
+        r"(?:" + _KEY_NAMES + r"|_auth)[\"']?[ \t]*[:=]"
         r"[ \t]*[\"']?(?P<value>[^\s\"'`,;]{8,})",
     ),
     # XML settings: <password>...</password>, <apiKey>...</apiKey> (lower-cased).
     _rule(
         "password or key",
-        r"<(?:password|passwd|secret|api[_-]?key|apikey|token|secretkey|accesskey)>"
-        r"(?P<value>[^<\s]{8,})</",
+        r"<" + _KEY_NAMES + r">(?P<value>[^<\s]{8,})</",
     ),
 )
 

@@ -118,7 +118,6 @@ MIGRATIONS = [
     END;
     """,
 ]
-LEXICAL_VERSION = 2  # the schema version that has the lexical table
 VECTORS_CRC = "vectors_crc32"  # meta: CRC-32 of vectors.f32's first n_vectors rows
 GRAPH_CRC = "graph_crc32"  # meta: CRC-32 of hnsw-<generation>.bin
 
@@ -151,14 +150,6 @@ def _path_column(path: str) -> str | bytes:
 
 def _path_value(column: str | bytes) -> str:
     return os.fsdecode(column) if isinstance(column, bytes) else column
-
-
-def _heading_column(heading: tuple[str, ...]) -> str:
-    return "\n".join(heading)
-
-
-def _heading_path(column: str) -> tuple[str, ...]:
-    return tuple(column.split("\n")) if column else ()
 
 
 @dataclass(frozen=True)
@@ -465,7 +456,7 @@ class IndexSnapshot:
                 part,
             ):
                 out[row[0]] = ChunkRow(
-                    row[0], _path_value(row[1]), *row[2:-1], _heading_path(row[-1])
+                    row[0], _path_value(row[1]), *row[2:-1], lexical.heading_path(row[-1])
                 )
         missing = [i for i in ids if i not in out]
         if missing:
@@ -635,8 +626,6 @@ def _check_lexical(conn: sqlite3.Connection, full: bool) -> str | None:
     the chunk texts (~0.4 s per 10K chunks: `qrag status --check`, and every writer, so
     that `qrag index` repairs what the check finds); that statement takes SQLite's write
     lock, so `status --check` skips it while a writer runs."""
-    if conn.execute("PRAGMA user_version").fetchone()[0] < LEXICAL_VERSION:
-        return None
     docs = f"{lexical.FTS_TABLE}_docsize"
     odd = conn.execute(
         f"SELECT (SELECT count(*) FROM chunks c LEFT JOIN {docs} d ON d.id = c.id "
@@ -1013,7 +1002,7 @@ class IndexWriter:
             if len(ids)
             else []
         )
-        texts = {r[0]: contextual_text(_heading_path(r[1]), r[2]) for r in rows}
+        texts = {r[0]: contextual_text(lexical.heading_path(r[1]), r[2]) for r in rows}
         return [texts[int(i)] for i in ids]
 
     def restore_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -1051,7 +1040,8 @@ class IndexWriter:
         rows = self.conn.execute(
             "SELECT id, path, hash, size, mtime_ns, n_chunks FROM files"
         ).fetchall()
-        return {path: FileRow(r[0], path, *r[2:]) for r in rows if (path := _path_value(r[1]))}
+        files = (FileRow(r[0], _path_value(r[1]), *r[2:]) for r in rows)
+        return {f.path: f for f in files}
 
     # -- changes (staged until commit) --
     def remove_file(self, file_id: int) -> int:
@@ -1114,7 +1104,7 @@ class IndexWriter:
                     c.end_byte,
                     c.n_tokens,
                     c.text,
-                    _heading_column(c.heading),
+                    lexical.heading_column(c.heading),
                 )
                 for i, c in enumerate(chunks)
             ],

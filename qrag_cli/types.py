@@ -104,10 +104,10 @@ HEADING_JOIN = " > "  # how a heading path is shown and embedded: "Title > Secti
 
 
 def contextual_text(heading: tuple[str, ...], text: str) -> str:
-    """What the encoders, BM25 and the answering LLM read of a chunk: its heading path on
-    a line of its own (a contextual header), then its text. A chunk cut from the middle
+    """What E_a embeds of a chunk (and the bench's BM25 baseline reads): its heading path
+    on a line of its own (a contextual header), then its text. A chunk cut from the middle
     of a section says which article and section it belongs to; without a heading it is
-    its text."""
+    its text. (E_s reads a pick under its own section title only: qvalue.read.)"""
     if not heading:
         return text
     return HEADING_JOIN.join(heading) + "\n" + text

@@ -29,12 +29,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qrag_cli.bench import longctx
 from qrag_cli.config import ChunkConfig
-from qrag_cli.datasets import SHARED_DATA, real_examples, split
+from qrag_cli.datasets import SHARED_DATA, paragraph, read_jsonl, real_examples, split
 from qrag_cli.files import atomic_write
 from qrag_cli.types import UsageError
+
+if TYPE_CHECKING:  # torch loads only when a run starts (models)
+    from qrag_cli.qnet import QModel
 
 BUDGET = 4  # picks per question; EM@2 reads the first two
 SPLITS = ("validation", "test")
@@ -65,10 +69,9 @@ def validation_set(n_questions: int | None = None) -> QuestionSet:
     articles: dict[tuple[str, str], Article] = {}
     stories = []
     for ex in held:
-        # The converters write each paragraph as "Title\nsentences" (datasets.py).
-        parts = [tuple(c.split("\n", 1)) if "\n" in c else ("Untitled", c) for c in ex.chunks]
+        parts = [paragraph(c) for c in ex.chunks]
         for title, text in parts:
-            articles.setdefault((title, text), Article(title, text))
+            articles.setdefault((title, text), Article(title or "Untitled", text))
         texts = tuple(t for _, t in parts)
         stories.append(longctx.Story(ex.question, ex.answer or "", texts, ex.support))
     return QuestionSet("validation", tuple(articles.values()), _first(stories, n_questions), 0)
@@ -78,7 +81,7 @@ def test_set(n_questions: int | None = None) -> QuestionSet:
     path = SHARED_DATA / TEST_FILE
     if not path.is_file():
         raise UsageError(f"the layout bench's test split needs {path}")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [record for _, record in read_jsonl(path)]
     used = _training_sentences()
     kept, sentences = [], []
     for r in records:
@@ -196,21 +199,27 @@ def write_layout(layout: str, folder: Path, questions: QuestionSet) -> None:
 
 
 # ---- scoring -----------------------------------------------------------------------------
+def models(model_spec: str = "default") -> tuple[QModel, QModel]:
+    """(the model measured, the dense top-k baseline on its index), loaded once per run.
+    Dense top-k is the untrained encoder's, whose chunk vectors the model shares; for a
+    model with chunk vectors of its own, its E_s without its lexical terms."""
+    from qrag_cli.model import load_model
+    from qrag_cli.qvalue import without_lexical
+
+    measured, dense = load_model(model_spec), load_model("base")
+    if dense.cfg.fingerprint != measured.cfg.fingerprint:
+        dense = without_lexical(load_model(model_spec))
+    return measured, dense
+
+
 def _picks(
-    index_dir: Path, questions: Sequence[str], model_spec: str = "default"
+    index_dir: Path, questions: Sequence[str], default: QModel, dense: QModel
 ) -> dict[str, list[list[str]]]:
     """Per method, the texts of the chunks each question picks, in pick order."""
     from qrag_cli.bench.suite import bm25_top_k
     from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
-    from qrag_cli.model import load_model
-    from qrag_cli.qvalue import without_lexical
     from qrag_cli.store import open_snapshot
 
-    default, dense = load_model(model_spec), load_model("base")
-    if dense.cfg.fingerprint != default.cfg.fingerprint:
-        # Dense top-k is the untrained encoder's on the same index: the model's own E_s,
-        # without its lexical terms, when its chunks are not the base's.
-        dense = without_lexical(load_model(model_spec))
     out: dict[str, list[list[str]]] = {m: [] for m in METHODS}
     with open_snapshot(index_dir) as snapshot:
         source = IndexCandidates(snapshot)
@@ -244,14 +253,13 @@ def run(
     """Index and score every (split, layout) with the model `model_spec` (the "default"
     method); writes layouts.json and layouts.md to `out`."""
     from qrag_cli.indexer import build_index
-    from qrag_cli.model import load_model
 
     for name in layouts:
         if name not in LAYOUTS:
             raise UsageError(f"unknown layout {name!r}; choose from {', '.join(LAYOUTS)}")
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(model_spec)
+    model, dense = models(model_spec)
     result: dict = {"budget": BUDGET, "model": model.cfg.name, "splits": {}}
     for split_name in splits:
         questions = (validation_set if split_name == "validation" else test_set)(n_questions)
@@ -262,7 +270,7 @@ def run(
             write_layout(layout, corpus, questions)
             index_dir = out / "work" / split_name / "index" / f"{layout}--{model.cfg.fingerprint}"
             summary = build_index([corpus], index_dir, model, ChunkConfig())
-            picks = _picks(index_dir, asked, model_spec)
+            picks = _picks(index_dir, asked, model, dense)
             row: dict = {"chunks": summary.chunks_total}
             for method in METHODS:
                 row[method] = {

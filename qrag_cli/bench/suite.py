@@ -24,7 +24,7 @@ import numpy as np
 
 from qrag_cli.bench import longctx
 from qrag_cli.config import ChunkConfig
-from qrag_cli.datasets import real_examples, write_examples
+from qrag_cli.datasets import paragraph, real_examples, write_examples
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.evaluate import stop_metrics
 from qrag_cli.files import atomic_output, atomic_write
@@ -238,7 +238,7 @@ def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx
     # a picked chunk holds them, while a title found as a heading is stored apart.
     stories = [
         longctx.Story(
-            ex.question, ex.answer or "", tuple(c.split("\n", 1)[-1] for c in ex.chunks), ex.support
+            ex.question, ex.answer or "", tuple(paragraph(c)[1] for c in ex.chunks), ex.support
         )
         for ex in held[:n_eval]
     ]
