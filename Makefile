@@ -40,9 +40,10 @@ bench:
 #     cores). By default stage 1 is *taken* from commit $(STAGE1_COMMIT), where this same
 #     command wrote it (the shipped model of that commit, unchanged); `make train-default
 #     STAGE1_COMMIT=` trains it again on today's data instead.
-#  2. The four lexical weights of the hybrid Q on top of stage 1's encoders
-#     (--only-lexical), starting at 0.3 for each BM25 term, 0.5 for the order term and
-#     0.5 for the named-title term:
+#  2. The linear Q head on top of stage 1's encoders (--only-lexical): the dense term's
+#     weight (starting at 1) and the four lexical weights, starting at 0.3 for each BM25
+#     term, 0.5 for the order term and 0.5 for the named-title term, all recorded with
+#     every constant of Q in config.json's registry (qrag_cli/qspec.py):
 #     30 warm-start (imitation) updates, then 10 of soft Q-learning (15-40 minutes; no
 #     --bf16: on a CPU without native bf16 it is emulated and slower). The picked-chunk
 #     term asks for the names on the question's trail (--lexical-query names, chosen on

@@ -156,21 +156,29 @@ def main() -> None:
         row: dict = {"set": name}
         if name == "pool500":
             for query in queries:
-                model.cfg = replace(model.cfg, lexical_query=query)
+                model.cfg = replace(
+                    model.cfg,
+                    q=model.learned_spec().with_params("picked_bm25", query=query).to_json(),
+                )
                 row[query] = round(pooled(model, cache), 3)
             print(json.dumps(row), flush=True)
             continue
         if name.startswith("olap7:"):
             task, tokens = name.split(":")[1:]
             for query in queries:
-                model.cfg = replace(model.cfg, lexical_query=query)
+                model.cfg = replace(
+                    model.cfg,
+                    q=model.learned_spec().with_params("picked_bm25", query=query).to_json(),
+                )
                 row[query] = round(overlapped(model, task, int(tokens), cache), 3)
             print(json.dumps(row), flush=True)
             continue
         exs, budget = examples(name, Path(sys.argv[2]))
         row.update(n=len(exs), budget=budget)
         for query in queries:
-            model.cfg = replace(model.cfg, lexical_query=query)
+            model.cfg = replace(
+                model.cfg, q=model.learned_spec().with_params("picked_bm25", query=query).to_json()
+            )
             row[query] = round(score(run_examples(model, exs, budget, cache=cache), exs).fact_em, 3)
         print(json.dumps(row), flush=True)
 

@@ -379,10 +379,12 @@ def train_cmd(
     lexical: Annotated[
         str,
         typer.Option(
-            help="on: learn BM25 terms of Q (start: the base model's weights or 0.1,0.1); off: "
-            "pure dense Q; or W_QUESTION,W_PICKED[,W_ORDER[,W_NAMED]] to start from (qvalue.py)."
+            help="The lexical terms of Q and their starting weights: model (the starting "
+            "model's own terms and weights, learned further; none for the base), on (the "
+            "model's, or 0.1,0.1 from the base), off (a pure dense Q: the model's terms "
+            "dropped), or W_QUESTION,W_PICKED[,W_ORDER[,W_NAMED]]."
         ),
-    ] = "off",
+    ] = "model",
     lexical_query: Annotated[
         str | None,
         typer.Option(
@@ -546,10 +548,13 @@ def train_cmd(
 
 
 def _lexical_weights(value: str, base: str | None) -> list[float] | None:
-    """`qrag train --lexical`: on | off | W_QUESTION,W_PICKED[,W_ORDER[,W_NAMED]] ->
-    starting weights (two: no order term; three: no named-title term)."""
-    if value == "off":
+    """`qrag train --lexical`: model | on | off | W_QUESTION,W_PICKED[,W_ORDER[,W_NAMED]] ->
+    starting weights (None: the starting model's; []: none; two: no order term; three: no
+    named-title term)."""
+    if value == "model":
         return None
+    if value == "off":
+        return []
     if value == "on":
         return None if base not in (None, "base") else [0.1, 0.1]  # a model keeps its own
     try:
@@ -557,7 +562,9 @@ def _lexical_weights(value: str, base: str | None) -> list[float] | None:
     except ValueError:
         weights = []
     if len(weights) not in (2, 3, 4) or not all(math.isfinite(w) for w in weights):
-        raise UsageError("--lexical must be on, off or two to four weights like 0.3,0.3,0.5,0.3")
+        raise UsageError(
+            "--lexical must be model, on, off or two to four weights like 0.3,0.3,0.5,0.3"
+        )
     return weights
 
 
@@ -593,7 +600,7 @@ def train_eval(
     result = {
         "model": qmodel.cfg.name,
         "data": str(data),
-        "lexical": qmodel.cfg.lexical,
+        "q": qmodel.cfg.q,
         **evaluate(qmodel, examples, budget or [1, 2, 3, 4], threshold),
     }
     if as_json:
@@ -967,6 +974,15 @@ def bench_cmd(
     layout: Annotated[
         list[str] | None, typer.Option(help="With --layouts: only these layouts (repeatable).")
     ] = None,
+    ablation: Annotated[
+        bool,
+        typer.Option(
+            "--ablation",
+            help="With --layouts: what each part of Q adds: the model, its E_s untrained, "
+            "dense only, each lexical term and rule taken out, beside BM25 and dense top-k "
+            "(default layouts: plain and notes) -> ablation.md, ablation.json.",
+        ),
+    ] = False,
     split: Annotated[
         str,
         typer.Option(
@@ -988,14 +1004,30 @@ def bench_cmd(
 
     if split not in {"validation", "test", "both"}:
         raise UsageError("--split must be 'validation', 'test' or 'both'")
-    if (layout or split != "validation") and not layouts:
-        raise UsageError("--layout and --split go with --layouts")
+    if (layout or split != "validation" or ablation) and not layouts:
+        raise UsageError("--layout, --split and --ablation go with --layouts")
     if layouts:
         from qrag_cli.bench import layouts as layout_bench
 
         if len(model or []) > 1:
             raise UsageError("--layouts measures one --model at a time")
         check_output(out, [], folder=True)
+        for name in layout or ():
+            if name not in layout_bench.LAYOUTS:
+                raise UsageError(
+                    f"unknown layout {name!r}; choose from {', '.join(layout_bench.LAYOUTS)}"
+                )
+        if ablation:
+            result = layout_bench.ablation(
+                out,
+                splits=layout_bench.SPLITS if split == "both" else (split,),
+                layouts=tuple(layout or ("plain", "notes")),
+                n_questions=questions,
+                model_spec=(model or ["default"])[0],
+                log=render.log,
+            )
+            _show_bench(result, out / "ablation.md", as_json)
+            return
         result = layout_bench.run(
             out,
             splits=layout_bench.SPLITS if split == "both" else (split,),

@@ -352,8 +352,9 @@ class TrainConfig:
     starts from the base ranking, indexes built with the base stay valid, and an update
     costs about half (no E_a gradients, no E_a target network, chunk vectors cached)."""
     lexical: list[float] | None = None
-    """Start the lexical terms of Q ([question BM25, picked-chunk BM25], qvalue.py) at
-    these weights and learn them; None = the starting model's (pure dense for the base)."""
+    """Start the lexical terms of Q ([question BM25, picked-chunk BM25, order, named],
+    qspec.py) at these weights and learn them with the dense weight; None = the starting
+    model's (pure dense for the base); [] = none (a pure dense Q)."""
     lexical_query: str | None = None
     """How the two BM25 terms read the state ("chunk" or "names", see
     qvalue.lexical_queries: under "names" the question term also asks its names and keys

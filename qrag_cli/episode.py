@@ -135,14 +135,14 @@ class IndexCandidates:
         self,
         snapshot: IndexSnapshot,
         exact: bool = False,
-        pool: int = qvalue.POOL,
+        pool: int = 0,
         ef: int = 256,
         notify: Callable[[str], None] | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.exact = exact  # asked for (--exact): every chunk is a candidate
         self.fallback: str | None = None  # why the HNSW graph was given up, if it was
-        self.pool = pool  # HNSW candidates rescored per step
+        self.pool = pool  # HNSW candidates rescored per step, beyond Q's own (qvalue.best)
         self.ef = ef
         self._notify = notify
         self._live: np.ndarray | None = None

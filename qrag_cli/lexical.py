@@ -22,11 +22,15 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from qrag_cli import qspec
+
 FTS_TABLE = "chunks_fts"
 # No stemming: Porter turns the name "Ines" into "in" and "Brevik's" keys into others; exact
 # names and identifiers are what this term is for (the dense term covers word forms).
 TOKENIZE = "unicode61 remove_diacritics 2"
-MAX_TERMS = 48  # a query is cut to its first terms: a whole picked chunk is ~100 words
+# A query is cut to its first terms (a whole picked chunk is ~100 words); recorded in
+# each model's Q registry (qspec.FIXED).
+MAX_TERMS = int(qspec.PARTS["question_bm25"][1]["max_terms"])  # type: ignore[call-overload]
 # How the lexical queries are read (a model's `lexical_query`; qvalue.lexical_queries): the
 # picked-chunk term's words, and under "names" the question term's phrases too.
 PICKED_QUERIES = ("chunk", "names")
@@ -211,7 +215,7 @@ class Namings:
 # counts as much as one in the text (FTS5 sums the columns' scores). On the layout bench's
 # validation split, 0 / 1 / 2 gave EM@4 0.75-0.78 / 0.77-0.79 / 0.77-0.79 across layouts
 # (BENCHMARKS.md "Layouts").
-HEADING_WEIGHT = 1.0
+HEADING_WEIGHT = float(qspec.PARTS["question_bm25"][1]["heading_weight"])  # type: ignore[arg-type]
 
 
 def heading_column(path: tuple[str, ...]) -> str:

@@ -52,6 +52,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from qrag_cli import qspec
 from qrag_cli.bert import Bert
 from qrag_cli.files import atomic_write, fsync_folder, sync_tree
 from qrag_cli.lexical import bad_query
@@ -112,21 +113,34 @@ class ModelConfig:
     state_normalize: bool | None = None
     """E_s settings when they differ from E_a's (frozen-chunk models); None = the same."""
     state_scale: float | None = None
-    lexical: list[float] | None = None
-    """Weights of the lexical terms of Q (qvalue.py): [question BM25, picked-chunk BM25,
-    order, named title] (two: no order term; three: no named-title term), learned by
-    `qrag train`; None = the paper's pure dense Q."""
-    lexical_query: str = "chunk"
-    """How the two BM25 terms read the state (qvalue.lexical_queries): "chunk" = the
-    question's words, and every new word of the picked chunks (folders without the
-    field); "names" = the question's words plus its names and hyphenated keys asked whole
-    (also at a chunk's start), and the names, keys and codes of the sentences on the
-    question's trail."""
+    q: dict | None = None
+    """What Q computes beside the dense term: the registry of its named, versioned terms,
+    their weights and parameters (qspec.py); None = the paper's pure dense Q. Read it
+    through `spec()`."""
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        cfg = cls(**{k: v for k, v in data.items() if k in known})
+        if "q" not in data and ("lexical" in data or "lexical_query" in data):
+            # A folder from before the registry: the version-1 parts it computed.
+            lexical, query = data.get("lexical"), data.get("lexical_query", "chunk")
+            if lexical is not None and not (
+                isinstance(lexical, list)
+                and len(lexical) in (2, 3, 4)
+                and all(isinstance(w, int | float) and math.isfinite(w) for w in lexical)
+            ):
+                cfg.q = {"error": "lexical must be two to four numbers"}  # problem() says it
+            elif why := bad_query(query):
+                cfg.q = {"error": f"lexical_query {why}"}
+            else:
+                cfg.q = qspec.legacy(lexical, query).to_json() if lexical is not None else None
+        return cfg
+
+    def spec(self) -> qspec.QSpec:
+        """The parsed registry (a checked config: `problem()` passed at load)."""
+        # No registry: the pure dense Q, its (unused) BM25 query the pre-registry default.
+        return qspec.parse(self.q) if self.q is not None else qspec.legacy(None, None)
 
     def problem(self) -> str | None:
         """What in a config.json makes no sense (a hand-edited or damaged folder), or None:
@@ -165,14 +179,13 @@ class ModelConfig:
         ]
         for flag in ("normalize", "shared", "frozen_chunks"):
             checks.append((flag, isinstance(getattr(self, flag), bool), "true or false"))
-        if why := bad_query(self.lexical_query):
-            return f"lexical_query {why}"
-        if self.lexical is not None and (
-            not isinstance(self.lexical, list)
-            or len(self.lexical) not in (2, 3, 4)
-            or not all(isinstance(w, int | float) and math.isfinite(w) for w in self.lexical)
-        ):
-            return "lexical must be two to four numbers"
+        if self.q is not None:
+            if "error" in self.q:  # a pre-registry folder that made no sense (from_dict)
+                return str(self.q["error"])
+            try:
+                qspec.parse(self.q)
+            except ValueError as exc:
+                return str(exc)
         for name, ok, want in checks:
             if not ok:
                 return f"{name} must be {want}, not {getattr(self, name)!r}"
@@ -395,8 +408,8 @@ def save_model(model: QModel, folder: Path, compact: bool = False) -> None:
     runs in.
     """
     folder = Path(folder)
-    if model.lexical_weights is not None:
-        model.cfg.lexical = [round(float(w), 6) for w in model.lexical_weights.detach().cpu()]
+    if model.lexical_weights is not None:  # the learned head, into the registry
+        model.cfg.q = model.learned_spec().to_json()
     cfg = ModelConfig.from_dict(asdict(model.cfg))
     base: dict[str, torch.Tensor] = {}
     cfg.delta_base = None
@@ -475,12 +488,7 @@ def write_model_card(out: Path, info: dict) -> None:
     what = "E_s (E_a is the base, frozen)" if cfg.get("frozen_chunks") else "E_s and E_a"
     if train_cfg and not train_cfg.get("train_encoder", True):
         what = "only the lexical weights (encoders as in the starting model)"
-    lexical = cfg.get("lexical")
-    picked_words = (  # "chunk" keeps the words cards said before the choice existed
-        "new words of picked chunks"
-        if cfg.get("lexical_query", "chunk") == "chunk"
-        else f"new words of picked chunks, lexical_query {cfg['lexical_query']}"
-    )
+    what_q = _q_line(cfg.get("q"))
     lines = [
         f"# {cfg['name']}",
         "",
@@ -489,25 +497,7 @@ def write_model_card(out: Path, info: dict) -> None:
         "",
         "| | |",
         "|---|---|",
-        "| Q | <E_s(s), E_a(a)>"
-        + (
-            f" + {lexical[0]} x BM25(question) / best chunk + {lexical[1]} x "
-            f"BM25({picked_words}) / best chunk not picked"
-            + (
-                f" + {lexical[2]} x order (latest facts, read by sentence, in running text)"
-                if len(lexical) > 2
-                else ""
-            )
-            + (
-                f" + {lexical[3]} x title named by the question or a pick (a namesake half)"
-                if len(lexical) > 3
-                else ""
-            )
-            + " (qvalue.py)"
-            if lexical
-            else " (dense only)"
-        )
-        + " |",
+        f"| Q | {what_q} |",
         f"| state | the question (first {cfg.get('question_cap')} tokens) and each picked "
         f"chunk's first {cfg.get('chunk_cap')} tokens, in document order |",
         f"| trained | {what} |",
@@ -548,6 +538,27 @@ def write_model_card(out: Path, info: dict) -> None:
         "",
     ]
     atomic_write(out / "MODEL_CARD.md", "\n".join(lines))
+
+
+_TERM_WORDS = {
+    "question_bm25": "BM25(question) / best chunk",
+    "picked_bm25": "BM25(new words of picked chunks) / best chunk not picked",
+    "order": "order (latest facts, read by sentence, in running text)",
+    "named": "title named by the question or a pick",
+}
+
+
+def _q_line(q: dict | None) -> str:
+    """The card's Q: each registry term with its weight, name, version and parameters."""
+    if not q:
+        return "<E_s(s), E_a(a)> (dense only)"
+    parts = []
+    for term in q["terms"]:
+        words = _TERM_WORDS.get(term["name"], "<E_s(s), E_a(a)>")
+        params = ", ".join(f"{k} {v}" for k, v in term.get("params", {}).items())
+        parts.append(f"{term['weight']} x {words} [{term['name']} v{term['version']}: {params}]")
+    head = q["head"]
+    return " + ".join(parts) + f" (head {head['name']} v{head['version']}; qspec.py)"
 
 
 def _layout_lines(part: dict) -> list[str]:

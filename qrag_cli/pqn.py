@@ -67,19 +67,22 @@ def trainable(
     base model's ranking, and chunk vectors never drift away from the space the base
     learned from a billion sentence pairs.
 
-    `lexical` starts the lexical terms of Q at these weights (None: the model's own).
-    `lexical_query` picks what the picked-chunk term asks for (None: the model's own).
+    `lexical` starts the lexical terms of Q at these weights (None: the model's own; []:
+    none, the pure dense Q). `lexical_query` picks what the picked-chunk term asks for
+    (None: the model's own). Every other part of the model's Q registry is kept.
     `chunk_cap` caps each picked chunk inside the state (None: the model's own).
     A frozen-chunk model trains on with its own settings (a second stage of training).
     """
-    lexical = lexical if lexical is not None else model.cfg.lexical
-    query = lexical_query if lexical_query is not None else model.cfg.lexical_query
+    spec = model.cfg.spec()
+    if lexical is not None:
+        spec = replace(spec, weights=tuple(lexical) or None)
+    if lexical_query is not None:
+        spec = spec.with_params("picked_bm25", query=lexical_query)
+    q = spec.to_json() if spec.weights is not None else None
     cap = chunk_cap if chunk_cap is not None else model.cfg.chunk_cap
     state = copy.deepcopy(model.state_encoder)
     if model.cfg.chunk_source() == "base":  # a second stage: E_a and every setting stay
-        cfg = replace(
-            model.cfg, threshold=None, lexical=lexical, lexical_query=query, chunk_cap=cap
-        )
+        cfg = replace(model.cfg, threshold=None, q=q, chunk_cap=cap)
         chunk = model.chunk_encoder
     elif frozen_chunks:
         if not (model.cfg.chunk_source() == "shared" and model.cfg.base.startswith(BASE_NAME)):
@@ -94,8 +97,7 @@ def trainable(
             frozen_chunks=True,
             state_normalize=normalize,
             state_scale=scale,
-            lexical=lexical,
-            lexical_query=query,
+            q=q,
             chunk_cap=cap,
         )
     else:
@@ -109,8 +111,7 @@ def trainable(
             scale=scale,
             threshold=None,
             positions=positions,
-            lexical=lexical,
-            lexical_query=query,
+            q=q,
             chunk_cap=cap,
         )
     return QModel(cfg, state, chunk, model.tokenizer, dict(model.encoder_config), model.folder)
@@ -581,14 +582,12 @@ def train(
     if not cfg.train_encoder:
         model.state_encoder.requires_grad_(False)
         model.chunk_encoder.requires_grad_(False)
-    lexical = [model.lexical_weights] if qvalue.uses_lexical(model) else []
-    encoder = [
-        p for p in model.parameters() if p.requires_grad and all(p is not w for w in lexical)
-    ]
-    params = encoder + lexical
+    head = model.head_weights()  # the linear Q head: dense and lexical weights
+    encoder = [p for p in model.parameters() if p.requires_grad and all(p is not w for w in head)]
+    params = encoder + head
     groups = [{"params": encoder, "scale": 1.0}] if encoder else []
-    if lexical:  # no weight decay: the lexical weights are the term's whole strength
-        groups.append({"params": lexical, "scale": cfg.lexical_lr / cfg.lr, "weight_decay": 0.0})
+    if head:  # no weight decay: the head's weights are the terms' whole strength
+        groups.append({"params": head, "scale": cfg.lexical_lr / cfg.lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(
         groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
     )
@@ -666,8 +665,10 @@ def train(
             "alpha": round(alpha, 6),
             "phase": "imitation" if update < cfg.warm_start else "q-learning",
         }
-        if qvalue.uses_lexical(model):
-            row["lexical"] = [round(float(w), 4) for w in model.lexical_weights.detach()]
+        if head:
+            row["head"] = [
+                round(float(w), 4) for w in torch.cat([w.detach().reshape(-1) for w in head])
+            ]
         log(row)
         last = update + 1 == cfg.updates
         if (update + 1) % cfg.eval_every == 0 or last:

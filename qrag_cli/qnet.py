@@ -14,6 +14,7 @@ import json
 import shutil
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qrag_cli import qspec
 from qrag_cli.config import env_value
 from qrag_cli.types import ModelError
 
@@ -127,12 +129,15 @@ class QModel(nn.Module):
         self.tokenizer = tokenizer
         self.encoder_config = encoder_config
         self.folder = folder
-        # A parameter, so `qrag train` learns it with the encoders; saved in config.json.
-        self.lexical_weights = (
-            nn.Parameter(torch.tensor(cfg.lexical, dtype=torch.float32))
-            if cfg.lexical is not None
-            else None
-        )
+        # The linear Q head (qspec.py): the weight of the dense term and of each lexical
+        # term. Parameters, so `qrag train` learns them; saved in config.json's registry.
+        # A pure dense Q (no lexical terms) has none: Q is the dot product, as in the paper.
+        spec = cfg.spec()
+        self.lexical_weights: nn.Parameter | None = None
+        self.dense_weight: nn.Parameter | None = None
+        if spec.weights is not None:
+            self.lexical_weights = nn.Parameter(torch.tensor(spec.weights, dtype=torch.float32))
+            self.dense_weight = nn.Parameter(torch.tensor(spec.dense_weight, dtype=torch.float32))
         # Inference (chunks at index time, states at each step) runs in bf16 where the CPU
         # has native bf16 (AVX512-BF16/AMX): ~2x faster, scores move by ~1e-3. Training
         # rollouts and evaluation use the same path, so a model is measured as it is used.
@@ -143,6 +148,28 @@ class QModel(nn.Module):
         # train` turns it off: its rollouts score with the float weights it is learning.
         self.state_int8 = precision == "int8"
         self._int8_copy: tuple[tuple[int, ...], nn.Module] | None = None
+
+    def head_weights(self) -> list[nn.Parameter]:
+        """The Q head's parameters (none for a pure dense Q)."""
+        return [w for w in (self.dense_weight, self.lexical_weights) if w is not None]
+
+    def set_spec(self, spec: qspec.QSpec) -> None:
+        """Make `spec` the model's Q (config and head parameters alike)."""
+        self.cfg.q = spec.to_json() if spec.weights is not None else None
+        self.lexical_weights = self.dense_weight = None
+        if spec.weights is not None:
+            self.lexical_weights = nn.Parameter(torch.tensor(spec.weights, dtype=torch.float32))
+            self.dense_weight = nn.Parameter(torch.tensor(spec.dense_weight, dtype=torch.float32))
+
+    def learned_spec(self) -> qspec.QSpec:
+        """The model's registry with the head weights as they are now (learned)."""
+        spec = self.cfg.spec()
+        if self.lexical_weights is None or self.dense_weight is None:
+            return spec
+        weights = tuple(round(float(w), 6) for w in self.lexical_weights.detach().cpu())
+        return replace(
+            spec, weights=weights, dense_weight=round(float(self.dense_weight.detach()), 6)
+        )
 
     # ---- text -> token ids ----------------------------------------------------------
     def chunk_ids(self, texts: Sequence[str], cap: int) -> list[list[int]]:

@@ -43,8 +43,9 @@ the same words and more of them; after a first hop, the articles it names (0.5 f
 namesake whose qualifier, "(athlete)", they do not hold). BM25 cannot tell these apart;
 the encoder often cannot either.
 
-The weights are the model's (`ModelConfig.lexical`, learned by `qrag train`; a model
-with two has no order term, with three no named term); a model without them, or
+The weights, the dense one included, and every constant the terms read are the model's
+(config.json's registry, qspec.py; learned by `qrag train`; a model with two lexical
+weights has no order term, with three no named term); a model without them, or
 `--lexical off`, is the pure dense Q.
 
 Candidates at each step are the union of the dense top-`pool` (HNSW, or every chunk) and
@@ -54,7 +55,7 @@ each lexical feature's top-`pool`, all scored exactly.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -62,18 +63,11 @@ import torch
 
 from qrag_cli import lexical
 from qrag_cli.qnet import QModel
+from qrag_cli.qspec import QSpec
 from qrag_cli.types import contextual_text
 
-POOL = 64  # candidates proposed per signal (dense, each lexical feature) and step
 QUESTION, PICKED, ORDER, NAMED = 0, 1, 2, 3  # the lexical feature columns (and weights)
 FEATURES = 4
-# The order term reads the sentences of the question's matches scoring at least this share
-# of the best (a fact holding the key words together scores near the best; the share
-# bounds how many texts a step reads in a large corpus); it finds the key words in the
-# sentences of the question's KEY_POOL best matches, and is off when any of them holds a
-# title.
-SCAN_SHARE = 0.5
-KEY_POOL = 8
 
 
 class Action(Protocol):
@@ -153,7 +147,7 @@ class State:
     question_ids: list[int]
     picked: tuple[Action, ...] = ()
     picked_ids: tuple[list[int], ...] = ()
-    query: str = "chunk"  # the model's `lexical_query`: how `lexical_queries` reads picks
+    spec: QSpec = field(default_factory=QSpec)  # the model's Q registry: its constants
 
     def then(self, row: Action, ids: list[int]) -> State:
         return replace(self, picked=(*self.picked, row), picked_ids=(*self.picked_ids, ids))
@@ -165,8 +159,8 @@ class State:
 
 def start(model: QModel, questions: Sequence[str]) -> list[State]:
     ids = model.chunk_ids(questions, model.cfg.question_cap)
-    query = model.cfg.lexical_query
-    return [State(q, i, query=query) for q, i in zip(questions, ids, strict=True)]
+    spec = model.cfg.spec()
+    return [State(q, i, spec=spec) for q, i in zip(questions, ids, strict=True)]
 
 
 def pick(model: QModel, state: State, row: Action) -> State:
@@ -190,7 +184,7 @@ def state_tokens(model: QModel, state: State) -> list[int]:
 
 def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     """(question words, new words of the picked chunks, latest pick first; a query keeps
-    its first lexical.MAX_TERMS words), the new words as the state's `query` says
+    its first lexical.MAX_TERMS words), the new words as the state's query says
     (lexical.PICKED_QUERIES):
 
     "chunk": every word of the picked chunks the question does not hold. In a long
@@ -218,7 +212,7 @@ def lexical_queries(state: State) -> tuple[list[str], list[str]]:
     picked chunk's own."""
     asked = lexical.terms(state.question)
     known = set(asked)
-    if state.query == "names":
+    if state.spec.query == "names":
         # A name of several words, or words joined by hyphens, is also asked whole (an
         # FTS5 phrase), so a chunk about "Olga Ros" outranks the chunks about "Olga Ek"
         # and "Olga Berg", and "brisk-quarry" outranks "mellow-quarry ... brisk-island".
@@ -340,7 +334,8 @@ def lexical_features(
     question_hits: tuple[np.ndarray, np.ndarray] | None = None  # the whole question's
     queries: list[list[str]] = []  # each BM25 feature's query, as asked
     for column, words in enumerate(lexical_queries(state)):
-        narrow = not_held(state, words) if column == QUESTION else []
+        open_words = column == QUESTION and state.spec.param("question_bm25", "open_words")
+        narrow = not_held(state, words) if open_words else []
         ids, scores = source.bm25(narrow or words)
         if narrow and np.isin(ids, exclude).all():
             # The open words match no chunk left ("numbers" asked of needles that say
@@ -361,7 +356,7 @@ def lexical_features(
         features[ids, column] = scores / (whole if column == QUESTION else left)
         if raw_max is not None:
             raw_max[column] = float(left)
-        proposals.append(ids[top_positions(scores, POOL)])
+        proposals.append(ids[top_positions(scores, _pool(state))])
     for chunk_id, rest in beside_picks(source, state, features).items():
         said = set(lexical.terms(rest))
         for column, words in enumerate(queries):
@@ -370,7 +365,7 @@ def lexical_features(
     if order and question_hits is not None:
         features[:, ORDER] = order_feature(source, state, *question_hits)
         # The chunks it points to are candidates whatever their BM25 rank: in a large corpus
-        # the latest match can sit below the top POOL.
+        # the latest match can sit below the top pool.
         proposals.append(np.flatnonzero(features[:, ORDER]))
     if named and proposals:
         ids = np.unique(np.concatenate(proposals))
@@ -384,8 +379,10 @@ def beside_picks(source: Candidates, state: State, features: np.ndarray) -> dict
     overlap, and a neighbour that matches only through picked text it repeats holds
     nothing new. A needle at the edge of a chunk is whole in both chunks; without this,
     the neighbour outranks the next needle ("What are all the special magic numbers for
-    cobalt-meadow?" took the same number twice at 1M tokens)."""
-    if not state.picked:
+    cobalt-meadow?" took the same number twice at 1M tokens). The registry's
+    picked_bm25 `min_shared` is the shortest shared edge that counts (0: rule off)."""
+    least = int(state.spec.param("picked_bm25", "min_shared"))  # type: ignore[call-overload]
+    if not state.picked or least == 0:
         return {}
     matched = np.flatnonzero(features[:, : PICKED + 1].any(axis=1))
     if len(matched) == 0:
@@ -400,23 +397,22 @@ def beside_picks(source: Candidates, state: State, features: np.ndarray) -> dict
         # sentence is whole only in the neighbour, and stays in its rest.
         rest = row.text
         if (after := picked.get(row.ordinal - 1)) is not None:
-            rest = rest[lexical.sentence_start(rest, _shared_edge(after, rest)) :]
+            rest = rest[lexical.sentence_start(rest, _shared_edge(after, rest, least)) :]
         if (before := picked.get(row.ordinal + 1)) is not None:
-            rest = rest[: lexical.sentence_end(rest, len(rest) - _shared_edge(rest, before))]
+            edge = _shared_edge(rest, before, least)
+            rest = rest[: lexical.sentence_end(rest, len(rest) - edge)]
         out[row.id] = rest
     return out
 
 
-MIN_SHARED = 8  # characters: shorter shared edges ("5", ". ") are chance, not overlap
-
-
-def _shared_edge(first: str, second: str) -> int:
+def _shared_edge(first: str, second: str, least: int) -> int:
     """The length of the longest end of `first` that `second` starts with (the text two
-    overlapping chunks share), 0 when none or shorter than MIN_SHARED."""
+    overlapping chunks share), 0 when none or shorter than `least` characters (shorter
+    shared edges, "5" or ". ", are chance, not overlap)."""
     if not second:
         return 0
     start = max(0, len(first) - len(second))
-    while (i := first.find(second[0], start)) >= 0 and len(first) - i >= MIN_SHARED:
+    while (i := first.find(second[0], start)) >= 0 and len(first) - i >= least:
         if second.startswith(first[i:]):
             return len(first) - i
         start = i + 1
@@ -443,11 +439,19 @@ def order_feature(
     there.") is where it is; if he still holds it, where he went last. Only for a question
     answered from one running text: when its best matches sit under more than one heading
     (articles, notes, whatever their format) their order means nothing, and counting it
-    cost real HotpotQA/MuSiQue questions on validation (BENCHMARKS.md "Order")."""
+    cost real HotpotQA/MuSiQue questions on validation (BENCHMARKS.md "Order").
+
+    The registry's order parameters: `key_pool`, how many of the question's best matches
+    the key words are read from (and whose headings gate the term); `scan_share`, the
+    share of the best score a match needs for its sentences to be read (a fact holding
+    the key words together scores near the best; the share bounds how many texts a step
+    reads in a large corpus)."""
     out = np.zeros(source.id_space, np.float32)
     if len(ids) == 0:
         return out
-    top = source.rows(ids[top_positions(scores, KEY_POOL)].tolist())
+    key_pool = int(state.spec.param("order", "key_pool"))  # type: ignore[call-overload]
+    scan_share = float(state.spec.param("order", "scan_share"))  # type: ignore[arg-type]
+    top = source.rows(ids[top_positions(scores, key_pool)].tolist())
     if len({r.heading for r in top}) > 1:
         # The question is answered from articles or notes (its best matches sit under
         # different headings): their order means nothing. A story kept under one heading
@@ -465,7 +469,7 @@ def order_feature(
 
     names, runs, on_trail_picks, answered = order_trail(state, asked, key)
     left = ~np.isin(ids, exclude)
-    near = ids[left & (scores >= SCAN_SHARE * scores.max())]
+    near = ids[left & (scores >= scan_share * scores.max())]
     sentences_of = _sentence_reader(source, state.picked)
     if not answered:
         found = _latest_running(source, near, about_asked, None, sentences_of)
@@ -494,14 +498,16 @@ def named_feature(source: Candidates, state: State, ids: np.ndarray) -> np.ndarr
     holds both words). 0.5 when the title's qualifier in parentheses says what they do
     not ("Bob Clark (athlete)" for "Which director worked in more countries, Robert
     Butler or Bob Clark?", where "Robert Butler (director)" gets 1): another namesake.
-    Chosen on validation: BENCHMARKS.md "Named titles"."""
+    Chosen on validation: BENCHMARKS.md "Named titles". The half is the registry's named
+    `namesake`."""
+    namesake = float(state.spec.param("named", "namesake"))  # type: ignore[arg-type]
     said = lexical.Namings([state.question, *(read(r) for r in state.picked)])
     out = np.zeros(len(ids), np.float32)
     for j, row in enumerate(source.rows(ids.tolist())):
         for title in row.heading:
             if said.names(title):
                 held = said.vocabulary.issuperset(lexical.qualifier(title))
-                out[j] = max(out[j], 1.0 if held else 0.5)
+                out[j] = max(out[j], 1.0 if held else namesake)
     return out
 
 
@@ -608,17 +614,18 @@ def positioned(
 def q_halves(
     model: QModel, states: torch.Tensor, chunks: torch.Tensor, features: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q1, Q2 (the twin critic: each half of the dot product plus half the lexical term);
-    Q = Q1 + Q2. `states` broadcasts against `chunks` [..., dim]; `features`
-    [..., FEATURES] (a model with fewer lexical weights reads the first ones)."""
+    """Q1, Q2 (the twin critic: each half of the dot product, times the dense weight, plus
+    half the lexical terms); Q = Q1 + Q2. `states` broadcasts against `chunks` [..., dim];
+    `features` [..., FEATURES] (a model with fewer lexical weights reads the first ones)."""
     half = chunks.shape[-1] // 2
     q1 = (states[..., :half] * chunks[..., :half]).sum(-1)
     q2 = (states[..., half:] * chunks[..., half:]).sum(-1)
-    if features is not None and model.lexical_weights is not None:
-        weights = model.lexical_weights
+    weights, dense = model.lexical_weights, model.dense_weight
+    if features is not None and weights is not None and dense is not None:
         feats = features[..., : weights.shape[0]].to(q1.device, weights.dtype)
         extra = 0.5 * (feats @ weights.to(q1.device))
-        q1, q2 = q1 + extra, q2 + extra
+        scale = dense.to(q1.device)
+        q1, q2 = scale * q1 + extra, scale * q2 + extra
     return q1, q2
 
 
@@ -638,9 +645,12 @@ def uses_named(model: QModel) -> bool:
 
 def without_lexical(model: QModel) -> QModel:
     """`--lexical off`: the same model with the pure dense Q (an ablation)."""
-    model.lexical_weights = None
-    model.cfg = replace(model.cfg, lexical=None)
+    model.set_spec(QSpec())
     return model
+
+
+def _pool(state: State) -> int:
+    return int(state.spec.param("dense", "pool"))  # type: ignore[call-overload]
 
 
 @torch.inference_mode()
@@ -676,7 +686,7 @@ def best(
     """The top-k actions under `state` with their exact Q values, best first. `bm25_max`
     receives the lexical features' raw maxima (see lexical_features), for a lexical Q."""
     exclude = state.exclude
-    ids = source.propose(state_vec, max(k, POOL), exclude)
+    ids = source.propose(state_vec, max(k, _pool(state)), exclude)
     features = None
     if uses_lexical(model):
         features, lexical_ids = lexical_features(

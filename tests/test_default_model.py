@@ -90,7 +90,7 @@ def assert_written_by_the_recipe(model: QModel, tmp_path: Path) -> None:
     train = config["train"]
     assert not train["train_encoder"]  # --only-lexical
     assert train["lexical"] == [float(w) for w in flag["--lexical"].split(",")]
-    assert train["lexical_query"] == config["lexical_query"] == flag["--lexical-query"]
+    assert train["lexical_query"] == model.cfg.spec().query == flag["--lexical-query"]
     assert train["apply_stop"] is (flag["--stop"] == "apply")
     assert train["state_chunk_cap"] == config["chunk_cap"] == int(flag["--state-chunk-cap"])
     for name in ("warm_start", "updates", "eval_every", "budget", "batch", "seed"):
@@ -103,7 +103,8 @@ def assert_written_by_the_recipe(model: QModel, tmp_path: Path) -> None:
     best = max(row["select"] for row in curve)  # a tie keeps the earlier weights
     assert metrics["kept_update"] == next(r["update"] for r in curve if r["select"] == best)
     # A hybrid Q with the learned BM25 weights; the calibrated stop recorded, not applied.
-    assert model.cfg.lexical == config["lexical"] and len(config["lexical"]) == 4  # order, named
+    assert config["q"]["head"]["name"] == "linear"
+    assert len(model.cfg.spec().weights) == 4  # order, named
     assert config["threshold"] is None and metrics["calibrated_threshold"] > 0
     write_model_card(tmp_path, {"config": asdict(model.cfg)})
     assert (tmp_path / "MODEL_CARD.md").read_text() == (DEFAULT / "MODEL_CARD.md").read_text()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import run_qrag
 
-from qrag_cli import lexical, qvalue
+from qrag_cli import lexical, qspec, qvalue
 from qrag_cli.chunk import chunk_document
 from qrag_cli.config import ChunkConfig
 from qrag_cli.documents import Document
@@ -56,10 +56,18 @@ def memory(texts: list[str]) -> MemoryCandidates:
     return MemoryCandidates(texts, np.zeros((len(texts), 2), np.float32))
 
 
+def reading(model, query: str):
+    """`model` whose states read picks as `query` says (its registry's picked_bm25 query;
+    the zero lexical weights are the registry's only: the model's Q stays dense)."""
+    spec = qspec.QSpec(weights=(0.0, 0.0)).with_params("picked_bm25", query=query)
+    model.cfg = replace(model.cfg, q=spec.to_json())
+    return model
+
+
 def names_model():
     """The base encoder reading the state as the default does (lexical_query "names")."""
     model = load_model("base")
-    model.cfg = replace(model.cfg, lexical_query="names")
+    reading(model, "names")
     return model
 
 
@@ -203,8 +211,8 @@ def test_overlapping_chunks_share_their_edges() -> None:
     chunks = [c.text for c in chunk_document(Document(text, "text", ((0, 1),)), ChunkConfig())]
     assert len(chunks) > 5
     for first, second in itertools.pairwise(chunks):
-        shared = qvalue._shared_edge(first, second)
-        assert shared >= qvalue.MIN_SHARED and first.endswith(second[:shared])
+        shared = qvalue._shared_edge(first, second, 8)
+        assert shared >= 8 and first.endswith(second[:shared])
 
 
 def test_question_term_keeps_its_scale_once_its_best_match_is_picked() -> None:
@@ -244,7 +252,7 @@ def test_question_term_asks_what_the_picks_do_not_hold_yet() -> None:
     source = MemoryCandidates(texts, np.zeros((len(texts), 2), np.float32))
     model = load_model("base")
     for query in lexical.PICKED_QUERIES:
-        model.cfg = replace(model.cfg, lexical_query=query)
+        reading(model, query)
         state = qvalue.start(model, ["Which has more species, Angraecum or Aphelandra?"])[0]
         before, _ = qvalue.lexical_features(source, state)
         assert before[1, 0] > before[2, 0]  # the question alone: the look-alike first
@@ -329,7 +337,7 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
     order = qvalue.lexical_features(overlapping, state, order=True)[0][:, qvalue.ORDER]
     assert np.flatnonzero(order).tolist() == [0]
     # What it points to is a candidate even below the BM25 top POOL (ties rank by id).
-    moves = [f"Daniel Ek went to room {i}." for i in range(qvalue.POOL + 6)]
+    moves = [f"Daniel Ek went to room {i}." for i in range(qspec.PARTS["dense"][1]["pool"] + 6)]
     many = memory(moves)
     state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
     features, proposals = qvalue.lexical_features(many, state, order=True)
@@ -354,11 +362,11 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
     assert not qvalue.uses_named(three)
     assert qvalue.uses_named(trainable(model, frozen_chunks=True, lexical=[0.3, 0.3, 0.1, 0.2]))
     save_model(three, tmp_path / "three")
-    assert load_model(str(tmp_path / "three")).cfg.lexical == [0.3, 0.3, 0.1]
+    assert load_model(str(tmp_path / "three")).cfg.spec().weights == (0.3, 0.3, 0.1)
     config = json.loads((tmp_path / "three" / "config.json").read_text())
-    config["lexical"] = [0.3, 0.3, 0.1, 0.1, 0.1]
+    config["q"]["terms"] += [dict(config["q"]["terms"][-1])] * 2  # five lexical terms
     (tmp_path / "three" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="lexical must be two to four numbers"):
+    with pytest.raises(ModelError, match="q terms must be dense, question_bm25"):
         load_qrag_folder(tmp_path / "three")
 
 
@@ -377,7 +385,7 @@ def test_named_feature_marks_the_articles_the_question_or_a_pick_names() -> None
             "Carlos Fuentes: a Mexican novelist, written as a label and not as a heading.",
         ]
     )
-    state = qvalue.State("Who was born later, Carlos Fuentes or Christa Wolf?", [], query="names")
+    state = qvalue.State("Who was born later, Carlos Fuentes or Christa Wolf?", [])
     features = qvalue.lexical_features(articles, state, named=True)[0]
     # Only a heading counts: no text pattern ("Title: ...") is read as one.
     assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 2]
@@ -397,23 +405,21 @@ def test_named_feature_marks_the_articles_the_question_or_a_pick_names() -> None
             "Robert Butler (director)\nA director.",
         ]
     )
-    state = qvalue.State(
-        "Which director worked more, Robert Butler or Bob Clark?", [], query="names"
-    )
+    state = qvalue.State("Which director worked more, Robert Butler or Bob Clark?", [])
     features = qvalue.lexical_features(people, state, named=True)[0]
     assert features[:, qvalue.NAMED].tolist() == [0.5, 1.0, 1.0]
     # Named means written as a name: "the astronomical clock" names no "Astronomical clock".
     clocks = memory(["Astronomical clock\nA clock.", "Prague astronomical clock\nA clock."])
-    state = qvalue.State("When was the astronomical clock in Prague built?", [], query="names")
+    state = qvalue.State("When was the astronomical clock in Prague built?", [])
     assert not qvalue.lexical_features(clocks, state, named=True)[0][:, qvalue.NAMED].any()
-    state = qvalue.State("When was the Prague astronomical clock built?", [], query="names")
+    state = qvalue.State("When was the Prague astronomical clock built?", [])
     features = qvalue.lexical_features(clocks, state, named=True)[0]
     assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1]
     # A title holding a colon: the film "Diary of a Wimpy Kid: The Long Haul" is not an
     # article titled "Diary of a Wimpy Kid" (a partial match is no name match).
     sequel = "Diary of a Wimpy Kid: The Long Haul\nDiary of a Wimpy Kid: The Long Haul is a film."
     films = memory([sequel, "Diary of a Wimpy Kid\nDiary of a Wimpy Kid is a novel."])
-    state = qvalue.State("Which film of Diary of a Wimpy Kid came first?", [], query="names")
+    state = qvalue.State("Which film of Diary of a Wimpy Kid came first?", [])
     features = qvalue.lexical_features(films, state, named=True)[0]
     assert features[:, qvalue.NAMED].tolist() == [0.0, 1.0]
 
@@ -441,7 +447,7 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     question = "Where is the golden lamp?"
     features = {}
     for query in lexical.PICKED_QUERIES:
-        model.cfg = replace(model.cfg, lexical_query=query)
+        reading(model, query)
         state = qvalue.pick(model, qvalue.start(model, [question])[0], source.rows([0])[0])
         features[query] = qvalue.lexical_features(source, state)[0][:, 1]
         if query == "names":
@@ -459,7 +465,7 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     # The first sentence of a chunk cut from running prose is somebody else's fact, not a
     # title: its names (Ada Borg) do not join the query; a title does (wiki paragraphs
     # open with "Title: ", notes with a heading line).
-    model.cfg = replace(model.cfg, lexical_query="names")
+    reading(model, "names")
     prose = MemoryCandidates(["Ada Borg went to the office. Kurt met Bo Dahl."], np.zeros((1, 2)))
     state = qvalue.pick(model, qvalue.start(model, ["Where is Kurt?"])[0], prose.rows([0])[0])
     assert qvalue.lexical_queries(state)[1] == ["bo", "dahl"]
@@ -476,7 +482,7 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     source = MemoryCandidates(olgas, np.zeros((4, 2)))
     question = {}
     for query in lexical.PICKED_QUERIES:
-        model.cfg = replace(model.cfg, lexical_query=query)
+        reading(model, query)
         question[query] = qvalue.start(model, ["Where is Olga Ros?"])[0]
     assert qvalue.lexical_queries(question["names"])[0] == ["olga ros", "olga", "ros"]
     parts = {q: qvalue.lexical_features(source, s)[0][:, 0] for q, s in question.items()}
@@ -493,7 +499,7 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     source = MemoryCandidates(keys, np.zeros((len(keys), 2)))
     asked = {}
     for query in lexical.PICKED_QUERIES:
-        model.cfg = replace(model.cfg, lexical_query=query)
+        reading(model, query)
         asked[query] = qvalue.start(model, ["What is the number for brisk-quarry?"])[0]
     assert qvalue.lexical_queries(asked["names"])[0][:2] == ["brisk quarry", "number"]
     ranked = {q: qvalue.lexical_features(source, s)[0][:, 0] for q, s in asked.items()}
@@ -525,7 +531,7 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
         ("jean", "paul"),
         ("a", "b"),
     ]
-    model.cfg = replace(model.cfg, lexical_query="names")
+    reading(model, "names")
     assert lexical.name_runs("Is Jean-Paul O'Brien in New York? He set VAR X1.") == [
         ("jean", "paul", "o", "brien"),
         ("new", "york"),
@@ -538,14 +544,17 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     # written before the choice existed keep "chunk"); an unknown one is refused.
     trained = trainable(model, frozen_chunks=True, lexical=[0.3, 0.3], lexical_query="names")
     save_model(trained, tmp_path / "names")
-    assert load_model(str(tmp_path / "names")).cfg.lexical_query == "names"
-    assert load_model("default").cfg.lexical_query == "names"
+    assert load_model(str(tmp_path / "names")).cfg.spec().query == "names"
+    assert load_model("default").cfg.spec().query == "names"
     older = tmp_path / "older"
     shutil.copytree(default_model_dir(), older)
     config = json.loads((older / "config.json").read_text())
-    del config["lexical_query"]
+    # A folder from before the registry: a lexical list and no lexical_query.
+    config.pop("q", None)
+    config.pop("lexical_query", None)
+    config["lexical"] = [0.3, 0.3]
     (older / "config.json").write_text(json.dumps(config))
-    assert load_model(str(older)).cfg.lexical_query == "chunk"
+    assert load_model(str(older)).cfg.spec().query == "chunk"
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"lexical_query": "rarest"}))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from qrag_cli import qvalue
+from qrag_cli import qspec, qvalue
 from qrag_cli.bench.tasks import two_hop_task
 from qrag_cli.episode import StopRule, greedy, run_episodes
 from qrag_cli.evaluate import example_sources
@@ -49,7 +49,9 @@ A0, A1, A2 = [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]  # chunk vectors of tokens 0, 1,
 
 
 def toy_model(state_rows: list[list[float]], chunk_rows: list[list[float]], **settings) -> QModel:
-    cfg = ModelConfig(dim=2, shared=False, **settings)
+    lexical = settings.pop("lexical", None)
+    q = qspec.QSpec(weights=tuple(lexical)).to_json() if lexical else None
+    cfg = ModelConfig(dim=2, shared=False, q=q, **settings)
     model = QModel(cfg, Lookup(state_rows), Lookup(chunk_rows), SimpleNamespace(pad_token_id=0), {})
     model.infer_dtype = torch.float32  # exact hand arithmetic, whatever the CPU
     return model

@@ -410,8 +410,8 @@ def test_only_lexical_learns_the_bm25_weights(tmp_path: Path) -> None:
     # that never learned the task; the BM25 terms alone carry the gain).
     assert result["after"]["fact_em"] >= result["before"]["fact_em"] + 0.15, result
     config = json.loads((out / "config.json").read_text())
-    weights = config["lexical"]
-    assert weights[1] > 0.05, weights
+    weights = [t["weight"] for t in config["q"]["terms"]]  # dense, question, picked
+    assert weights[2] > 0.05, weights
     assert config["chunk_cap"] == 48 and config["train"]["state_chunk_cap"] == 48
     from safetensors.torch import load_file
 

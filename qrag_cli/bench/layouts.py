@@ -27,10 +27,11 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qrag_cli import qspec
 from qrag_cli.bench import longctx
 from qrag_cli.config import ChunkConfig
 from qrag_cli.datasets import SHARED_DATA, paragraph, read_jsonl, real_examples, split
@@ -213,27 +214,35 @@ def models(model_spec: str = "default") -> tuple[QModel, QModel]:
 
 
 def _picks(
-    index_dir: Path, questions: Sequence[str], default: QModel, dense: QModel
+    index_dir: Path,
+    questions: Sequence[str],
+    default: QModel,
+    dense: QModel,
+    baselines: bool = True,
 ) -> dict[str, list[list[str]]]:
-    """Per method, the texts of the chunks each question picks, in pick order."""
+    """Per method, the texts of the chunks each question picks, in pick order (without
+    `baselines`, the default's only)."""
     from qrag_cli.bench.suite import bm25_top_k
     from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
     from qrag_cli.store import open_snapshot
 
-    out: dict[str, list[list[str]]] = {m: [] for m in METHODS}
+    out: dict[str, list[list[str]]] = {m: [] for m in (METHODS if baselines else METHODS[:1])}
     with open_snapshot(index_dir) as snapshot:
         source = IndexCandidates(snapshot)
         for start in range(0, len(questions), 32):
             batch = list(questions[start : start + 32])
             for ep in run_episodes(default, batch, [source] * len(batch), StopRule(BUDGET)):
                 out["default"].append([ev.text for ev in ep.evidence])
+            if not baselines:
+                continue
             for ep in run_episodes(
                 dense, batch, [source] * len(batch), StopRule(1), alternatives=BUDGET
             ):
                 first = ep.evidence[0] if ep.evidence else None
                 rest = source.rows([a for a, _ in first.alternatives]) if first else []
                 out["dense top-k"].append([e.text for e in ep.evidence] + [r.text for r in rest])
-    out["bm25 top-k"] = [texts for texts, *_ in bm25_top_k(index_dir, questions, BUDGET)]
+    if baselines:
+        out["bm25 top-k"] = [texts for texts, *_ in bm25_top_k(index_dir, questions, BUDGET)]
     return out
 
 
@@ -292,6 +301,117 @@ def run(
     atomic_write(out / "layouts.json", json.dumps(result, indent=2) + "\n")
     atomic_write(out / "layouts.md", markdown_table(result))
     return result
+
+
+# ---- ablation: what each part of Q adds ----------------------------------------------------
+def variants(model: QModel) -> dict[str, QModel]:
+    """The model and its Q with one part changed at a time, each a model of its own (a
+    registry edit, qspec.py; the model itself is not touched): E_s untrained (the base
+    encoder under the same Q; only for a model whose E_a is the base's), dense only, each
+    lexical term dropped (weight 0), each rule off."""
+    from qrag_cli.model import load_model
+    from qrag_cli.pqn import trainable
+    from qrag_cli.qnet import QModel
+
+    spec = model.learned_spec()
+    out = {"model": model}
+    if model.cfg.chunk_source() == "base" and spec.weights is not None:
+        base = trainable(
+            load_model("base"),
+            normalize=model.cfg.state_settings()[0],
+            scale=model.cfg.state_settings()[1],
+            frozen_chunks=True,
+            chunk_cap=model.cfg.chunk_cap,
+        )
+        base.set_spec(spec)
+        out["base E_s"] = base
+    if spec.weights is None:
+        return out
+
+    def edited(new: qspec.QSpec | None) -> QModel:
+        """The model's encoders under another registry (its own config and head)."""
+        cfg = replace(model.cfg, q=new.to_json() if new is not None else None)
+        return QModel(
+            cfg,
+            model.state_encoder,
+            model.chunk_encoder,
+            model.tokenizer,
+            model.encoder_config,
+            model.folder,
+        )
+
+    out["dense only"] = edited(None)
+
+    weights = spec.weights
+    for i, term in enumerate(qspec.LEXICAL[: len(weights)]):
+        out[f"- {term}"] = edited(replace(spec, weights=(*weights[:i], 0.0, *weights[i + 1 :])))
+    out["- open words"] = edited(spec.with_params("question_bm25", open_words=False))
+    out["- beside picks"] = edited(spec.with_params("picked_bm25", min_shared=0))
+    out["- names query"] = edited(spec.with_params("picked_bm25", query="chunk"))
+    return out
+
+
+def ablation(
+    out: Path,
+    splits: Sequence[str] = ("validation",),
+    layouts: Sequence[str] = ("plain", "notes"),
+    n_questions: int | None = None,
+    model_spec: str = "default",
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Each of `variants` on the layout bench's indexes, beside BM25 and dense top-k on the
+    same index; writes ablation.json and ablation.md to `out`."""
+    from qrag_cli.indexer import build_index
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    model, dense = models(model_spec)
+    kinds = variants(model)
+    result: dict = {"budget": BUDGET, "model": model.cfg.name, "splits": {}}
+    for split_name in splits:
+        questions = (validation_set if split_name == "validation" else test_set)(n_questions)
+        asked = [s.question for s in questions.stories]
+        rows: dict[str, dict] = {}
+        for layout in layouts:
+            corpus = out / "work" / split_name / "corpus" / layout
+            write_layout(layout, corpus, questions)
+            index_dir = out / "work" / split_name / "index" / f"{layout}--{model.cfg.fingerprint}"
+            build_index([corpus], index_dir, model, ChunkConfig())
+            row: dict = {}
+            for name, variant in kinds.items():
+                picks = _picks(index_dir, asked, variant, dense, baselines=not row)
+                for method, texts in picks.items():
+                    label = name if method == "default" else method
+                    row[label] = {f"em@{k}": _em(texts, questions.stories, k) for k in (2, BUDGET)}
+                log(
+                    f"{split_name} {layout} {name}: {row[name]['em@2']:.2f}/{row[name]['em@4']:.2f}"
+                )
+            rows[layout] = row
+        result["splits"][split_name] = {"questions": len(asked), "layouts": rows}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write(out / "ablation.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(out / "ablation.md", ablation_table(result))
+    return result
+
+
+def ablation_table(result: dict) -> str:
+    lines = []
+    for name, part in result["splits"].items():
+        layouts = list(part["layouts"])
+        lines += [
+            f"### ablation, {name}: {part['questions']} questions (model {result['model']}, "
+            f"EM@2 / EM@{result['budget']})",
+            "",
+            "| Q | " + " | ".join(layouts) + " |",
+            "|---|" + "---|" * len(layouts),
+        ]
+        top = f"em@{result['budget']}"
+        for label in part["layouts"][layouts[0]]:
+            ems = [part["layouts"][lay][label] for lay in layouts]
+            cells = [f"{em['em@2']:.2f} / {em[top]:.2f}" for em in ems]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def markdown_table(result: dict) -> str:
