@@ -95,7 +95,9 @@ def test_bench_layouts_scores_a_layout_end_to_end(tmp_path: Path, shared_data: P
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--split", "test"], "--layout and --split go with --layouts"),
+        (["--split", "test"], "--layout, --split and --ablation go with --layouts"),
+        (["--ablation"], "--layout, --split and --ablation go with --layouts"),
+        (["--layouts", "--ablation", "--layout", "scroll"], "unknown layout 'scroll'"),
         (["--layouts", "--split", "dev"], "--split must be"),
         (["--layouts", "--layout", "scroll"], "unknown layout 'scroll'"),
     ],
@@ -104,3 +106,22 @@ def test_bench_layout_flags_are_checked(tmp_path: Path, args: list[str], message
     r = run_qrag("bench", *args, "--out", str(tmp_path / "out"))
     assert r.returncode != 0 and message in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_ablation_variants_change_one_part_each_and_leave_the_model_alone() -> None:
+    from qrag_cli.model import load_model
+
+    model = load_model("default")
+    before = model.learned_spec()
+    kinds = layouts.variants(model)
+    assert list(kinds) == [
+        "model", "base E_s", "dense only", "- question_bm25", "- picked_bm25", "- order",
+        "- named", "- open words", "- beside picks", "- names query",
+    ]  # fmt: skip
+    assert model.learned_spec() == before and kinds["model"] is model
+    assert kinds["dense only"].lexical_weights is None
+    assert kinds["- named"].learned_spec().weights == (*before.weights[:3], 0.0)
+    assert kinds["- beside picks"].cfg.spec().param("picked_bm25", "min_shared") == 0
+    assert kinds["base E_s"].learned_spec() == before
+    assert kinds["base E_s"].state_encoder is not model.state_encoder
+    assert kinds["- order"].state_encoder is model.state_encoder  # encoders shared
