@@ -233,7 +233,7 @@ def test_question_term_keeps_its_scale_once_its_best_match_is_picked() -> None:
     after, _ = qvalue.lexical_features(source, state)
     assert after[1, 0] == pytest.approx(before[1, 0])  # not scaled up to 1
     assert after[2, :2].tolist() == [0.0, 1.0]  # the holder's fact: the bridge's best match
-    weights = np.array(json.loads((default_model_dir() / "config.json").read_text())["lexical"])
+    weights = np.array(load_model("default").cfg.spec().weights)
     assert after[2, :2] @ weights[:2] > after[1, :2] @ weights[:2]
 
 

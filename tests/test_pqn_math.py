@@ -121,12 +121,15 @@ def test_threshold_calibration_by_hand() -> None:
 
 
 def test_twin_halves_add_up_to_dense_plus_lexical() -> None:
-    """Q1 = first half of <s, a> + half the lexical term, Q2 likewise; Q = Q1 + Q2."""
+    """Q1 = dense weight x first half of <s, a> + half the lexical term, Q2 likewise;
+    Q = Q1 + Q2."""
     from types import SimpleNamespace
 
     from qrag_cli.qvalue import q_halves
 
-    model = SimpleNamespace(lexical_weights=torch.tensor([0.2, 0.4]))
+    model = SimpleNamespace(
+        lexical_weights=torch.tensor([0.2, 0.4]), dense_weight=torch.tensor(1.0)
+    )
     state = torch.tensor([1.0, 2.0, 3.0, 4.0])
     chunks = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
     features = torch.tensor([[0.5, 1.0], [0.0, 0.0]])
@@ -134,5 +137,10 @@ def test_twin_halves_add_up_to_dense_plus_lexical() -> None:
     lex = 0.5 * (0.2 * 0.5 + 0.4 * 1.0)  # 0.25 to each half of chunk 0
     assert q1.tolist() == pytest.approx([1.0 + lex, 2.0])
     assert q2.tolist() == pytest.approx([4.0 + lex, 3.0])
-    dense = q_halves(SimpleNamespace(lexical_weights=None), state, chunks, features)
+    dense = q_halves(
+        SimpleNamespace(lexical_weights=None, dense_weight=None), state, chunks, features
+    )
     assert (dense[0] + dense[1]).tolist() == pytest.approx([5.0, 5.0])
+    model.dense_weight = torch.tensor(0.5)  # the learned dense weight scales each half
+    q1, q2 = q_halves(model, state, chunks, features)
+    assert q1.tolist() == pytest.approx([0.5 + lex, 1.0])
