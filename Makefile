@@ -66,20 +66,25 @@ TRAIN_DIR ?= qrag-train
 STAGE1_COMMIT ?= 66684aa
 train-default:
 	$(VENV)/bin/python models/make_training_data.py $(TRAIN_DIR)
-	rm -rf $(TRAIN_DIR)/stage1
 	if [ -n "$(STAGE1_COMMIT)" ]; then \
+	  rm -rf $(TRAIN_DIR)/stage1 && \
 	  mkdir -p $(TRAIN_DIR)/stage1 && \
 	  git archive $(STAGE1_COMMIT) models/qrag-default | tar -x -C $(TRAIN_DIR)/stage1 \
 	    --strip-components=2; \
 	else \
-	  $(QRAG) train $(TRAIN_DIR)/mix.jsonl --eval $(TRAIN_DIR)/val-real.jsonl \
-	    --eval $(TRAIN_DIR)/val-gen.jsonl --out $(TRAIN_DIR)/stage1 --budget 5 --batch 8 \
-	    --updates 800 --lr 1e-4 --alpha 0.01 --bf16 --frozen-chunks --eval-every 100 \
-	    --stop record --seed 0; \
+	  if [ -f $(TRAIN_DIR)/.stage1.checkpoint/train_state.json ]; then \
+	    $(QRAG) train $(TRAIN_DIR)/mix.jsonl --resume $(TRAIN_DIR)/stage1 --updates 300; \
+	  else \
+	    $(QRAG) train $(TRAIN_DIR)/mix.jsonl --eval $(TRAIN_DIR)/val-real.jsonl \
+	      --eval $(TRAIN_DIR)/val-gen.jsonl --eval $(TRAIN_DIR)/val-bench.jsonl \
+	      --out $(TRAIN_DIR)/stage1 --budget 5 --batch 8 --updates 300 --lr 1e-4 \
+	      --alpha 0.01 --bf16 --frozen-chunks --eval-every 100 --stop record --seed 0; \
+	  fi; \
 	fi
 	rm -rf $(TRAIN_DIR)/run  # a run's log is appended to (for --resume): start a clean one
 	$(QRAG) train $(TRAIN_DIR)/mix.jsonl --eval $(TRAIN_DIR)/val-real.jsonl \
-	  --eval $(TRAIN_DIR)/val-gen.jsonl --base $(TRAIN_DIR)/stage1 --out $(TRAIN_DIR)/run \
+	  --eval $(TRAIN_DIR)/val-gen.jsonl --eval $(TRAIN_DIR)/val-bench.jsonl \
+	  --base $(TRAIN_DIR)/stage1 --out $(TRAIN_DIR)/run \
 	  --only-lexical --lexical 0.3,0.3,0.5,0.5 --lexical-query names --state-chunk-cap 48 \
 	  --warm-start 30 --updates 40 \
 	  --eval-every 10 --budget 5 --batch 8 --lr 1e-4 --alpha 0.01 --stop record --seed 0

@@ -13,7 +13,12 @@ Writes, into the folder given (default: ./qrag-train):
              20 real training-half questions pooled the same way (never in mix.jsonl),
              and 5 generated episodes per task (seed 99): best-on-eval selection and
              threshold calibration only ever see these.
-The bench's held-out real questions and its long-context stories (other seeds) are in
+  val-bench.jsonl
+             the layout bench's validation questions (the bench's held-out half), each
+             among the paragraphs of 24 others: val-real and val-gen are too small and
+             too easy to tell checkpoints apart (both stage-1 encoders score 0.947 on
+             them), so best-on-eval also reads this validation set. Never trained on.
+The bench's long-context stories (other seeds) and the layout bench's test split are in
 none of the files.
 """
 
@@ -67,7 +72,7 @@ def main(out: Path) -> None:
     if real is None:
         sys.exit(f"error: no HotpotQA/MuSiQue samples in {SHARED_DATA}")
     out.mkdir(parents=True, exist_ok=True)
-    real_train, _held_out = split(real, 0.5, 0)  # the same split as `qrag bench --seed 0`
+    real_train, held_out = split(real, 0.5, 0)  # the same split as `qrag bench --seed 0`
     random.Random(5).shuffle(real_train)
     real_val, real_fit = real_train[:20], real_train[20:]
     mix, val_gen = [], []
@@ -82,8 +87,9 @@ def main(out: Path) -> None:
     n_mix = write_examples(mix, out / "mix.jsonl")
     n_real = write_examples(pool_all(real_val, real_fit, 1, 4), out / "val-real.jsonl")
     n_gen = write_examples(val_gen, out / "val-gen.jsonl")
+    n_bench = write_examples(pool_all(held_out, held_out, 1, 8), out / "val-bench.jsonl")
     print(f"{out}: mix.jsonl {n_mix} episodes, val-real.jsonl {n_real}, "
-          f"val-gen.jsonl {n_gen}", file=sys.stderr)
+          f"val-gen.jsonl {n_gen}, val-bench.jsonl {n_bench}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -357,6 +357,14 @@ def train_cmd(
     lr: Annotated[
         float, typer.Option(parser=float_range(0, 1, lo_open=True), help="Peak learning rate.")
     ] = _TRAIN.lr,
+    lexical_lr: Annotated[
+        float,
+        typer.Option(
+            parser=float_range(0, 1, lo_open=True),
+            help="Peak learning rate of the Q head (the dense and lexical weights; its bias "
+            "learns 10x faster).",
+        ),
+    ] = _TRAIN.lexical_lr,
     alpha: Annotated[
         float, typer.Option(parser=float_range(0, lo_open=True), help="Initial temperature.")
     ] = _TRAIN.alpha,
@@ -469,6 +477,7 @@ def train_cmd(
         updates=updates,
         batch=batch,
         lr=lr,
+        lexical_lr=lexical_lr,
         alpha=alpha,
         alpha_final=alpha / 10,
         seed=seed,

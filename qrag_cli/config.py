@@ -363,6 +363,9 @@ class TrainConfig:
     lexical_lr: float = 1e-2
     """Peak learning rate of the two lexical weights (scalars move slowly at an encoder's
     rate); follows the same schedule."""
+    bias_lr_scale: float = 10.0
+    """How much faster than the head's weights its bias learns (Q-learning regresses Q
+    onto returns; the bias takes up their level so the weights keep the ranking)."""
     state_chunk_cap: int | None = None
     """Max encoder tokens of each picked chunk inside the state text (the model's
     `chunk_cap`); None = the starting model's. Shorter states encode faster at every

@@ -582,12 +582,19 @@ def train(
     if not cfg.train_encoder:
         model.state_encoder.requires_grad_(False)
         model.chunk_encoder.requires_grad_(False)
-    head = model.head_weights()  # the linear Q head: dense and lexical weights
+    head = model.head_weights()  # the linear Q head: dense and lexical weights, bias
     encoder = [p for p in model.parameters() if p.requires_grad and all(p is not w for w in head)]
     params = encoder + head
     groups = [{"params": encoder, "scale": 1.0}] if encoder else []
     if head:  # no weight decay: the head's weights are the terms' whole strength
-        groups.append({"params": head, "scale": cfg.lexical_lr / cfg.lr, "weight_decay": 0.0})
+        weights = [w for w in head if w is not model.head_bias]
+        groups.append({"params": weights, "scale": cfg.lexical_lr / cfg.lr, "weight_decay": 0.0})
+        # The bias follows the returns' level `bias_lr_scale` times faster than the weights
+        # move: Adam steps every parameter by about its learning rate, and a bias as slow
+        # as the weights left the level error to the weights, which TD then pushed
+        # negative (BENCHMARKS.md "What each part of Q adds").
+        bias_scale = cfg.bias_lr_scale * cfg.lexical_lr / cfg.lr
+        groups.append({"params": [model.head_bias], "scale": bias_scale, "weight_decay": 0.0})
     opt = torch.optim.AdamW(
         groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
     )

@@ -132,12 +132,10 @@ class QModel(nn.Module):
         # The linear Q head (qspec.py): the weight of the dense term and of each lexical
         # term. Parameters, so `qrag train` learns them; saved in config.json's registry.
         # A pure dense Q (no lexical terms) has none: Q is the dot product, as in the paper.
-        spec = cfg.spec()
         self.lexical_weights: nn.Parameter | None = None
         self.dense_weight: nn.Parameter | None = None
-        if spec.weights is not None:
-            self.lexical_weights = nn.Parameter(torch.tensor(spec.weights, dtype=torch.float32))
-            self.dense_weight = nn.Parameter(torch.tensor(spec.dense_weight, dtype=torch.float32))
+        self.head_bias: nn.Parameter | None = None
+        self._set_head(cfg.spec())
         # Inference (chunks at index time, states at each step) runs in bf16 where the CPU
         # has native bf16 (AVX512-BF16/AMX): ~2x faster, scores move by ~1e-3. Training
         # rollouts and evaluation use the same path, so a model is measured as it is used.
@@ -151,15 +149,24 @@ class QModel(nn.Module):
 
     def head_weights(self) -> list[nn.Parameter]:
         """The Q head's parameters (none for a pure dense Q)."""
-        return [w for w in (self.dense_weight, self.lexical_weights) if w is not None]
+        head = (self.dense_weight, self.lexical_weights, self.head_bias)
+        return [w for w in head if w is not None]
+
+    def _set_head(self, spec: qspec.QSpec) -> None:
+        self.lexical_weights = self.dense_weight = self.head_bias = None
+        if spec.weights is not None:
+
+            def scalar(value: object) -> nn.Parameter:
+                return nn.Parameter(torch.tensor(value, dtype=torch.float32))
+
+            self.lexical_weights = scalar(spec.weights)
+            self.dense_weight = scalar(spec.dense_weight)
+            self.head_bias = scalar(spec.bias)
 
     def set_spec(self, spec: qspec.QSpec) -> None:
         """Make `spec` the model's Q (config and head parameters alike)."""
         self.cfg.q = spec.to_json() if spec.weights is not None else None
-        self.lexical_weights = self.dense_weight = None
-        if spec.weights is not None:
-            self.lexical_weights = nn.Parameter(torch.tensor(spec.weights, dtype=torch.float32))
-            self.dense_weight = nn.Parameter(torch.tensor(spec.dense_weight, dtype=torch.float32))
+        self._set_head(spec)
 
     def learned_spec(self) -> qspec.QSpec:
         """The model's registry with the head weights as they are now (learned)."""
@@ -167,9 +174,9 @@ class QModel(nn.Module):
         if self.lexical_weights is None or self.dense_weight is None:
             return spec
         weights = tuple(round(float(w), 6) for w in self.lexical_weights.detach().cpu())
-        return replace(
-            spec, weights=weights, dense_weight=round(float(self.dense_weight.detach()), 6)
-        )
+        dense = round(float(self.dense_weight.detach()), 6)
+        bias = round(float(self.head_bias.detach()), 6) if self.head_bias is not None else 0.0
+        return replace(spec, weights=weights, dense_weight=dense, bias=bias)
 
     # ---- text -> token ids ----------------------------------------------------------
     def chunk_ids(self, texts: Sequence[str], cap: int) -> list[list[int]]:

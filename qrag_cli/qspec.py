@@ -6,7 +6,7 @@ versioned parts, so editing code can never silently change what a trained model 
       "terms": [{"name": "dense", "version": 1, "weight": 1.0, "params": {"pool": 64}},
                 {"name": "question_bm25", "version": 1, "weight": 0.3, "params": {...}},
                 ...],
-      "head": {"name": "linear", "version": 1}
+      "head": {"name": "linear", "version": 1, "bias": 0.0}
     }
 
 Each term's `weight` multiplies its score in Q (qvalue.q_halves); `params` are every
@@ -14,10 +14,13 @@ constant its code reads (qvalue reads them from the model, never from module glo
 `version` names the code: whoever changes what a part computes bumps its version in
 PARTS (tests/test_qspec.py pins each part's output on a fixture), and a model recorded
 with another version, an unknown part or an unknown parameter is refused at load with
-the fix. The head says how the terms combine: "linear", the weighted sum, whose weights (the
-dense one included) `qrag train` learns. A small MLP over the same scores was measured
-and not kept: on held-out training states it ranked the right next pick as often as the
-learned linear head (BENCHMARKS.md "Learned combination").
+the fix. The head says how the terms combine: "linear", the weighted sum plus a constant
+`bias`, whose weights (the dense one included) and bias `qrag train` learns. The bias moves
+every candidate's Q alike, so it never changes a pick; it lets Q-learning, which regresses
+Q onto returns, match their level without bending the term weights to do it. A small MLP
+over the same scores was measured and not kept: on held-out training states it ranked the
+right next pick as often as the learned linear head (BENCHMARKS.md "What each part of Q
+adds").
 
 Folders written before the registry (a `lexical` list and `lexical_query`) load as the
 version-1 parts they computed.
@@ -64,6 +67,7 @@ class QSpec:
     dense_weight: float = 1.0
     params: dict[str, dict[str, object]] = field(default_factory=dict)
     head: str = "linear"
+    bias: float = 0.0
 
     def param(self, part: str, name: str) -> object:
         return self.params.get(part, {}).get(name, PARTS[part][1][name])
@@ -91,7 +95,7 @@ class QSpec:
             }
             for name, w in zip(self.terms(), weights, strict=True)
         ]
-        head = {"name": self.head, "version": HEADS[self.head]}
+        head = {"name": self.head, "version": HEADS[self.head], "bias": self.bias}
         return {"format": FORMAT, "terms": terms, "head": head}
 
 
@@ -155,7 +159,10 @@ def parse(data: object) -> QSpec:
     kind, version = head.get("name"), head.get("version")
     if HEADS.get(kind) != version:
         raise ValueError(f"q head {kind!r} version {version!r} is unknown to this qrag; {fix}")
-    spec = QSpec(tuple(weights[1:]) or None, weights[0], params, kind)
+    bias = head.get("bias", 0.0)
+    if not isinstance(bias, int | float) or isinstance(bias, bool) or not math.isfinite(bias):
+        raise ValueError("q head bias must be a finite number")
+    spec = QSpec(tuple(weights[1:]) or None, weights[0], params, kind, float(bias))
     if spec.query not in ("chunk", "names"):
         raise ValueError('q term picked_bm25 query must be "chunk" or "names"')
     return spec

@@ -615,8 +615,9 @@ def q_halves(
     model: QModel, states: torch.Tensor, chunks: torch.Tensor, features: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Q1, Q2 (the twin critic: each half of the dot product, times the dense weight, plus
-    half the lexical terms); Q = Q1 + Q2. `states` broadcasts against `chunks` [..., dim];
-    `features` [..., FEATURES] (a model with fewer lexical weights reads the first ones)."""
+    half the lexical terms and half the head's bias); Q = Q1 + Q2. `states` broadcasts
+    against `chunks` [..., dim]; `features` [..., FEATURES] (a model with fewer lexical
+    weights reads the first ones)."""
     half = chunks.shape[-1] // 2
     q1 = (states[..., :half] * chunks[..., :half]).sum(-1)
     q2 = (states[..., half:] * chunks[..., half:]).sum(-1)
@@ -624,6 +625,9 @@ def q_halves(
     if features is not None and weights is not None and dense is not None:
         feats = features[..., : weights.shape[0]].to(q1.device, weights.dtype)
         extra = 0.5 * (feats @ weights.to(q1.device))
+        bias = getattr(model, "head_bias", None)
+        if bias is not None:  # the same for every candidate: moves Q's level, not picks
+            extra = extra + 0.5 * bias.to(q1.device)
         scale = dense.to(q1.device)
         q1, q2 = scale * q1 + extra, scale * q2 + extra
     return q1, q2

@@ -98,3 +98,24 @@ def test_each_part_s_output_is_pinned() -> None:
 # look-alike compass by the question's words; the weaver Ines Varga, the article the pick
 # names, by the pick's names; no order across articles.
 PINNED = [[0, 0, 0, 0], [0.479, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_the_head_bias_moves_q_not_the_picks_and_is_saved(tmp_path: Path) -> None:
+    import torch
+
+    from qrag_cli.model import save_model
+
+    model = load_model("default")
+    states = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    chunks = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    features = torch.tensor([[0.5, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    before = sum(qvalue.q_halves(model, states, chunks, features))
+    with torch.no_grad():
+        model.head_bias.fill_(0.75)
+    after = sum(qvalue.q_halves(model, states, chunks, features))
+    assert torch.allclose(after - before, torch.tensor(0.75))  # the level, every candidate
+    assert after.argsort().tolist() == before.argsort().tolist()
+    save_model(model, tmp_path / "biased")
+    saved = json.loads((tmp_path / "biased" / "config.json").read_text())["q"]["head"]
+    assert saved == {"name": "linear", "version": 1, "bias": 0.75}
+    assert load_model(str(tmp_path / "biased")).learned_spec().bias == 0.75
