@@ -132,6 +132,10 @@ def test_frozen_chunk_model_keeps_the_base_vectors_and_indexes(
     again = trainable(small, lexical=[0.2, 0.3])  # a second stage keeps E_a and settings
     assert again.chunk_encoder is small.chunk_encoder and again.cfg.frozen_chunks
     assert again.cfg.spec().weights == (0.2, 0.3) and small.cfg.spec().weights is None
+    # --lexical: None (`model`, the default) keeps a model's terms, [] (`off`) drops them.
+    assert trainable(again).cfg.spec().weights == (0.2, 0.3)
+    dense = trainable(again, lexical=[])
+    assert dense.cfg.q is None and dense.lexical_weights is None
 
     index = str(tmp_path / "idx")
     run_qrag("index", str(hop_corpus), "--index", index, "--model", "base", check=True)
