@@ -171,12 +171,13 @@ class QModel(nn.Module):
     def learned_spec(self) -> qspec.QSpec:
         """The model's registry with the head weights as they are now (learned)."""
         spec = self.cfg.spec()
-        if self.lexical_weights is None or self.dense_weight is None:
-            return spec
+        if self.lexical_weights is None or self.dense_weight is None or self.head_bias is None:
+            return spec  # a pure dense Q: no head (the three exist together, `_set_head`)
         weights = tuple(round(float(w), 6) for w in self.lexical_weights.detach().cpu())
         dense = round(float(self.dense_weight.detach()), 6)
-        bias = round(float(self.head_bias.detach()), 6) if self.head_bias is not None else 0.0
-        return replace(spec, weights=weights, dense_weight=dense, bias=bias)
+        return replace(
+            spec, weights=weights, dense_weight=dense, bias=round(float(self.head_bias.detach()), 6)
+        )
 
     # ---- text -> token ids ----------------------------------------------------------
     def chunk_ids(self, texts: Sequence[str], cap: int) -> list[list[int]]:

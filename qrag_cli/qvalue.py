@@ -625,9 +625,8 @@ def q_halves(
     if features is not None and weights is not None and dense is not None:
         feats = features[..., : weights.shape[0]].to(q1.device, weights.dtype)
         extra = 0.5 * (feats @ weights.to(q1.device))
-        bias = getattr(model, "head_bias", None)
-        if bias is not None:  # the same for every candidate: moves Q's level, not picks
-            extra = extra + 0.5 * bias.to(q1.device)
+        if model.head_bias is not None:  # the same for every candidate: Q's level, not picks
+            extra = extra + 0.5 * model.head_bias.to(q1.device)
         scale = dense.to(q1.device)
         q1, q2 = scale * q1 + extra, scale * q2 + extra
     return q1, q2

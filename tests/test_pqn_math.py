@@ -128,7 +128,7 @@ def test_twin_halves_add_up_to_dense_plus_lexical() -> None:
     from qrag_cli.qvalue import q_halves
 
     model = SimpleNamespace(
-        lexical_weights=torch.tensor([0.2, 0.4]), dense_weight=torch.tensor(1.0)
+        lexical_weights=torch.tensor([0.2, 0.4]), dense_weight=torch.tensor(1.0), head_bias=None
     )
     state = torch.tensor([1.0, 2.0, 3.0, 4.0])
     chunks = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
@@ -138,7 +138,10 @@ def test_twin_halves_add_up_to_dense_plus_lexical() -> None:
     assert q1.tolist() == pytest.approx([1.0 + lex, 2.0])
     assert q2.tolist() == pytest.approx([4.0 + lex, 3.0])
     dense = q_halves(
-        SimpleNamespace(lexical_weights=None, dense_weight=None), state, chunks, features
+        SimpleNamespace(lexical_weights=None, dense_weight=None, head_bias=None),
+        state,
+        chunks,
+        features,
     )
     assert (dense[0] + dense[1]).tolist() == pytest.approx([5.0, 5.0])
     model.dense_weight = torch.tensor(0.5)  # the learned dense weight scales each half

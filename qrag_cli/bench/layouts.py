@@ -39,6 +39,7 @@ from qrag_cli.files import atomic_write
 from qrag_cli.types import UsageError
 
 if TYPE_CHECKING:  # torch loads only when a run starts (models)
+    from qrag_cli.indexer import IndexSummary
     from qrag_cli.qnet import QModel
 
 BUDGET = 4  # picks per question; EM@2 reads the first two
@@ -251,6 +252,30 @@ def _em(picks: list[list[str]], stories: Sequence[longctx.Story], k: int) -> flo
     return round(sum(hits) / max(1, len(hits)), 4)
 
 
+def question_set(split_name: str, n_questions: int | None = None) -> QuestionSet:
+    return (validation_set if split_name == "validation" else test_set)(n_questions)
+
+
+def _check(layouts: Sequence[str]) -> None:
+    """Refuse an unknown layout before anything is written."""
+    for name in layouts:
+        if name not in LAYOUTS:
+            raise UsageError(f"unknown layout {name!r}; choose from {', '.join(LAYOUTS)}")
+
+
+def _indexed(
+    out: Path, split_name: str, layout: str, questions: QuestionSet, model: QModel
+) -> tuple[Path, IndexSummary]:
+    """The question set written in `layout` under `out` and indexed there with `model`'s
+    chunk vectors (an index from an earlier run with the same vectors is updated)."""
+    from qrag_cli.indexer import build_index
+
+    corpus = out / "work" / split_name / "corpus" / layout
+    write_layout(layout, corpus, questions)
+    index_dir = out / "work" / split_name / "index" / f"{layout}--{model.cfg.fingerprint}"
+    return index_dir, build_index([corpus], index_dir, model, ChunkConfig())
+
+
 def run(
     out: Path,
     splits: Sequence[str] = ("validation",),
@@ -261,24 +286,17 @@ def run(
 ) -> dict:
     """Index and score every (split, layout) with the model `model_spec` (the "default"
     method); writes layouts.json and layouts.md to `out`."""
-    from qrag_cli.indexer import build_index
-
-    for name in layouts:
-        if name not in LAYOUTS:
-            raise UsageError(f"unknown layout {name!r}; choose from {', '.join(LAYOUTS)}")
+    _check(layouts)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     model, dense = models(model_spec)
     result: dict = {"budget": BUDGET, "model": model.cfg.name, "splits": {}}
     for split_name in splits:
-        questions = (validation_set if split_name == "validation" else test_set)(n_questions)
+        questions = question_set(split_name, n_questions)
         asked = [s.question for s in questions.stories]
         rows: dict[str, dict] = {}
         for layout in layouts:
-            corpus = out / "work" / split_name / "corpus" / layout
-            write_layout(layout, corpus, questions)
-            index_dir = out / "work" / split_name / "index" / f"{layout}--{model.cfg.fingerprint}"
-            summary = build_index([corpus], index_dir, model, ChunkConfig())
+            index_dir, summary = _indexed(out, split_name, layout, questions, model)
             picks = _picks(index_dir, asked, model, dense)
             row: dict = {"chunks": summary.chunks_total}
             for method in METHODS:
@@ -304,11 +322,13 @@ def run(
 
 
 # ---- ablation: what each part of Q adds ----------------------------------------------------
-def variants(model: QModel) -> dict[str, QModel]:
+def variants(model: QModel, base: QModel | None = None) -> dict[str, QModel]:
     """The model and its Q with one part changed at a time, each a model of its own (a
     registry edit, qspec.py; the model itself is not touched): E_s untrained (the base
     encoder under the same Q; only for a model whose E_a is the base's), dense only, each
-    lexical term dropped (weight 0), each rule off."""
+    lexical term dropped (weight 0), each rule off. `base`: the untrained base model when
+    the caller has it loaded already (the layout bench's dense baseline; its weights are
+    not touched)."""
     from qrag_cli.model import load_model
     from qrag_cli.pqn import trainable
     from qrag_cli.qnet import QModel
@@ -317,7 +337,9 @@ def variants(model: QModel) -> dict[str, QModel]:
     out = {"model": model}
     if model.cfg.chunk_source() == "base" and spec.weights is not None:
         base = trainable(
-            load_model("base"),
+            base
+            if base is not None and base.cfg.chunk_source() == "shared"
+            else load_model("base"),
             normalize=model.cfg.state_settings()[0],
             scale=model.cfg.state_settings()[1],
             frozen_chunks=True,
@@ -361,22 +383,18 @@ def ablation(
 ) -> dict:
     """Each of `variants` on the layout bench's indexes, beside BM25 and dense top-k on the
     same index; writes ablation.json and ablation.md to `out`."""
-    from qrag_cli.indexer import build_index
-
+    _check(layouts)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     model, dense = models(model_spec)
-    kinds = variants(model)
+    kinds = variants(model, base=dense)
     result: dict = {"budget": BUDGET, "model": model.cfg.name, "splits": {}}
     for split_name in splits:
-        questions = (validation_set if split_name == "validation" else test_set)(n_questions)
+        questions = question_set(split_name, n_questions)
         asked = [s.question for s in questions.stories]
         rows: dict[str, dict] = {}
         for layout in layouts:
-            corpus = out / "work" / split_name / "corpus" / layout
-            write_layout(layout, corpus, questions)
-            index_dir = out / "work" / split_name / "index" / f"{layout}--{model.cfg.fingerprint}"
-            build_index([corpus], index_dir, model, ChunkConfig())
+            index_dir, _ = _indexed(out, split_name, layout, questions, model)
             row: dict = {}
             for name, variant in kinds.items():
                 picks = _picks(index_dir, asked, variant, dense, baselines=not row)
