@@ -4,7 +4,7 @@ VENV := .venv
 PIP := $(VENV)/bin/python -m pip
 QRAG := $(VENV)/bin/qrag
 
-.PHONY: install test lint demo bench train-default clean
+.PHONY: install test lint demo bench train-default repack-default clean
 
 install:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,8 @@ bench:
 #     96 / 64 / 48 gave HotpotQA budget 2 0.83 / 0.855 / 0.845, pooled 0.915 / 0.925 /
 #     0.93, val-real 0.80 each, bAbI qa2 64K 1.00 / 0.95 / 0.95, qa3 and vt equal).
 # Both select on val-real/val-gen only; the bench's held-out questions are in no file.
+# `qrag train pack` (the last step) writes the model with its ONNX graphs (onnx/: E_s in
+# fp32 and int8, E_a), which ask, index and mcp run without torch.
 TRAIN_DIR ?= qrag-train
 STAGE1_COMMIT ?=
 train-default:
@@ -94,6 +96,15 @@ train-default:
 	$(QRAG) bench --layouts -m $(TRAIN_DIR)/run --out $(TRAIN_DIR)/layouts
 	$(QRAG) train pack $(TRAIN_DIR)/run models/qrag-default \
 	  --layouts $(TRAIN_DIR)/layouts/layouts.json
+
+# The recipe's last step alone, on the shipped weights: `qrag train pack` rewrites
+# models/qrag-default with the same weights, config and card plus what the current qrag
+# writes beside them (the ONNX encoders, onnx_export.py). Nothing is trained.
+repack-default:
+	rm -rf $(TRAIN_DIR)/repack
+	$(QRAG) train pack models/qrag-default $(TRAIN_DIR)/repack/qrag-default
+	rm -rf models/qrag-default
+	mv $(TRAIN_DIR)/repack/qrag-default models/qrag-default
 
 clean:
 	rm -rf $(VENV) build *.egg-info

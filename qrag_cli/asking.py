@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from qrag_cli.config import AskOptions
 from qrag_cli.episode import IndexCandidates, run_episodes
 from qrag_cli.files import display_path
-from qrag_cli.model import load_model
-from qrag_cli.qnet import QModel
+from qrag_cli.onnx_model import load_inference_model
+from qrag_cli.qtext import QNetwork
 from qrag_cli.qvalue import without_lexical
 from qrag_cli.stop import rule_for
 from qrag_cli.store import ChunkRow, IndexSnapshot, corrupt_database
@@ -37,6 +37,7 @@ class AskResult:
     index: str
     episode: Episode
     timings_ms: dict[str, float]
+    engine: str = "onnx"  # what ran the encoders: "onnx" or "torch" (qtext.QNetwork.engine)
     answer: Answer | None = None  # with --answer: the reader LLM's answer
     # --explain: the stored chunk of every alternative shown, by chunk id
     alternatives: dict[int, ChunkRow] = field(default_factory=dict)
@@ -60,7 +61,7 @@ class Asker:
         index_dir: Path,
         model_spec: str | None,
         opts: AskOptions,
-        model: QModel | None = None,
+        model: QNetwork | None = None,
         notify: Callable[[str], None] | None = None,
     ) -> None:
         """`notify`: told of what the user should know but that is not a result (a search
@@ -81,12 +82,12 @@ class Asker:
         try:
             if model is None:
                 # No --model: the model the index was built with.
-                model = load_model(
+                model = load_inference_model(
                     model_spec if model_spec is not None else self.snapshot.manifest.model_spec
                 )
                 if not opts.lexical:
                     without_lexical(model)
-            self.model: QModel = model
+            self.model: QNetwork = model
             self._check_model(self.snapshot)
         except BaseException:
             self.snapshot.close()
@@ -174,7 +175,12 @@ class Asker:
             "retrieval_ms": (time.perf_counter() - t0) * 1000,
         }
         result = AskResult(
-            question, self.model.cfg.name, str(self.snapshot.index_dir), episode, timings
+            question,
+            self.model.cfg.name,
+            str(self.snapshot.index_dir),
+            episode,
+            timings,
+            engine=self.model.engine,
         )
         if self.opts.explain:
             alt_ids = sorted({c for ev in episode.evidence for c, _ in ev.alternatives})

@@ -34,13 +34,14 @@ import functools
 import itertools
 import re
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
-
-import tiktoken
+from typing import TYPE_CHECKING, NamedTuple
 
 from qrag_cli.config import ChunkConfig
 from qrag_cli.documents import sections_of, text_sections
 from qrag_cli.types import Chunk, Document, contextual_text
+
+if TYPE_CHECKING:  # imported where text is counted: `qrag ask` never chunks
+    import tiktoken
 
 # Must equal ChunkConfig.version's default; bump both whenever the output changes.
 CHUNKER_VERSION = 2  # 2: sections (a chunk never spans two; each keeps its heading path)
@@ -81,6 +82,8 @@ class _Atom(NamedTuple):
 @functools.cache
 def encoding() -> tiktoken.Encoding:
     """The cl100k_base encoding, loaded once from the offline bundle."""
+    import tiktoken
+
     return tiktoken.get_encoding(_ENCODING_NAME)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -151,13 +152,13 @@ def index(
     given; damaged index files are repaired.
     """
     from qrag_cli.indexer import IndexSummary, build_index, settings_for
-    from qrag_cli.model import load_model
+    from qrag_cli.onnx_model import load_inference_model
     from qrag_cli.types import ModelError
 
     index_dir = resolve_index(index)
     settings = settings_for(index_dir, model, chunk_tokens, overlap, max_file_size)
     try:
-        qmodel = load_model(settings.model_spec)
+        qmodel = load_inference_model(settings.model_spec)
     except ModelError as exc:
         if model is not None or not index_dir.exists():  # --model given, or a new index
             raise
@@ -1092,6 +1093,50 @@ def _show_bench(result: dict, table: Path, as_json: bool) -> None:
     else:
         render.out.print(render.plain(table.read_text(), multiline=True))
         render.log(f"results in {table.parent} ({result['seconds']} s)")
+
+
+@bench_app.command("speed")
+def bench_speed(
+    tokens: Annotated[
+        list[int] | None,
+        typer.Option(
+            parser=int_range(1000), help="Corpus sizes in tokens (repeatable; default 100K, 1M)."
+        ),
+    ] = None,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(help="torch and/or onnx (repeatable; default both, paired)."),
+    ] = None,
+    questions: Annotated[int, typer.Option(parser=int_range(1), help="Questions timed.")] = 30,
+    steps: Annotated[int, typer.Option(parser=int_range(1), help="Steps per question.")] = 4,
+    model: ModelOpt = None,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("bench-results/speed"),
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Index and ask speed on the torch and the ONNX path, paired in one run -> speed.md."""
+    import tempfile
+
+    from qrag_cli.bench import speed as speed_bench
+
+    engines = tuple(dict.fromkeys(engine or speed_bench.ENGINES))
+    if not set(engines) <= set(speed_bench.ENGINES):
+        raise UsageError("--engine must be torch or onnx")
+    check_output(out, [], folder=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="qrag-speed-") as work:
+        result = speed_bench.run(
+            tuple(tokens or speed_bench.SIZES),
+            model_spec=model,
+            questions=questions,
+            steps=steps,
+            workdir=Path(work),
+            engines=engines,
+            log=render.log,
+        )
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    speed_bench.write(result, out)
+    _show_bench(result, out / "speed.md", as_json)
 
 
 @bench_app.command("data")

@@ -77,6 +77,13 @@ def _dtype(text: str) -> str:
     return value
 
 
+def _engine(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"onnx", "torch"}:
+        raise ValueError("use onnx or torch")
+    return value
+
+
 def _zero_one(text: str) -> bool:
     if text.strip() not in {"0", "1"}:
         raise ValueError("use 1 (on) or 0 (off)")
@@ -99,6 +106,12 @@ ENV_VARS: dict[str, EnvVar] = {
             "inference dtype fp32|bf16|int8 (int8: the state encoder's, chunks in fp32; "
             "unset: bf16 where the CPU computes it natively, else int8 on x86, else fp32)",
             _dtype,
+        ),
+        EnvVar(
+            "QRAG_ENGINE",
+            "what runs the encoders for ask, index and mcp: onnx|torch (unset: onnx where "
+            "the model folder has ONNX graphs, else torch)",
+            _engine,
         ),
         EnvVar("QRAG_DEBUG", "1: tracebacks on errors, like --debug", _zero_one, False),
         # Tests shrink these two to exercise many commits on a small corpus.
@@ -422,6 +435,8 @@ def effective_settings() -> list[Setting]:
     rows.append(Setting("llm", None if llm is None else str(llm), source))
     dtype = from_env("dtype", "QRAG_DTYPE")
     rows.append(Setting("dtype", dtype.value or "auto", dtype.source))
+    engine = from_env("engine", "QRAG_ENGINE")
+    rows.append(Setting("engine", engine.value or "auto", engine.source))
     rows += [
         from_env(setting, name)
         for setting, name in (

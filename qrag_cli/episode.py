@@ -11,18 +11,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qrag_cli import qvalue
 from qrag_cli.chunk import structured
-from qrag_cli.datasets import Example
 from qrag_cli.lexical import MemoryLexicon
-from qrag_cli.qnet import QModel
+from qrag_cli.qtext import QNetwork
 from qrag_cli.qvalue import Action, Candidates
 from qrag_cli.stop import StepView, StopRule
 from qrag_cli.store import ChunkRow, IndexSnapshot
 from qrag_cli.types import Episode, Evidence, contextual_text
+
+if TYPE_CHECKING:
+    from qrag_cli.datasets import Example
 
 __all__ = ["StopRule"]  # the stop rule lives in stop.py; callers may import it from here
 
@@ -93,7 +96,7 @@ class MemoryCandidates:
 
 
 def example_sources(
-    model: QModel, examples: Sequence[Example], cache: dict[str, np.ndarray] | None = None
+    model: QNetwork, examples: Sequence[Example], cache: dict[str, np.ndarray] | None = None
 ) -> list[MemoryCandidates]:
     """Each example's own chunks, embedded with E_a in one batch as `qrag index` would:
     heading path and text together (chunk.contextual_text).
@@ -242,7 +245,7 @@ def _location(row: Action) -> tuple[str, int, int]:
 
 
 def run_episodes(
-    model: QModel,
+    model: QNetwork,
     questions: Sequence[str],
     sources: Sequence[Candidates],
     stop: StopRule,
@@ -324,7 +327,7 @@ def run_episodes(
 
 
 def _more_expected(
-    model: QModel,
+    model: QNetwork,
     states: Sequence[qvalue.State],
     evidence: Sequence[Sequence[Evidence]],
     sources: Sequence[Candidates],

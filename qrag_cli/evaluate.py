@@ -10,7 +10,7 @@ import numpy as np
 
 from qrag_cli.datasets import Example
 from qrag_cli.episode import example_sources, run_episodes
-from qrag_cli.qnet import QModel
+from qrag_cli.qtext import QNetwork
 from qrag_cli.stop import StopRule, evidence_view, rule_for
 from qrag_cli.types import Episode
 
@@ -27,7 +27,7 @@ def fact_scores(picked: Sequence[int], support: Sequence[int]) -> tuple[float, f
 
 
 def run_examples(
-    model: QModel,
+    model: QNetwork,
     examples: Sequence[Example],
     budget: int,
     threshold: float | None = None,
@@ -200,7 +200,7 @@ def calibrate_threshold(
 
 
 def evaluate(
-    model: QModel,
+    model: QNetwork,
     examples: Sequence[Example],
     budgets: Sequence[int],
     threshold: float | None = None,

@@ -12,8 +12,8 @@ from qrag_cli.chunk import chunk_document
 from qrag_cli.config import DEFAULT_MAX_FILE_SIZE, ChunkConfig, env_value
 from qrag_cli.discover import FoundFile, discover, file_hash, root_problem
 from qrag_cli.documents import read_document
-from qrag_cli.model import BASE_NAME, is_base_name
-from qrag_cli.qnet import QModel
+from qrag_cli.model_config import BASE_NAME, is_base_name
+from qrag_cli.qtext import QNetwork
 from qrag_cli.secretscan import RULES_VERSION, find_secret
 from qrag_cli.store import IndexManifest, IndexWriter, stored_settings
 from qrag_cli.types import (
@@ -162,7 +162,7 @@ def _under(path: str, roots: Sequence[Path]) -> bool:
 def build_index(
     roots: Sequence[Path],
     index_dir: Path,
-    model: QModel,
+    model: QNetwork,
     chunk_cfg: ChunkConfig,
     *,
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,

@@ -31,8 +31,8 @@ from qrag_cli import render
 from qrag_cli.asking import LOAD_TIMINGS, Asker, AskOptions, load_llm
 from qrag_cli.config import MAX_STEPS, ReaderSettings, qrag_home, resolve_index
 from qrag_cli.documents import last_line, line_span, read_document
-from qrag_cli.model import load_model
-from qrag_cli.qnet import QModel
+from qrag_cli.onnx_model import load_inference_model
+from qrag_cli.qtext import QNetwork
 from qrag_cli.secretscan import find_secret
 from qrag_cli.store import index_exists, index_status, list_indexes, open_snapshot
 from qrag_cli.types import QragError, UsageError
@@ -68,6 +68,9 @@ class AskOutput(BaseModel):
     question: str
     index: str = Field(description="Index folder that was searched.")
     model: str = Field(description="Retrieval model.")
+    engine: Literal["onnx", "torch"] = Field(
+        description="What ran the retrieval model's encoders (onnx: ONNX Runtime)."
+    )
     evidence: list[EvidenceItem] = Field(description="Picked chunks, in the order picked.")
     stop: Literal["complete", "budget", "exhausted"] = Field(
         description="Why retrieval stopped: complete = the model's stop rule judged the "
@@ -139,7 +142,7 @@ class Service:
     def __init__(self, default_index: Path, model_spec: str | None, llm: str | None) -> None:
         self.default_index = default_index
         self.model_spec = model_spec
-        self.model: QModel = load_model(model_spec)
+        self.model: QNetwork = load_inference_model(model_spec)
         self.llm_opts = AskOptions(reader=ReaderSettings(llm=llm))
         self.llm = None  # loaded on the first `answer` request: most agents never ask
         self.askers: dict[Path, Asker] = {}

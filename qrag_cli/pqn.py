@@ -429,7 +429,7 @@ def save_checkpoint(
     run_info: dict | None = None,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, folder / "model")
+    save_model(model, folder / "model", onnx=False)  # a checkpoint: torch resumes it
     tensors = {f"target_state.{k}": v.contiguous() for k, v in target_state.state_dict().items()}
     if not model.cfg.frozen_chunks:  # a frozen E_a is the base: nothing to keep
         tensors.update(
@@ -631,7 +631,7 @@ def train(
         # The starting model is a candidate too: a run never ships worse than it began.
         best = before["select"]
         model.cfg.metrics = {"eval": before, "update": 0}
-        save_model(model, out)
+        save_model(model, out, onnx=False)  # the final save below writes the ONNX graphs
     t_start = time.perf_counter()
     done = 0
     for update in range(start, cfg.updates):
@@ -685,7 +685,7 @@ def train(
             if metrics["select"] > best:  # best-on-eval is what gets shipped
                 best = metrics["select"]
                 model.cfg.metrics = {"eval": metrics, "update": update + 1}
-                save_model(model, out)
+                save_model(model, out, onnx=False)
             save_checkpoint(
                 ckpt,
                 model,

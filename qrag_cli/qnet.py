@@ -8,10 +8,7 @@ that is model.py (config, discovery, load/save/compact, fingerprints, card).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
-import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
@@ -24,10 +21,10 @@ from torch import nn
 
 from qrag_cli import qspec
 from qrag_cli.config import env_value
-from qrag_cli.types import ModelError
+from qrag_cli.qtext import CPU_BATCH_TOKENS, QNetwork, TextTokenizer, length_batches, pad_ids
 
-if TYPE_CHECKING:  # model.py builds QModels, so it imports this module, not the reverse
-    from qrag_cli.model import ModelConfig
+if TYPE_CHECKING:
+    from qrag_cli.model_config import ModelConfig
 
 
 class Encoder(nn.Module):
@@ -52,53 +49,6 @@ class Encoder(nn.Module):
         return pooled.float() * self.scale
 
 
-class TextTokenizer:
-    """The encoder's own tokenizer through `tokenizers` (no transformers import at ask time)."""
-
-    def __init__(self, folder: Path) -> None:
-        from tokenizers import Tokenizer
-
-        path = folder / "tokenizer.json"
-        try:
-            self.tok = Tokenizer.from_file(str(path))
-        except Exception as exc:
-            raise ModelError(f"cannot load tokenizer {path}: {exc}") from exc
-        self.tok.no_truncation()
-        self.tok.no_padding()
-        self.folder = folder
-        special = {}
-        for name in ("special_tokens_map.json", "tokenizer_config.json"):
-            with contextlib.suppress(OSError, json.JSONDecodeError):
-                special.update(json.loads((folder / name).read_text()))
-
-        def token_id(key: str, default: str) -> int:
-            value = special.get(key, default)
-            value = value.get("content", default) if isinstance(value, dict) else value
-            found = self.tok.token_to_id(value)
-            if found is None:
-                raise ModelError(f"{path} has no {key} {value!r}")
-            return found
-
-        self.cls_token_id = token_id("cls_token", "[CLS]")
-        self.sep_token_id = token_id("sep_token", "[SEP]")
-        self.pad_token_id = token_id("pad_token", "[PAD]")
-
-    def ids(self, texts: Sequence[str], cap: int | None = None) -> list[list[int]]:
-        encoded = self.tok.encode_batch(list(texts), add_special_tokens=False)
-        return [e.ids[:cap] if cap is not None else e.ids for e in encoded]
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in (
-            "tokenizer.json",
-            "special_tokens_map.json",
-            "tokenizer_config.json",
-            "vocab.txt",
-        ):
-            if (self.folder / name).is_file():
-                shutil.copyfile(self.folder / name, folder / name)
-
-
 class HFBackbone(nn.Module):
     """Any other transformers encoder (slower import; BERT-family models avoid it)."""
 
@@ -110,8 +60,11 @@ class HFBackbone(nn.Module):
         return (self.model(input_ids=input_ids, attention_mask=attention_mask)[0],)
 
 
-class QModel(nn.Module):
-    """State encoder E_s, chunk encoder E_a, tokenizer and the settings that bind them."""
+class QModel(nn.Module, QNetwork):
+    """State encoder E_s, chunk encoder E_a, tokenizer and the settings that bind them: the
+    torch Q network, which trains (and runs where a model folder has no ONNX encoders)."""
+
+    engine = "torch"
 
     def __init__(
         self,
@@ -164,7 +117,6 @@ class QModel(nn.Module):
             self.head_bias = scalar(spec.bias)
 
     def set_spec(self, spec: qspec.QSpec) -> None:
-        """Make `spec` the model's Q (config and head parameters alike)."""
         self.cfg.q = spec.to_json() if spec.weights is not None else None
         self._set_head(spec)
 
@@ -179,36 +131,10 @@ class QModel(nn.Module):
             spec, weights=weights, dense_weight=dense, bias=round(float(self.head_bias.detach()), 6)
         )
 
-    # ---- text -> token ids ----------------------------------------------------------
-    def chunk_ids(self, texts: Sequence[str], cap: int) -> list[list[int]]:
-        """Token ids without special tokens, each cut to `cap`."""
-        return self.tokenizer.ids(texts, cap)
-
-    def fits(self, text: str) -> bool:
-        """Whether a chunk embeds without truncation (the chunker asks this)."""
-        return len(self.tokenizer.ids([text])[0]) + 2 <= self.cfg.max_tokens
-
     # ---- embedding --------------------------------------------------------------------
-    def _batches(self, seqs: Sequence[list[int]], token_budget: int):
-        """Length-sorted batches bounded by padded tokens: no wasted padding."""
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and len(seqs[order[end]]) * (end - start + 1) <= token_budget:
-                end += 1
-            yield order[start:end]
-            start = end
-
     def _pad(self, seqs: Sequence[list[int]], device: torch.device):
-        width = max(len(s) for s in seqs)
-        pad_id = self.tokenizer.pad_token_id
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        return ids.to(device), mask.to(device)
+        ids, mask = pad_ids(seqs, self.tokenizer.pad_token_id)
+        return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
     def encode(
         self,
@@ -228,17 +154,12 @@ class QModel(nn.Module):
         ctx = torch.enable_grad() if grad else torch.inference_mode()
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
         with ctx, autocast:
-            for batch in self._batches(seqs, token_budget):
+            for batch in length_batches(seqs, token_budget):
                 ids, mask = self._pad([seqs[i] for i in batch], device)
                 vecs = encoder(ids, mask)
                 for row, i in enumerate(batch):
                     out[i] = vecs[row]
         return torch.stack(out)  # type: ignore[arg-type]
-
-    def action_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """[CLS] chunk [SEP], cut to the chunk encoder's length: E_a's input."""
-        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        return [[cls_id, *s, sep_id] for s in self.chunk_ids(texts, self.cfg.max_tokens - 2)]
 
     def embed_chunks(self, texts: Sequence[str]) -> np.ndarray:
         """E_a over chunk texts -> float32 [n, dim] (what `qrag index` stores)."""
@@ -290,10 +211,8 @@ def int8_state_encoder(encoder: Encoder) -> nn.Module:
 
 
 def batch_tokens(device: torch.device) -> int:
-    """Padded tokens per forward pass. On a CPU, batches whose activations stay in cache
-    (2048 tokens: ~12 MB for MiniLM's widest layer) embedded the same chunks 8-25% faster
-    than batches of 16384 (BENCHMARKS.md "Embedding batches"); a GPU wants large batches."""
-    return 2048 if device.type == "cpu" else 16384
+    """Padded tokens per forward pass (qtext.CPU_BATCH_TOKENS on a CPU)."""
+    return CPU_BATCH_TOKENS if device.type == "cpu" else 16384
 
 
 def inference_precision(cpu_flags: set[str] | None = None) -> str:

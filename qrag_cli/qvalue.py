@@ -56,14 +56,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from qrag_cli import lexical
-from qrag_cli.qnet import QModel
 from qrag_cli.qspec import QSpec
+from qrag_cli.qtext import QNetwork
 from qrag_cli.types import contextual_text
 
 QUESTION, PICKED, ORDER, NAMED = 0, 1, 2, 3  # the lexical feature columns (and weights)
@@ -157,18 +156,18 @@ class State:
         return {r.id for r in self.picked}
 
 
-def start(model: QModel, questions: Sequence[str]) -> list[State]:
+def start(model: QNetwork, questions: Sequence[str]) -> list[State]:
     ids = model.chunk_ids(questions, model.cfg.question_cap)
     spec = model.cfg.spec()
     return [State(q, i, spec=spec) for q, i in zip(questions, ids, strict=True)]
 
 
-def pick(model: QModel, state: State, row: Action) -> State:
+def pick(model: QNetwork, state: State, row: Action) -> State:
     """The state after taking `row`."""
     return state.then(row, model.chunk_ids([read(row)], model.cfg.chunk_cap)[0])
 
 
-def state_tokens(model: QModel, state: State) -> list[int]:
+def state_tokens(model: QNetwork, state: State) -> list[int]:
     """E_s's input: [CLS] question [SEP] chunk [SEP] chunk ... [SEP], the picked chunks in
     document order (the method's state layout), each part capped, the whole cut to the
     encoder's length."""
@@ -298,14 +297,21 @@ def relative_positions(ordinals: np.ndarray, picked: Sequence[int], total: int) 
     return interval * POSITION_DELTA + POSITION_SPAN * fraction
 
 
-def rotate(vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Rotary encoding: rotate dimension pairs (2j, 2j+1) by position * base^(-2j/d)."""
+def rotate(vectors: Any, positions: np.ndarray) -> Any:
+    """Rotary encoding: rotate dimension pairs (2j, 2j+1) by position * base^(-2j/d).
+    `vectors`: numpy (asking) or a torch tensor (training), [..., dim]; `positions` [...]."""
     dim = vectors.shape[-1]
-    freqs = 1000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-    angles = positions.float()[..., None] * freqs.to(vectors.device)
-    cos, sin = torch.cos(angles), torch.sin(angles)
+    freqs = 1000.0 ** (-np.arange(0, dim, 2, dtype=np.float32) / dim)
+    angles = np.asarray(positions, dtype=np.float32)[..., None] * freqs
+    cos, sin = np.cos(angles), np.sin(angles)
+    if isinstance(vectors, np.ndarray):
+        out = np.empty_like(vectors)
+    else:  # a torch tensor: torch is loaded already (only training passes one)
+        import torch
+
+        cos, sin = (torch.from_numpy(x).to(vectors.device) for x in (cos, sin))
+        out = torch.empty_like(vectors)
     even, odd = vectors[..., 0::2], vectors[..., 1::2]
-    out = torch.empty_like(vectors)
     out[..., 0::2] = even * cos - odd * sin
     out[..., 1::2] = even * sin + odd * cos
     return out
@@ -368,7 +374,7 @@ def lexical_features(
         # the latest match can sit below the top pool.
         proposals.append(np.flatnonzero(features[:, ORDER]))
     if named and proposals:
-        ids = np.unique(np.concatenate(proposals))
+        ids = distinct(np.concatenate(proposals))
         features[ids, NAMED] = named_feature(source, state, ids)
     return features, (np.concatenate(proposals) if proposals else np.zeros(0, np.int64))
 
@@ -597,56 +603,56 @@ def _latest_running(
 
 
 def positioned(
-    model: QModel,
-    vectors: torch.Tensor,
+    model: QNetwork,
+    vectors: Any,
     ordinals: np.ndarray,
     picked_ordinals: Sequence[int],
     total: int,
-) -> torch.Tensor:
-    """Chunk vectors with their position relative to the picked chunks (rotary), for
-    models that use positions; unchanged otherwise."""
+) -> Any:
+    """Chunk vectors (numpy or torch) with their position relative to the picked chunks
+    (rotary), for models that use positions; unchanged otherwise."""
     if model.cfg.positions != "relative":
         return vectors
-    pos = relative_positions(np.asarray(ordinals), list(picked_ordinals), total)
-    return rotate(vectors, torch.from_numpy(pos).to(vectors.device))
+    return rotate(vectors, relative_positions(np.asarray(ordinals), list(picked_ordinals), total))
 
 
-def q_halves(
-    model: QModel, states: torch.Tensor, chunks: torch.Tensor, features: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def q_halves(model: QNetwork, states: Any, chunks: Any, features: Any) -> tuple[Any, Any]:
     """Q1, Q2 (the twin critic: each half of the dot product, times the dense weight, plus
-    half the lexical terms and half the head's bias); Q = Q1 + Q2. `states` broadcasts
-    against `chunks` [..., dim]; `features` [..., FEATURES] (a model with fewer lexical
-    weights reads the first ones)."""
+    half the lexical terms and half the head's bias); Q = Q1 + Q2. The one formula of Q's
+    head, for numpy arrays (asking, rollouts) and torch tensors (training's losses, with
+    gradients into the head's parameters). `states` broadcasts against `chunks` [..., dim];
+    `features` [..., FEATURES] (a model with fewer lexical weights reads the first ones)."""
     half = chunks.shape[-1] // 2
     q1 = (states[..., :half] * chunks[..., :half]).sum(-1)
     q2 = (states[..., half:] * chunks[..., half:]).sum(-1)
-    weights, dense = model.lexical_weights, model.dense_weight
-    if features is not None and weights is not None and dense is not None:
-        feats = features[..., : weights.shape[0]].to(q1.device, weights.dtype)
-        extra = 0.5 * (feats @ weights.to(q1.device))
-        if model.head_bias is not None:  # the same for every candidate: Q's level, not picks
-            extra = extra + 0.5 * model.head_bias.to(q1.device)
-        scale = dense.to(q1.device)
-        q1, q2 = scale * q1 + extra, scale * q2 + extra
-    return q1, q2
+    if features is None or model.lexical_weights is None or model.dense_weight is None:
+        return q1, q2
+    if isinstance(chunks, np.ndarray):
+        weights, dense, bias = model.head_arrays()  # type: ignore[misc]
+    else:
+        weights, dense = model.lexical_weights.to(q1.device), model.dense_weight.to(q1.device)
+        bias = 0.0 if model.head_bias is None else model.head_bias.to(q1.device)
+        features = features.to(q1.device, weights.dtype)
+    # The bias is the same for every candidate: Q's level, never a pick.
+    extra = 0.5 * (features[..., : weights.shape[0]] @ weights) + 0.5 * bias
+    return dense * q1 + extra, dense * q2 + extra
 
 
-def uses_lexical(model: QModel) -> bool:
+def uses_lexical(model: QNetwork) -> bool:
     return model.lexical_weights is not None
 
 
-def uses_order(model: QModel) -> bool:
+def uses_order(model: QNetwork) -> bool:
     """Whether Q has the order term (a third lexical weight)."""
     return model.lexical_weights is not None and model.lexical_weights.shape[0] > ORDER
 
 
-def uses_named(model: QModel) -> bool:
+def uses_named(model: QNetwork) -> bool:
     """Whether Q has the named-title term (a fourth lexical weight)."""
     return model.lexical_weights is not None and model.lexical_weights.shape[0] > NAMED
 
 
-def without_lexical(model: QModel) -> QModel:
+def without_lexical(model: QNetwork) -> QNetwork:
     """`--lexical off`: the same model with the pure dense Q (an ablation)."""
     model.set_spec(QSpec())
     return model
@@ -656,30 +662,29 @@ def _pool(state: State) -> int:
     return int(state.spec.param("dense", "pool"))  # type: ignore[call-overload]
 
 
-@torch.inference_mode()
 def score_all(
-    model: QModel,
+    model: QNetwork,
     state_vec: np.ndarray,
     source: Candidates,
     state: State,
     ids: np.ndarray,
     features: np.ndarray | None,
 ) -> np.ndarray:
-    """Exact Q of chunk ids under one state (no gradients)."""
+    """Exact Q of chunk ids under one state (numpy: no gradients, no torch)."""
     vecs = positioned(
         model,
-        torch.from_numpy(np.ascontiguousarray(source.vectors(ids))),
+        np.ascontiguousarray(source.vectors(ids), dtype=np.float32),
         source.ordinals(ids),
         [r.ordinal for r in state.picked],
         source.total,
     )
-    feats = torch.from_numpy(features[ids]) if features is not None else None
-    q1, q2 = q_halves(model, torch.from_numpy(state_vec), vecs, feats)
-    return (q1 + q2).numpy()
+    feats = features[ids] if features is not None else None
+    q1, q2 = q_halves(model, np.asarray(state_vec, dtype=np.float32), vecs, feats)
+    return np.asarray(q1 + q2, dtype=np.float32)
 
 
 def best(
-    model: QModel,
+    model: QNetwork,
     state_vec: np.ndarray,
     source: Candidates,
     state: State,
@@ -695,11 +700,18 @@ def best(
         features, lexical_ids = lexical_features(
             source, state, bm25_max, uses_order(model), uses_named(model)
         )
-        ids = np.unique(np.concatenate([ids, lexical_ids]))
+        ids = distinct(np.concatenate([ids, lexical_ids]))
     if len(ids) == 0:
         return ids.astype(np.int64), np.zeros(0, np.float32)
     q = score_all(model, state_vec, source, state, ids, features)
     return top_k(q, ids, k)
+
+
+def distinct(ids: np.ndarray) -> np.ndarray:
+    """np.unique of 1-d ids (sorted, each once), without np.unique's first-call import of
+    numpy.ma (~40 ms of every cold `qrag ask`)."""
+    ids = np.sort(ids)
+    return ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if len(ids) else ids
 
 
 def top_positions(scores: np.ndarray, k: int) -> np.ndarray:

@@ -252,6 +252,7 @@ def ask_json(result: AskResult, explain: bool = False, absolute: bool = False) -
     obj = {
         "question": result.question,
         "model": result.model,
+        "engine": result.engine,
         "index": result.index,
         "evidence": [evidence_json(ev, explain, absolute) for ev in result.episode.evidence],
         "stop": stop_name(result.episode.stop),

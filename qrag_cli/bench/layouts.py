@@ -41,6 +41,7 @@ from qrag_cli.types import UsageError
 if TYPE_CHECKING:  # torch loads only when a run starts (models)
     from qrag_cli.indexer import IndexSummary
     from qrag_cli.qnet import QModel
+    from qrag_cli.qtext import QNetwork
 
 BUDGET = 4  # picks per question; EM@2 reads the first two
 SPLITS = ("validation", "test")
@@ -201,24 +202,28 @@ def write_layout(layout: str, folder: Path, questions: QuestionSet) -> None:
 
 
 # ---- scoring -----------------------------------------------------------------------------
-def models(model_spec: str = "default") -> tuple[QModel, QModel]:
+def models(model_spec: str = "default", torch: bool = False) -> tuple[QNetwork, QNetwork]:
     """(the model measured, the dense top-k baseline on its index), loaded once per run.
     Dense top-k is the untrained encoder's, whose chunk vectors the model shares; for a
-    model with chunk vectors of its own, its E_s without its lexical terms."""
+    model with chunk vectors of its own, its E_s without its lexical terms. The measured
+    model runs as `qrag ask` runs it (ONNX where it has graphs), unless `torch` (the
+    ablation edits torch models)."""
     from qrag_cli.model import load_model
+    from qrag_cli.onnx_model import load_inference_model
     from qrag_cli.qvalue import without_lexical
 
-    measured, dense = load_model(model_spec), load_model("base")
+    load = load_model if torch else load_inference_model
+    measured, dense = load(model_spec), load_model("base")
     if dense.cfg.fingerprint != measured.cfg.fingerprint:
-        dense = without_lexical(load_model(model_spec))
+        dense = without_lexical(load(model_spec))
     return measured, dense
 
 
 def _picks(
     index_dir: Path,
     questions: Sequence[str],
-    default: QModel,
-    dense: QModel,
+    default: QNetwork,
+    dense: QNetwork,
     baselines: bool = True,
 ) -> dict[str, list[list[str]]]:
     """Per method, the texts of the chunks each question picks, in pick order (without
@@ -264,7 +269,7 @@ def _check(layouts: Sequence[str]) -> None:
 
 
 def _indexed(
-    out: Path, split_name: str, layout: str, questions: QuestionSet, model: QModel
+    out: Path, split_name: str, layout: str, questions: QuestionSet, model: QNetwork
 ) -> tuple[Path, IndexSummary]:
     """The question set written in `layout` under `out` and indexed there with `model`'s
     chunk vectors (an index from an earlier run with the same vectors is updated)."""
@@ -386,8 +391,8 @@ def ablation(
     _check(layouts)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    model, dense = models(model_spec)
-    kinds = variants(model, base=dense)
+    model, dense = models(model_spec, torch=True)
+    kinds = variants(model, base=dense)  # type: ignore[arg-type]
     result: dict = {"budget": BUDGET, "model": model.cfg.name, "splits": {}}
     for split_name in splits:
         questions = question_set(split_name, n_questions)

@@ -9,6 +9,7 @@ the texts are placeholders. Questions are embedded with the real state encoder.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -20,8 +21,8 @@ import numpy as np
 
 from qrag_cli.config import ChunkConfig
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
-from qrag_cli.model import load_model
-from qrag_cli.qnet import QModel
+from qrag_cli.onnx_model import load_inference_model
+from qrag_cli.qtext import QNetwork
 from qrag_cli.store import IndexManifest, IndexWriter, open_snapshot
 from qrag_cli.types import Chunk
 
@@ -42,7 +43,7 @@ QUESTIONS = [
 def build_synthetic(
     index_dir: Path, source_index: Path, n_chunks: int, seed: int = 0, noise: float = 0.35
 ) -> None:
-    model = load_model(None)
+    model = load_inference_model(None)
     with open_snapshot(source_index) as snapshot:
         real = np.asarray(snapshot.vectors[snapshot.live_ids()], dtype=np.float32)
     rng = np.random.default_rng(seed)
@@ -89,12 +90,12 @@ def measure(
     index_dir: Path,
     questions: Sequence[str] = QUESTIONS * 3,
     steps: int = 4,
-    model: QModel | None = None,
+    model: QNetwork | None = None,
     model_spec: str | None = None,
 ) -> dict:
     """Warm per-step latency, ANN/exact agreement and cold `qrag ask`, one question at a
     time as `ask` runs them (batching changes bf16 rounding, not the search)."""
-    model = model or load_model(model_spec)
+    model = model or load_inference_model(model_spec)
     with open_snapshot(index_dir) as snapshot:
         ann, exact = IndexCandidates(snapshot), IndexCandidates(snapshot, exact=True)
         t0 = time.perf_counter()
@@ -116,7 +117,10 @@ def measure(
         n_chunks = snapshot.n_chunks
     cold = []
     extra = ["--model", model_spec] if model_spec else []
-    for q in questions[:3]:
+    # As an installed qrag runs: bytecode cached (the first run writes it and fills the
+    # page cache, and is not counted), the engine QRAG_ENGINE names.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for n, q in enumerate(questions[:6]):
         t0 = time.perf_counter()
         subprocess.run(
             [
@@ -134,8 +138,10 @@ def measure(
             ],
             check=True,
             capture_output=True,
+            env=env,
         )
-        cold.append(time.perf_counter() - t0)
+        if n:
+            cold.append(time.perf_counter() - t0)
     return {
         "chunks": n_chunks,
         "warm_step_ms_median": statistics.median(step_ms),

@@ -30,7 +30,8 @@ from qrag_cli.evaluate import stop_metrics
 from qrag_cli.files import atomic_output, atomic_write
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model
-from qrag_cli.qnet import QModel
+from qrag_cli.onnx_model import load_inference_model
+from qrag_cli.qtext import QNetwork
 from qrag_cli.qvalue import without_lexical
 from qrag_cli.stop import rule_for
 from qrag_cli.store import open_snapshot
@@ -107,7 +108,9 @@ def bm25_top_k(index_dir: Path, questions: Sequence[str], k: int) -> Retrieved:
     return out
 
 
-def episodes(model: QModel, top_k: bool = False) -> Callable[[Path, Sequence[str], int], Retrieved]:
+def episodes(
+    model: QNetwork, top_k: bool = False
+) -> Callable[[Path, Sequence[str], int], Retrieved]:
     """The episode `qrag ask` runs, one question at a time (its model's calibrated stop,
     when it has one, with the budget as its ceiling; the fixed-budget episode too, untimed,
     to score the stop against). `top_k`: dense single-step top-k, i.e. the first step's
@@ -205,7 +208,7 @@ class Indexes:
     def __init__(self, work: Path) -> None:
         self.work, self.stats = work, []
 
-    def get(self, corpus: Path, model: QModel) -> tuple[Path, int]:
+    def get(self, corpus: Path, model: QNetwork) -> tuple[Path, int]:
         index_dir = self.work / "indexes" / f"{corpus.name}--{model.cfg.fingerprint}"
         summary = build_index([corpus], index_dir, model, ChunkConfig())
         if summary.tokens_embedded:
@@ -268,9 +271,9 @@ def run(
     trained = []
     for spec in models:
         if lexical in ("on", "both"):
-            trained.append(("", load_model(spec)))
+            trained.append(("", load_inference_model(spec)))
         if lexical in ("off", "both"):
-            trained.append((" (dense Q)", without_lexical(load_model(spec))))
+            trained.append((" (dense Q)", without_lexical(load_inference_model(spec))))
     indexes = Indexes(work)
     own = longctx.own_paragraphs(haystack) if haystack else None
     rows: list[Row] = []
@@ -331,17 +334,17 @@ def run(
         from qrag_cli.bench import scale
         from qrag_cli.bench import speed as speed_bench
 
-        log(f"speed: indexing {profile.speed_tokens} tokens")
         # Indexing speed needs a cold index: one left by an earlier run embeds nothing.
         shutil.rmtree(work / "speed", ignore_errors=True)
         result["speed"] = speed_bench.run(
-            profile.speed_tokens, workdir=work / "speed", questions=20
+            (profile.speed_tokens,), workdir=work / "speed", questions=20, log=log
         )
+        source = next((work / "speed").glob(f"index-{profile.speed_tokens}-*"))
         curve = []
         for size in profile.scale_sizes:
             target = work / "scale" / f"synthetic-{size}"
             if not (target / "CURRENT").exists():
-                scale.build_synthetic(target, work / "speed" / "index", size)
+                scale.build_synthetic(target, source, size)
             log(f"scale: {size} chunks")
             curve.append(scale.measure(target, scale.QUESTIONS, profile.steps))
         result["scale"] = curve
@@ -398,21 +401,18 @@ def markdown(result: dict) -> str:
                 f"{m['fact_em_stop']:.3f} / {m['fact_em_fixed']:.3f} |"
             )
     if "speed" in result:
-        s = result["speed"]
+        from qrag_cli.bench import speed as speed_bench
+
+        lines += ["", "## Indexing and asking: torch and ONNX, paired", ""]
+        lines += speed_bench.markdown(result["speed"])
         lines += [
             "",
-            "## Indexing and asking",
-            "",
-            f"- index: {s['index']['tokens_per_s']:.0f} tokens/s; raw encoder "
-            f"{s['raw_encoder']['tokens_per_s']:.0f} tokens/s (ratio "
-            f"{s['index_over_raw']:.2f}; the encoder is "
-            f"{s['index']['embed_share']:.0%} of indexing time); "
-            f"{s['index']['mb_per_1m_tokens']:.1f} MB per 1M tokens",
+            "Scale (synthetic vectors, ONNX): ",
             "",
             "| chunks | warm step ms (median) | p95 | ANN = exact | cold ask s |",
             "|---|---|---|---|---|",
         ]
-        for m in [s["ask"], *result.get("scale", [])]:
+        for m in result.get("scale", []):
             lines.append(
                 f"| {m['chunks']} | {m['warm_step_ms_median']:.1f} | "
                 f"{m['warm_step_ms_p95']:.1f} | {m['ann_exact_agreement']:.3f} | "
@@ -458,8 +458,8 @@ def plots(result: dict, out: Path) -> None:
         with atomic_output(out / "accuracy_vs_length.png") as tmp:
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
-    if result.get("scale") or result.get("speed"):
-        pts = sorted([result["speed"]["ask"], *result.get("scale", [])], key=lambda m: m["chunks"])
+    if result.get("scale"):
+        pts = sorted(result["scale"], key=lambda m: m["chunks"])
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(
             [m["chunks"] for m in pts],
