@@ -35,7 +35,7 @@ def _exit(code: object) -> None:
     elif not isinstance(code, int):  # sys.exit("message"): printed, exit code 1
         sys.stderr.write(f"{code}\n")
         code = 1
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # what Python's own exit runs first (CPython's, stable since 2.x)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -123,6 +123,23 @@ def bert_graph(
         axis=-1,
         epsilon=eps,
     )
+
+    def add_and_norm(branch: str, residual: str, hf: str, name: str) -> str:
+        """LayerNorm(residual + branch + the bias of `hf`'s dense layer), one fused kernel."""
+        return node(
+            "SkipLayerNormalization",
+            [
+                branch,
+                residual,
+                weight(hf + ".LayerNorm.weight"),
+                weight(hf + ".LayerNorm.bias"),
+                weight(hf + ".dense.bias"),
+            ],
+            name,
+            domain=ms,
+            epsilon=eps,
+        )
+
     for i in range(layers):
         p = f"encoder.layer.{i}."
         qkv_w = np.concatenate(
@@ -155,19 +172,7 @@ def bert_graph(
             ],
             f"l{i}.attn",
         )
-        x = node(
-            "SkipLayerNormalization",
-            [
-                attn,
-                x,
-                weight(p + "attention.output.LayerNorm.weight"),
-                weight(p + "attention.output.LayerNorm.bias"),
-                weight(p + "attention.output.dense.bias"),
-            ],
-            f"l{i}.norm1",
-            domain=ms,
-            epsilon=eps,
-        )
+        x = add_and_norm(attn, x, p + "attention.output", f"l{i}.norm1")
         inner = node(
             "MatMul",
             [
@@ -189,19 +194,7 @@ def bert_graph(
             ],
             f"l{i}.ffn_out",
         )
-        x = node(
-            "SkipLayerNormalization",
-            [
-                out,
-                x,
-                weight(p + "output.LayerNorm.weight"),
-                weight(p + "output.LayerNorm.bias"),
-                weight(p + "output.dense.bias"),
-            ],
-            f"l{i}.norm2",
-            domain=ms,
-            epsilon=eps,
-        )
+        x = add_and_norm(out, x, p + "output", f"l{i}.norm2")
     # Mean over the unmasked tokens (qnet.Encoder.pool).
     maskf = node("Cast", ["attention_mask"], "maskf", to=TensorProto.FLOAT)
     mask3 = node("Unsqueeze", [maskf, "axis2"], "mask3")
