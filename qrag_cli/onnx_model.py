@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,38 +175,48 @@ def load_inference_model(spec: str | None = None) -> QNetwork:
     from qrag_cli.model import load_model  # torch: only for a folder without ONNX graphs
 
     model = load_model(spec)  # a folder that cannot load is one error, without the note
-    if isinstance(found, Packable):  # the untrained encoders run on torch as documented
-        _note(f"{found}; running it on torch (slower to start)")
+    if isinstance(found, Fallback) and found.packable:  # untrained encoders: as documented
+        _note(f"{found.why}; running it on torch (slower to start)")
     return model
 
 
-class Packable(str):
-    """Why a qrag model folder cannot run on ONNX Runtime, where `qrag train pack` would
-    add its graphs: worth a note (the base encoder and plain encoder folders are not)."""
+@dataclass(frozen=True)
+class Fallback:
+    """Why a model cannot run on ONNX Runtime; `packable`: a qrag model folder, which
+    `qrag train pack` would give graphs (worth a note; the base encoder and plain
+    encoder folders run on torch as documented)."""
+
+    why: str
+    packable: bool = False
+
+    def __str__(self) -> str:
+        return self.why
 
 
-def _read(spec: str | None) -> tuple[ModelConfig, Path, dict, dict] | str:
+def _read(spec: str | None) -> tuple[ModelConfig, Path, dict, dict] | Fallback:
     """(config, folder, encoder config, ONNX files) of the model `spec` names, or why it
     cannot run on ONNX Runtime (words for a note or an error). A qrag folder whose
     config.json makes no sense is refused here, as the torch loader would."""
     folder = _folder(spec)
     if folder is None:
         if spec is not None and is_base_name(spec):
-            return "the base encoder has no ONNX graphs"
-        return f"model {spec!r} has no ONNX graphs"
+            return Fallback("the base encoder has no ONNX graphs")
+        return Fallback(f"model {spec!r} has no ONNX graphs")
     try:
         raw = json.loads((folder / "config.json").read_text())
         if not (isinstance(raw, dict) and str(raw.get("format", "")).startswith("qrag-model/")):
-            return f"{folder} is a plain encoder without ONNX graphs"
+            return Fallback(f"{folder} is a plain encoder without ONNX graphs")
         encoder_config = json.loads((folder / "encoder_config.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return f"{folder} is not a readable qrag model"  # the torch loader says why
+        return Fallback(f"{folder} is not a readable qrag model")  # the torch loader says why
     cfg = ModelConfig.from_dict(raw)
     if why := cfg.problem():
         raise ModelError(f"{folder}/config.json: {why}")
     files, why_not = onnx_files(folder, cfg, encoder_config)
     if files is None:
-        return Packable(f"model {folder} {why_not} (add them: `qrag train pack {folder} NEW_DIR`)")
+        return Fallback(
+            f"model {folder} {why_not} (add them: `qrag train pack {folder} NEW_DIR`)", True
+        )
     return cfg, folder, encoder_config, files
 
 
