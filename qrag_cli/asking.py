@@ -43,10 +43,10 @@ class AskResult:
     alternatives: dict[int, ChunkRow] = field(default_factory=dict)
 
 
-def load_llm(opts: AskOptions) -> Reader:  # imported here: llama.cpp is heavy
-    from qrag_cli.reader import Reader
+def load_llm(opts: AskOptions) -> Reader:  # imported here: llama.cpp and openai are heavy
+    from qrag_cli.reader import open_reader
 
-    return Reader(opts.reader)
+    return open_reader(opts.reader)
 
 
 class Asker:

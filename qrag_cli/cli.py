@@ -284,22 +284,35 @@ def _print_status(rows: list[dict], check: bool) -> None:
 
 @app.command("config")
 def config_cmd(
-    llm: Annotated[str | None, typer.Option(help="Set the default reader GGUF.")] = None,
+    llm: Annotated[
+        str | None,
+        typer.Option(help="Set the default reader: a GGUF file or an OpenAI-compatible base URL."),
+    ] = None,
+    llm_model: Annotated[
+        str | None,
+        typer.Option(help="Set the model name asked of a served reader (default: its only one)."),
+    ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show the settings in effect and their sources, or set the default reader LLM (`--llm`).
 
-    Each setting's source is its default, config.toml or an environment variable.
+    Each setting's source is its default, config.toml or an environment variable. A served
+    reader's API key is read from QRAG_LLM_API_KEY only, never written to config.toml.
     """
     from qrag_cli.config import effective_settings
-    from qrag_cli.reader import check_gguf, save_default_llm
+    from qrag_cli.reader import check_llm, save_default_llm, save_default_llm_model
 
+    if llm_model is not None and not llm_model.strip():
+        raise UsageError("--llm-model is empty")
     if llm is not None:
-        path = Path(llm).expanduser().resolve()
-        check_gguf(path)
-        written = save_default_llm(path)
-        render.log(f"default reader set to {path} (in {written})")
+        source = check_llm(llm)
+        written = save_default_llm(source)
+        shown = source if isinstance(source, str) else source.expanduser().resolve()
+        render.log(f"default reader set to {shown} (in {written})")
+    if llm_model is not None:
+        written = save_default_llm_model(llm_model.strip())
+        render.log(f"served reader model set to {llm_model.strip()} (in {written})")
     settings = effective_settings()
     if as_json:
         render.print_json(
@@ -829,7 +842,24 @@ def ask(
     answer: Annotated[
         bool, typer.Option(help="Let a local LLM answer from the evidence.")
     ] = _ASK.answer,
-    llm: Annotated[str | None, typer.Option(help="GGUF file of the reader LLM.")] = None,
+    llm: Annotated[
+        str | None,
+        typer.Option(
+            help="The reader LLM: a GGUF file, or the base URL of an OpenAI-compatible server "
+            "(http://127.0.0.1:8080/v1; API key from QRAG_LLM_API_KEY)."
+        ),
+    ] = None,
+    llm_model: Annotated[
+        str | None,
+        typer.Option(help="Model name to ask a served reader for (default: its only one)."),
+    ] = None,
+    llm_timeout: Annotated[
+        float,
+        typer.Option(
+            parser=float_range(0.1, 86400),
+            help="Seconds a served reader may stay silent before qrag gives up.",
+        ),
+    ] = _READER.timeout,
     max_tokens: Annotated[
         int, typer.Option(parser=int_range(1), help="Most tokens the LLM generates.")
     ] = _READER.max_tokens,
@@ -838,11 +868,17 @@ def ask(
     ] = _READER.temperature,
     seed: Annotated[int, typer.Option(parser=SEED, help="LLM sampling seed.")] = _READER.seed,
     n_ctx: Annotated[
-        int, typer.Option(parser=int_range(1, 1 << 20), help="LLM context size in tokens.")
+        int,
+        typer.Option(
+            parser=int_range(1, 1 << 20),
+            help="Context size in tokens of a GGUF reader (a server has its own).",
+        ),
     ] = _READER.n_ctx,
     threads: Annotated[
         int | None,
-        typer.Option(parser=int_range(1, 1024), help="LLM threads (default: all cores)."),
+        typer.Option(
+            parser=int_range(1, 1024), help="Threads of a GGUF reader (default: all cores)."
+        ),
     ] = _READER.threads,
     gpu_layers: Annotated[
         int, typer.Option(parser=int_range(-1), help="Layers offloaded to a GPU (-1: all).")
@@ -864,8 +900,16 @@ def ask(
         raise UsageError("the question is empty")
     if order not in {"document", "retrieval"}:
         raise UsageError("--order must be 'document' or 'retrieval'")
+    if llm_model is not None and not llm_model.strip():
+        raise UsageError("--llm-model is empty")
+    if llm is not None:
+        from qrag_cli.reader import parse_llm
+
+        parse_llm(llm)  # a bad URL is a usage error now, before the index and model load
     reader = ReaderSettings(
         llm=llm,
+        llm_model=llm_model.strip() if llm_model else None,
+        timeout=llm_timeout,
         n_ctx=n_ctx,
         max_tokens=max_tokens,
         temperature=temperature,
@@ -912,6 +956,9 @@ def ask(
                 render.print_json(render.ask_json(result, explain))
             else:
                 render.print_ask(result, show_text=show_text, explain=explain, streamed=stream)
+            note = None if result.answer is None else render.uncited_note(result.answer, label)
+            if note is not None:  # after the sources, which the user is told to check
+                render.log(note)
 
 
 @app.command()
@@ -921,7 +968,8 @@ def mcp(
     llm: Annotated[
         str | None,
         typer.Option(
-            help="GGUF of the reader LLM for `ask` with answer (default: the configured one)."
+            help="Reader LLM for `ask` with answer: a GGUF file or an OpenAI-compatible base "
+            "URL (default: the configured one)."
         ),
     ] = None,
     debug: DebugOpt = False,
@@ -996,10 +1044,29 @@ def bench_cmd(
     split: Annotated[
         str,
         typer.Option(
-            help="With --layouts: validation (choose on it), test (once per issue, at the "
-            "end) or both."
+            help="With --layouts or --answers: validation (choose on it), test (once per "
+            "issue, at the end) or both (--layouts only)."
         ),
     ] = "validation",
+    answers: Annotated[
+        bool,
+        typer.Option(
+            "--answers",
+            help="Run the answer bench instead: a reader answers the layout bench's real "
+            "questions from qrag's, BM25's, dense top-k's and the gold evidence "
+            "(EM, F1, echoes) -> answers.md, answers.json (default: 30 questions, notes layout).",
+        ),
+    ] = False,
+    llm: Annotated[
+        str | None,
+        typer.Option(help="With --answers: the reader, a GGUF file or a server's base URL."),
+    ] = None,
+    llm_model: Annotated[
+        str | None, typer.Option(help="With --answers: the served reader's model name.")
+    ] = None,
+    max_tokens: Annotated[
+        int, typer.Option(parser=int_range(1), help="With --answers: most tokens per answer.")
+    ] = _READER.max_tokens,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -1007,6 +1074,7 @@ def bench_cmd(
 
     `qrag bench data TASK OUT.jsonl` writes training episodes of a generated task.
     `qrag bench --layouts` writes the layout bench (layouts.md, layouts.json).
+    `qrag bench --answers` writes the answer bench (answers.md, answers.json).
     """
     from dataclasses import replace
 
@@ -1014,8 +1082,36 @@ def bench_cmd(
 
     if split not in {"validation", "test", "both"}:
         raise UsageError("--split must be 'validation', 'test' or 'both'")
-    if (layout or split != "validation" or ablation) and not layouts:
-        raise UsageError("--layout, --split and --ablation go with --layouts")
+    if layouts and answers:
+        raise UsageError("--layouts and --answers are two benches: run one at a time")
+    if (layout or split != "validation") and not (layouts or answers):
+        raise UsageError("--layout and --split go with --layouts or --answers")
+    if ablation and not layouts:
+        raise UsageError("--ablation goes with --layouts")
+    if (llm or llm_model or max_tokens != _READER.max_tokens) and not answers:
+        raise UsageError("--llm, --llm-model and --max-tokens go with --answers")
+    if answers:
+        from qrag_cli.bench import answers as answer_bench
+        from qrag_cli.reader import parse_llm
+
+        if split == "both":
+            raise UsageError("--answers runs one --split: validation or test")
+        if len(layout or []) > 1 or len(model or []) > 1:
+            raise UsageError("--answers takes one --layout and one --model")
+        if llm is not None:
+            parse_llm(llm)
+        check_output(out, [], folder=True)
+        result = answer_bench.run(
+            out,
+            ReaderSettings(llm=llm, llm_model=llm_model, max_tokens=max_tokens, temperature=0.0),
+            split=split,
+            layout=(layout or [answer_bench.DEFAULT_LAYOUT])[0],
+            n_questions=questions or answer_bench.DEFAULT_QUESTIONS,
+            model_spec=(model or ["default"])[0],
+            log=render.log,
+        )
+        _show_bench(result, out / "answers.md", as_json)
+        return
     if layouts:
         from qrag_cli.bench import layouts as layout_bench
 

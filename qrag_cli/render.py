@@ -23,6 +23,7 @@ from qrag_cli.types import HEADING_JOIN, Episode, Evidence, Problem, contextual_
 
 if TYPE_CHECKING:
     from qrag_cli.asking import AskResult
+    from qrag_cli.reader import Answer
 
 # C0 controls (but TAB and LF, decided by the layout), DEL and C1 (0x9b is a one-byte CSI
 # on some terminals), bidi embeddings/overrides/isolates (text that reads other than it
@@ -279,6 +280,16 @@ def ask_json(result: AskResult, explain: bool = False, absolute: bool = False) -
     return obj
 
 
+def uncited_note(ans: Answer, label: str = "") -> str | None:
+    """What to tell the user about an answer that cites none of the evidence: it may come
+    from the reader's own memory rather than from the user's files."""
+    if not ans.text.strip():
+        return f"note: {label}the reader gave no answer"
+    if not ans.citations:
+        return f"note: {label}the answer cites none of the evidence; check it against the sources"
+    return None
+
+
 def print_ask(result: AskResult, show_text: bool, explain: bool, streamed: bool) -> None:
     """For people: the answer and its sources (the answer itself already `streamed` to
     stdout, or not), else the evidence table; notes on stderr."""
@@ -294,8 +305,8 @@ def print_ask(result: AskResult, show_text: bool, explain: bool, streamed: bool)
             out.print(plain(f"{mark}[{n}] {location(ev)}"))
         if ans.trimmed:
             log(
-                f"note: {len(ans.trimmed)} evidence chunk(s) did not fit "
-                f"--n-ctx and were left out of the prompt"
+                f"note: {len(ans.trimmed)} evidence chunk(s) did not fit the reader's "
+                "context and were left out of the prompt"
             )
         return
     alt_rows = {

@@ -97,7 +97,7 @@ def test_default_reader_is_configurable(tmp_path: Path, tiny_gguf: Path) -> None
     assert json.loads(proc.stdout)["llm"] == str(tiny_gguf.resolve())
 
 
-def test_smollm2_answers_from_the_evidence(sample_index) -> None:
+def test_default_reader_answers_from_the_evidence(sample_index) -> None:
     proc = run_qrag(
         "ask",
         "In which town was Ada Lindqvist born?",
@@ -111,3 +111,21 @@ def test_smollm2_answers_from_the_evidence(sample_index) -> None:
     out = json.loads(proc.stdout)
     assert any("Tarsholm" in ev["text"] for ev in out["evidence"])
     assert "tarsholm" in out["answer"].lower()
+
+
+def test_an_answer_citing_nothing_says_so(sample_index, tmp_path: Path) -> None:
+    no_brackets = write_tiny_gguf(tmp_path / "plain.gguf", emit=b"abcdefgh ")
+    args = ("--answer", "--llm", str(no_brackets), *ONE_THREAD, "--max-tokens", "6", "-n", "2")
+    for extra in ((), ("--json",)):
+        proc = run_qrag("ask", "Where was Ada Lindqvist born?", *args, *extra, check=True)
+        assert "cites none of the evidence" in proc.stderr
+        assert "cites none" not in proc.stdout  # a note, not a result
+
+
+def test_uncited_note_only_for_answers_without_citations() -> None:
+    from qrag_cli.reader import Answer
+    from qrag_cli.render import uncited_note
+
+    assert uncited_note(Answer("Tarsholm [1]", [1], [], [])) is None
+    assert "cites none" in (uncited_note(Answer("Tarsholm", [], [], [])) or "")
+    assert "no answer" in (uncited_note(Answer("  ", [], [], [])) or "")

@@ -299,13 +299,16 @@ def test_damaged_gguf_is_named_in_one_line(
 
 
 def test_gguf_check_accepts_real_models(tiny_gguf: Path) -> None:
+    from qrag_cli import bundled_reader
     from qrag_cli.gguf_file import read_header
-    from qrag_cli.reader import _bundled_llm
 
     assert read_header(tiny_gguf).architecture == "llama"
-    bundled = _bundled_llm()
-    if bundled is not None:  # a real quantised model: every tensor type must be sized right
-        assert read_header(bundled).architecture == "llama"
+    # Real quantised models (Q4_1; Q4_K_M and others): every tensor type must be sized right.
+    smollm2, gemma = bundled_reader.smollm2(), bundled_reader.gemma()
+    if smollm2 is not None:
+        assert read_header(smollm2).architecture == "llama"
+    if gemma is not None:
+        assert read_header(bundled_reader.ready(gemma)).architecture == "gemma3"
 
 
 # ---- files without text -----------------------------------------------------------------

