@@ -1,7 +1,7 @@
 """What an answer's text says: its normalised words, and whether it repeats the prompt.
 
 One definition for the reader, which refuses a base model's line that only repeats its
-prompt (reader.LocalReader), and for the answer bench, which counts such echoes for every
+prompt (local_reader.LocalReader), and for the answer bench, which counts such echoes for every
 reader (bench/answers.py).
 """
 
@@ -15,7 +15,9 @@ from pathlib import Path
 from qrag_cli.types import HEADING_JOIN, Evidence
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_MARKERS = re.compile(r"\[\s*\d+\s*(?:,\s*\d+\s*)*\]")
+# A citation as readers write it: [2], [1, 3], [1; 3], [1-3] (a range), [^2] (a footnote).
+_ITEM = r"\^?\s*\d+(?:\s*[-\u2013]\s*\d+)?"
+CITATION = re.compile(rf"\[\s*({_ITEM}(?:\s*[,;]\s*{_ITEM})*)\s*\]")
 _LABEL = re.compile(r"^\s*\[\d+\]\s+\S+:\d+-\d+", re.MULTILINE)  # "[1] notes.md:4-9"
 _SCAFFOLD = re.compile(r"^\s*(question|evidence|answer)\s*:", re.IGNORECASE | re.MULTILINE)
 
@@ -28,7 +30,22 @@ def normalise(text: str) -> str:
 
 def without_markers(text: str) -> str:
     """The text without its [n] citation markers."""
-    return _MARKERS.sub(" ", text)
+    return CITATION.sub(" ", text)
+
+
+def cited_numbers(text: str) -> list[int]:
+    """Every number the text's citations name, in order (a range gives each number in it,
+    up to 32 of them; a range written backwards gives none)."""
+    numbers: list[int] = []
+    for group in CITATION.findall(text):
+        for item in re.split(r"[,;]", group):
+            ends = [int(n) for n in re.findall(r"\d+", item)]
+            if len(ends) == 2:
+                lo, hi = ends
+                numbers.extend(range(lo, hi + 1) if 0 <= hi - lo < 32 else [])
+            else:
+                numbers.extend(ends)
+    return numbers
 
 
 def grams(text: str, n: int = 5) -> set[tuple[str, ...]]:

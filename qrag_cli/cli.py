@@ -840,7 +840,7 @@ def ask(
         typer.Option(help='JSONL file of {"id"?, "question"}: prints one JSON line per question.'),
     ] = None,
     answer: Annotated[
-        bool, typer.Option(help="Let a local LLM answer from the evidence.")
+        bool, typer.Option(help="Let the reader LLM (--llm) answer from the evidence.")
     ] = _ASK.answer,
     llm: Annotated[
         str | None,

@@ -95,8 +95,8 @@ def test_bench_layouts_scores_a_layout_end_to_end(tmp_path: Path, shared_data: P
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--split", "test"], "--layout, --split and --ablation go with --layouts"),
-        (["--ablation"], "--layout, --split and --ablation go with --layouts"),
+        (["--split", "test"], "--layout and --split go with --layouts or --answers"),
+        (["--ablation"], "--ablation goes with --layouts"),
         (["--layouts", "--ablation", "--layout", "scroll"], "unknown layout 'scroll'"),
         (["--layouts", "--split", "dev"], "--split must be"),
         (["--layouts", "--layout", "scroll"], "unknown layout 'scroll'"),

@@ -10,9 +10,9 @@ from gguf_tiny import write_tiny_gguf
 
 from qrag_cli import bundled_reader
 from qrag_cli import reader as reader_mod
+from qrag_cli.local_reader import LocalReader
 from qrag_cli.reader import (
     EXAMPLE_ANSWER,
-    LocalReader,
     ReaderSettings,
     default_llm,
     open_reader,
@@ -209,6 +209,10 @@ def test_greedy_is_deterministic_and_model_is_reused(tiny):
 def test_parse_citations():
     assert parse_citations("Odile [2]. Also [1, 3][2] and [9] [0] [ 3 ]", 3) == [2, 1, 3]
     assert parse_citations("no citations here [a] [] [1.5]", 3) == []
+    # How larger models write them: ranges, semicolons, footnotes; backwards ranges name none.
+    assert parse_citations("Odile [1-3] and [2; 1]", 5) == [1, 2, 3]
+    assert parse_citations("Odile[^2] and [3\u20134]", 5) == [2, 3, 4]
+    assert parse_citations("[3-1] [1-999]", 5) == []
 
 
 def test_llama_logs_never_reach_stdout(tiny, capfd):

@@ -267,3 +267,20 @@ def test_api_key_is_never_shown_or_written(monkeypatch, qrag_home: Path) -> None
         assert KEY not in proc.stdout and KEY not in proc.stderr
     written = [p.read_text() for p in qrag_home.rglob("*.toml")]
     assert written and all(KEY not in text for text in written)
+
+
+def test_mcp_answers_through_a_served_reader(server: str, sample_index, tmp_path: Path) -> None:
+    import asyncio
+
+    from test_mcp import qrag_mcp
+
+    env = {"QRAG_LLM_API_KEY": KEY, "QRAG_LLM_MODEL": "tiny"}
+
+    async def scenario() -> None:
+        async with qrag_mcp(tmp_path / "stderr.txt", "--llm", server, env=env) as mcp:
+            out = await mcp.call("ask", question="Where was Ada born?", steps=2, answer=True)
+            assert isinstance(out["answer"], str) and out["answer"]
+            assert len(out["evidence"]) == 2 and isinstance(out["citations"], list)
+
+    asyncio.run(scenario())
+    assert KEY not in (tmp_path / "stderr.txt").read_text()
