@@ -41,10 +41,17 @@ class EnvVar:
     """Raw (non-empty) text -> value; ValueError says what is wrong with it."""
     default: Any = None
     """The value when the variable is unset or empty."""
+    quoted: bool = True
+    """Whether an error may repeat the value (not where it can hold a key or password)."""
 
 
 def _path(text: str) -> Path:
     return Path(text).expanduser()
+
+
+LLM_KEY_VAR = "QRAG_LLM_API_KEY"
+"""The API key of a served reader comes from here only: never a flag (shell history, process
+lists) and never a file qrag writes."""
 
 
 def llm_source(text: str) -> str | Path:
@@ -69,11 +76,6 @@ def llm_source(text: str) -> str | Path:
     except ValueError:
         raise ValueError("the reader URL has a bad port") from None
     return text.rstrip("/")
-
-
-LLM_KEY_VAR = "QRAG_LLM_API_KEY"
-"""The API key of a served reader comes from here only: never a flag (shell history, process
-lists) and never a file qrag writes."""
 
 
 def _whole(least: int) -> Callable[[str], int]:
@@ -133,6 +135,7 @@ ENV_VARS: dict[str, EnvVar] = {
             "QRAG_LLM",
             "reader used when --llm is not given: a GGUF file or an OpenAI-compatible base URL",
             llm_source,
+            quoted=False,  # a URL with user:password in it must not be echoed
         ),
         EnvVar(
             "QRAG_LLM_MODEL",
@@ -143,6 +146,7 @@ ENV_VARS: dict[str, EnvVar] = {
             LLM_KEY_VAR,
             "API key sent to a served reader (never read from a flag or config.toml)",
             str,
+            quoted=False,
         ),
         EnvVar(
             "QRAG_DTYPE",
@@ -188,7 +192,8 @@ def env_setting(name: str) -> tuple[Any, str]:
     try:
         return var.parse(text), env_source(name)
     except ValueError as exc:
-        raise ConfigError(f"bad environment variable {name}={text!r}: {exc}") from None
+        shown = f"{name}={text!r}" if var.quoted else name
+        raise ConfigError(f"bad environment variable {shown}: {exc}") from None
 
 
 def env_value(name: str) -> Any:
@@ -308,7 +313,7 @@ class ReaderSettings:
     """The reader LLM (`qrag ask --answer`, `qrag mcp`)."""
 
     llm: str | None = None  # a GGUF path or a server's base URL; None -> reader.default_llm()
-    llm_model: str | None = None  # a served reader's model; None -> reader.default_llm_model()
+    llm_model: str | None = None  # a served reader's model; None -> find_default_llm_model()
     timeout: float = 120.0  # seconds a served reader may stay silent (connect: at most 10)
     n_ctx: int = 4096
     max_tokens: int = 256

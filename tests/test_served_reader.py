@@ -257,6 +257,9 @@ def test_bad_urls_are_refused_before_anything_runs(url: str, needle: str) -> Non
         proc = run_qrag(*args)
         _one_line_error(proc, needle)
         assert "secret" not in proc.stderr  # a password in a URL is never echoed
+    proc = run_qrag("config", env={"QRAG_LLM": url})  # the same URL from the environment
+    _one_line_error(proc, needle)
+    assert "secret" not in proc.stderr
 
 
 def test_api_key_is_never_shown_or_written(monkeypatch, qrag_home: Path) -> None:
