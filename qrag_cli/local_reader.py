@@ -27,8 +27,8 @@ from qrag_cli.reader import (
     chat_messages,
     completion_prompt,
     drop_last_picked,
+    finished_answer,
     order_evidence,
-    parse_citations,
 )
 from qrag_cli.types import Evidence, LLMError
 
@@ -240,7 +240,6 @@ class LocalReader:
         s = self.settings
         pieces: list[str] = []
         first: float | None = None
-        gen_start = time.perf_counter()
         stream = self._llm.create_completion(
             prompt=tokens,
             max_tokens=s.max_tokens,
@@ -295,22 +294,16 @@ class LocalReader:
         # part of the answer. Cut at a line end, it has not run again, and the token that
         # ended the line is counted though not shown (it may hold the line's last letters).
         generated = sampled if cut else max(sampled - 1 - (finish == "stop"), 0)
-        if first is not None and generated > 1 and end > first and not one_line:
-            rate = (generated - 1) / (end - first)  # decode speed, prompt evaluation excluded
-        else:
-            rate = generated / (end - gen_start) if end > gen_start else 0.0
-        text = "".join(pieces)
-        return Answer(
-            text=text,
-            citations=parse_citations(text, len(used)),
-            used=used,
-            trimmed=trimmed,
-            timings={
-                "load_ms": self.load_ms,
-                "prompt_tokens": float(len(tokens)),
-                "first_token_ms": ((first if first is not None else end) - start) * 1000,
-                "generated_tokens": float(generated),
-                "tokens_per_s": rate,
-                "total_ms": (end - start) * 1000,
-            },
+        return finished_answer(
+            "".join(pieces),
+            used,
+            trimmed,
+            load_ms=self.load_ms,
+            prompt_tokens=len(tokens),
+            generated=generated,
+            start=start,
+            first=first,
+            end=end,
+            # A whole line is shown at once: no per-token decode time to measure.
+            decoding_from=None if one_line else first,
         )

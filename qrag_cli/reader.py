@@ -18,6 +18,7 @@ from typing import Protocol
 
 from qrag_cli import config
 from qrag_cli.answer_text import cited_numbers, label
+from qrag_cli.bundled_reader import bundled_llm, ready
 from qrag_cli.config import ReaderSettings
 from qrag_cli.types import ConfigError, Evidence, LLMError, UsageError
 
@@ -128,6 +129,43 @@ def completion_prompt(question: str, evidence: Sequence[Evidence]) -> str:
     )
 
 
+def finished_answer(
+    text: str,
+    used: list[Evidence],
+    trimmed: list[Evidence],
+    *,
+    load_ms: float,
+    prompt_tokens: int,
+    generated: int,
+    start: float,
+    first: float | None,
+    end: float,
+    decoding_from: float | None,
+) -> Answer:
+    """The Answer, its citations and its timings (perf_counter seconds): `start` of the
+    call, `first` piece shown, `end`. tokens_per_s is the decode speed after the first
+    token when `decoding_from` is when it came (prompt evaluation excluded), else
+    `generated` over the whole call."""
+    if decoding_from is not None and generated > 1 and end > decoding_from:
+        rate = (generated - 1) / (end - decoding_from)
+    else:
+        rate = generated / (end - start) if end > start else 0.0
+    return Answer(
+        text=text,
+        citations=parse_citations(text, len(used)),
+        used=used,
+        trimmed=trimmed,
+        timings={
+            "load_ms": load_ms,
+            "prompt_tokens": float(prompt_tokens),
+            "first_token_ms": ((first if first is not None else end) - start) * 1000,
+            "generated_tokens": float(generated),
+            "tokens_per_s": rate,
+            "total_ms": (end - start) * 1000,
+        },
+    )
+
+
 def drop_last_picked(used: list[Evidence], trimmed: list[Evidence]) -> None:
     """Move the last-picked chunk from `used` to `trimmed`: it added the least to the
     retrieval, so it is the first to go when the prompt does not fit."""
@@ -155,12 +193,6 @@ def parse_llm(text: str) -> str | Path:
     except ValueError as e:
         # The text is not repeated: a URL with a password in it must not be echoed.
         raise LLMError(f"bad reader URL: {e}") from None
-
-
-def _bundled_llm() -> Path | None:
-    from qrag_cli.bundled_reader import bundled_llm
-
-    return bundled_llm()
 
 
 def _reader_table() -> tuple[dict, Path]:
@@ -197,7 +229,7 @@ def find_default_llm() -> tuple[str | Path | None, str]:
             return found, config.FILE_SOURCE
         # A relative path in the config means relative to the config file, not the cwd.
         return (found if found.is_absolute() else cfg_path.parent / found), config.FILE_SOURCE
-    return _bundled_llm(), config.DEFAULT_SOURCE
+    return bundled_llm(), config.DEFAULT_SOURCE
 
 
 def find_default_llm_model() -> tuple[str | None, str]:
@@ -220,9 +252,7 @@ def default_llm() -> str | Path:
     found, source = find_default_llm()
     if found is not None:
         if source == config.DEFAULT_SOURCE and isinstance(found, Path):
-            from qrag_cli.bundled_reader import ready
-
-            return ready(found)
+            return ready(found)  # the bundled Gemma is joined from its parts on first use
         return found
     raise LLMError(
         "no reader LLM configured: pass --llm PATH_OR_URL, set QRAG_LLM, "
@@ -232,10 +262,11 @@ def default_llm() -> str | Path:
     )
 
 
-def save_default_llm(source: str | Path) -> Path:
-    """Set [reader] llm in config.toml, keeping its other settings; returns the config path."""
+def save_default_llm(source: str | Path) -> tuple[str, Path]:
+    """Set [reader] llm in config.toml, keeping its other settings: a URL as given, a path
+    made absolute. Returns (the value written, the config path)."""
     value = source if isinstance(source, str) else str(Path(source).expanduser().resolve())
-    return config.set_config("reader", "llm", value)
+    return value, config.set_config("reader", "llm", value)
 
 
 def save_default_llm_model(name: str) -> Path:

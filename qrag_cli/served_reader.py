@@ -8,21 +8,20 @@ to one line each and shares the prompt and citations with the local reader (read
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from qrag_cli import render
-from qrag_cli.config import LLM_KEY_VAR, ReaderSettings
+from qrag_cli.config import LLM_KEY_VAR, ReaderSettings, env_value
 from qrag_cli.reader import (
     Answer,
     chat_messages,
     drop_last_picked,
     find_default_llm_model,
+    finished_answer,
     order_evidence,
-    parse_citations,
 )
 from qrag_cli.types import Evidence, LLMError
 
@@ -46,13 +45,16 @@ class ServedReader:
         self.settings = settings
         self.source = url
         self._openai = openai
+        # What a request can raise: the client's errors, and the value, type and attribute
+        # errors of a body that parses as JSON but is not the shape the protocol promises.
+        self._unusable = (openai.OpenAIError, ValueError, TypeError, AttributeError)
         start = time.perf_counter()
         connect = min(CONNECT_TIMEOUT, settings.timeout)
         # The key is QRAG_LLM_API_KEY's only: OPENAI_API_KEY belongs to OpenAI and must not
         # go to whatever URL was configured. Local servers take any key; "none" says so.
         self._client = openai.OpenAI(
             base_url=url,
-            api_key=os.environ.get(LLM_KEY_VAR) or "none",
+            api_key=env_value(LLM_KEY_VAR) or "none",
             timeout=openai.Timeout(settings.timeout, connect=connect),
             max_retries=RETRIES,
         )
@@ -97,9 +99,7 @@ class ServedReader:
         """The model to ask for when none is named: the server's only one."""
         try:
             names = sorted(str(m.id) for m in self._client.models.list())
-        except self._openai.OpenAIError as e:
-            raise self._failure(e) from e
-        except (ValueError, TypeError, AttributeError) as e:  # a body that is not a model list
+        except self._unusable as e:
             raise self._failure(e) from e
         if len(names) == 1:
             return names[0]
@@ -137,30 +137,19 @@ class ServedReader:
                         f"the question and one evidence chunk ({_said(e)})"
                     ) from e
                 drop_last_picked(used, trimmed)
-            except self._openai.OpenAIError as e:
+            except self._unusable as e:
                 raise self._failure(e) from e
-            except (ValueError, TypeError, AttributeError) as e:  # events that are not chunks
-                raise self._failure(e) from e
-        end = time.perf_counter()
-        text = "".join(pieces)
-        generated = getattr(usage, "completion_tokens", None) or len(pieces)
-        if first is not None and generated > 1 and end > first:
-            rate = (generated - 1) / (end - first)
-        else:
-            rate = generated / (end - start) if end > start else 0.0
-        return Answer(
-            text=text,
-            citations=parse_citations(text, len(used)),
-            used=used,
-            trimmed=trimmed,
-            timings={
-                "load_ms": self.load_ms,
-                "prompt_tokens": float(getattr(usage, "prompt_tokens", 0) or 0),
-                "first_token_ms": ((first if first is not None else end) - start) * 1000,
-                "generated_tokens": float(generated),
-                "tokens_per_s": rate,
-                "total_ms": (end - start) * 1000,
-            },
+        return finished_answer(
+            "".join(pieces),
+            used,
+            trimmed,
+            load_ms=self.load_ms,
+            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            generated=getattr(usage, "completion_tokens", None) or len(pieces),
+            start=start,
+            first=first,
+            end=time.perf_counter(),
+            decoding_from=first,
         )
 
     def _stream(

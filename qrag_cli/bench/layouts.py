@@ -219,7 +219,7 @@ def models(model_spec: str = "default", torch: bool = False) -> tuple[QNetwork, 
     return measured, dense
 
 
-def _picks(
+def picks(
     index_dir: Path,
     questions: Sequence[str],
     default: QNetwork,
@@ -303,11 +303,11 @@ def run(
         rows: dict[str, dict] = {}
         for layout in layouts:
             index_dir, _, summary = indexed(out, split_name, layout, questions, model)
-            picks = _picks(index_dir, asked, model, dense)
+            picked = picks(index_dir, asked, model, dense)
             row: dict = {"chunks": summary.chunks_total}
             for method in METHODS:
                 row[method] = {
-                    f"em@{k}": _em(picks[method], questions.stories, k) for k in (2, BUDGET)
+                    f"em@{k}": _em(picked[method], questions.stories, k) for k in (2, BUDGET)
                 }
             rows[layout] = row
             log(
@@ -403,8 +403,8 @@ def ablation(
             index_dir, _, _ = indexed(out, split_name, layout, questions, model)
             row: dict = {}
             for name, variant in kinds.items():
-                picks = _picks(index_dir, asked, variant, dense, baselines=not row)
-                for method, texts in picks.items():
+                picked = picks(index_dir, asked, variant, dense, baselines=not row)
+                for method, texts in picked.items():
                     label = name if method == "default" else method
                     row[label] = {f"em@{k}": _em(texts, questions.stories, k) for k in (2, BUDGET)}
                 log(
