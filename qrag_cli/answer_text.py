@@ -73,7 +73,7 @@ def echoes(
     example's answer, or "Question:"/"Answer:" scaffolding) or "question" (the question,
     word for word). A bare title is not an echo: the answer is often an article's title."""
     found = []
-    said = normalise(without_markers(answer))
+    answered = normalise(without_markers(answer))
     label_lines = {f"[{n}] {label(ev)}" for n, ev in enumerate(evidence, 1)}
     if (
         _LABEL.search(answer)
@@ -83,9 +83,9 @@ def echoes(
         found.append("label")
     copied = {g for text in instructions for g in grams(text)} & grams(answer)
     example = normalise(without_markers(example_answer))
-    if _SCAFFOLD.search(answer) or copied or (said and said == example):
+    if _SCAFFOLD.search(answer) or copied or (answered and answered == example):
         found.append("prompt")
     asked = normalise(question)
-    if len(asked.split()) >= 4 and asked in said:
+    if len(asked.split()) >= 4 and asked in answered:
         found.append("question")
     return found

@@ -23,7 +23,7 @@ from qrag_cli.store import ChunkRow, IndexSnapshot, corrupt_database
 from qrag_cli.types import Episode, IndexMismatchError, NoIndexError
 
 if TYPE_CHECKING:  # reader.py is imported only when an answer is asked for
-    from qrag_cli.reader import Answer, Reader
+    from qrag_cli.prompt import Answer, Reader
 
 
 LOAD_TIMINGS = ("open_index_ms", "load_model_ms", "load_llm_ms")
@@ -86,7 +86,7 @@ class Asker:
                     model_spec if model_spec is not None else self.snapshot.manifest.model_spec
                 )
                 if not opts.lexical:
-                    without_lexical(model)
+                    model = without_lexical(model)
             self.model: QNetwork = model
             self._check_model(self.snapshot)
         except BaseException:

@@ -160,14 +160,20 @@ ENV_VARS: dict[str, EnvVar] = {
             "the model folder has ONNX graphs, else torch)",
             _engine,
         ),
+        EnvVar(
+            "QRAG_DATA",
+            "folder of the shared real data the benches and the training recipe read "
+            "(HotpotQA, MuSiQue and bAbI samples; `make` sets ../shared/data)",
+            _path,
+        ),
         EnvVar("QRAG_DEBUG", "1: tracebacks on errors, like --debug", _zero_one, False),
         # Tests shrink these two to exercise many commits on a small corpus.
         EnvVar(
             "QRAG_EMBED_GROUP",
             "chunks embedded together while indexing (enough to length-sort into tight batches)",
             _whole(1),
-            # 2048, not 512: index / raw encoder 0.931 and 0.953 against 0.898 and 0.890 at
-            # 1M tokens (BENCHMARKS.md "int8 states"); a group is at most ~40 s of work.
+            # 2048, not 512: indexing kept closer to the raw encoder's speed at 1M tokens
+            # (BENCHMARKS.md "int8 states"), and a group is still under a minute of work.
             2048,
         ),
         EnvVar("QRAG_COMMIT_INTERVAL", "least seconds between index commits", _seconds, 10.0),
@@ -313,7 +319,7 @@ class ReaderSettings:
     """The reader LLM (`qrag ask --answer`, `qrag mcp`)."""
 
     llm: str | None = None  # a GGUF path or a server's base URL; None -> reader.default_llm()
-    llm_model: str | None = None  # a served reader's model; None -> find_default_llm_model()
+    llm_model: str | None = None  # a served reader's model; None -> reader.find_default_llm_model()
     timeout: float = 120.0  # seconds a served reader may stay silent (connect: at most 10)
     n_ctx: int = 4096
     max_tokens: int = 256
@@ -420,7 +426,7 @@ class TrainConfig:
     model's (pure dense for the base); [] = none (a pure dense Q)."""
     lexical_query: str | None = None
     """How the two BM25 terms read the state ("chunk" or "names", see
-    qvalue.lexical_queries: under "names" the question term also asks its names and keys
+    qfeatures.lexical_queries: under "names" the question term also asks its names and keys
     whole); None = the starting model's ("chunk" for the base and for folders written
     before the choice existed)."""
     lexical_lr: float = 1e-2
@@ -450,68 +456,3 @@ class TrainConfig:
     """Keep the token-embedding tables fixed. They are 11.7M of the 15M weights of a
     2-layer MiniLM encoder; updating them doubled the cost of Adam and backward without
     improving held-out retrieval in short runs."""
-
-
-# --- what is in effect (`qrag config`) -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    value: Any  # JSON-ready: str, number, bool or None
-    source: str  # "default", "config.toml" or "environment variable NAME"
-
-
-def effective_settings() -> list[Setting]:
-    """Every setting a command starts from, with where its value came from."""
-    # Imported here: both import this module (a cycle at import time otherwise).
-    from qrag_cli.model_dirs import default_model_dir
-    from qrag_cli.reader import find_default_llm, find_default_llm_model
-
-    def from_env(setting: str, name: str) -> Setting:
-        value, source = env_setting(name)
-        return Setting(setting, str(value) if isinstance(value, Path) else value, source)
-
-    home_source = env_setting("QRAG_HOME")[1]
-    rows = [
-        Setting("home", str(qrag_home()), home_source),
-        Setting("config_file", str(config_path()), home_source),
-    ]
-    model, source = env_setting("QRAG_MODEL")
-    if model is None:  # the trained model installed with qrag (missing: an error)
-        model = default_model_dir()
-    rows.append(Setting("model", str(model), source))
-    llm, source = find_default_llm()
-    rows.append(Setting("llm", None if llm is None else str(llm), source))
-    llm_model, source = find_default_llm_model()
-    rows.append(Setting("llm_model", llm_model, source))
-    key, source = env_setting(LLM_KEY_VAR)
-    rows.append(Setting("llm_api_key", None if key is None else "(set)", source))
-    dtype = from_env("dtype", "QRAG_DTYPE")
-    rows.append(Setting("dtype", dtype.value or "auto", dtype.source))
-    engine = from_env("engine", "QRAG_ENGINE")
-    rows.append(Setting("engine", engine.value or "auto", engine.source))
-    rows += [
-        from_env(setting, name)
-        for setting, name in (
-            ("debug", "QRAG_DEBUG"),
-            ("embed_group", "QRAG_EMBED_GROUP"),
-            ("commit_interval", "QRAG_COMMIT_INTERVAL"),
-            ("no_color", "NO_COLOR"),
-            ("term", "TERM"),
-        )
-    ]
-    chunking, ask = ChunkConfig(), AskOptions()
-    defaults: dict[str, Any] = {
-        "index.chunk_tokens": chunking.chunk_tokens,
-        "index.overlap": chunking.overlap,
-        "index.max_file_size": DEFAULT_MAX_FILE_SIZE,
-        "ask.steps": ask.steps,
-        **{
-            f"reader.{key}": value
-            for key, value in asdict(ask.reader).items()
-            if key not in {"llm", "llm_model", "verbose"}
-        },
-    }
-    rows += [Setting(name, value, DEFAULT_SOURCE) for name, value in defaults.items()]
-    return rows

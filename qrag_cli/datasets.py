@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qrag_cli.config import env_value
 from qrag_cli.files import atomic_output
 from qrag_cli.types import (
     DataError,
@@ -440,7 +441,7 @@ def from_babi(
     overlap; the gold chunks are those holding the supporting facts. A story that tells
     the same sentence twice is resolved by occurrence (the chunks keep story order); a
     fact that cannot be pinned to one chunk is reported and its question left out."""
-    from qrag_cli.bench.longctx import Story, filler, gold_chunks, haystack
+    from qrag_cli.haystack import Story, filler, gold_chunks, haystack
 
     for q in read_babi(path):
         rng = random.Random(f"babi/{Path(path).name}:{q.line}")
@@ -473,8 +474,22 @@ CONVERTERS: dict[str, Callable[..., Iterator[Example]]] = {  # (path, on_problem
 }
 
 
-# ---- the shared real data beside the repository (../shared/data) ------------------------
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ---- the shared real data (QRAG_DATA) ----------------------------------------------------
+# Where it is comes from the environment (config.py; `make` points it at ../shared/data
+# beside a checkout), never from where this file is: an installed qrag has no such folder.
+
+
+def shared_data() -> Path:
+    """The shared data folder ($QRAG_DATA); UsageError, with the fix, when it is not set."""
+    folder = env_value("QRAG_DATA")
+    if folder is None:
+        raise UsageError(
+            "this needs the shared real data (HotpotQA, MuSiQue, bAbI samples): set "
+            "QRAG_DATA to its folder (../shared/data beside a checkout)"
+        )
+    return folder
+
+
 BABI_FILES = {
     "qa1": "qa1_single-supporting-fact",
     "qa2": "qa2_two-supporting-facts",
@@ -484,13 +499,16 @@ BABI_FILES = {
 
 def babi_path(task: str, split: str) -> Path:
     """The real bAbI file of `task` ("qa1".."qa3"), split "train" or "test"."""
-    return SHARED_DATA / "babi" / f"{BABI_FILES[task]}_{split}.txt"
+    return shared_data() / "babi" / f"{BABI_FILES[task]}_{split}.txt"
 
 
 def real_examples() -> list[Example] | None:
-    """The shared HotpotQA + MuSiQue samples (None when ../shared/data is absent). The
-    bench holds out `split(real_examples(), 0.5, seed)[1]`; training may use the rest."""
-    hot, mus = SHARED_DATA / "hotpotqa_train_200.json", SHARED_DATA / "musique_train_100.jsonl"
+    """The shared HotpotQA + MuSiQue samples (None when QRAG_DATA is unset or lacks them).
+    The bench holds out `split(real_examples(), 0.5, seed)[1]`; training may use the rest."""
+    folder = env_value("QRAG_DATA")
+    if folder is None:
+        return None
+    hot, mus = folder / "hotpotqa_train_200.json", folder / "musique_train_100.jsonl"
     if not (hot.is_file() and mus.is_file()):
         return None
     return list(from_hotpotqa(hot)) + list(from_musique(mus))

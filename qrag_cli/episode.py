@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qrag_cli import qvalue
+from qrag_cli import qstate, qvalue
 from qrag_cli.chunk import structured
 from qrag_cli.lexical import MemoryLexicon
+from qrag_cli.qstate import Action, Candidates
 from qrag_cli.qtext import QNetwork
-from qrag_cli.qvalue import Action, Candidates
 from qrag_cli.stop import StepView, StopRule
 from qrag_cli.store import ChunkRow, IndexSnapshot
 from qrag_cli.types import Episode, Evidence, contextual_text
@@ -255,7 +255,7 @@ def run_episodes(
 ) -> list[Episode]:
     """Run one episode per question, batched: all live states are encoded together."""
     n = len(questions)
-    states = qvalue.start(model, questions)
+    states = qstate.start(model, questions)
     evidence: list[list[Evidence]] = [[] for _ in range(n)]
     stops: list[str | None] = [None] * n
     question_vecs: list[np.ndarray | None] = [None] * n  # the first step's state vectors
@@ -266,27 +266,25 @@ def run_episodes(
         if not live:
             break
         t0 = time.perf_counter()
-        state_vecs = model.embed_states([qvalue.state_tokens(model, states[i]) for i in live])
+        state_vecs = model.embed_states([qstate.state_tokens(model, states[i]) for i in live])
         t1 = time.perf_counter()
         for row, i in enumerate(live):
             if step == 0:
                 question_vecs[i] = state_vecs[row]
                 count_probs[i] = stop.count_probs(state_vecs[row])
-            bm25_max: list[float] = []
-            ids, q = qvalue.best(
-                model, state_vecs[row], sources[i], states[i], max(alternatives, 1), bm25_max
+            ids, q, lexical = qvalue.best(
+                model, state_vecs[row], sources[i], states[i], max(alternatives, 1)
             )
             if len(ids) == 0:
                 stops[i] = "exhausted"
                 continue
             choice = policy(q)
-            lexical = (bm25_max[0], bm25_max[1]) if bm25_max else None
             first_q = evidence[i][0].q if evidence[i] else None
             if stop.fires(StepView(step, q, first_q, lexical, count_probs[i]), choice):
                 stops[i] = "complete"
                 continue
             chosen = sources[i].rows([ids[choice]])[0]
-            states[i] = qvalue.pick(model, states[i], chosen)
+            states[i] = qstate.pick(model, states[i], chosen)
             path, start_line, end_line = _location(chosen)
             evidence[i].append(
                 Evidence(
@@ -328,7 +326,7 @@ def run_episodes(
 
 def _more_expected(
     model: QNetwork,
-    states: Sequence[qvalue.State],
+    states: Sequence[qstate.State],
     evidence: Sequence[Sequence[Evidence]],
     sources: Sequence[Candidates],
     stops: Sequence[str | None],
@@ -347,12 +345,10 @@ def _more_expected(
     if not ended:
         return more
     t0 = time.perf_counter()
-    state_vecs = model.embed_states([qvalue.state_tokens(model, states[i]) for i in ended])
+    state_vecs = model.embed_states([qstate.state_tokens(model, states[i]) for i in ended])
     t1 = time.perf_counter()
     for row, i in enumerate(ended):
-        bm25_max: list[float] = []
-        ids, q = qvalue.best(model, state_vecs[row], sources[i], states[i], k, bm25_max)
-        lexical = (bm25_max[0], bm25_max[1]) if bm25_max else None
+        ids, q, lexical = qvalue.best(model, state_vecs[row], sources[i], states[i], k)
         first_q = evidence[i][0].q if evidence[i] else None
         view = StepView(stop.max_steps, q, first_q, lexical, count_probs[i])
         more[i] = len(ids) > 0 and not stop.fires(view)

@@ -3,8 +3,8 @@ second of every run; Ctrl-C in that window must end like Ctrl-C anywhere later (
 `interrupted`, exit code 130: cli.main), not with an import traceback.
 
 When the command is done, the process ends without tearing down every module and object
-one by one: that took ~0.15 s of each cold `qrag ask` on 2 cores (issue 39), a quarter of
-its budget. The exit handlers still run (temporary folders, logging, worker threads) and
+one by one: that was a large share of each cold `qrag ask` on a small machine (issue 39,
+BENCHMARKS.md "ONNX"). The exit handlers still run (temporary folders, logging, worker threads) and
 both output streams are flushed first; a traceback (--debug) takes the normal way out."""
 
 from __future__ import annotations

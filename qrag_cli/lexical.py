@@ -31,7 +31,7 @@ TOKENIZE = "unicode61 remove_diacritics 2"
 # A query is cut to its first terms (a whole picked chunk is ~100 words); recorded in
 # each model's Q registry (qspec.FIXED).
 MAX_TERMS = int(qspec.PARTS["question_bm25"][1]["max_terms"])  # type: ignore[call-overload]
-# How the lexical queries are read (a model's `lexical_query`; qvalue.lexical_queries): the
+# How the lexical queries are read (a model's `lexical_query`; qfeatures.lexical_queries): the
 # picked-chunk term's words, and under "names" the question term's phrases too.
 PICKED_QUERIES = ("chunk", "names")
 
@@ -76,7 +76,7 @@ def terms(text: str) -> list[str]:
 @functools.lru_cache(maxsize=16384)
 def _terms(text: str) -> tuple[str, ...]:
     # Cached by text: every step of an episode reads the same candidates' sentences again
-    # (the order term, the overlap rule, the trail), ~2 ms a step at 1M tokens.
+    # (the order term, the overlap rule, the trail).
     return tuple(
         dict.fromkeys(
             w
@@ -86,7 +86,7 @@ def _terms(text: str) -> tuple[str, ...]:
     )
 
 
-def names(text: str) -> set[str]:
+def name_words(text: str) -> set[str]:
     """The terms of `text` written somewhere in it with a capital letter, or with letters
     and digits together: names, keys, codes ("Kurt", "Lind", "ABCDE", "x86"), not prose.
     Bare numbers are left out: they are values and years rather than the name of a next
@@ -105,7 +105,7 @@ _JOINS_NAME = re.compile(r"[ \t'\u2019-]+")  # "Sandra Nord", "Jean-Paul", "O'Br
 
 
 def name_runs(text: str) -> list[tuple[str, ...]]:
-    """The names of several words in `text` (see `names`): name words standing next to
+    """The names of several words in `text` (see `name_words`): name words standing next to
     each other, apart only by spaces, hyphens or apostrophes ("Sandra Nord" -> ("sandra",
     "nord")). A person or a title of several words is one run; its surname alone is not
     it, and a name of one word is no run."""
@@ -201,7 +201,8 @@ class Namings:
                     self.starts.setdefault(word.lower(), []).append((t, i))
         self.vocabulary = {w for words in self.words for w in words}  # every word, lower-case
 
-    def names(self, title: str) -> bool:
+    def has_name(self, title: str) -> bool:
+        """Whether one of the texts names `title` whole, written as a name."""
         words = title_words(title)
         if not words:
             return False
@@ -212,9 +213,8 @@ class Namings:
 
 
 # BM25 weight of the heading column against the text's 1.0: a word of the heading path
-# counts as much as one in the text (FTS5 sums the columns' scores). On the layout bench's
-# validation split, 0 / 1 / 2 gave EM@4 0.75-0.78 / 0.77-0.79 / 0.77-0.79 across layouts
-# (BENCHMARKS.md "Layouts").
+# counts as much as one in the text (FTS5 sums the columns' scores). Chosen on the layout
+# bench's validation split against 0 and 2 (BENCHMARKS.md "Layouts").
 HEADING_WEIGHT = float(qspec.PARTS["question_bm25"][1]["heading_weight"])  # type: ignore[arg-type]
 
 
@@ -251,8 +251,9 @@ class Searcher:
     snapshot, an episode's in-memory table), remembering its latest answers.
 
     An episode asks the same question query at every step (and the order term asks it
-    again), and FTS5 scores every chunk that matches: ~20 ms a query at 1M tokens of prose
-    whose words each stand in most chunks. The answers are the same arrays each time,
+    again), and FTS5 scores every chunk that matches: in a large corpus of prose, whose
+    words each stand in most chunks, that is most of a step's search (BENCHMARKS.md
+    "ONNX"). The answers are the same arrays each time,
     read-only, so no caller can change what the next one gets."""
 
     RECENT = 32  # queries remembered: a few episodes' worth

@@ -1,7 +1,7 @@
 """The local reader: a GGUF file run in this process by llama.cpp (llama-cpp-python).
 
 The only module that imports `llama_cpp`, and only when a reader is opened. Prompts,
-citations and the Answer are shared with the served reader (reader.py).
+citations and the Answer are shared with the served reader (prompt.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from qrag_cli import render
 from qrag_cli.answer_text import echoes
 from qrag_cli.config import ReaderSettings
 from qrag_cli.gguf_file import GGUFFormatError, GGUFInfo, read_header
-from qrag_cli.reader import (
+from qrag_cli.prompt import (
     COMPLETION_INSTRUCTION,
     EXAMPLE_ANSWER,
     Answer,

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qrag_cli.model_config import fingerprint, weight_files
+
 if TYPE_CHECKING:
     import onnx
 
@@ -232,11 +234,10 @@ def _t(tensors: Mapping[str, np.ndarray], key: str) -> np.ndarray:
 def save_graphs(graphs: Mapping[str, onnx.ModelProto], folder: Path) -> None:
     """Each graph in folder/NAME, and every weight of them all once, in folder/weights.data.
 
-    External weights are mapped by ONNX Runtime instead of parsed and copied: E_s's
-    session started in 0.055 s instead of 0.15 s (a cold `qrag ask` has 0.6 s). Stored
-    once: the graphs share most of their bytes (the fp16 token table, 23 MB for MiniLM, is
-    in all three; a frozen E_a's first layer is E_s's), so the folder holds ~75 MB
-    instead of ~130 MB. Offsets are 4 KiB aligned, as mapping wants."""
+    External weights are mapped by ONNX Runtime instead of parsed and copied, which starts
+    a session in a fraction of the time, and every cold `qrag ask` starts one. Stored
+    once: the graphs share most of their bytes (the fp16 token table is in all three; a
+    frozen E_a's first layer is E_s's). Offsets are 4 KiB aligned, as mapping wants."""
     from onnx.external_data_helper import set_external_data
 
     data = folder / DATA
@@ -265,12 +266,19 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, **manifest}, indent=2))
 
 
+def source_fingerprint(folder: Path, cfg: ModelConfig, encoder_config: dict) -> str:
+    """What the ONNX graphs were written from: the folder's weights, the encoder's shape
+    and E_a's fingerprint (a frozen E_a is the base's). A retrained or hand-edited folder
+    no longer matches, and its graphs are not used."""
+    salt = json.dumps([encoder_config, cfg.fingerprint], sort_keys=True)
+    return fingerprint(weight_files(folder), "onnx:" + salt)
+
+
 def write_onnx(model: QModel, folder: Path, cfg: ModelConfig) -> None:
     """Write onnx/ into a model folder being saved (its model.safetensors and config are
     final): E_s, E_a unless it is E_s, an int8 E_s, and the manifest. A model whose
     encoders are not qrag's BERT gets none and runs on torch (onnx_model.py says so)."""
     from qrag_cli.bert import Bert
-    from qrag_cli.onnx_model import source_fingerprint
 
     encoders = [("state", model.state_encoder)]
     if cfg.chunk_source() != "shared":
@@ -304,9 +312,8 @@ def write_onnx(model: QModel, folder: Path, cfg: ModelConfig) -> None:
 
 def _int8(config: Mapping, tensors: Mapping[str, np.ndarray], work: Path) -> onnx.ModelProto:
     """E_s with int8 linear layers after the first (dynamic quantisation, one scale per
-    output channel), as the torch int8 states: 20-25% faster per state on a 2-core AVX2
-    CPU (BENCHMARKS.md "ONNX"). The first layer stays float: quantising it moved the state
-    most (torch: cosine to fp32 ~0.97 with it, ~0.986 without)."""
+    output channel), as the torch int8 states: faster per state on a CPU (BENCHMARKS.md
+    "ONNX"). The first layer stays float: quantising it moved the state most."""
     import tempfile
 
     import onnx

@@ -14,10 +14,11 @@ never loads E_a.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +26,12 @@ import numpy as np
 
 from qrag_cli import qspec
 from qrag_cli.config import env_value
-from qrag_cli.model_config import ModelConfig, fingerprint, is_base_name, weight_files
+from qrag_cli.model_config import ModelConfig, is_base_name
 from qrag_cli.model_dirs import default_model_dir
-from qrag_cli.onnx_export import FOLDER, MANIFEST
+from qrag_cli.onnx_export import FOLDER, MANIFEST, source_fingerprint
 from qrag_cli.onnx_export import FORMAT as ONNX_FORMAT
 from qrag_cli.qtext import CPU_BATCH_TOKENS, QNetwork, TextTokenizer, length_batches, pad_ids
 from qrag_cli.types import ModelError
-
-
-def source_fingerprint(folder: Path, cfg: ModelConfig, encoder_config: dict) -> str:
-    """What the ONNX graphs were written from: the folder's weights, the encoder's shape
-    and E_a's fingerprint (a frozen E_a is the base's). A retrained or hand-edited folder
-    no longer matches, and its graphs are not used."""
-    salt = json.dumps([encoder_config, cfg.fingerprint], sort_keys=True)
-    return fingerprint(weight_files(folder), "onnx:" + salt)
 
 
 def _new_session(path: Path) -> Any:  # an onnxruntime.InferenceSession
@@ -118,6 +111,12 @@ class OnnxQModel(QNetwork):
         self.lexical_weights = np.asarray(spec.weights, dtype=np.float32)
         self.dense_weight = np.float32(spec.dense_weight)
         self.head_bias = np.float32(spec.bias)
+
+    def with_spec(self, spec: qspec.QSpec) -> OnnxQModel:
+        twin = copy.copy(self)  # the sessions and the tokenizer are shared, read-only
+        twin.cfg = replace(self.cfg)
+        twin.set_spec(spec)
+        return twin
 
     def embed_chunks(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from qrag_cli import qvalue
+from qrag_cli import qfeatures, qstate, qvalue
 from qrag_cli.config import TrainConfig
 from qrag_cli.datasets import Example, data_hash, load_examples, split
 from qrag_cli.episode import StopRule, boltzmann, example_sources, run_episodes
@@ -231,7 +231,7 @@ def collect(
         policy=policy,
         alternatives=alternatives,
     )
-    states = qvalue.start(model, [ex.question for ex in batch])
+    states = qstate.start(model, [ex.question for ex in batch])
     transitions, action_ids, solved = [], [], 0
     for i, (ex, ep) in enumerate(zip(batch, episodes, strict=True)):
         picks = [ev.chunk_id for ev in ep.evidence]
@@ -241,19 +241,19 @@ def collect(
         state = states[i]
         for t, (pick, r) in enumerate(zip(picks, rewards, strict=True)):
             features = (
-                qvalue.lexical_features(
+                qfeatures.lexical_features(
                     sources[i],
                     state,
                     order=qvalue.uses_order(model),
                     named=qvalue.uses_named(model),
-                )[0]
+                ).values
                 if qvalue.uses_lexical(model)
                 else None
             )
             transitions.append(
-                Transition(i, t, qvalue.state_tokens(model, state), pick, picks[:t], r, features)
+                Transition(i, t, qstate.state_tokens(model, state), pick, picks[:t], r, features)
             )
-            state = qvalue.pick(model, state, rows[t])
+            state = qstate.pick(model, state, rows[t])
         action_ids.append(model.action_ids(ex.chunks))
     return Rollout(
         transitions,
@@ -498,23 +498,11 @@ def _evaluate(
     return metrics
 
 
-def train(
-    cfg: TrainConfig, resume: Path | None = None, log: Callable[[dict], None] = lambda row: None
-) -> TrainResult:
-    """Train from `cfg`, or continue the run whose model folder (or checkpoint) is `resume`
-    (its saved settings are kept; only `cfg.updates` may extend it)."""
-    state: dict[str, torch.Tensor] | None = None
-    meta: dict = {}
-    if resume is not None:
-        ckpt = (
-            resume
-            if (resume / "train_state.json").is_file()
-            else resume.with_name(f".{resume.name}.checkpoint")
-        )
-        model, meta, state = load_checkpoint(ckpt)
-        saved = {**meta["config"], "betas": tuple(meta["config"]["betas"])}
-        cfg = TrainConfig(**{**saved, "updates": max(cfg.updates, meta["update"])})
-    seed_everything(cfg.seed)
+def _load_data(
+    cfg: TrainConfig, log: Callable[[dict], None]
+) -> tuple[list[Example], dict[str, list[Example]]]:
+    """(training examples, eval examples by file name): `--eval` files, else a held-out
+    split of the data."""
 
     def skipped(problem: Problem) -> None:
         log({"event": "skip", "message": str(problem)})
@@ -532,13 +520,154 @@ def train(
     else:
         train_set, held = split(data, cfg.eval_split, cfg.seed)
         eval_sets = {"held-out": held}
-    eval_set = [ex for exs in eval_sets.values() for ex in exs]
     if not train_set or not all(eval_sets.values()):
         raise DataError("need at least two examples (one to train, one to evaluate)")
+    return train_set, eval_sets
+
+
+def _check_settings(cfg: TrainConfig) -> None:
     if cfg.positions not in {"none", "relative"}:
         raise UsageError("--positions must be 'none' or 'relative'")
     if cfg.lexical_query is not None and (why := bad_query(cfg.lexical_query)):
         raise UsageError(f"--lexical-query {why}")
+
+
+def _starting_model(cfg: TrainConfig) -> QModel:
+    """The model a new run starts from: `--base` (or the base encoder) made trainable."""
+    base = from_base(layers=cfg.layers) if cfg.base in (None, "base") else load_model(cfg.base)
+    return trainable(
+        base,
+        normalize=cfg.normalize,
+        scale=cfg.scale,
+        positions=cfg.positions,
+        frozen_chunks=cfg.frozen_chunks,
+        lexical=cfg.lexical,
+        lexical_query=cfg.lexical_query,
+        chunk_cap=cfg.state_chunk_cap,
+    )
+
+
+def _freeze(model: QModel, cfg: TrainConfig) -> None:
+    """Stop gradients where the settings say: the token tables, or both encoders."""
+    if cfg.freeze_embeddings:
+        vocab = model.encoder_config.get("vocab_size")
+        for module in [*model.state_encoder.modules(), *model.chunk_encoder.modules()]:
+            if isinstance(module, nn.Embedding) and module.num_embeddings == vocab:
+                module.weight.requires_grad_(False)
+    if not cfg.train_encoder:
+        model.state_encoder.requires_grad_(False)
+        model.chunk_encoder.requires_grad_(False)
+
+
+def _optimizer(model: QModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the encoder's trainable parameters and the Q head, each group with its
+    learning-rate scale (read at every update by `lr_at`)."""
+    head = model.head_weights()  # the linear Q head: dense and lexical weights, bias
+    encoder = [p for p in model.parameters() if p.requires_grad and all(p is not w for w in head)]
+    groups = [{"params": encoder, "scale": 1.0}] if encoder else []
+    if head:  # no weight decay: the head's weights are the terms' whole strength
+        weights = [w for w in head if w is not model.head_bias]
+        groups.append({"params": weights, "scale": cfg.lexical_lr / cfg.lr, "weight_decay": 0.0})
+        # The bias follows the returns' level `bias_lr_scale` times faster than the weights
+        # move: Adam steps every parameter by about its learning rate, and a bias as slow
+        # as the weights left the level error to the weights, which TD then pushed
+        # negative (BENCHMARKS.md "What each part of Q adds").
+        bias_scale = cfg.bias_lr_scale * cfg.lexical_lr / cfg.lr
+        groups.append({"params": [model.head_bias], "scale": bias_scale, "weight_decay": 0.0})
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
+    )
+
+
+def _restore(
+    state: dict[str, torch.Tensor],
+    meta: dict,
+    model: QModel,
+    target_state: nn.Module,
+    target_chunk: nn.Module,
+    opt: torch.optim.Optimizer,
+) -> None:
+    """A resumed run's target networks and optimizer state, from its checkpoint."""
+    target_state.load_state_dict(
+        {k[13:]: v for k, v in state.items() if k.startswith("target_state.")}
+    )
+    if not model.cfg.frozen_chunks:
+        target_chunk.load_state_dict(
+            {k[13:]: v for k, v in state.items() if k.startswith("target_chunk.")}
+        )
+    opt_state: dict = {"state": {}, "param_groups": meta["param_groups"]}
+    for key, value in state.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(idx), {})[name] = value
+    opt.load_state_dict(opt_state)
+
+
+def _ship(
+    cfg: TrainConfig,
+    model: QModel,
+    out: Path,
+    eval_sets: dict[str, list[Example]],
+    cache: dict[str, np.ndarray] | None,
+    record: dict,
+) -> tuple[float | None, float, dict]:
+    """Write the run's model: the best-on-eval weights, the stop threshold calibrated on
+    the eval data, the metrics and the card. Returns (threshold, right-stop share, the
+    kept model's eval metrics)."""
+    eval_set = [ex for exs in eval_sets.values() for ex in exs]
+    final = load_qrag_folder(out) if (out / "config.json").is_file() else model
+    final.state_int8 = False  # the card's numbers in the precision the run trained in
+    saved = final.cfg.metrics or {}
+    kept = saved.get("update", saved.get("kept_update"))  # the update those weights are from
+    episodes = run_examples(final, eval_set, max(cfg.budget, 4), cache=cache)
+    threshold, with_stop, right_share = calibrate_threshold(episodes, eval_set)
+    after = _evaluate(final, eval_sets, cfg.budget, cache)
+    final.cfg.threshold = threshold if cfg.apply_stop else None
+    final.cfg.metrics = {
+        "before": record["before"],
+        "after": after,
+        "threshold": with_stop.to_dict(),
+        "calibrated_threshold": threshold,
+        "stop_right_share": round(right_share, 4),
+        "stop": {
+            "budget": max(cfg.budget, 4),
+            **stop_report(cut_episodes(episodes, threshold), episodes, eval_set),
+        },
+        "curve": record["curve"],
+        "kept_update": kept,
+    }
+    final.cfg.train = {
+        **asdict(cfg),
+        "data_hash": data_hash(Path(cfg.data)),
+        "train_examples": record["train_examples"],
+        "eval_examples": len(eval_set),
+        "seconds": record["seconds"],
+    }
+    final.cfg.name = out.name
+    save_model(final, out)
+    write_model_card(out, {"config": asdict(final.cfg)})
+    return threshold, right_share, after
+
+
+def train(
+    cfg: TrainConfig, resume: Path | None = None, log: Callable[[dict], None] = lambda row: None
+) -> TrainResult:
+    """Train from `cfg`, or continue the run whose model folder (or checkpoint) is `resume`
+    (its saved settings are kept; only `cfg.updates` may extend it)."""
+    state: dict[str, torch.Tensor] | None = None
+    meta: dict = {}
+    if resume is not None:
+        ckpt = (
+            resume
+            if (resume / "train_state.json").is_file()
+            else resume.with_name(f".{resume.name}.checkpoint")
+        )
+        model, meta, state = load_checkpoint(ckpt)
+        saved = {**meta["config"], "betas": tuple(meta["config"]["betas"])}
+        cfg = TrainConfig(**{**saved, "updates": max(cfg.updates, meta["update"])})
+    seed_everything(cfg.seed)
+    train_set, eval_sets = _load_data(cfg, log)
+    _check_settings(cfg)
     out = Path(cfg.out)
     rng = np.random.default_rng(cfg.seed)
     start, best = 0, -1.0
@@ -547,17 +676,7 @@ def train(
         rng.bit_generator.state = meta["rng"]
     else:
         ckpt = out.with_name(f".{out.name}.checkpoint")
-        base = from_base(layers=cfg.layers) if cfg.base in (None, "base") else load_model(cfg.base)
-        model = trainable(
-            base,
-            normalize=cfg.normalize,
-            scale=cfg.scale,
-            positions=cfg.positions,
-            frozen_chunks=cfg.frozen_chunks,
-            lexical=cfg.lexical,
-            lexical_query=cfg.lexical_query,
-            chunk_cap=cfg.state_chunk_cap,
-        )
+        model = _starting_model(cfg)
     if not cfg.train_encoder and not qvalue.uses_lexical(model):
         raise UsageError(
             "nothing to train: --only-lexical needs lexical weights "
@@ -574,44 +693,12 @@ def train(
         if model.cfg.frozen_chunks
         else copy.deepcopy(model.chunk_encoder).requires_grad_(False)
     )
-    if cfg.freeze_embeddings:
-        vocab = model.encoder_config.get("vocab_size")
-        for module in [*model.state_encoder.modules(), *model.chunk_encoder.modules()]:
-            if isinstance(module, nn.Embedding) and module.num_embeddings == vocab:
-                module.weight.requires_grad_(False)
-    if not cfg.train_encoder:
-        model.state_encoder.requires_grad_(False)
-        model.chunk_encoder.requires_grad_(False)
-    head = model.head_weights()  # the linear Q head: dense and lexical weights, bias
-    encoder = [p for p in model.parameters() if p.requires_grad and all(p is not w for w in head)]
-    params = encoder + head
-    groups = [{"params": encoder, "scale": 1.0}] if encoder else []
-    if head:  # no weight decay: the head's weights are the terms' whole strength
-        weights = [w for w in head if w is not model.head_bias]
-        groups.append({"params": weights, "scale": cfg.lexical_lr / cfg.lr, "weight_decay": 0.0})
-        # The bias follows the returns' level `bias_lr_scale` times faster than the weights
-        # move: Adam steps every parameter by about its learning rate, and a bias as slow
-        # as the weights left the level error to the weights, which TD then pushed
-        # negative (BENCHMARKS.md "What each part of Q adds").
-        bias_scale = cfg.bias_lr_scale * cfg.lexical_lr / cfg.lr
-        groups.append({"params": [model.head_bias], "scale": bias_scale, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
-    )
+    _freeze(model, cfg)
+    head = model.head_weights()
+    opt = _optimizer(model, cfg)
+    params = [p for group in opt.param_groups for p in group["params"]]  # encoder, then head
     if state is not None:
-        target_state.load_state_dict(
-            {k[13:]: v for k, v in state.items() if k.startswith("target_state.")}
-        )
-        if not model.cfg.frozen_chunks:
-            target_chunk.load_state_dict(
-                {k[13:]: v for k, v in state.items() if k.startswith("target_chunk.")}
-            )
-        opt_state = {"state": {}, "param_groups": meta["param_groups"]}
-        for key, value in state.items():
-            if key.startswith("opt."):
-                _, idx, name = key.split(".", 2)
-                opt_state["state"].setdefault(int(idx), {})[name] = value
-        opt.load_state_dict(opt_state)
+        _restore(state, meta, model, target_state, target_chunk, opt)
     if not cfg.target_network:
         target_state, target_chunk = model.state_encoder, model.chunk_encoder
 
@@ -705,37 +792,13 @@ def train(
     elapsed = time.perf_counter() - t_start
 
     # Ship the best checkpoint, with the stop threshold calibrated on eval data.
-    final = load_qrag_folder(out) if (out / "config.json").is_file() else model
-    final.state_int8 = False  # the card's numbers in the precision the run trained in
-    saved = final.cfg.metrics or {}
-    kept = saved.get("update", saved.get("kept_update"))  # the update those weights are from
-    episodes = run_examples(final, eval_set, max(cfg.budget, 4), cache=cache)
-    threshold, with_stop, right_share = calibrate_threshold(episodes, eval_set)
-    after = _evaluate(final, eval_sets, cfg.budget, cache)
-    final.cfg.threshold = threshold if cfg.apply_stop else None
-    final.cfg.metrics = {
+    record = {
         "before": before,
-        "after": after,
-        "threshold": with_stop.to_dict(),
-        "calibrated_threshold": threshold,
-        "stop_right_share": round(right_share, 4),
-        "stop": {
-            "budget": max(cfg.budget, 4),
-            **stop_report(cut_episodes(episodes, threshold), episodes, eval_set),
-        },
         "curve": curve,
-        "kept_update": kept,
-    }
-    final.cfg.train = {
-        **asdict(cfg),
-        "data_hash": data_hash(Path(cfg.data)),
         "train_examples": len(train_set),
-        "eval_examples": len(eval_set),
         "seconds": round(seconds_before + elapsed, 1),
     }
-    final.cfg.name = out.name
-    save_model(final, out)
-    write_model_card(out, {"config": asdict(final.cfg)})
+    threshold, right_share, after = _ship(cfg, model, out, eval_sets, cache, record)
     return TrainResult(
         out=out,
         before=before,

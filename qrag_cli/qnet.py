@@ -120,6 +120,17 @@ class QModel(nn.Module, QNetwork):
         self.cfg.q = spec.to_json() if spec.weights is not None else None
         self._set_head(spec)
 
+    def with_spec(self, spec: qspec.QSpec) -> QModel:
+        cfg = replace(self.cfg, q=spec.to_json() if spec.weights is not None else None)
+        return QModel(
+            cfg,
+            self.state_encoder,
+            self.chunk_encoder,
+            self.tokenizer,
+            self.encoder_config,
+            self.folder,
+        )
+
     def learned_spec(self) -> qspec.QSpec:
         """The model's registry with the head weights as they are now (learned)."""
         spec = self.cfg.spec()
@@ -187,10 +198,9 @@ class QModel(nn.Module, QNetwork):
 def int8_state_encoder(encoder: Encoder) -> nn.Module:
     """A copy of E_s for a CPU whose linear layers after the first transformer layer hold
     int8 weights (one scale per output channel) and quantise their inputs per call: one
-    state alone encodes ~2x faster. The first layer stays fp32: quantising it moved the state
-    vector most (cosine to fp32 ~0.97 with it, ~0.986 without; BENCHMARKS.md "int8
-    states"). A backbone other than qrag's own BERT (or one not on the CPU) is returned
-    as it is."""
+    state alone encodes faster. The first layer stays fp32: quantising it moved the state
+    vector most (BENCHMARKS.md "int8 states"). A backbone other than qrag's own BERT (or
+    one not on the CPU) is returned as it is."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     layers = getattr(encoder.backbone, "layers", None)

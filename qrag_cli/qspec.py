@@ -40,14 +40,14 @@ PARTS: dict[str, tuple[int, dict[str, object]]] = {
     # <E_s(s), E_a(a)>; `pool`: candidates each signal (HNSW, each BM25 feature) proposes.
     "dense": (1, {"pool": 64}),
     # BM25 of the question's words (and names whole) / best chunk of the corpus;
-    # `open_words`: once some are held by picks, ask only the rest (qvalue.not_held).
+    # `open_words`: once some are held by picks, ask only the rest (qfeatures.not_held).
     # `max_terms`, `heading_weight`: the FTS5 query (lexical.py), shared by both BM25 terms.
     "question_bm25": (1, {"open_words": True, "max_terms": 48, "heading_weight": 1.0}),
     # BM25 of the picks' new words / best chunk left; `query`: "chunk" or "names"
-    # (qvalue.lexical_queries); `min_shared`: characters of overlap that make a chunk
-    # beside a pick repeat it (qvalue.beside_picks; 0 turns that rule off).
+    # (qfeatures.lexical_queries); `min_shared`: characters of overlap that make a chunk
+    # beside a pick repeat it (qfeatures.beside_picks; 0 turns that rule off).
     "picked_bm25": (1, {"query": "names", "min_shared": 8}),
-    # The latest fact in running text (qvalue.order_feature).
+    # The latest fact in running text (qfeatures.order_feature).
     "order": (1, {"scan_share": 0.5, "key_pool": 8}),
     # A heading the question or a pick names whole; `namesake` for a qualifier not held.
     "named": (1, {"namesake": 0.5}),

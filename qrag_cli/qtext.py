@@ -150,6 +150,11 @@ class QNetwork:
         """Make `spec` the model's Q (config and head alike)."""
         raise NotImplementedError
 
+    def with_spec(self, spec: qspec.QSpec) -> QNetwork:
+        """The same encoders and tokenizer under another Q, with a config and head of its
+        own; this model is left as it is."""
+        raise NotImplementedError
+
     # ---- embedding --------------------------------------------------------------------
     def embed_chunks(self, texts: Sequence[str]) -> np.ndarray:
         """E_a over chunk texts -> float32 [n, dim] (what `qrag index` stores)."""

@@ -23,7 +23,7 @@ from qrag_cli.types import HEADING_JOIN, Episode, Evidence, Problem, contextual_
 
 if TYPE_CHECKING:
     from qrag_cli.asking import AskResult
-    from qrag_cli.reader import Answer
+    from qrag_cli.prompt import Answer
 
 # C0 controls (but TAB and LF, decided by the layout), DEL and C1 (0x9b is a one-byte CSI
 # on some terminals), bidi embeddings/overrides/isolates (text that reads other than it

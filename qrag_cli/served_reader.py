@@ -15,11 +15,10 @@ from typing import Any
 
 from qrag_cli import render
 from qrag_cli.config import LLM_KEY_VAR, ReaderSettings, env_value
-from qrag_cli.reader import (
+from qrag_cli.prompt import (
     Answer,
     chat_messages,
     drop_last_picked,
-    find_default_llm_model,
     finished_answer,
     order_evidence,
 )
@@ -58,8 +57,8 @@ class ServedReader:
             timeout=openai.Timeout(settings.timeout, connect=connect),
             max_retries=RETRIES,
         )
-        named = settings.llm_model or find_default_llm_model()[0]
-        self.model = named if named else self._only_model()
+        # open_reader has put the configured name in settings.llm_model; none: ask the server.
+        self.model = settings.llm_model or self._only_model()
         self.load_ms = (time.perf_counter() - start) * 1000
 
     def close(self) -> None:

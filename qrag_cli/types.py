@@ -107,7 +107,7 @@ def contextual_text(heading: tuple[str, ...], text: str) -> str:
     """What E_a embeds of a chunk (and the bench's BM25 baseline reads): its heading path
     on a line of its own (a contextual header), then its text. A chunk cut from the middle
     of a section says which article and section it belongs to; without a heading it is
-    its text. (E_s reads a pick under its own section title only: qvalue.read.)"""
+    its text. (E_s reads a pick under its own section title only: qstate.read.)"""
     if not heading:
         return text
     return HEADING_JOIN.join(heading) + "\n" + text
@@ -143,7 +143,7 @@ class Evidence:
     heading: tuple[str, ...] = ()  # the heading path of the section it comes from
     bm25_max: tuple[float, float] | None = None
     """Raw BM25 maxima of the two lexical queries over the chunks left at this step (what
-    the stop rule reads; qvalue.lexical_features); None for a dense Q."""
+    the stop rule reads; qfeatures.lexical_features); None for a dense Q."""
 
 
 STOP_REASONS = ("complete", "budget", "exhausted")

@@ -46,6 +46,12 @@ def qrag_home(tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.delenv("QRAG_MODEL", raising=False)
     monkeypatch.delenv("QRAG_LLM", raising=False)
     monkeypatch.setenv("NO_COLOR", "1")
+    # Where the shared real data is comes from the environment, as for a user (`make` sets
+    # the same folder); without it here, the tests that need it skip or fail (`shared_data`).
+    if SHARED_DATA.is_dir():
+        monkeypatch.setenv("QRAG_DATA", str(SHARED_DATA))
+    else:
+        monkeypatch.delenv("QRAG_DATA", raising=False)
     return home
 
 

@@ -123,7 +123,7 @@ def test_an_answer_citing_nothing_says_so(sample_index, tmp_path: Path) -> None:
 
 
 def test_uncited_note_only_for_answers_without_citations() -> None:
-    from qrag_cli.reader import Answer
+    from qrag_cli.prompt import Answer
     from qrag_cli.render import uncited_note
 
     assert uncited_note(Answer("Tarsholm [1]", [1], [], [])) is None

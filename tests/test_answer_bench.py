@@ -11,8 +11,8 @@ from conftest import run_qrag
 from gguf_tiny import write_tiny_gguf
 
 from qrag_cli.bench import answers, layouts
-from qrag_cli.bench.longctx import Story
 from qrag_cli.config import ReaderSettings
+from qrag_cli.haystack import Story
 from qrag_cli.types import Evidence
 
 

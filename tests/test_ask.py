@@ -10,7 +10,7 @@ import pytest
 from conftest import HOP_QUESTION, run_qrag
 from test_index import make_corpus
 
-from qrag_cli import qvalue
+from qrag_cli import qstate
 from qrag_cli.config import ChunkConfig, resolve_index
 from qrag_cli.episode import (
     IndexCandidates,
@@ -45,11 +45,11 @@ def test_each_step_is_conditioned_on_the_picked_chunks(base_model, hop_corpus) -
     picked = [ev.chunk_id for ev in episode.evidence]
     assert len(set(picked)) == 3
     rows = source.rows(range(len(texts)))
-    state = qvalue.start(base_model, [HOP_QUESTION])[0]
-    first_state = base_model.embed_states([qvalue.state_tokens(base_model, state)])[0]
+    state = qstate.start(base_model, [HOP_QUESTION])[0]
+    first_state = base_model.embed_states([qstate.state_tokens(base_model, state)])[0]
     for step, ev in enumerate(episode.evidence):
         before = sorted(picked[:step])  # ordinal == index for in-memory chunks
-        tokens = qvalue.state_tokens(base_model, state)
+        tokens = qstate.state_tokens(base_model, state)
         cls, sep = base_model.tokenizer.cls_token_id, base_model.tokenizer.sep_token_id
         expected = [cls, *base_model.chunk_ids([HOP_QUESTION], 64)[0], sep]
         for i in before:  # picked chunks in document order, each capped, each closed by SEP
@@ -59,7 +59,7 @@ def test_each_step_is_conditioned_on_the_picked_chunks(base_model, hop_corpus) -
         scores[before] = -np.inf
         assert int(np.argmax(scores)) == ev.chunk_id
         assert ev.q == pytest.approx(float(scores.max()), abs=1e-5)
-        state = qvalue.pick(base_model, state, rows[ev.chunk_id])
+        state = qstate.pick(base_model, state, rows[ev.chunk_id])
     # Conditioning matters: the second pick's Q differs from its single-step score.
     second = episode.evidence[1]
     assert abs(float(vectors[second.chunk_id] @ first_state) - second.q) > 1e-4

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_qrag
 
-from qrag_cli import datasets
 from qrag_cli.bench import longctx
 from qrag_cli.chunk import count_tokens
 from qrag_cli.datasets import from_babi, load_examples, read_babi
+from qrag_cli.haystack import Story
 from qrag_cli.types import DataError, Problem, UsageError
 
 BABI = REPO.parent / "shared" / "data" / "babi"
@@ -116,7 +116,7 @@ def _entity_groups(escaped: str) -> str:
     return re.sub(rf"\b(?:{words})\b", group, escaped)
 
 
-def _entities(story: longctx.Story) -> set[str]:
+def _entities(story: Story) -> set[str]:
     """The renamed people ("First Last") and objects ("colour noun") of a story."""
     colours = "|".join(longctx.COLOURS)
     found = set()
@@ -187,7 +187,7 @@ def test_training_examples_of_real_tasks_come_from_the_train_files(
 
 
 def test_real_tasks_name_the_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(datasets, "SHARED_DATA", tmp_path)
+    monkeypatch.setenv("QRAG_DATA", str(tmp_path))
     with pytest.raises(UsageError, match=r"qa3_three-supporting-facts_test\.txt.*missing"):
         longctx.make_eval("qa3", 1024, 2, seed=0)
     with pytest.raises(UsageError, match=r"qa1_single-supporting-fact_train\.txt"):

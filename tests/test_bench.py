@@ -14,6 +14,7 @@ from conftest import run_qrag
 from qrag_cli.bench import longctx
 from qrag_cli.chunk import count_tokens
 from qrag_cli.datasets import load_examples, write_examples
+from qrag_cli.haystack import Story, own_paragraphs
 
 
 @pytest.mark.parametrize("task", longctx.TASKS)
@@ -64,13 +65,13 @@ def test_training_episodes_point_at_their_gold_chunks(tmp_path: Path) -> None:
 
 
 def test_fact_scores_by_sentence() -> None:
-    story = longctx.Story("q", "a", ("A one.", "B two.", "C three."), (0, 2))
+    story = Story("q", "a", ("A one.", "B two.", "C three."), (0, 2))
     assert longctx.fact_hits(["x A one. y", "C three. z"], story) == (1.0, 1.0)
     em, f1 = longctx.fact_hits(["A one.", "noise", "more noise"], story)
     assert em == 0.0 and f1 == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
     # A real paragraph cut across chunks: a long piece finds it, a short overlap does not.
     para = " ".join(f"Sentence number {i} of a long paragraph about rivers." for i in range(12))
-    story = longctx.Story("q", "a", (para,), (0,))
+    story = Story("q", "a", (para,), (0,))
     assert longctx.fact_hits([para[150:420]], story)[0] == 1.0
     assert longctx.fact_hits([para[-60:] + "\n\nAnother paragraph entirely."], story)[0] == 0
 
@@ -169,7 +170,24 @@ def test_haystack_text_is_read_like_qrag_index(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("SECRET_TOKEN=abcdefabcdefabcdefabcdefabcdefabcdef\n")
     (tmp_path / ".gitignore").write_text("private.txt\n")
     (tmp_path / "private.txt").write_text("A private paragraph that must never be filler text.\n")
-    paras = longctx.own_paragraphs(tmp_path)
+    paras = own_paragraphs(tmp_path)
     assert len(paras) == 2 and not any("SECRET" in p or "private" in p for p in paras)
     text = "\n\n".join(longctx.make_eval("qa1", 600, 2, seed=0, own=paras)[0])
     assert "winter market" in text and "Where is" not in text
+
+
+def test_bench_without_its_extra_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bm25s and matplotlib are the `bench` extra, not qrag's dependencies: a bench started
+    without one is refused before any work, naming what is missing and the fix."""
+    import qrag_cli.bench
+
+    monkeypatch.setattr(qrag_cli.bench, "EXTRA", ("bm25s", "qrag_no_such_module"))
+    out = tmp_path / "results"
+    for args in (["--layouts"], ["--answers"], ["--no-speed", "--no-real", "--task", "vt"]):
+        proc = run_qrag("bench", *args, "--out", str(out))
+        assert proc.returncode == 2, proc.stderr
+        assert "qrag_no_such_module" in proc.stderr and "qrag[bench]" in proc.stderr
+        assert "bm25s" not in proc.stderr.split("needs")[1].split(":")[0]  # bm25s is there
+        assert not out.exists()

@@ -13,7 +13,6 @@ from qrag_cli import pqn, qnet
 from qrag_cli.bench.tasks import two_hop_task
 from qrag_cli.datasets import write_examples
 from qrag_cli.model import load_model
-from qrag_cli.model_dirs import default_model_dir
 
 QUESTION = "Which river flows through the city where the inventor of the Zephyr engine was born?"
 CHUNKS = [
@@ -40,9 +39,11 @@ def _states(model) -> list[list[int]]:
 
 def test_int8_states_rank_chunks_as_fp32_does(monkeypatch) -> None:
     monkeypatch.setenv("QRAG_DTYPE", "fp32")
-    exact = load_model(str(default_model_dir()))
+    # The base encoder: a fixed wheel, so what this asserts does not move with each retrained
+    # default (the default's own int8 graph is checked against fp32 in test_onnx.py).
+    exact = load_model("base")
     monkeypatch.setenv("QRAG_DTYPE", "int8")
-    small = load_model(str(default_model_dir()))
+    small = load_model("base")
     assert small.state_int8 and not exact.state_int8
     assert small.infer_dtype == torch.float32  # chunks: fp32, the index is the same
     chunks = exact.embed_chunks(CHUNKS)
@@ -52,9 +53,8 @@ def test_int8_states_rank_chunks_as_fp32_does(monkeypatch) -> None:
     assert not np.allclose(a, b, atol=1e-4)  # the int8 copy really ran
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.97, cos
-    # The best two in the same order, and fp32's third within int8's best four: with the
-    # recipe-trained E_s of 2026-12-07 one state's third and fourth (fp32 Q 0.275 / 0.238)
-    # swap under int8 (0.258 / 0.250).
+    # The best two in the same order, and fp32's third within int8's best four (int8 may
+    # swap two close runners-up).
     top_a, top_b = (a @ chunks.T).argsort(1)[:, ::-1], (b @ chunks.T).argsort(1)[:, ::-1]
     assert (top_a[:, :2] == top_b[:, :2]).all()
     assert all(set(x[:3]) <= set(y[:4]) for x, y in zip(top_a, top_b, strict=True))

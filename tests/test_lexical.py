@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import run_qrag
 
-from qrag_cli import lexical, qspec, qvalue
+from qrag_cli import lexical, qfeatures, qspec, qstate, qvalue
 from qrag_cli.chunk import chunk_document
 from qrag_cli.config import ChunkConfig
 from qrag_cli.documents import Document
@@ -135,7 +135,7 @@ def test_top_positions_is_a_stable_sort_cut_short() -> None:
         scores = rng.integers(0, 5, int(rng.integers(0, 120))).astype(np.float32)
         k = int(rng.integers(1, 70))
         want = np.argsort(-scores, kind="stable")[:k]
-        assert np.array_equal(qvalue.top_positions(scores, k), want)
+        assert np.array_equal(qfeatures.top_positions(scores, k), want)
 
 
 def test_lexical_features_use_the_new_words_of_picked_chunks() -> None:
@@ -147,15 +147,15 @@ def test_lexical_features_use_the_new_words_of_picked_chunks() -> None:
     ]
     source = MemoryCandidates(texts, np.zeros((4, 2), np.float32))
     model = load_model("base")
-    state = qvalue.start(model, [COMPASS_QUESTION])[0]
-    asked, new = qvalue.lexical_queries(state)
+    state = qstate.start(model, [COMPASS_QUESTION])[0]
+    asked, new = qfeatures.lexical_queries(state)
     assert "compass" in asked and new == []
-    before, _ = qvalue.lexical_features(source, state)
+    before, _, _ = qfeatures.lexical_features(source, state)
     assert before[:, 1].max() == 0 and before[0, 0] == 1.0  # the best match is scaled to 1
-    state = qvalue.pick(model, state, source.rows([0])[0])
-    asked, new = qvalue.lexical_queries(state)
+    state = qstate.pick(model, state, source.rows([0])[0])
+    asked, new = qfeatures.lexical_queries(state)
     assert new == ["kept", "ines", "varga"]  # the question's words are not news
-    after, proposals = qvalue.lexical_features(source, state)
+    after, proposals, _ = qfeatures.lexical_features(source, state)
     assert not after[0].any()  # picked: no longer an action
     assert after[2, 1] == 1.0 and after[3, 1] == 0.0 and 2 in proposals
     assert ((after >= 0) & (after <= 1)).all()
@@ -163,44 +163,44 @@ def test_lexical_features_use_the_new_words_of_picked_chunks() -> None:
 
 def test_a_neighbour_matching_only_through_the_overlap_it_repeats_scores_nothing() -> None:
     """Chunks overlap: a needle at the edge of a pick is whole in its neighbour too, which
-    then matches the question as well as the pick did and took the step the next needle
-    needs ("What are all the special magic numbers for cobalt-meadow?" at 1M tokens)."""
-    needle = "The special magic number for cobalt-meadow is 8048426."
+    would match the question as well as the pick did and take the step the next needle
+    needs: only what it holds beyond the shared edge counts."""
+    needle = "The special magic number for amber-ridge is 8048426."
     texts = [
         f"The ferry left the harbour at dawn. {needle}",
         f"{needle} The mill owner praised the eastern pass.",  # starts with the pick's end
         "A herd of reindeer sold a map of the islands.",
-        "The special magic number for cobalt-meadow is 1369099. The river rose.",
+        "The special magic number for amber-ridge is 1369099. The river rose.",
     ]
     source = MemoryCandidates(texts, np.zeros((4, 2), np.float32))
     model = load_model("base")
-    start = qvalue.start(model, ["What are all the special magic numbers for cobalt-meadow?"])[0]
-    before, _ = qvalue.lexical_features(source, start)
+    start = qstate.start(model, ["What are all the special magic numbers for amber-ridge?"])[0]
+    before, _, _ = qfeatures.lexical_features(source, start)
     assert before[1, 0] > 0 and before[3, 0] > 0
-    state = qvalue.pick(model, start, source.rows([0])[0])
-    assert qvalue.beside_picks(source, state, before) == {
+    state = qstate.pick(model, start, source.rows([0])[0])
+    assert qfeatures.beside_picks(source, state, before) == {
         1: " The mill owner praised the eastern pass."
     }
-    after, _ = qvalue.lexical_features(source, state)
+    after, _, _ = qfeatures.lexical_features(source, state)
     assert after[1, 0] == 0.0 and after[3, 0] > 0  # the next needle, not the same one again
     # The chunk before a pick ends with what the pick starts with.
-    state = qvalue.pick(model, start, source.rows([1])[0])
-    after, _ = qvalue.lexical_features(source, state)
+    state = qstate.pick(model, start, source.rows([1])[0])
+    after, _, _ = qfeatures.lexical_features(source, state)
     assert after[0, 0] == 0.0 and after[3, 0] > 0
     # A neighbour with something new of its own keeps its match: the pick's next sentence.
-    texts[1] = f"{needle} The special magic number for cobalt-meadow is 5853994."
+    texts[1] = f"{needle} The special magic number for amber-ridge is 5853994."
     source = MemoryCandidates(texts, np.zeros((4, 2), np.float32))
-    state = qvalue.pick(model, start, source.rows([0])[0])
-    after, _ = qvalue.lexical_features(source, state)
+    state = qstate.pick(model, start, source.rows([0])[0])
+    after, _, _ = qfeatures.lexical_features(source, state)
     assert after[1, 0] > 0
     # The overlap is cut by tokens: a pick that opens inside the needle ("special magic
     # ...", its "The" left behind) does not hold it whole, and its neighbour that does
     # keeps the match.
     texts[1] = f"{needle[4:]} The mill owner praised the eastern pass."
     source = MemoryCandidates(texts, np.zeros((4, 2), np.float32))
-    state = qvalue.pick(model, start, source.rows([1])[0])
-    assert qvalue.beside_picks(source, state, before)[0] == texts[0]
-    after, _ = qvalue.lexical_features(source, state)
+    state = qstate.pick(model, start, source.rows([1])[0])
+    assert qfeatures.beside_picks(source, state, before)[0] == texts[0]
+    after, _, _ = qfeatures.lexical_features(source, state)
     assert after[0, 0] > 0
 
 
@@ -211,7 +211,7 @@ def test_overlapping_chunks_share_their_edges() -> None:
     chunks = [c.text for c in chunk_document(Document(text, "text", ((0, 1),)), ChunkConfig())]
     assert len(chunks) > 5
     for first, second in itertools.pairwise(chunks):
-        shared = qvalue._shared_edge(first, second, 8)
+        shared = qfeatures._shared_edge(first, second, 8)
         assert shared >= 8 and first.endswith(second[:shared])
 
 
@@ -226,15 +226,15 @@ def test_question_term_keeps_its_scale_once_its_best_match_is_picked() -> None:
         *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept.", "Ulf swam.", "Mia read."],
     ]
     source, model = memory(texts), names_model()
-    state = qvalue.start(model, ["Where is the black jug?"])[0]
-    before, _ = qvalue.lexical_features(source, state)
+    state = qstate.start(model, ["Where is the black jug?"])[0]
+    before, _, _ = qfeatures.lexical_features(source, state)
     assert before[0, 0] == 1.0 and 0.2 < before[1, 0] < 0.8
-    state = qvalue.pick(model, state, source.rows([0])[0])
-    after, _ = qvalue.lexical_features(source, state)
+    state = qstate.pick(model, state, source.rows([0])[0])
+    after, _, _ = qfeatures.lexical_features(source, state)
     assert after[1, 0] == pytest.approx(before[1, 0])  # not scaled up to 1
     assert after[2, :2].tolist() == [0.0, 1.0]  # the holder's fact: the bridge's best match
-    weights = np.array(load_model("default").cfg.spec().weights)
-    assert after[2, :2] @ weights[:2] > after[1, :2] @ weights[:2]
+    weights = np.array([0.3, 0.3])  # the two BM25 terms weighted alike, as training starts
+    assert after[2, :2] @ weights > after[1, :2] @ weights
 
 
 def test_question_term_asks_what_the_picks_do_not_hold_yet() -> None:
@@ -253,12 +253,12 @@ def test_question_term_asks_what_the_picks_do_not_hold_yet() -> None:
     model = load_model("base")
     for query in lexical.PICKED_QUERIES:
         reading(model, query)
-        state = qvalue.start(model, ["Which has more species, Angraecum or Aphelandra?"])[0]
-        before, _ = qvalue.lexical_features(source, state)
+        state = qstate.start(model, ["Which has more species, Angraecum or Aphelandra?"])[0]
+        before, _, _ = qfeatures.lexical_features(source, state)
         assert before[1, 0] > before[2, 0]  # the question alone: the look-alike first
-        state = qvalue.pick(model, state, source.rows([0])[0])
-        assert qvalue.not_held(state, qvalue.lexical_queries(state)[0]) == ["angraecum"]
-        after, _ = qvalue.lexical_features(source, state)
+        state = qstate.pick(model, state, source.rows([0])[0])
+        assert qfeatures.not_held(state, qfeatures.lexical_queries(state)[0]) == ["angraecum"]
+        after, _, _ = qfeatures.lexical_features(source, state)
         assert after[2, 0] == 1.0 and after[1, 0] == 0.0
     # Every word held (a key asked for all its values), or the words not held match no
     # chunk left ("numbers" where needles say "number"): the whole question is asked.
@@ -273,10 +273,10 @@ def test_question_term_asks_what_the_picks_do_not_hold_yet() -> None:
         "What is the magic number for pale-saddle?",
         "What are the numbers for pale-saddle?",
     ):
-        state = qvalue.start(model, [question])[0]
-        before, _ = qvalue.lexical_features(source, state)
-        state = qvalue.pick(model, state, source.rows([0])[0])
-        after, _ = qvalue.lexical_features(source, state)
+        state = qstate.start(model, [question])[0]
+        before, _, _ = qfeatures.lexical_features(source, state)
+        state = qstate.pick(model, state, source.rows([0])[0])
+        after, _, _ = qfeatures.lexical_features(source, state)
         assert after[2, 0] == before[2, 0] > after[1, 0] > 0
 
 
@@ -292,14 +292,14 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
         *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept."],
     ]
     source, model = memory(story), names_model()
-    state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
-    features, _ = qvalue.lexical_features(source, state, order=True)
-    assert features[:, qvalue.ORDER].tolist() == [0, 0, 0, 1, 0, 0, 0, 0]  # the latest
-    assert not qvalue.lexical_features(source, state)[0][:, qvalue.ORDER].any()  # off
-    state = qvalue.pick(
-        model, qvalue.start(model, ["Where is the football?"])[0], source.rows([2])[0]
+    state = qstate.start(model, ["Where is Daniel Ek?"])[0]
+    features, _, _ = qfeatures.lexical_features(source, state, order=True)
+    assert features[:, qfeatures.ORDER].tolist() == [0, 0, 0, 1, 0, 0, 0, 0]  # the latest
+    assert not qfeatures.lexical_features(source, state).values[:, qfeatures.ORDER].any()  # off
+    state = qstate.pick(
+        model, qstate.start(model, ["Where is the football?"])[0], source.rows([2])[0]
     )
-    order = qvalue.lexical_features(source, state, order=True)[0][:, qvalue.ORDER]
+    order = qfeatures.lexical_features(source, state, order=True).values[:, qfeatures.ORDER]
     # The trail's latest match, and its nearest one before the pick (where he dropped it).
     assert order.tolist() == [0, 1, 0, 1, 0, 0, 0, 0]
     # Read sentence by sentence: a fact about the green ball holds both words in one
@@ -315,11 +315,11 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
             *["Bo ate.", "Ada sang.", "Kim ran."],
         ]
     )
-    state = qvalue.start(model, ["Where is the green ball?"])[0]
-    order = qvalue.lexical_features(crowded, state, order=True)[0][:, qvalue.ORDER]
+    state = qstate.start(model, ["Where is the green ball?"])[0]
+    order = qfeatures.lexical_features(crowded, state, order=True).values[:, qfeatures.ORDER]
     assert np.flatnonzero(order).tolist() == [2]
-    state = qvalue.pick(model, state, crowded.rows([2])[0])
-    order = qvalue.lexical_features(crowded, state, order=True)[0][:, qvalue.ORDER]
+    state = qstate.pick(model, state, crowded.rows([2])[0])
+    order = qfeatures.lexical_features(crowded, state, order=True).values[:, qfeatures.ORDER]
     # Where he went last before dropping it, and where he went last; once a fact about the
     # ball is picked, the older facts about it are not pointed to.
     assert np.flatnonzero(order).tolist() == [0, 4]
@@ -332,26 +332,26 @@ def test_order_feature_points_to_the_latest_fact_of_running_text(tmp_path: Path)
             *["Bo ate.", "Ada sang.", "Kim ran."],
         ]
     )
-    state = qvalue.start(model, ["Where is the green ball?"])[0]
-    state = qvalue.pick(model, state, overlapping.rows([2])[0])
-    order = qvalue.lexical_features(overlapping, state, order=True)[0][:, qvalue.ORDER]
+    state = qstate.start(model, ["Where is the green ball?"])[0]
+    state = qstate.pick(model, state, overlapping.rows([2])[0])
+    order = qfeatures.lexical_features(overlapping, state, order=True).values[:, qfeatures.ORDER]
     assert np.flatnonzero(order).tolist() == [0]
     # What it points to is a candidate even below the BM25 top POOL (ties rank by id).
     moves = [f"Daniel Ek went to room {i}." for i in range(qspec.PARTS["dense"][1]["pool"] + 6)]
     many = memory(moves)
-    state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
-    features, proposals = qvalue.lexical_features(many, state, order=True)
-    assert np.flatnonzero(features[:, qvalue.ORDER]).tolist() == [len(moves) - 1]
+    state = qstate.start(model, ["Where is Daniel Ek?"])[0]
+    features, proposals, _ = qfeatures.lexical_features(many, state, order=True)
+    assert np.flatnonzero(features[:, qfeatures.ORDER]).tolist() == [len(moves) - 1]
     assert len(moves) - 1 in proposals
     # Notes under headings of their own: their order means nothing. The same story kept
     # under one heading is still one running text.
-    state = qvalue.start(model, ["Where is Daniel Ek?"])[0]
+    state = qstate.start(model, ["Where is Daniel Ek?"])[0]
     notes = memory([f"Note {i}\n{text}" for i, text in enumerate(story)])
-    assert not qvalue.lexical_features(notes, state, order=True)[0][:, qvalue.ORDER].any()
+    assert not qfeatures.lexical_features(notes, state, order=True).values[:, qfeatures.ORDER].any()
     kept = memory([f"Diary\n{text}" for text in story])
     assert notes.rows([0])[0].heading == ("Note 0",) and kept.rows([0])[0].heading == ("Diary",)
-    untitled = qvalue.lexical_features(memory(story), state, order=True)[0][:, qvalue.ORDER]
-    under_one = qvalue.lexical_features(kept, state, order=True)[0][:, qvalue.ORDER]
+    untitled = qfeatures.lexical_features(memory(story), state, order=True)[0][:, qfeatures.ORDER]
+    under_one = qfeatures.lexical_features(kept, state, order=True).values[:, qfeatures.ORDER]
     assert untitled.any() and under_one.tolist() == untitled.tolist()
     # A model with a third lexical weight has the order term, a fourth the named-title
     # term; two to four numbers only.
@@ -385,18 +385,18 @@ def test_named_feature_marks_the_articles_the_question_or_a_pick_names() -> None
             "Carlos Fuentes: a Mexican novelist, written as a label and not as a heading.",
         ]
     )
-    state = qvalue.State("Who was born later, Carlos Fuentes or Christa Wolf?", [])
-    features = qvalue.lexical_features(articles, state, named=True)[0]
+    state = qstate.State("Who was born later, Carlos Fuentes or Christa Wolf?", [])
+    features = qfeatures.lexical_features(articles, state, named=True).values
     # Only a heading counts: no text pattern ("Title: ...") is read as one.
-    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 2]
-    assert not qvalue.lexical_features(articles, state)[0][:, qvalue.NAMED].any()  # off
+    assert np.flatnonzero(features[:, qfeatures.NAMED]).tolist() == [1, 2]
+    assert not qfeatures.lexical_features(articles, state).values[:, qfeatures.NAMED].any()  # off
     state = state.then(articles.rows([2])[0], [])
-    features = qvalue.lexical_features(articles, state, named=True)[0]
+    features = qfeatures.lexical_features(articles, state, named=True).values
     # The picked chunk names "Landsberg", not "Landsberg an der Warthe"; picked chunks are 0.
-    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1]
+    assert np.flatnonzero(features[:, qfeatures.NAMED]).tolist() == [1]
     state = state.then(articles.rows([3])[0], [])
-    features = qvalue.lexical_features(articles, state, named=True)[0]
-    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1, 4]
+    features = qfeatures.lexical_features(articles, state, named=True).values
+    assert np.flatnonzero(features[:, qfeatures.NAMED]).tolist() == [1, 4]
     # A namesake whose qualifier the question does not hold counts half.
     people = memory(
         [
@@ -405,23 +405,25 @@ def test_named_feature_marks_the_articles_the_question_or_a_pick_names() -> None
             "Robert Butler (director)\nA director.",
         ]
     )
-    state = qvalue.State("Which director worked more, Robert Butler or Bob Clark?", [])
-    features = qvalue.lexical_features(people, state, named=True)[0]
-    assert features[:, qvalue.NAMED].tolist() == [0.5, 1.0, 1.0]
+    state = qstate.State("Which director worked more, Robert Butler or Bob Clark?", [])
+    features = qfeatures.lexical_features(people, state, named=True).values
+    assert features[:, qfeatures.NAMED].tolist() == [0.5, 1.0, 1.0]
     # Named means written as a name: "the astronomical clock" names no "Astronomical clock".
     clocks = memory(["Astronomical clock\nA clock.", "Prague astronomical clock\nA clock."])
-    state = qvalue.State("When was the astronomical clock in Prague built?", [])
-    assert not qvalue.lexical_features(clocks, state, named=True)[0][:, qvalue.NAMED].any()
-    state = qvalue.State("When was the Prague astronomical clock built?", [])
-    features = qvalue.lexical_features(clocks, state, named=True)[0]
-    assert np.flatnonzero(features[:, qvalue.NAMED]).tolist() == [1]
+    state = qstate.State("When was the astronomical clock in Prague built?", [])
+    assert (
+        not qfeatures.lexical_features(clocks, state, named=True).values[:, qfeatures.NAMED].any()
+    )
+    state = qstate.State("When was the Prague astronomical clock built?", [])
+    features = qfeatures.lexical_features(clocks, state, named=True).values
+    assert np.flatnonzero(features[:, qfeatures.NAMED]).tolist() == [1]
     # A title holding a colon: the film "Diary of a Wimpy Kid: The Long Haul" is not an
     # article titled "Diary of a Wimpy Kid" (a partial match is no name match).
     sequel = "Diary of a Wimpy Kid: The Long Haul\nDiary of a Wimpy Kid: The Long Haul is a film."
     films = memory([sequel, "Diary of a Wimpy Kid\nDiary of a Wimpy Kid is a novel."])
-    state = qvalue.State("Which film of Diary of a Wimpy Kid came first?", [])
-    features = qvalue.lexical_features(films, state, named=True)[0]
-    assert features[:, qvalue.NAMED].tolist() == [0.0, 1.0]
+    state = qstate.State("Which film of Diary of a Wimpy Kid came first?", [])
+    features = qfeatures.lexical_features(films, state, named=True).values
+    assert features[:, qfeatures.NAMED].tolist() == [0.0, 1.0]
 
 
 # 60 made-up lower-case words: prose that shares no word with any question below.
@@ -448,15 +450,15 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     features = {}
     for query in lexical.PICKED_QUERIES:
         reading(model, query)
-        state = qvalue.pick(model, qvalue.start(model, [question])[0], source.rows([0])[0])
-        features[query] = qvalue.lexical_features(source, state)[0][:, 1]
+        state = qstate.pick(model, qstate.start(model, [question])[0], source.rows([0])[0])
+        features[query] = qfeatures.lexical_features(source, state).values[:, 1]
         if query == "names":
-            assert qvalue.lexical_queries(state)[1] == ["kurt", "lind"]
+            assert qfeatures.lexical_queries(state)[1] == ["kurt", "lind"]
             # The chain: the next pick keeps the sentence naming Kurt Lind (not "went").
-            state = qvalue.pick(model, state, source.rows([1])[0])
-            assert qvalue.lexical_queries(state)[1] == ["kurt", "lind"]
+            state = qstate.pick(model, state, source.rows([1])[0])
+            assert qfeatures.lexical_queries(state)[1] == ["kurt", "lind"]
     # Names, keys and codes, not prose and not bare numbers (overlap repeats those).
-    assert lexical.names("Kurt put the x86 key 4406058 in The Box, ERR_4402") == {
+    assert lexical.name_words("Kurt put the x86 key 4406058 in The Box, ERR_4402") == {
         "kurt",
         "x86",
         "box",
@@ -467,15 +469,15 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     # open with "Title: ", notes with a heading line).
     reading(model, "names")
     prose = MemoryCandidates(["Ada Borg went to the office. Kurt met Bo Dahl."], np.zeros((1, 2)))
-    state = qvalue.pick(model, qvalue.start(model, ["Where is Kurt?"])[0], prose.rows([0])[0])
-    assert qvalue.lexical_queries(state)[1] == ["bo", "dahl"]
+    state = qstate.pick(model, qstate.start(model, ["Where is Kurt?"])[0], prose.rows([0])[0])
+    assert qfeatures.lexical_queries(state)[1] == ["bo", "dahl"]
     # A name of several words is followed whole: Alva Nord shares only a surname with the
     # asked Sandra Nord, so her sentence is not on the trail and "alva" is not news.
     chunk = "Sandra Nord moved to the hallway. Alva Nord moved to the library. Bo met Sandra Nord."
     near = MemoryCandidates([chunk], np.zeros((1, 2)))
-    state = qvalue.start(model, ["Where is Sandra Nord?"])[0]
-    state = qvalue.pick(model, state, near.rows([0])[0])
-    assert qvalue.lexical_queries(state)[1] == ["bo"]
+    state = qstate.start(model, ["Where is Sandra Nord?"])[0]
+    state = qstate.pick(model, state, near.rows([0])[0])
+    assert qfeatures.lexical_queries(state)[1] == ["bo"]
     # The question's name of several words is asked whole too (an FTS5 phrase): chunks
     # holding only part of "Olga Ros" fall well behind the one holding all of it.
     olgas = ["Olga Ek met Olga Berg.", "Olga Ros went to the office.", "Ada Ros sang.", "Bo ate."]
@@ -483,9 +485,9 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     question = {}
     for query in lexical.PICKED_QUERIES:
         reading(model, query)
-        question[query] = qvalue.start(model, ["Where is Olga Ros?"])[0]
-    assert qvalue.lexical_queries(question["names"])[0] == ["olga ros", "olga", "ros"]
-    parts = {q: qvalue.lexical_features(source, s)[0][:, 0] for q, s in question.items()}
+        question[query] = qstate.start(model, ["Where is Olga Ros?"])[0]
+    assert qfeatures.lexical_queries(question["names"])[0] == ["olga ros", "olga", "ros"]
+    parts = {q: qfeatures.lexical_features(source, s).values[:, 0] for q, s in question.items()}
     assert parts["chunk"][1] == parts["names"][1] == 1.0
     assert parts["chunk"][0] > 0.6 and parts["chunk"][2] > 0.6  # words asked one by one
     assert parts["names"][0] < 0.45 and parts["names"][2] < 0.45  # the whole name asked
@@ -500,9 +502,9 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     asked = {}
     for query in lexical.PICKED_QUERIES:
         reading(model, query)
-        asked[query] = qvalue.start(model, ["What is the number for brisk-quarry?"])[0]
-    assert qvalue.lexical_queries(asked["names"])[0][:2] == ["brisk quarry", "number"]
-    ranked = {q: qvalue.lexical_features(source, s)[0][:, 0] for q, s in asked.items()}
+        asked[query] = qstate.start(model, ["What is the number for brisk-quarry?"])[0]
+    assert qfeatures.lexical_queries(asked["names"])[0][:2] == ["brisk quarry", "number"]
+    ranked = {q: qfeatures.lexical_features(source, s).values[:, 0] for q, s in asked.items()}
     assert ranked["chunk"][1] == ranked["names"][1] == 1.0
     assert ranked["chunk"][0] > 0.75  # its words asked one by one: nearly as good
     assert ranked["names"][0] < 0.5  # the key asked whole
@@ -516,15 +518,15 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
         *["Bo ate.", "Ada sang.", "Kim ran.", "Eva slept."],
     ]
     source = MemoryCandidates(titled, np.zeros((len(titled), 2)))
-    singer = qvalue.start(model, ["Who is older, John Waite or Jeff Scott Soto?"])[0]
-    assert lexical.match_expression(qvalue.lexical_queries(singer)[0]).startswith(
+    singer = qstate.start(model, ["Who is older, John Waite or Jeff Scott Soto?"])[0]
+    assert lexical.match_expression(qfeatures.lexical_queries(singer)[0]).startswith(
         '"john waite" OR "jeff scott soto" OR "older" OR'
     )
     # BM25 alone ranks the shorter album first (its heading counts, but so does length);
     # the named term marks the chunk under the name whole, and only it.
-    scored = qvalue.lexical_features(source, singer, named=True)[0]
+    scored = qfeatures.lexical_features(source, singer, named=True).values
     assert scored[0, 0] >= scored[1, 0] > 0.85
-    assert scored[:2, qvalue.NAMED].tolist() == [0.0, 1.0]
+    assert scored[:2, qfeatures.NAMED].tolist() == [0.0, 1.0]
     assert lexical.compounds("Is brisk-quarry x86-64 or Jean-Paul - a-b?") == [
         ("brisk", "quarry"),
         ("x86", "64"),
@@ -545,7 +547,6 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     trained = trainable(model, frozen_chunks=True, lexical=[0.3, 0.3], lexical_query="names")
     save_model(trained, tmp_path / "names")
     assert load_model(str(tmp_path / "names")).cfg.spec().query == "names"
-    assert load_model("default").cfg.spec().query == "names"
     older = tmp_path / "older"
     shutil.copytree(default_model_dir(), older)
     config = json.loads((older / "config.json").read_text())
@@ -619,18 +620,20 @@ def test_lexical_off_is_the_pure_dense_q(tmp_path: Path, base_model) -> None:
     root = compass_corpus(tmp_path / "docs")
     build_index([root], tmp_path / "idx", base_model, ChunkConfig())
     hybrid = trainable(load_model("base"), frozen_chunks=True, lexical=[0.5, 0.5])
-    dense = qvalue.without_lexical(
-        trainable(load_model("base"), frozen_chunks=True, lexical=[0.5, 0.5])
-    )
+    with_terms = trainable(load_model("base"), frozen_chunks=True, lexical=[0.5, 0.5])
+    dense = qvalue.without_lexical(with_terms)
+    # A model of its own: the one it was made from keeps its terms.
+    assert dense.lexical_weights is None and dense.cfg.q is None
+    assert with_terms.lexical_weights is not None and with_terms.cfg.q is not None
     with open_snapshot(tmp_path / "idx") as snapshot:
         source = IndexCandidates(snapshot, exact=True)
         ep_dense = run_episodes(dense, [COMPASS_QUESTION], [source], StopRule(2))[0]
         ep_hybrid = run_episodes(hybrid, [COMPASS_QUESTION], [source], StopRule(2))[0]
-        state = qvalue.start(dense, [COMPASS_QUESTION])[0]
+        state = qstate.start(dense, [COMPASS_QUESTION])[0]
         for ev in ep_dense.evidence:  # Q is exactly <E_s(s), E_a(a)>
-            vec = dense.embed_states([qvalue.state_tokens(dense, state)])[0]
+            vec = dense.embed_states([qstate.state_tokens(dense, state)])[0]
             assert ev.q == pytest.approx(float(snapshot.vectors[ev.chunk_id] @ vec), abs=1e-5)
-            state = qvalue.pick(dense, state, snapshot.chunks([ev.chunk_id])[0])
+            state = qstate.pick(dense, state, snapshot.chunks([ev.chunk_id])[0])
     # The hybrid's first pick scores its full lexical weight on top of the dense term.
     first = ep_hybrid.evidence[0]
     assert "number 7 " in first.text and first.q > ep_dense.evidence[0].q + 0.4

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import run_qrag
 
-from qrag_cli import qvalue
+from qrag_cli import qstate
 from qrag_cli.model import from_base, load_model, save_model
 from qrag_cli.pqn import trainable
 from qrag_cli.types import ModelError
@@ -90,7 +90,7 @@ def test_compact_save_keeps_only_what_training_changed(tmp_path: Path, monkeypat
     assert small.cfg.fingerprint != model.cfg.fingerprint  # an index notices fp16 weights
     texts = ["Ada put the key in the red box.", "The red box is kept in the attic."]
     for a, b in ((model, small), (small, model)):
-        state = qvalue.state_tokens(a, qvalue.start(a, ["where is the key"])[0])
+        state = qstate.state_tokens(a, qstate.start(a, ["where is the key"])[0])
         assert np.allclose(a.embed_states([state]), b.embed_states([state]), atol=2e-3)
     assert np.allclose(model.embed_chunks(texts), small.embed_chunks(texts), atol=2e-3)
 
@@ -124,7 +124,7 @@ def test_frozen_chunk_model_keeps_the_base_vectors_and_indexes(
     assert small.cfg.frozen_chunks and small.cfg.fingerprint == base.cfg.fingerprint
     texts = ["Ada put the key in the red box.", "The red box is kept in the attic."]
     assert np.array_equal(small.embed_chunks(texts), base.embed_chunks(texts))
-    state = qvalue.state_tokens(small, qvalue.start(small, ["where is the key"])[0])
+    state = qstate.state_tokens(small, qstate.start(small, ["where is the key"])[0])
     assert np.allclose(small.embed_states([state]), model.embed_states([state]), atol=2e-3)
     assert not np.allclose(
         small.embed_states([state]), 0.1 * base.embed_states([state]), atol=1e-3

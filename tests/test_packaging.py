@@ -26,6 +26,8 @@ def _source_tree(dest: Path, with_default_model: bool = True) -> Path:
         IGNORE if with_default_model else shutil.ignore_patterns("__pycache__", "qrag-default")
     )
     shutil.copytree(REPO / "models", dest / "models", ignore=models_ignore)
+    for research in ("experiments", "training"):  # beside the packages, as in the checkout
+        shutil.copytree(REPO / research, dest / research, ignore=IGNORE)
     return dest
 
 
@@ -64,6 +66,12 @@ def test_wheel_carries_the_default_model_and_every_package(tmp_path: Path) -> No
     ]
     assert all(f"{p}/__init__.py" in names for p in packages), packages
     assert "qrag_cli/sample/cities.md" in names
+    # The product and the default model only: no studies, no recipe, no stray modules.
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"qrag_cli", "qrag_models"}, tops
+    model_code = [n for n in names if n.startswith("qrag_models/") and n.endswith(".py")]
+    assert model_code == ["qrag_models/__init__.py"], model_code
+    assert not [n for n in names if "probe_" in n or "measure_" in n or "experiments" in n]
 
 
 def test_missing_default_model_is_an_error_not_the_base(tmp_path: Path) -> None:

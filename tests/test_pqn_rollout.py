@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from qrag_cli import qspec, qvalue
+from qrag_cli import qfeatures, qspec, qvalue
 from qrag_cli.bench.tasks import two_hop_task
 from qrag_cli.episode import StopRule, greedy, run_episodes
 from qrag_cli.evaluate import example_sources
@@ -280,7 +280,7 @@ def test_collect_yields_one_transition_per_pick_and_q_is_qvalues(
                 expected += [*tok.ids([ex.chunks[c]])[0], tok.sep_token_id]
             assert tr.state == expected
             if qvalue.uses_lexical(model):
-                assert tr.features.shape == (len(ex.chunks), qvalue.FEATURES)
+                assert tr.features.shape == (len(ex.chunks), qfeatures.FEATURES)
                 assert (tr.features[tr.before] == 0).all()  # picked: no longer an action
             else:
                 assert tr.features is None

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qrag_cli import qspec, qvalue
+from qrag_cli import qfeatures, qspec, qstate, qvalue
 from qrag_cli.episode import MemoryCandidates
 from qrag_cli.model import load_model, load_qrag_folder
 from qrag_cli.model_dirs import default_model_dir
@@ -67,8 +67,10 @@ def test_the_registry_parameters_are_what_q_reads(tmp_path: Path) -> None:
     spec = qspec.QSpec(weights=(0.3, 0.3, 0.5, 0.5))
     named = {}
     for half in (0.5, 0.25):
-        state = qvalue.State(question, [], spec=spec.with_params("named", namesake=half))
-        named[half] = qvalue.lexical_features(source, state, named=True)[0][:, qvalue.NAMED]
+        state = qstate.State(question, [], spec=spec.with_params("named", namesake=half))
+        named[half] = qfeatures.lexical_features(source, state, named=True).values[
+            :, qfeatures.NAMED
+        ]
     assert named[0.5].tolist() == [0.5, 1.0, 0.0] and named[0.25].tolist() == [0.25, 1.0, 0.0]
 
 
@@ -85,11 +87,11 @@ def test_each_part_s_output_is_pinned() -> None:
     ]
     source = MemoryCandidates(texts, np.zeros((5, 2), np.float32))
     spec = qspec.QSpec(weights=(0.3, 0.3, 0.5, 0.5))
-    state = qvalue.State(
+    state = qstate.State(
         "Where does the keeper of the copper compass number 7 live?", [], spec=spec
     )
     state = state.then(source.rows([0])[0], [])
-    features, proposals = qvalue.lexical_features(source, state, order=True, named=True)
+    features, proposals, _ = qfeatures.lexical_features(source, state, order=True, named=True)
     assert np.allclose(features, PINNED, atol=1e-3), features.round(3).tolist()
     assert sorted(set(proposals.tolist())) == [1, 2]
 

@@ -10,16 +10,10 @@ from gguf_tiny import write_tiny_gguf
 
 from qrag_cli import bundled_reader
 from qrag_cli import reader as reader_mod
+from qrag_cli.config import ReaderSettings
 from qrag_cli.local_reader import LocalReader
-from qrag_cli.reader import (
-    EXAMPLE_ANSWER,
-    ReaderSettings,
-    default_llm,
-    open_reader,
-    order_evidence,
-    parse_citations,
-    save_default_llm,
-)
+from qrag_cli.prompt import EXAMPLE_ANSWER, order_evidence, parse_citations
+from qrag_cli.reader import default_llm, open_reader, save_default_llm
 from qrag_cli.types import Evidence, LLMError, UsageError
 
 

@@ -19,9 +19,9 @@ import pytest
 from conftest import run_qrag
 from gguf_tiny import write_tiny_gguf
 
-from qrag_cli.bench import longctx
 from qrag_cli.config import ChunkConfig, resolve_index
 from qrag_cli.documents import read_document
+from qrag_cli.haystack import own_paragraphs
 from qrag_cli.indexer import build_index
 from qrag_cli.secretscan import RULES_VERSION, find_secret, secret_name
 from qrag_cli.store import open_snapshot
@@ -398,7 +398,7 @@ def test_index_built_under_older_rules_is_rechecked(tmp_path: Path, base_model) 
 def test_bench_haystack_leaves_out_files_with_secrets(tmp_path: Path) -> None:
     write(tmp_path / "story.md", "A long paragraph about the harbour and its many boats.\n")
     write(tmp_path / "ops.md", f"The deploy runbook for the harbour, token {GITHUB} inside.\n")
-    paras = longctx.own_paragraphs(tmp_path)
+    paras = own_paragraphs(tmp_path)
     assert paras == ["A long paragraph about the harbour and its many boats."]
 
 

@@ -22,7 +22,8 @@ from gguf_tiny import write_tiny_gguf
 
 from qrag_cli.bundled_reader import smollm2 as bundled_smollm2
 from qrag_cli.config import ReaderSettings
-from qrag_cli.reader import open_reader, parse_citations
+from qrag_cli.prompt import parse_citations
+from qrag_cli.reader import open_reader
 from qrag_cli.types import Evidence, LLMError
 
 KEY = "test-key-not-a-secret"

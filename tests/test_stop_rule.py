@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import HOP_FILES, HOP_QUESTION, run_qrag
 
-from qrag_cli import qvalue
+from qrag_cli import qstate
 from qrag_cli.datasets import write_examples
 from qrag_cli.episode import MemoryCandidates, run_episodes
 from qrag_cli.evaluate import cut_episodes
@@ -43,7 +43,7 @@ def test_a_head_decides_online_as_it_is_scored_offline(lexical_model) -> None:
     source = MemoryCandidates(texts, lexical_model.embed_chunks(texts))
     full = run_episodes(lexical_model, [HOP_QUESTION], [source], StopRule(6))[0]
     # The episode keeps E_s of the question alone: what the count model reads.
-    question = qvalue.state_tokens(lexical_model, qvalue.start(lexical_model, [HOP_QUESTION])[0])
+    question = qstate.state_tokens(lexical_model, qstate.start(lexical_model, [HOP_QUESTION])[0])
     assert np.allclose(full.question_vec, lexical_model.embed_states([question])[0], atol=1e-5)
     rng = np.random.default_rng(0)
     dim = len(full.question_vec)

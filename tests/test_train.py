@@ -12,6 +12,7 @@ from conftest import run_qrag
 
 from qrag_cli.bench.tasks import two_hop_task
 from qrag_cli.datasets import from_hotpotqa, from_musique, load_examples, write_examples
+from qrag_cli.haystack import generated_filler
 from qrag_cli.model import load_model
 from qrag_cli.types import DataError
 
@@ -238,8 +239,6 @@ def test_training_learns_what_single_step_cannot(tmp_path: Path) -> None:
 def test_convert_ruler_prepared_jsonl(tmp_path: Path) -> None:
     """RULER's own prepared format: the needle's chunk is gold, the question is kept."""
     import random
-
-    from qrag_cli.bench.longctx import generated_filler
 
     filler = generated_filler(random.Random(0))
     paras = [next(filler) for _ in range(40)]

@@ -24,16 +24,11 @@ from typing import TYPE_CHECKING
 from qrag_cli import answer_text
 from qrag_cli.answer_text import normalise, without_markers
 from qrag_cli.bench import layouts
-from qrag_cli.bench.longctx import Story
 from qrag_cli.config import ReaderSettings
 from qrag_cli.files import atomic_write
-from qrag_cli.reader import (
-    COMPLETION_INSTRUCTION,
-    EXAMPLE_ANSWER,
-    SYSTEM_PROMPT,
-    Reader,
-    open_reader,
-)
+from qrag_cli.haystack import Story
+from qrag_cli.prompt import COMPLETION_INSTRUCTION, EXAMPLE_ANSWER, SYSTEM_PROMPT, Reader
+from qrag_cli.reader import open_reader
 from qrag_cli.types import Evidence
 
 if TYPE_CHECKING:  # torch-free until a run loads the models
@@ -52,11 +47,11 @@ def exact_match(answer: str, gold: str) -> float:
 
 
 def token_f1(answer: str, gold: str) -> float:
-    said, wanted = normalise(without_markers(answer)).split(), normalise(gold).split()
-    common = sum((Counter(said) & Counter(wanted)).values())
-    if not said or not wanted or common == 0:
-        return float(said == wanted)
-    precision, recall = common / len(said), common / len(wanted)
+    answered, wanted = normalise(without_markers(answer)).split(), normalise(gold).split()
+    common = sum((Counter(answered) & Counter(wanted)).values())
+    if not answered or not wanted or common == 0:
+        return float(answered == wanted)
+    precision, recall = common / len(answered), common / len(wanted)
     return 2 * precision * recall / (precision + recall)
 
 

@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING
 from qrag_cli import qspec
 from qrag_cli.bench import longctx
 from qrag_cli.config import ChunkConfig
-from qrag_cli.datasets import SHARED_DATA, paragraph, read_jsonl, real_examples, split
+from qrag_cli.datasets import paragraph, read_jsonl, real_examples, shared_data, split
 from qrag_cli.files import atomic_write
+from qrag_cli.haystack import Story
 from qrag_cli.types import UsageError
 
 if TYPE_CHECKING:  # torch loads only when a run starts (models)
@@ -60,14 +61,16 @@ class Article:
 class QuestionSet:
     name: str
     articles: tuple[Article, ...]
-    stories: tuple[longctx.Story, ...]  # gold facts: article texts
+    stories: tuple[Story, ...]  # gold facts: article texts
     seed: int
 
 
 def validation_set(n_questions: int | None = None) -> QuestionSet:
     examples = real_examples()
     if examples is None:
-        raise UsageError(f"the layout bench needs the shared data in {SHARED_DATA}")
+        raise UsageError(
+            f"the layout bench needs the HotpotQA and MuSiQue samples in {shared_data()}"
+        )
     held = split(examples, 0.5, 0)[1]
     articles: dict[tuple[str, str], Article] = {}
     stories = []
@@ -76,12 +79,12 @@ def validation_set(n_questions: int | None = None) -> QuestionSet:
         for title, text in parts:
             articles.setdefault((title, text), Article(title or "Untitled", text))
         texts = tuple(t for _, t in parts)
-        stories.append(longctx.Story(ex.question, ex.answer or "", texts, ex.support))
+        stories.append(Story(ex.question, ex.answer or "", texts, ex.support))
     return QuestionSet("validation", tuple(articles.values()), _first(stories, n_questions), 0)
 
 
 def test_set(n_questions: int | None = None) -> QuestionSet:
-    path = SHARED_DATA / TEST_FILE
+    path = shared_data() / TEST_FILE
     if not path.is_file():
         raise UsageError(f"the layout bench's test split needs {path}")
     records = [record for _, record in read_jsonl(path)]
@@ -98,7 +101,7 @@ def test_set(n_questions: int | None = None) -> QuestionSet:
     numbers = list(range(1, len(sentences) + 1))
     random.Random(TEST_SEED).shuffle(numbers)
     articles = tuple(Article(f"Note {n}", s) for n, s in zip(numbers, sentences, strict=True))
-    stories = [longctx.Story(q, a, ev, (0, 1)) for q, a, ev in kept]
+    stories = [Story(q, a, ev, (0, 1)) for q, a, ev in kept]
     return QuestionSet("test", articles, _first(stories, n_questions), TEST_SEED)
 
 
@@ -106,14 +109,14 @@ def _training_sentences() -> set[str]:
     """Every sentence of the HotpotQA files that training and validation read."""
     out: set[str] = set()
     for name in ("hotpotqa_train_200.json", "hotpotqa_train_500b.json"):
-        path = SHARED_DATA / name
+        path = shared_data() / name
         if path.is_file():
             for item in json.loads(path.read_text()):
                 out.update(s.strip() for _, sents in item["context"] for s in sents)
     return out
 
 
-def _first(stories: list[longctx.Story], n: int | None) -> tuple[longctx.Story, ...]:
+def _first(stories: list[Story], n: int | None) -> tuple[Story, ...]:
     return tuple(stories if n is None else stories[:n])
 
 
@@ -252,7 +255,7 @@ def picks(
     return out
 
 
-def _em(picks: list[list[str]], stories: Sequence[longctx.Story], k: int) -> float:
+def _em(picks: list[list[str]], stories: Sequence[Story], k: int) -> float:
     hits = [longctx.fact_hits(p[:k], s)[0] for p, s in zip(picks, stories, strict=True)]
     return round(sum(hits) / max(1, len(hits)), 4)
 
@@ -337,7 +340,6 @@ def variants(model: QModel, base: QModel | None = None) -> dict[str, QModel]:
     not touched)."""
     from qrag_cli.model import load_model
     from qrag_cli.pqn import trainable
-    from qrag_cli.qnet import QModel
 
     spec = model.learned_spec()
     out = {"model": model}
@@ -358,15 +360,7 @@ def variants(model: QModel, base: QModel | None = None) -> dict[str, QModel]:
 
     def edited(new: qspec.QSpec | None) -> QModel:
         """The model's encoders under another registry (its own config and head)."""
-        cfg = replace(model.cfg, q=new.to_json() if new is not None else None)
-        return QModel(
-            cfg,
-            model.state_encoder,
-            model.chunk_encoder,
-            model.tokenizer,
-            model.encoder_config,
-            model.folder,
-        )
+        return model.with_spec(new if new is not None else qspec.QSpec())
 
     out["dense only"] = edited(None)
 

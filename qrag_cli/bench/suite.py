@@ -28,6 +28,7 @@ from qrag_cli.datasets import paragraph, real_examples, write_examples
 from qrag_cli.episode import IndexCandidates, StopRule, run_episodes
 from qrag_cli.evaluate import stop_metrics
 from qrag_cli.files import atomic_output, atomic_write
+from qrag_cli.haystack import Story, own_paragraphs
 from qrag_cli.indexer import build_index
 from qrag_cli.model import load_model
 from qrag_cli.onnx_model import load_inference_model
@@ -146,7 +147,7 @@ def _score(
     name: str,
     method: Callable[[Path, Sequence[str], int], Retrieved],
     index_dir: Path,
-    stories: Sequence[longctx.Story],
+    stories: Sequence[Story],
     budget: int,
     task: str,
     tokens: int,
@@ -184,7 +185,7 @@ def _score(
     )
 
 
-def _stop(results: Retrieved, stories: Sequence[longctx.Story], budget: int) -> dict | None:
+def _stop(results: Retrieved, stories: Sequence[Story], budget: int) -> dict | None:
     """How the stop did, when the method has one: the step after which the fixed-budget
     picks hold every gold fact, against the steps taken with the stop."""
     if any(fixed is None for *_, fixed in results):
@@ -223,7 +224,7 @@ class Indexes:
         return index_dir, summary.chunks_total
 
 
-def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx.Story]] | None:
+def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[Story]] | None:
     """HotpotQA + MuSiQue samples: every paragraph in one corpus; held-out questions."""
     from qrag_cli.datasets import split
 
@@ -240,9 +241,7 @@ def _pooled_real(work: Path, n_eval: int, seed: int) -> tuple[Path, list[longctx
     # The gold facts are the paragraphs' sentences (the converters write "Title\nsentences"):
     # a picked chunk holds them, while a title found as a heading is stored apart.
     stories = [
-        longctx.Story(
-            ex.question, ex.answer or "", tuple(paragraph(c)[1] for c in ex.chunks), ex.support
-        )
+        Story(ex.question, ex.answer or "", tuple(paragraph(c)[1] for c in ex.chunks), ex.support)
         for ex in held[:n_eval]
     ]
     return corpus, stories
@@ -275,10 +274,10 @@ def run(
         if lexical in ("off", "both"):
             trained.append((" (dense Q)", without_lexical(load_inference_model(spec))))
     indexes = Indexes(work)
-    own = longctx.own_paragraphs(haystack) if haystack else None
+    own = own_paragraphs(haystack) if haystack else None
     rows: list[Row] = []
 
-    def evaluate(corpus: Path, stories: Sequence[longctx.Story], task: str, tokens: int) -> None:
+    def evaluate(corpus: Path, stories: Sequence[Story], task: str, tokens: int) -> None:
         base_index, chunks = indexes.get(corpus, base)
         methods = [
             ("bm25 top-k", bm25_top_k, base_index),
@@ -315,7 +314,7 @@ def run(
         corpus, stories = real
         evaluate(corpus, stories, "hotpotqa+musique", 0)
     else:
-        log("real data: ../shared/data not found, skipped")
+        log("real data: no HotpotQA/MuSiQue samples (QRAG_DATA unset or without them), skipped")
 
     result: dict = {
         "profile": asdict(profile),

@@ -2,7 +2,7 @@
 BENCHMARKS.md's layout speed lines were made (run it alone on the machine; repeat it,
 the spread between runs is several percent).
 
-    python models/measure_index_speed.py FOLDER
+    python experiments/index_speed/measure_index_speed.py FOLDER
 
 Prints one JSON line: chunks, tokens, index seconds, of which embedding, the raw encoder's
 seconds over the texts the index embedded (heading path and text), and their ratio.
@@ -33,14 +33,18 @@ def main(corpus: Path) -> None:
     t0 = time.perf_counter()
     model.embed_chunks(texts)
     raw = time.perf_counter() - t0
-    print(json.dumps({
-        "chunks": summary.chunks_total,
-        "tokens": summary.tokens_embedded,
-        "index_s": round(summary.seconds, 2),
-        "embed_s": round(summary.embed_seconds, 2),
-        "raw_s": round(raw, 2),
-        "index_over_raw": round(raw / summary.seconds, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "chunks": summary.chunks_total,
+                "tokens": summary.tokens_embedded,
+                "index_s": round(summary.seconds, 2),
+                "embed_s": round(summary.embed_seconds, 2),
+                "raw_s": round(raw, 2),
+                "index_over_raw": round(raw / summary.seconds, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

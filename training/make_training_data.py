@@ -30,10 +30,10 @@ from pathlib import Path
 
 from qrag_cli.bench.longctx import TASKS, training_examples
 from qrag_cli.datasets import (
-    SHARED_DATA,
     Example,
     from_hotpotqa,
     real_examples,
+    shared_data,
     split,
     write_examples,
 )
@@ -51,13 +51,18 @@ def pooled(example: Example, others: list[Example], rng: random.Random) -> Examp
     chunks = list(dict.fromkeys([*example.chunks, *(c for o in others for c in o.chunks)]))
     gold = {example.chunks[i] for i in example.support}
     rng.shuffle(chunks)
-    return Example(id=f"{example.id}-pooled", question=example.question, chunks=tuple(chunks),
-                   support=tuple(sorted(i for i, c in enumerate(chunks) if c in gold)),
-                   answer=example.answer)
+    return Example(
+        id=f"{example.id}-pooled",
+        question=example.question,
+        chunks=tuple(chunks),
+        support=tuple(sorted(i for i, c in enumerate(chunks) if c in gold)),
+        answer=example.answer,
+    )
 
 
-def pool_all(examples: list[Example], others: list[Example], draws: int, seed: int
-             ) -> list[Example]:
+def pool_all(
+    examples: list[Example], others: list[Example], draws: int, seed: int
+) -> list[Example]:
     rng = random.Random(seed)
     out = []
     for _ in range(draws):
@@ -70,7 +75,7 @@ def pool_all(examples: list[Example], others: list[Example], draws: int, seed: i
 def main(out: Path) -> None:
     real = real_examples()
     if real is None:
-        sys.exit(f"error: no HotpotQA/MuSiQue samples in {SHARED_DATA}")
+        sys.exit(f"error: no HotpotQA/MuSiQue samples in {shared_data()}")
     out.mkdir(parents=True, exist_ok=True)
     real_train, held_out = split(real, 0.5, 0)  # the same split as `qrag bench --seed 0`
     random.Random(5).shuffle(real_train)
@@ -80,16 +85,22 @@ def main(out: Path) -> None:
         mix += training_examples(task, GENERATED_PER_TASK, 11, stories=STORIES_PER_DOC)
         val_gen += training_examples(task, 5, 99, stories=STORIES_PER_DOC)
     mix += pool_all(real_fit, real_fit, REAL_DRAWS, 3)
-    extra = list(from_hotpotqa(SHARED_DATA / EXTRA_HOTPOT,
-                               on_problem=lambda p: print(f"note: {p}", file=sys.stderr)))
+    extra = list(
+        from_hotpotqa(
+            shared_data() / EXTRA_HOTPOT, on_problem=lambda p: print(f"note: {p}", file=sys.stderr)
+        )
+    )
     mix += pool_all(extra, [*extra, *real_fit], EXTRA_DRAWS, 6)
     random.Random(7).shuffle(mix)
     n_mix = write_examples(mix, out / "mix.jsonl")
     n_real = write_examples(pool_all(real_val, real_fit, 1, 4), out / "val-real.jsonl")
     n_gen = write_examples(val_gen, out / "val-gen.jsonl")
     n_bench = write_examples(pool_all(held_out, held_out, 1, 8), out / "val-bench.jsonl")
-    print(f"{out}: mix.jsonl {n_mix} episodes, val-real.jsonl {n_real}, "
-          f"val-gen.jsonl {n_gen}, val-bench.jsonl {n_bench}", file=sys.stderr)
+    print(
+        f"{out}: mix.jsonl {n_mix} episodes, val-real.jsonl {n_real}, "
+        f"val-gen.jsonl {n_gen}, val-bench.jsonl {n_bench}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Measure stop rules against each other on held-out data (issue 15).
 
-    python models/measure_stop.py [TRAIN_DIR] [N_TRAIN] [MODEL]
+    python experiments/stop/measure_stop.py [TRAIN_DIR] [N_TRAIN] [MODEL]
 
 TRAIN_DIR (default qrag-train) holds `make_training_data.py`'s files: N_TRAIN (default
 300) examples of mix.jsonl (seed 0) fit the stop head; val-real + val-gen choose the

@@ -2,7 +2,8 @@
 data only: how BENCHMARKS.md "Picked-chunk query" chose. Never give it the bench's
 held-out data (seed 0 stories, the held-out half of the real questions).
 
-    python models/measure_lexical_query.py MODEL_DIR TRAIN_DIR [--query Q] [SET ...]
+    python experiments/lexical_query/measure_lexical_query.py MODEL_DIR TRAIN_DIR \
+        [--query Q] [SET ...]
 
 SET (default: all): val-real, val-gen (TRAIN_DIR's validation files, budget 5);
 gen7:TASK (8 4K-token documents of 4 stories, seed 7, budget 5); long7:TASK:TOKENS (one
@@ -29,14 +30,15 @@ from qrag_cli.bench import longctx
 from qrag_cli.chunk import chunk_document
 from qrag_cli.config import ChunkConfig
 from qrag_cli.datasets import (
-    SHARED_DATA,
     Example,
     from_hotpotqa,
     load_examples,
+    shared_data,
     training_chunks,
 )
 from qrag_cli.episode import MemoryCandidates, StopRule, run_episodes
 from qrag_cli.evaluate import run_examples, score
+from qrag_cli.haystack import Story, gold_chunks
 from qrag_cli.lexical import PICKED_QUERIES
 from qrag_cli.model import load_model
 from qrag_cli.types import Document
@@ -75,7 +77,7 @@ def bench_shaped(task: str, tokens: int) -> list[Example]:
     out = []
     for i, story in enumerate(stories):
         try:
-            support = longctx.gold_chunks(chunks, stories, i)
+            support = gold_chunks(chunks, stories, i)
         except LookupError:  # a fact cut by a chunk boundary: not scorable by chunk
             continue
         out.append(Example(f"{task}-{i}", story.question, chunks, tuple(sorted(set(support)))))
@@ -84,7 +86,7 @@ def bench_shaped(task: str, tokens: int) -> list[Example]:
 
 def hp500() -> list[Example]:
     """The first 200 questions of hotpotqa_train_500b.json (train questions: validation)."""
-    return list(from_hotpotqa(SHARED_DATA / "hotpotqa_train_500b.json"))[:200]
+    return list(from_hotpotqa(shared_data() / "hotpotqa_train_500b.json"))[:200]
 
 
 def examples(name: str, train_dir: Path) -> tuple[list[Example], int]:
@@ -137,7 +139,7 @@ def pooled(model, cache: dict) -> float:
         for part in sorted(Path(folder).glob("part-*.txt")):
             doc = Document(part.read_text(), "text", ((0, 1),))
             chunks.extend(c.text for c in chunk_document(doc, ChunkConfig()))
-    stories = [longctx.Story(ex.question, ex.answer or "", ex.chunks, ex.support) for ex in exs]
+    stories = [Story(ex.question, ex.answer or "", ex.chunks, ex.support) for ex in exs]
     return fact_em(model, chunks, stories, cache)
 
 

@@ -2,7 +2,7 @@
 question over its own paragraphs (HotpotQA: 10, MuSiQue: 20), budgets 2 and 4. How
 BENCHMARKS.md's "per question" tables were made.
 
-    python models/measure_per_question.py MODEL [MODEL ...]
+    python experiments/per_question/measure_per_question.py MODEL [MODEL ...]
 
 MODEL: a model folder, "default" or "base". Prints one JSON line per model. The held-out
 half is `split(real_examples(), 0.5, 0)[1]` (what `qrag bench --seed 0` holds out): no

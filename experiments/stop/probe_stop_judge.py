@@ -1,9 +1,9 @@
 """Probe (issue 15): can a judge that reads the picked text itself tell when the gold
 evidence is complete?
 
-    python models/probe_stop_judge.py [N_TRAIN] [N_SYNTH] [MODEL]
-    python models/probe_stop_judge.py --cross N_TRAIN [MODEL]
-    python models/probe_stop_judge.py --cost [MODEL]
+    python experiments/stop/probe_stop_judge.py [N_TRAIN] [N_SYNTH] [MODEL]
+    python experiments/stop/probe_stop_judge.py --cross N_TRAIN [MODEL]
+    python experiments/stop/probe_stop_judge.py --cost [MODEL]
 
 `--cross` fits the judge the frozen ones stand in for: a cross-encoder, a copy of E_s's
 backbone fine-tuned whole with a head on [CLS] and the step, 2 passes over every step
@@ -22,7 +22,7 @@ decisions. This probe gives a judge far more decisions and a reader of the text:
   question, every prefix a decision (label: the gold set is complete). A pseudo-episode
   costs one E_s pass per prefix and no chunk embedding, so tens of thousands are cheap.
 - what a judge reads: E_s's last hidden layer over the step's own state tokens (question
-  + picks, as qvalue.state_tokens lays them out), which the step computes anyway: a
+  + picks, as qstate.state_tokens lays them out), which the step computes anyway: a
   shipped judge would add no encoding.
 - judges: `vector`, an MLP (128 hidden) on the pooled state vector plus the step;
   `tokens`, a small attention head (a 96-wide transformer layer over the projected token
@@ -47,10 +47,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from measure_stop import stop_runs, stop_sets  # models/: this script's folder
+from measure_stop import stop_runs, stop_sets  # experiments/stop/: this script's folder
 from torch import nn
 
-from qrag_cli import qvalue
+from qrag_cli import qstate
 from qrag_cli.datasets import Example, load_examples
 from qrag_cli.episode import MemoryChunk
 from qrag_cli.evaluate import Metrics, complete_at, stop_metrics
@@ -86,10 +86,10 @@ def encoded(model, seqs: list[list[int]]) -> tuple[list[np.ndarray], np.ndarray]
 
 def prefix_seqs(model, question: str, picks: list[tuple[int, int, str]]) -> list[list[int]]:
     """The state tokens after each pick of `picks` (chunk id, ordinal, text), in order."""
-    state, seqs = qvalue.start(model, [question])[0], []
+    state, seqs = qstate.start(model, [question])[0], []
     for chunk_id, ordinal, text in picks:
-        state = qvalue.pick(model, state, MemoryChunk(chunk_id, ordinal, text))
-        seqs.append(qvalue.state_tokens(model, state))
+        state = qstate.pick(model, state, MemoryChunk(chunk_id, ordinal, text))
+        seqs.append(qstate.state_tokens(model, state))
     return seqs
 
 

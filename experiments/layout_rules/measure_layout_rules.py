@@ -2,7 +2,7 @@
 with one part of Q changed at a time. How BENCHMARKS.md's "Which rules survived" table
 was made (validation only; never the test split).
 
-    python models/measure_layout_rules.py BENCH_OUT VARIANT [VARIANT ...]
+    python experiments/layout_rules/measure_layout_rules.py BENCH_OUT VARIANT [VARIANT ...]
 
 BENCH_OUT: a folder `qrag bench --layouts --out BENCH_OUT` has filled (its indexes are
 reused). VARIANT: shipped, no-order, no-named, no-picked-bm25 (each zeroes one lexical
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from qrag_cli import lexical, qvalue
+from qrag_cli import lexical, qstate
 from qrag_cli.bench import layouts
 from qrag_cli.qnet import QModel
 from qrag_cli.types import contextual_text
@@ -37,7 +37,7 @@ def apply(variant: str, model: QModel) -> None:
     elif variant.startswith("heading-weight="):
         lexical.HEADING_WEIGHT = float(variant.split("=", 1)[1])
     elif variant == "whole-path":
-        qvalue.read = lambda row: contextual_text(row.heading, row.text)
+        qstate.read = lambda row: contextual_text(row.heading, row.text)
     elif variant != "shipped":
         sys.exit(f"unknown variant {variant!r}")
 

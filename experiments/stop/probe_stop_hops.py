@@ -1,9 +1,9 @@
 """Probe (issue 15): does a stop head judge completeness better when it knows how many
 gold chunks the question needs, or when it reads the state embedding itself?
 
-    python models/probe_stop_hops.py [N_TRAIN] [MODEL]
+    python experiments/stop/probe_stop_hops.py [N_TRAIN] [MODEL]
 
-Same protocol as models/probe_stop_features.py: N_TRAIN (default 300) episodes of
+Same protocol as experiments/stop/probe_stop_features.py: N_TRAIN (default 300) episodes of
 qrag-train/mix.jsonl (seed 0) fit each logistic head, val-real + val-gen choose its cut
 (the fewest steps with fact EM within 0.02 of the fixed budget), and the bench's held-out
 real half and fresh generated stories (6 per task, seed 2026) score it, at the model's
@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from measure_stop import stop_runs, stop_sets  # models/: this script's folder
+from measure_stop import stop_runs, stop_sets  # experiments/stop/: this script's folder
 
-from qrag_cli import qvalue
+from qrag_cli import qstate, qvalue
 from qrag_cli.datasets import load_examples
 from qrag_cli.evaluate import Metrics, complete_at, score, stop_metrics
 from qrag_cli.model import load_model
@@ -68,8 +68,8 @@ def _recording_best(model, state_vec, source, state, k, bm25_max=None):
 
 def question_vectors(model, examples) -> np.ndarray:
     """E_s of each question alone, as the first step of an episode encodes it."""
-    states = qvalue.start(model, [ex.question for ex in examples])
-    return model.embed_states([qvalue.state_tokens(model, s) for s in states])
+    states = qstate.start(model, [ex.question for ex in examples])
+    return model.embed_states([qstate.state_tokens(model, s) for s in states])
 
 
 def main() -> None:

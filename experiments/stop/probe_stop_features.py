@@ -1,9 +1,9 @@
 """Probe (issue 15): would a logistic stop head read the evidence better with more of
 what Q computed at the step?
 
-    python models/probe_stop_features.py [N_TRAIN] [MODEL]
+    python experiments/stop/probe_stop_features.py [N_TRAIN] [MODEL]
 
-As models/measure_stop.py: N_TRAIN (default 150) episodes of qrag-train/mix.jsonl (seed
+As experiments/stop/measure_stop.py: N_TRAIN (default 150) episodes of qrag-train/mix.jsonl (seed
 0) fit each head, val-real + val-gen choose its cut (the fewest steps with fact EM within
 0.02 of the fixed budget), and the bench's held-out real half and fresh generated
 stories (6 per task, seed 2026) score it, at the model's training budget.
@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from measure_stop import stop_runs, stop_sets  # models/: this script's folder
+from measure_stop import stop_runs, stop_sets  # experiments/stop/: this script's folder
 
-from qrag_cli import qvalue
+from qrag_cli import qfeatures, qvalue
 from qrag_cli.evaluate import complete_at, score, stop_metrics
 from qrag_cli.model import load_model
 from qrag_cli.stop import evidence_view, features
@@ -43,27 +43,28 @@ _last: dict[str, np.ndarray] = {}
 _lexical_features, _best = qvalue.lexical_features, qvalue.best
 
 
-def _recording_features(source, state, raw_max=None, order=False, named=False):
-    feats, proposals = _lexical_features(source, state, raw_max, order, named)
-    _last["features"] = feats
-    return feats, proposals
+def _recording_features(source, state, order=False, named=False):
+    found = _lexical_features(source, state, order, named)
+    _last["features"] = found.values
+    return found
 
 
-def _recording_best(model, state_vec, source, state, k, bm25_max=None):
+def _recording_best(model, state_vec, source, state, k):
     _last.clear()
-    ids, q = _best(model, state_vec, source, state, k, bm25_max)
+    ranked = _best(model, state_vec, source, state, k)
+    ids = ranked.ids
     feats = _last.get("features")
     row = np.zeros(EXTRA)
     if feats is not None and len(ids):
         left = np.ones(feats.shape[0], bool)
         left[list(state.exclude)] = False
-        question_left = feats[left, qvalue.QUESTION]
+        question_left = feats[left, qfeatures.QUESTION]
         row[0] = question_left.max(initial=0.0)  # best match left / best of all chunks
         row[1:5] = feats[ids[0]]
-        row[5] = feats[ids[1], qvalue.QUESTION] if len(ids) > 1 else 0.0
+        row[5] = feats[ids[1], qfeatures.QUESTION] if len(ids) > 1 else 0.0
         row[6] = (question_left >= 0.999).sum()
     extras[(state.question, tuple(r.id for r in state.picked))] = row
-    return ids, q
+    return ranked
 
 
 def decisions(episodes, examples, columns):
@@ -93,6 +94,7 @@ def cuts(head, episodes, examples, columns, cut):
 
 
 def main() -> None:
+    # qvalue.best calls the name qvalue imported: the wrapper goes there.
     qvalue.lexical_features, qvalue.best = _recording_features, _recording_best
     n_train = int(sys.argv[1]) if len(sys.argv) > 1 else 150
     model = load_model(sys.argv[2] if len(sys.argv) > 2 else None)
@@ -104,7 +106,7 @@ def main() -> None:
         val_eps, val_exs = runs["val"], sets["val"]
         best_cut = fewest_steps(
             head_cuts(head.prob(x_val)),
-            lambda cut: score(val_eps, val_exs, cuts(head, val_eps, val_exs, columns, cut)),
+            lambda cut, h=head, e=val_eps, x=val_exs, c=columns: score(e, x, cuts(h, e, x, c, cut)),
             score(val_eps, val_exs).fact_em,
         )
         best_cut = 1.01 if best_cut is None else best_cut
