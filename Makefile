@@ -43,34 +43,24 @@ demo:
 bench:
 	$(QRAG) bench --profile quick --out bench-results
 
-# Trains and packs models/qrag-default from the shared data, in two stages:
+# Trains and packs models/qrag-default from the shared data ($(QRAG_DATA)), in two stages:
 #  1. E_s of all-MiniLM-L6-v2 by soft Q-learning under the dense Q, E_a frozen: 300
-#     updates, best-on-eval over val-real, val-gen and val-bench (about 25 minutes on 2
-#     CPU cores). An interrupted run resumes from its checkpoint when the target runs
-#     again. `make train-default STAGE1_COMMIT=66684aa` takes the stage 1 that commit
-#     shipped instead (what the default shipped until 2026-12-07).
+#     updates, best-on-eval over val-real, val-gen and val-bench. An interrupted run
+#     resumes from its checkpoint when the target runs again. `make train-default
+#     STAGE1_COMMIT=66684aa` takes the stage 1 that commit shipped instead (what the
+#     default shipped until 2026-12-07).
 #  2. The linear Q head on top of stage 1's encoders (--only-lexical): the dense term's
-#     weight (starting at 1) and the four lexical weights, starting at 0.3 for each BM25
-#     term, 0.5 for the order term and 0.5 for the named-title term, all recorded with
-#     every constant of Q in config.json's registry (qrag_cli/qspec.py):
-#     30 warm-start (imitation) updates, then 10 of soft Q-learning (15-40 minutes; no
-#     --bf16: on a CPU without native bf16 it is emulated and slower). The picked-chunk
-#     term asks for the names on the question's trail (--lexical-query names, chosen on
-#     validation: BENCHMARKS.md "Picked-chunk query"). Under it (before names of several
-#     words were followed whole) the start weights 0.1,0.1 / 0.3,0.3 / 0.3,0.6 selected
-#     0.766 / 0.766 / 0.759 (mean of val-real and val-gen fact EM at update 0); the tie
-#     kept 0.3,0.3. The order term's 0.5 was chosen on the seed-7 validation sets
-#     (BENCHMARKS.md "Order, sentence by sentence": 0.2 / 0.3 / 0.5 gave real bAbI qa3
-#     16K 0.55 / 0.85 / 0.95, the rest equal or better at 0.5). The named-title term's
-#     0.5 likewise (BENCHMARKS.md "Named titles": 0 / 0.3 / 0.5 / 1.0 gave HotpotQA
-#     budget 2 0.685 / 0.81 / 0.815 / 0.80, val-real 0.80 at each; pooled 0.745 / 0.91 /
-#     0.915; 0.5 with namesakes at half, as shipped: 0.83 / 0.80 / 0.915).
-#     The state holds the first 48 tokens of each pick (--state-chunk-cap; stage 1 had
-#     96): a shorter state encodes faster at every step (state encode ~30 -> ~21 ms a
-#     step at 1M tokens) and measured as well (BENCHMARKS.md "State chunk cap":
-#     96 / 64 / 48 gave HotpotQA budget 2 0.83 / 0.855 / 0.845, pooled 0.915 / 0.925 /
-#     0.93, val-real 0.80 each, bAbI qa2 64K 1.00 / 0.95 / 0.95, qa3 and vt equal).
-# Both select on val-real/val-gen only; the bench's held-out questions are in no file.
+#     weight (starting at 1) and the four lexical weights (0.3 for each BM25 term, 0.5 for
+#     the order term and 0.5 for the named-title term), recorded with every constant of Q
+#     in config.json's registry (qrag_cli/qspec.py): 30 warm-start (imitation) updates,
+#     then 10 of soft Q-learning (no --bf16: on a CPU without native bf16 it is emulated
+#     and slower). The picked-chunk term asks for the names on the question's trail
+#     (--lexical-query names). The state holds the first 48 tokens of each pick
+#     (--state-chunk-cap): a shorter state encodes faster at every step.
+# Every value above was chosen on validation sets only; BENCHMARKS.md has each choice with
+# its figures: "Picked-chunk query" (the query and the BM25 start weights), "Order,
+# sentence by sentence" (the order weight), "Named titles" (the named-title weight) and
+# "State chunk cap". The bench's held-out questions are in no training or selection file.
 # `qrag train pack` (the last step) writes the model with its ONNX graphs (onnx/: E_s in
 # fp32 and int8, E_a), which ask, index and mcp run without torch.
 TRAIN_DIR ?= qrag-train

@@ -125,3 +125,21 @@ def test_ablation_variants_change_one_part_each_and_leave_the_model_alone() -> N
     assert kinds["base E_s"].learned_spec() == before
     assert kinds["base E_s"].state_encoder is not model.state_encoder
     assert kinds["- order"].state_encoder is model.state_encoder  # encoders shared
+
+
+def test_a_bench_without_the_shared_data_names_the_fix_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the shared data lives comes from QRAG_DATA, never from where qrag's code sits:
+    unset, the benches that need it stop before writing anything, saying how to set it."""
+    monkeypatch.delenv("QRAG_DATA", raising=False)
+    for args in (["--layouts"], ["--layouts", "--split", "test"], ["--answers"]):
+        out = tmp_path / "out"
+        r = run_qrag("bench", *args, "--out", str(out))
+        assert r.returncode == 2 and "set QRAG_DATA" in r.stderr, r.stderr
+        assert not out.exists()
+    # Set to a folder without the files: the file it needs is named.
+    monkeypatch.setenv("QRAG_DATA", str(tmp_path))
+    r = run_qrag("bench", "--layouts", "--split", "test", "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and str(tmp_path) in r.stderr
+    assert not (tmp_path / "out").exists()

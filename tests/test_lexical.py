@@ -239,8 +239,8 @@ def test_question_term_keeps_its_scale_once_its_best_match_is_picked() -> None:
 
 def test_question_term_asks_what_the_picks_do_not_hold_yet() -> None:
     """A comparison question names two things. Once the first one's paragraph is picked,
-    the question term asks for the other one, not for look-alikes of the first (HotpotQA,
-    validation: "Aphelandra sinclairiana" was picked instead of "Angraecum")."""
+    the question term asks for the other one, not for look-alikes of the first (a species
+    of the first genus, which shares its name)."""
     texts = [
         "Aphelandra\nAphelandra is a genus of about 170 species of flowering plants.",
         "Aphelandra sinclairiana\nAphelandra sinclairiana is a plant species of Aphelandra, "
@@ -508,9 +508,8 @@ def test_names_query_follows_the_fact_behind_the_filler(tmp_path: Path) -> None:
     assert ranked["chunk"][1] == ranked["names"][1] == 1.0
     assert ranked["chunk"][0] > 0.75  # its words asked one by one: nearly as good
     assert ranked["names"][0] < 0.5  # the key asked whole
-    # The chunk under the asked name must beat a shorter one that only mentions it:
-    # HotpotQA's comparison questions ("Who is older, John Waite or Jeff Scott Soto?")
-    # need each entity's own paragraph.
+    # The chunk under the asked name must beat a shorter one that only mentions it: a
+    # comparison question needs each entity's own paragraph.
     titled = [
         "Essential Ballads\nEssential Ballads is an album by Jeff Scott Soto.",
         "Jeff Scott Soto\nJeff Scott Soto (born November 4, 1965) is an American rock "

@@ -142,8 +142,8 @@ def run(
     every answer) and answers.md to `out`."""
     layouts.check_layouts([layout])
     started = time.perf_counter()
+    questions = layouts.question_set(split, n_questions)  # first: without data, no folder
     out.mkdir(parents=True, exist_ok=True)
-    questions = layouts.question_set(split, n_questions)
     model, dense = layouts.models(model_spec)
     index_dir, corpus, _ = layouts.indexed(out, split, layout, questions, model)
     evidence = evidence_sets(index_dir, corpus, questions, model, dense)

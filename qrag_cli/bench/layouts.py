@@ -297,11 +297,12 @@ def run(
     method); writes layouts.json and layouts.md to `out`."""
     check_layouts(layouts)
     started = time.perf_counter()
+    # The questions first: a bench without its data writes nothing.
+    question_sets = {name: question_set(name, n_questions) for name in splits}
     out.mkdir(parents=True, exist_ok=True)
     model, dense = models(model_spec)
     result: dict = {"budget": BUDGET, "model": model.cfg.name, "splits": {}}
-    for split_name in splits:
-        questions = question_set(split_name, n_questions)
+    for split_name, questions in question_sets.items():
         asked = [s.question for s in questions.stories]
         rows: dict[str, dict] = {}
         for layout in layouts:
@@ -385,12 +386,12 @@ def ablation(
     same index; writes ablation.json and ablation.md to `out`."""
     check_layouts(layouts)
     started = time.perf_counter()
+    question_sets = {name: question_set(name, n_questions) for name in splits}
     out.mkdir(parents=True, exist_ok=True)
     model, dense = models(model_spec, torch=True)
     kinds = variants(model, base=dense)  # type: ignore[arg-type]
     result: dict = {"budget": BUDGET, "model": model.cfg.name, "splits": {}}
-    for split_name in splits:
-        questions = question_set(split_name, n_questions)
+    for split_name, questions in question_sets.items():
         asked = [s.question for s in questions.stories]
         rows: dict[str, dict] = {}
         for layout in layouts:
