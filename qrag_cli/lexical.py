@@ -2,7 +2,7 @@
 
 A 22M-parameter dense encoder cannot match invented names, identifiers, error codes or
 keys; BM25 can. One implementation serves both places Q is computed: the index's
-`chunks_fts` table (kept in the same SQLite transactions as the chunks, see store.py)
+`chunks_fts` table (kept in the same SQLite transactions as the chunks, see store/)
 and a throwaway in-memory table for training and evaluation episodes, so a model is
 trained on exactly the lexical signal `qrag ask` gives it.
 

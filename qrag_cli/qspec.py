@@ -35,7 +35,7 @@ FORMAT = "qrag-q/1"
 # The lexical terms, in the order of qvalue's feature columns (and of `weights`).
 LEXICAL = ("question_bm25", "picked_bm25", "order", "named")
 # Every part the code computes: name -> (version, default parameters). The parameters
-# are the constants each part's code reads (qvalue.py, lexical.py).
+# are the constants each part's code reads (qfeatures.py, qvalue.py, lexical.py).
 PARTS: dict[str, tuple[int, dict[str, object]]] = {
     # <E_s(s), E_a(a)>; `pool`: candidates each signal (HNSW, each BM25 feature) proposes.
     "dense": (1, {"pool": 64}),
