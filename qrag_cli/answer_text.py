@@ -1,8 +1,8 @@
 """What an answer's text says: its normalised words, and whether it repeats the prompt.
 
-One definition for the reader, which refuses a base model's line that only repeats its
-prompt (local_reader.LocalReader), and for the answer bench, which counts such echoes for every
-reader (bench/answers.py).
+One definition (prompt.echoes fills in qrag's own prompt) for the reader, which refuses a
+base model's line that only repeats its prompt (local_reader.LocalReader), and for the
+answer bench, which counts such echoes for every reader (bench/answers.py).
 """
 
 from __future__ import annotations

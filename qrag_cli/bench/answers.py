@@ -21,13 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qrag_cli import answer_text
 from qrag_cli.answer_text import normalise, without_markers
 from qrag_cli.bench import layouts
 from qrag_cli.config import ReaderSettings
 from qrag_cli.files import atomic_write
 from qrag_cli.haystack import Story
-from qrag_cli.prompt import COMPLETION_INSTRUCTION, EXAMPLE_ANSWER, SYSTEM_PROMPT, Reader
+from qrag_cli.prompt import Reader, echoes
 from qrag_cli.reader import open_reader
 from qrag_cli.types import Evidence
 
@@ -58,13 +57,6 @@ def token_f1(answer: str, gold: str) -> float:
 def contains(answer: str, gold: str) -> float:
     wanted = normalise(gold)
     return float(bool(wanted) and f" {wanted} " in f" {normalise(without_markers(answer))} ")
-
-
-def echoes(answer: str, question: str, evidence: Sequence[Evidence]) -> list[str]:
-    """What of qrag's prompt the answer repeats back (answer_text.echoes)."""
-    return answer_text.echoes(
-        answer, question, evidence, (SYSTEM_PROMPT, COMPLETION_INSTRUCTION), EXAMPLE_ANSWER
-    )
 
 
 # ---- evidence -------------------------------------------------------------------------------

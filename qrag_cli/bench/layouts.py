@@ -215,10 +215,10 @@ def models(model_spec: str = "default", torch: bool = False) -> tuple[QNetwork, 
     from qrag_cli.onnx_model import load_inference_model
     from qrag_cli.qvalue import without_lexical
 
-    load = load_model if torch else load_inference_model
-    measured, dense = load(model_spec), load_model("base")
+    measured = (load_model if torch else load_inference_model)(model_spec)
+    dense = load_model("base")
     if dense.cfg.fingerprint != measured.cfg.fingerprint:
-        dense = without_lexical(load(model_spec))
+        dense = without_lexical(measured)  # the same encoders, loaded once
     return measured, dense
 
 

@@ -269,10 +269,11 @@ def run(
     base = load_model("base")
     trained = []
     for spec in models:
+        model = load_inference_model(spec)  # once: the dense-Q twin shares its encoders
         if lexical in ("on", "both"):
-            trained.append(("", load_inference_model(spec)))
+            trained.append(("", model))
         if lexical in ("off", "both"):
-            trained.append((" (dense Q)", without_lexical(load_inference_model(spec))))
+            trained.append((" (dense Q)", without_lexical(model)))
     indexes = Indexes(work)
     own = own_paragraphs(haystack) if haystack else None
     rows: list[Row] = []

@@ -113,8 +113,10 @@ def ask(
         raise UsageError("give a question, or --questions FILE.jsonl")
     if question is not None and not question.strip():
         raise UsageError("the question is empty")
-    if order not in {"document", "retrieval"}:
-        raise UsageError("--order must be 'document' or 'retrieval'")
+    from qrag_cli.prompt import ORDERS  # light: no reader is loaded
+
+    if order not in ORDERS:
+        raise UsageError(f"--order must be one of {', '.join(ORDERS)}")
     reader = ReaderSettings(
         llm=llm,
         llm_model=llm_model,
