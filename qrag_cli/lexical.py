@@ -7,7 +7,9 @@ and a throwaway in-memory table for training and evaluation episodes, so a model
 trained on exactly the lexical signal `qrag ask` gives it.
 
 Queries are bags of terms OR-ed together; FTS5's bm25() (k1 = 1.2, b = 0.75) scores every
-chunk that holds at least one of them. A term found in more than half of the chunks
+chunk that holds at least one of them. An index also stores each term's postings, from
+which `Searcher` computes the same scores without FTS5's row-by-row cost
+(store/postings.py). A term found in more than half of the chunks
 scores ~0 there (FTS5 floors its IDF): it cannot tell chunks apart.
 """
 
@@ -19,6 +21,7 @@ import sqlite3
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -246,24 +249,34 @@ def create_table(conn: sqlite3.Connection, external: bool) -> None:
     )
 
 
+class StoredTerms(Protocol):
+    """Per-term postings stored with an index (store/postings.py)."""
+
+    def tokens(self, entry: str) -> tuple[str, ...]: ...
+
+    def term_scores(self, term: str, heading_weight: float) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 class Searcher:
     """BM25 over one FTS5 table that does not change while this object lives (an index
     snapshot, an episode's in-memory table), remembering its latest answers.
 
     An episode asks the same question query at every step (and the order term asks it
     again), and FTS5 scores every chunk that matches: in a large corpus of prose, whose
-    words each stand in most chunks, that is most of a step's search (BENCHMARKS.md
-    "ONNX"). The answers are the same arrays each time,
-    read-only, so no caller can change what the next one gets."""
+    words each stand in most chunks, that was most of a step's search. With `stored`
+    postings (an index's), each one-token entry is scored from them instead, exactly as
+    FTS5 would (store/postings.py), and only phrases go to FTS5. The answers are the same
+    arrays each time, read-only, so no caller can change what the next one gets."""
 
     RECENT = 32  # queries remembered: a few episodes' worth
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, stored: StoredTerms | None = None) -> None:
         self.conn = conn
+        self.stored = stored
         self._recent: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def bm25(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk ids, BM25 scores > 0) of every chunk matching any of `words`."""
+        """(chunk ids ascending, BM25 scores > 0) of every chunk matching any of `words`."""
         if not words:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         expression = match_expression(words)
@@ -271,19 +284,48 @@ class Searcher:
         if hit is not None:
             self._recent.move_to_end(expression)
             return hit
-        rows = self.conn.execute(
-            f"SELECT rowid, bm25({FTS_TABLE}, 1.0, {HEADING_WEIGHT}) FROM {FTS_TABLE} "
-            f"WHERE {FTS_TABLE} MATCH ?",
-            (expression,),
-        ).fetchall()
-        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        scores = -np.fromiter((r[1] for r in rows), np.float32, len(rows))  # FTS5: lower = better
+        if self.stored is None:
+            ids, scores = self._fts5(expression)
+        else:
+            ids, scores = self._from_postings(words[:MAX_TERMS], self.stored)
+        scores = scores.astype(np.float32)
         ids.flags.writeable = False
         scores.flags.writeable = False
         self._recent[expression] = (ids, scores)
         if len(self._recent) > self.RECENT:
             self._recent.popitem(last=False)
         return ids, scores
+
+    def _fts5(self, expression: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.conn.execute(
+            f"SELECT rowid, bm25({FTS_TABLE}, 1.0, {HEADING_WEIGHT}) FROM {FTS_TABLE} "
+            f"WHERE {FTS_TABLE} MATCH ?",
+            (expression,),
+        ).fetchall()
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        scores = -np.fromiter((r[1] for r in rows), np.float64, len(rows))  # lower = better
+        return ids, scores
+
+    def _from_postings(
+        self, entries: Sequence[str], stored: StoredTerms
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """FTS5's score of the OR of `entries`: the sum of each entry's own score, added in
+        query order as FTS5 adds them (so the float64 sums are the same)."""
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        for entry in entries:
+            tokens = stored.tokens(entry)
+            if len(tokens) == 1:
+                parts.append(stored.term_scores(tokens[0], HEADING_WEIGHT))
+            elif tokens:  # a phrase: its positions are FTS5's
+                parts.append(self._fts5(match_expression([entry])))
+        size = max((int(ids[-1]) + 1 for ids, _ in parts if len(ids)), default=0)
+        total = np.zeros(size, np.float64)
+        found = np.zeros(size, bool)
+        for ids, scores in parts:
+            total[ids] += scores
+            found[ids] = True
+        ids = np.flatnonzero(found)
+        return ids.astype(np.int64), total[ids]
 
 
 def holds(words: set[str], entry: str) -> bool:

@@ -6,7 +6,8 @@ Layout of one index folder::
     BUILDING         name of a store being rebuilt from scratch (resumable), if any
     index.lock       held by the one writer
     store-<id>/
-        index.sqlite   files, chunks, meta (WAL; one transaction per commit)
+        index.sqlite   files, chunks, meta, BM25 (FTS5 and its stored postings, postings.py)
+                       (WAL; one transaction per commit)
         vectors.f32    float32 rows, row i = chunk id i; only the first meta.n_vectors
                        rows are committed (a killed writer leaves a tail that is ignored)
         hnsw-<gen>.bin the HNSW graph as of commit <gen> (written, then renamed)

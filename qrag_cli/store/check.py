@@ -9,10 +9,12 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+import qrag_cli.store.postings as postings
 from qrag_cli import lexical
 from qrag_cli.store.layout import (
     FORMAT_VERSION,
     GRAPH_CRC,
+    POSTINGS,
     VECTORS_CRC,
     check_database,
     connect,
@@ -32,6 +34,7 @@ class Damage:
     zero_rows: int = 0  # live chunks whose vector is all zeros (no embedding is)
     graph: str | None = None  # why the HNSW graph cannot be used
     lexical: str | None = None  # why the BM25 table disagrees with the chunks
+    postings: str | None = None  # why the stored BM25 postings disagree with it
 
     @property
     def vectors(self) -> bool:
@@ -49,6 +52,8 @@ class Damage:
             out.append(self.graph)
         if self.lexical:
             out.append(self.lexical)
+        if self.postings:
+            out.append(self.postings)
         return out
 
 
@@ -151,6 +156,14 @@ def check_lexical(conn: sqlite3.Connection, full: bool) -> str | None:
     return None
 
 
+def check_postings(conn: sqlite3.Connection, meta: dict[str, str]) -> str | None:
+    """Why the stored postings disagree with the BM25 table, or None (also when they are
+    not kept for this generation: readers then ask FTS5, and the next writer counts them)."""
+    if meta.get(POSTINGS) != meta.get("generation"):
+        return None
+    return postings.disagreement(conn)
+
+
 def check_index(index_dir: Path) -> dict:
     """Verify the live store of `index_dir` without changing anything: database pages,
     vector sizes and checksum, zeroed vectors, graph present, intact and complete, BM25
@@ -189,6 +202,8 @@ def check_index(index_dir: Path) -> dict:
         inspect_vectors(index_dir / name, meta, live, damage)
         damage.graph = open_graph(index_dir / name, meta, live)[1]
         damage.lexical = check_lexical(conn, full=True)
+        if damage.lexical is None:
+            damage.postings = check_postings(conn, meta)
         result["problems"] += damage.problems()
     except sqlite3.DatabaseError as exc:
         result["problems"].append(f"index.sqlite is corrupt ({exc})")

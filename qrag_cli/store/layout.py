@@ -84,7 +84,21 @@ MIGRATIONS = [
         VALUES ('delete', old.id, old.text, old.heading);
     END;
     """,
+    # 4: per-term BM25 postings and chunk lengths (store/postings.py), kept by the writer
+    # in each commit's transaction; an index gains them on its next `qrag index`, counted
+    # from the chunks it has (nothing is re-embedded). Until then FTS5 scores queries.
+    """
+    CREATE TABLE postings (
+        term TEXT NOT NULL,
+        part INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (term, part)
+    ) WITHOUT ROWID;
+    CREATE TABLE chunk_lengths (part INTEGER PRIMARY KEY, data BLOB NOT NULL);
+    """,
 ]
+# meta: the generation the stored postings agree with (postings.py); absent: none yet
+POSTINGS = "postings_generation"
 VECTORS_CRC = "vectors_crc32"  # meta: CRC-32 of vectors.f32's first n_vectors rows
 GRAPH_CRC = "graph_crc32"  # meta: CRC-32 of hnsw-<generation>.bin
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+import qrag_cli.store.postings as postings
 from qrag_cli import lexical
 from qrag_cli.store.layout import (
     FORMAT_VERSION,
+    POSTINGS,
     ChunkRow,
     IndexManifest,
     connect,
@@ -80,7 +82,10 @@ class IndexSnapshot:
         self._hnsw: hnswlib.Index | None = None
         # The snapshot's chunks never change (`renew` keeps it only while meta, and so the
         # generation, is the same): what FTS5 answered once holds.
-        self._searcher = lexical.Searcher(self.conn)
+        self._postings = None
+        if self.meta.get(POSTINGS) == str(self.generation):  # else FTS5 scores (postings.py)
+            self._postings = postings.Postings(self.conn, self.n_chunks)
+        self._searcher = lexical.Searcher(self.conn, self._postings)
         vec_path = folder / "vectors.f32"
         expected = self.n_vectors * self.dim * 4
         size = vec_path.stat().st_size if vec_path.exists() else -1
@@ -131,7 +136,12 @@ class IndexSnapshot:
     def bm25(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(chunk ids, BM25 scores) of every chunk matching any of `words` (read-only
         arrays, remembered while this snapshot lives: lexical.Searcher)."""
-        return self._searcher.bm25(words)
+        try:
+            return self._searcher.bm25(words)
+        except CorruptIndexError as exc:  # a stored posting of the wrong size
+            raise CorruptIndexError(
+                f"index {self.index_dir} is damaged ({exc}); {repair_hint(self.index_dir)}"
+            ) from exc
 
     def chunks(self, ids: Iterable[int]) -> list[ChunkRow]:
         ids = list(ids)
@@ -205,6 +215,8 @@ class IndexSnapshot:
 
     def close(self) -> None:
         self.release()
+        if self._postings is not None:
+            self._postings.close()
         self.conn.close()
 
 

@@ -19,12 +19,14 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+import qrag_cli.store.postings as postings
 from qrag_cli import lexical
 from qrag_cli.config import private_umask
 from qrag_cli.files import atomic_output, atomic_write
 from qrag_cli.store.check import (
     Damage,
     check_lexical,
+    check_postings,
     clearly_damaged,
     graph_rows,
     inspect_vectors,
@@ -35,6 +37,7 @@ from qrag_cli.store.layout import (
     GRAPH_CRC,
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
+    POSTINGS,
     VECTORS_CRC,
     FileRow,
     IndexManifest,
@@ -186,6 +189,7 @@ class IndexWriter:
                 "dim": str(self.manifest.dim),
                 "chunking": json.dumps(self.manifest.chunking, sort_keys=True),
                 "generation": "0",
+                POSTINGS: "0",
                 "n_vectors": "0",
                 VECTORS_CRC: "0",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -199,6 +203,10 @@ class IndexWriter:
         self.repairs: list[str] = [self.pointer_repair] if self.pointer_repair else []
         self.damaged_rows = np.zeros(0, np.int64)  # vectors to re-embed: `restore_vectors`
         self._pending_vectors: list[np.ndarray] = []
+        # Chunks (id, text, heading) removed and added since the last commit, for the
+        # stored postings (postings.apply at commit).
+        self._removed_rows: list[postings.Row] = []
+        self._added_rows: list[postings.Row] = []
         self._dirty = False  # SQLite rows changed
         self._graph_dirty = False  # chunks added or removed: the graph must be saved
         self._verify(folder, meta)
@@ -208,6 +216,21 @@ class IndexWriter:
                 f"INSERT INTO {lexical.FTS_TABLE}({lexical.FTS_TABLE}) VALUES ('rebuild')"
             )
             self._dirty = True
+        self._keep_postings(meta)
+
+    def _keep_postings(self, meta: dict[str, str]) -> None:
+        """Count the stored postings from the chunks when they are missing (an index from
+        before them), behind (an older qrag wrote since) or damaged."""
+        behind = meta.get(POSTINGS) != str(self.generation)
+        damage = None if behind or self._lexical_damaged else check_postings(self.conn, meta)
+        if behind or self._lexical_damaged or damage:
+            postings.rebuild(self.conn)
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", (POSTINGS, str(self.generation))
+            )
+            self._dirty = True
+        if damage:
+            self.repairs.append(f"BM25 postings counted again from the chunks ({damage})")
 
     def _verify(self, folder: Path, meta: dict[str, str]) -> None:
         """Check the committed state and repair what is damaged (vectors from the graph's
@@ -366,9 +389,11 @@ class IndexWriter:
 
     # -- changes (staged until commit) --
     def remove_file(self, file_id: int) -> int:
-        ids = [
-            r[0] for r in self.conn.execute("SELECT id FROM chunks WHERE file_id = ?", (file_id,))
-        ]
+        rows = self.conn.execute(
+            "SELECT id, text, heading FROM chunks WHERE file_id = ?", (file_id,)
+        ).fetchall()
+        self._removed_rows += rows
+        ids = [r[0] for r in rows]
         for label in ids:
             with contextlib.suppress(RuntimeError):  # already gone from the graph
                 self.hnsw.mark_deleted(label)
@@ -411,6 +436,9 @@ class IndexWriter:
         )
         file_id = cur.lastrowid
         first = self.n_vectors + sum(len(v) for v in self._pending_vectors)
+        self._added_rows += [
+            (first + i, c.text, lexical.heading_column(c.heading)) for i, c in enumerate(chunks)
+        ]
         self.conn.executemany(
             "INSERT INTO chunks (id, file_id, seq, start_line, end_line, start_byte, end_byte, "
             "n_tokens, text, heading) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -478,6 +506,8 @@ class IndexWriter:
                 "(ORDER BY f.path, c.seq) - 1 AS rn FROM chunks c JOIN files f ON "
                 "f.id = c.file_id) AS r WHERE chunks.id = r.id AND chunks.ordinal != r.rn"
             )
+            postings.apply(self.conn, self._removed_rows, self._added_rows)
+            meta.append((POSTINGS, str(gen)))
         self.conn.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
             [
@@ -491,6 +521,7 @@ class IndexWriter:
         self._vectors_crc = crc
         self.n_vectors += new_vectors
         self._pending_vectors = []
+        self._removed_rows, self._added_rows = [], []
         self._dirty = self._graph_dirty = False
         # Keep the previous graph for readers that read the old generation a moment ago.
         for old in self.folder.glob("hnsw-*.bin"):
