@@ -18,7 +18,6 @@ import qrag_cli.store.postings as postings
 from qrag_cli import lexical
 from qrag_cli.config import resolve_index
 from qrag_cli.store import open_snapshot
-from qrag_cli.store.layout import POSTINGS
 
 # Words that stand in most chunks (their IDF is floored), words in some, rare names, and
 # text that only FTS5's tokenizer reads right (diacritics, ligatures, apostrophes).
@@ -150,17 +149,34 @@ def test_every_change_keeps_the_postings_as_a_fresh_count(tmp_path: Path, small_
     assert_same_as_fts5(index_dir, seed=1, n=60)
 
 
-def test_postings_left_behind_are_not_read_and_are_counted_again(tmp_path: Path) -> None:
-    notes = write_corpus(tmp_path / "notes", 4, files=4)
-    run_qrag("index", str(notes), check=True)
-    index_dir = resolve_index(None)
-    want = stored_tables(index_dir)
-    # An older qrag wrote since: the generation moved on, the postings did not follow.
+def change(index_dir: Path, *statements: str) -> None:
+    """Run SQL on the index's live database behind qrag's back (one transaction)."""
     conn = sqlite3.connect(database(index_dir))
     with conn:
-        conn.execute("UPDATE meta SET value = '-1' WHERE key = ?", (POSTINGS,))
-        conn.execute("DELETE FROM postings WHERE term = 'record'")
+        for statement in statements:
+            conn.execute(statement)
     conn.close()
+
+
+def indexed_notes(tmp_path: Path, seed: int) -> tuple[Path, tuple[list, list]]:
+    """A small index of notes (the default index) and its stored postings."""
+    run_qrag("index", str(write_corpus(tmp_path / "notes", seed, files=4)), check=True)
+    index_dir = resolve_index(None)
+    return index_dir, stored_tables(index_dir)
+
+
+@pytest.mark.parametrize("stale", [postings.GENERATION, postings.PARTS])
+def test_postings_left_behind_are_not_read_and_are_counted_again(
+    tmp_path: Path, stale: str
+) -> None:
+    index_dir, want = indexed_notes(tmp_path, 4)
+    # An older qrag wrote since (the generation moved on without them), or another
+    # qrag cut them in parts of another size.
+    change(
+        index_dir,
+        f"UPDATE meta SET value = '99' WHERE key = '{stale}'",
+        "DELETE FROM postings WHERE term = 'record'",
+    )
     with open_snapshot(index_dir) as snap:
         assert snap._searcher.stored is None  # FTS5 scores instead
         ids, _ = snap.bm25(["record"])
@@ -175,19 +191,16 @@ def test_postings_left_behind_are_not_read_and_are_counted_again(tmp_path: Path)
 
 
 def test_an_index_from_before_postings_answers_and_gains_them(tmp_path: Path) -> None:
-    notes = write_corpus(tmp_path / "notes", 5, files=4)
-    run_qrag("index", str(notes), check=True)
-    index_dir = resolve_index(None)
-    want = stored_tables(index_dir)
+    index_dir, want = indexed_notes(tmp_path, 5)
     conn = sqlite3.connect(database(index_dir))
     conn.executescript(
         "DROP TABLE postings; DROP TABLE chunk_lengths; PRAGMA user_version = 3;"
-        f"DELETE FROM meta WHERE key = '{POSTINGS}';"
+        "DELETE FROM meta WHERE key LIKE 'postings_%';"
     )
     conn.close()
     ask = run_qrag("ask", "which record mentions the valve?", "--json", "--steps", "2")
     assert ask.returncode == 0 and json.loads(ask.stdout)["evidence"], ask.stderr
-    again = run_qrag("index", str(notes), "--json")
+    again = run_qrag("index", "--index", str(index_dir), "--json")
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["chunks_embedded"] == 0 and not summary["rebuild"]  # nothing embedded again
@@ -195,14 +208,8 @@ def test_an_index_from_before_postings_answers_and_gains_them(tmp_path: Path) ->
 
 
 def test_damaged_postings_are_reported_and_counted_again(tmp_path: Path) -> None:
-    notes = write_corpus(tmp_path / "notes", 6, files=4)
-    run_qrag("index", str(notes), check=True)
-    index_dir = resolve_index(None)
-    want = stored_tables(index_dir)
-    conn = sqlite3.connect(database(index_dir))
-    with conn:
-        conn.execute("DELETE FROM postings WHERE term = 'valve'")
-    conn.close()
+    index_dir, want = indexed_notes(tmp_path, 6)
+    change(index_dir, "DELETE FROM postings WHERE term = 'valve'")
     check = run_qrag("status", "--check", "--json")
     assert check.returncode != 0
     problems = json.loads(check.stdout)[0]["problems"]
@@ -212,3 +219,14 @@ def test_damaged_postings_are_reported_and_counted_again(tmp_path: Path) -> None
     assert any("postings" in r for r in json.loads(again.stdout)["repaired"])
     assert stored_tables(index_dir) == want
     assert run_qrag("status", "--check", "--json").returncode == 0
+
+
+def test_a_posting_of_the_wrong_size_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    index_dir, _ = indexed_notes(tmp_path, 7)
+    change(index_dir, "UPDATE postings SET data = substr(data, 1, 5) WHERE term = 'valve'")
+    ask = run_qrag("ask", "which valve?", "--json", "--steps", "2", "--no-stop")
+    assert ask.returncode != 0 and ask.stdout == ""
+    assert ask.stderr.count("\n") == 1 and "Traceback" not in ask.stderr, ask.stderr
+    assert "postings" in ask.stderr and "qrag index --index" in ask.stderr, ask.stderr
+    again = run_qrag("index", "--index", str(index_dir), "--json")
+    assert any("wrong size" in r for r in json.loads(again.stdout)["repaired"]), again.stdout

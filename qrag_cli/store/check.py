@@ -14,7 +14,6 @@ from qrag_cli import lexical
 from qrag_cli.store.layout import (
     FORMAT_VERSION,
     GRAPH_CRC,
-    POSTINGS,
     VECTORS_CRC,
     check_database,
     connect,
@@ -159,7 +158,7 @@ def check_lexical(conn: sqlite3.Connection, full: bool) -> str | None:
 def check_postings(conn: sqlite3.Connection, meta: dict[str, str]) -> str | None:
     """Why the stored postings disagree with the BM25 table, or None (also when they are
     not kept for this generation: readers then ask FTS5, and the next writer counts them)."""
-    if meta.get(POSTINGS) != meta.get("generation"):
+    if not postings.agree(meta):
         return None
     return postings.disagreement(conn)
 

@@ -97,8 +97,6 @@ MIGRATIONS = [
     CREATE TABLE chunk_lengths (part INTEGER PRIMARY KEY, data BLOB NOT NULL);
     """,
 ]
-# meta: the generation the stored postings agree with (postings.py); absent: none yet
-POSTINGS = "postings_generation"
 VECTORS_CRC = "vectors_crc32"  # meta: CRC-32 of vectors.f32's first n_vectors rows
 GRAPH_CRC = "graph_crc32"  # meta: CRC-32 of hnsw-<generation>.bin
 

@@ -22,10 +22,10 @@ Tables (layout.MIGRATIONS, step 4):
 - `chunk_lengths(part, data)`: int32 tokens (text and heading) of each chunk of the part,
   by id; 0 for ids that are gone.
 
-`meta[layout.POSTINGS]` holds the generation the postings were last made to agree with.
-A reader uses them only when it equals meta.generation: a writer that does not keep them
-(an older qrag) moves the generation on and leaves them behind, and the next writer
-rebuilds them from the chunks.
+meta holds the generation the postings were last made to agree with, and their parts'
+size. A reader uses them only when both are this index's and this code's (`agree`): a
+writer that does not keep them (an older qrag) moves the generation on and leaves them
+behind, and the next writer counts them again from the chunks.
 """
 
 from __future__ import annotations
@@ -41,11 +41,25 @@ import numpy as np
 from qrag_cli import lexical
 from qrag_cli.types import CorruptIndexError
 
-PART_BITS = 16  # 65,536 chunk ids a blob row
+# 8,192 chunk ids a blob row: a commit rewrites the rows of the part it appends to, so a
+# row stays small (a term in every chunk: 96 KB), and a query reads a row a part per term.
+PART_BITS = 13
+GENERATION = "postings_generation"  # meta: the generation they agree with
+PARTS = "postings_part_bits"  # meta: PART_BITS they were written with
 K1 = 1.2  # FTS5's bm25 constants (fts5_aux.c)
 B = 0.75
 Row = tuple[int, str, str]  # (chunk id, text, heading column) as the FTS5 table holds it
 _ASCII_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def agree(meta: dict[str, str]) -> bool:
+    """Whether the stored postings are those of meta's generation, in this code's parts."""
+    return meta.get(GENERATION) == meta.get("generation") and meta.get(PARTS) == str(PART_BITS)
+
+
+def stamp(generation: int) -> list[tuple[str, str]]:
+    """The meta rows saying the postings agree with `generation` (same transaction)."""
+    return [(GENERATION, str(generation)), (PARTS, str(PART_BITS))]
 
 
 def _scratch() -> sqlite3.Connection:

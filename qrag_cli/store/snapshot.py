@@ -17,7 +17,6 @@ import qrag_cli.store.postings as postings
 from qrag_cli import lexical
 from qrag_cli.store.layout import (
     FORMAT_VERSION,
-    POSTINGS,
     ChunkRow,
     IndexManifest,
     connect,
@@ -83,7 +82,7 @@ class IndexSnapshot:
         # The snapshot's chunks never change (`renew` keeps it only while meta, and so the
         # generation, is the same): what FTS5 answered once holds.
         self._postings = None
-        if self.meta.get(POSTINGS) == str(self.generation):  # else FTS5 scores (postings.py)
+        if postings.agree(self.meta):  # else FTS5 scores them
             self._postings = postings.Postings(self.conn, self.n_chunks)
         self._searcher = lexical.Searcher(self.conn, self._postings)
         vec_path = folder / "vectors.f32"

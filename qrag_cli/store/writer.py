@@ -37,7 +37,6 @@ from qrag_cli.store.layout import (
     GRAPH_CRC,
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
-    POSTINGS,
     VECTORS_CRC,
     FileRow,
     IndexManifest,
@@ -189,7 +188,7 @@ class IndexWriter:
                 "dim": str(self.manifest.dim),
                 "chunking": json.dumps(self.manifest.chunking, sort_keys=True),
                 "generation": "0",
-                POSTINGS: "0",
+                **dict(postings.stamp(0)),
                 "n_vectors": "0",
                 VECTORS_CRC: "0",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -221,12 +220,12 @@ class IndexWriter:
     def _keep_postings(self, meta: dict[str, str]) -> None:
         """Count the stored postings from the chunks when they are missing (an index from
         before them), behind (an older qrag wrote since) or damaged."""
-        behind = meta.get(POSTINGS) != str(self.generation)
+        behind = not postings.agree(meta)
         damage = None if behind or self._lexical_damaged else check_postings(self.conn, meta)
         if behind or self._lexical_damaged or damage:
             postings.rebuild(self.conn)
-            self.conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)", (POSTINGS, str(self.generation))
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", postings.stamp(self.generation)
             )
             self._dirty = True
         if damage:
@@ -507,7 +506,7 @@ class IndexWriter:
                 "f.id = c.file_id) AS r WHERE chunks.id = r.id AND chunks.ordinal != r.rn"
             )
             postings.apply(self.conn, self._removed_rows, self._added_rows)
-            meta.append((POSTINGS, str(gen)))
+            meta += postings.stamp(gen)
         self.conn.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
             [
