@@ -249,10 +249,46 @@ def create_table(conn: sqlite3.Connection, external: bool) -> None:
     )
 
 
+def memory_table(rows: Iterable[tuple[int, str, str]]) -> sqlite3.Connection:
+    """An in-memory FTS5 table with the index's columns and tokenizer, holding (rowid, text,
+    heading column) rows."""
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    create_table(conn, external=False)
+    conn.executemany(f"INSERT INTO {FTS_TABLE}(rowid, text, heading) VALUES (?, ?, ?)", rows)
+    return conn
+
+
+def token_instances(conn: sqlite3.Connection) -> str:
+    """The name of a temp fts5vocab table listing each token FTS5 stored in `conn`'s table
+    (term, doc, col, offset): FTS5 itself says what the tokens are."""
+    conn.execute(
+        f"CREATE VIRTUAL TABLE temp.instances USING fts5vocab(main, {FTS_TABLE}, instance)"
+    )
+    return "temp.instances"
+
+
+@functools.lru_cache(maxsize=4096)
+def query_tokens(entry: str) -> tuple[str, ...]:
+    """The tokens FTS5 makes of a quoted query entry (one token: a term; several: a
+    phrase). ASCII is split here: unicode61 keeps ASCII letters and digits, folds case and
+    splits on everything else, as `_WORD` does (tests/test_postings.py checks the two
+    agree). Other text is tokenized by FTS5 itself."""
+    if entry.isascii():
+        return tuple(w.lower() for w in _WORD.findall(entry))
+    return fts5_tokens(entry)
+
+
+def fts5_tokens(text: str) -> tuple[str, ...]:
+    """The tokens FTS5's tokenizer makes of `text`, in order."""
+    conn = memory_table([(1, text, "")])
+    table = token_instances(conn)
+    found = tuple(r[0] for r in conn.execute(f"SELECT term FROM {table} ORDER BY offset"))
+    conn.close()
+    return found
+
+
 class StoredTerms(Protocol):
     """Per-term postings stored with an index (store/postings.py)."""
-
-    def tokens(self, entry: str) -> tuple[str, ...]: ...
 
     def term_scores(self, term: str, heading_weight: float) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -313,7 +349,7 @@ class Searcher:
         query order as FTS5 adds them (so the float64 sums are the same)."""
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         for entry in entries:
-            tokens = stored.tokens(entry)
+            tokens = query_tokens(entry)
             if len(tokens) == 1:
                 parts.append(stored.term_scores(tokens[0], HEADING_WEIGHT))
             elif tokens:  # a phrase: its positions are FTS5's
@@ -342,10 +378,5 @@ class MemoryLexicon(Searcher):
     ) -> None:
         texts = list(texts)
         paths = list(headings) if headings is not None else [()] * len(texts)
-        conn = sqlite3.connect(":memory:", check_same_thread=False)
-        create_table(conn, external=False)
-        conn.executemany(
-            f"INSERT INTO {FTS_TABLE}(rowid, text, heading) VALUES (?, ?, ?)",
-            ((i, t, heading_column(h)) for i, (t, h) in enumerate(zip(texts, paths, strict=True))),
-        )
-        super().__init__(conn)
+        rows = zip(range(len(texts)), texts, map(heading_column, paths), strict=True)
+        super().__init__(memory_table(rows))

@@ -27,7 +27,7 @@ ODD = ["café", "Ünïcode-ß", "don't", "ﬁnance", "İstanbul", "U.S.", "x_y",
 def main(index: str, n: int = 400) -> dict:
     rng = random.Random(0)
     with open_snapshot(resolve_index(index)) as snap:
-        if snap._searcher.stored is None:
+        if not snap.uses_postings:
             raise SystemExit("this index has no stored postings yet: run `qrag index` on it")
         fts5 = lexical.Searcher(snap.conn)
         texts = [f"{c.text} {' '.join(c.heading)}" for c in snap.chunks(snap.live_ids().tolist())]

@@ -3,7 +3,7 @@ same SQLite transactions as the chunks.
 
 Why: in a corpus of prose a question's words each stand in most chunks, and FTS5's
 `bm25()` is evaluated row by row, so one query over a 1M-token index cost ~14-20 ms,
-most of a warm step (BENCHMARKS.md "Stored postings"). Read from these tables, the same
+most of a warm step (BENCHMARKS.md "Stored BM25 postings"). Read from these tables, the same
 scores take well under a millisecond.
 
 Exactness: `Postings.term_scores` is FTS5's bm25 (fts5_aux.c: k1 = 1.2, b = 0.75, IDF
@@ -12,7 +12,9 @@ chunk's tokens in all columns, avgdl over the table) computed from the same coun
 the same float64 order. FTS5 scores an OR query as the sum of its phrases' scores in
 query order, so `lexical.Searcher` sums the terms in that order and gets FTS5's numbers
 bit for bit (tests/test_postings.py). An entry of several tokens (a phrase) still goes to
-FTS5: it needs token positions, and phrases match few chunks.
+FTS5: it needs token positions, and phrases match few chunks. FTS5 itself also counts the
+tokens stored here (lexical.memory_table, token_instances), so no second tokenizer has to
+agree with it.
 
 Tables (layout.MIGRATIONS, step 4):
 - `postings(term, part, data)`: int32 rows [ids; counts in the text; counts in the
@@ -31,7 +33,6 @@ behind, and the next writer counts them again from the chunks.
 from __future__ import annotations
 
 import math
-import re
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -49,7 +50,6 @@ PARTS = "postings_part_bits"  # meta: PART_BITS they were written with
 K1 = 1.2  # FTS5's bm25 constants (fts5_aux.c)
 B = 0.75
 Row = tuple[int, str, str]  # (chunk id, text, heading column) as the FTS5 table holds it
-_ASCII_TOKEN = re.compile(r"[a-z0-9]+")
 
 
 def agree(meta: dict[str, str]) -> bool:
@@ -62,17 +62,6 @@ def stamp(generation: int) -> list[tuple[str, str]]:
     return [(GENERATION, str(generation)), (PARTS, str(PART_BITS))]
 
 
-def _scratch() -> sqlite3.Connection:
-    """An in-memory FTS5 table with the index's tokenizer, and its instance vocabulary:
-    FTS5 itself says what the tokens are, so no second tokenizer has to agree with it."""
-    conn = sqlite3.connect(":memory:", check_same_thread=False)
-    lexical.create_table(conn, external=False)
-    conn.execute(
-        f"CREATE VIRTUAL TABLE temp.vocab USING fts5vocab(main, {lexical.FTS_TABLE}, instance)"
-    )
-    return conn
-
-
 class Counts:
     """Term counts of some chunks: per term an int32 (3, n) array [ids; text counts;
     heading counts] (ids ascending), and each chunk's token count."""
@@ -82,12 +71,10 @@ class Counts:
         self.lengths: dict[int, int] = {chunk_id: 0 for chunk_id, _, _ in rows}
         if not rows:
             return
-        conn = _scratch()
-        conn.executemany(
-            f"INSERT INTO {lexical.FTS_TABLE}(rowid, text, heading) VALUES (?, ?, ?)", rows
-        )
+        conn = lexical.memory_table(rows)
+        table = lexical.token_instances(conn)
         groups = conn.execute(
-            "SELECT term, doc, col, count(*) FROM temp.vocab GROUP BY term, doc, col"
+            f"SELECT term, doc, col, count(*) FROM {table} GROUP BY term, doc, col"
         )
         term: str | None = None
         columns: list[list[int]] = [[], [], []]
@@ -128,10 +115,15 @@ def _read(conn: sqlite3.Connection, term: str, part: int) -> np.ndarray:
     return _postings(row[0]) if row else np.zeros((3, 0), np.int32)
 
 
+def _ints(blob: bytes, rows: int) -> np.ndarray:
+    """A stored blob as int32 [rows, n]: a postings row (3 rows) or a lengths part (1)."""
+    if len(blob) % (4 * rows):
+        raise CorruptIndexError("stored BM25 postings: a row of the wrong size")
+    return np.frombuffer(blob, dtype="<i4").reshape(rows, -1)
+
+
 def _postings(blob: bytes) -> np.ndarray:
-    if len(blob) % 12:
-        raise CorruptIndexError("its stored BM25 postings are damaged")
-    return np.frombuffer(blob, dtype="<i4").reshape(3, -1)
+    return _ints(blob, 3)
 
 
 def apply(conn: sqlite3.Connection, removed: Sequence[Row], added: Sequence[Row]) -> None:
@@ -165,7 +157,7 @@ def apply(conn: sqlite3.Connection, removed: Sequence[Row], added: Sequence[Row]
     values = np.fromiter(lengths.values(), np.int64, len(lengths))
     for part in np.unique(ids >> PART_BITS).tolist():
         row = conn.execute("SELECT data FROM chunk_lengths WHERE part = ?", (part,)).fetchone()
-        table = np.frombuffer(row[0], "<i4").copy() if row else np.zeros(0, np.int32)
+        table = _ints(row[0], 1)[0].copy() if row else np.zeros(0, np.int32)
         mine = (ids >> PART_BITS) == part
         offsets = ids[mine] - (part << PART_BITS)
         if len(table) <= offsets.max():
@@ -205,10 +197,11 @@ def disagreement(conn: sqlite3.Connection) -> str | None:
     vocabulary, and each live chunk's length with FTS5's (the FTS5 table is itself checked
     against the chunk texts: check.check_lexical). ~0.1 s per 1M tokens of prose."""
     rows = conn.execute("SELECT term, data FROM postings ORDER BY term, part").fetchall()
-    lengths_rows = conn.execute("SELECT data FROM chunk_lengths").fetchall()
-    if any(len(r[-1]) % 12 for r in rows) or any(len(r[0]) % 4 for r in lengths_rows):
-        return "the stored BM25 postings are damaged (a row of the wrong size)"
-    stored = _term_totals(rows)
+    try:
+        stored = _term_totals(rows)
+        lengths = _lengths(conn)
+    except CorruptIndexError as exc:
+        return str(exc)
     conn.execute(
         f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_columns USING "
         f"fts5vocab(main, {lexical.FTS_TABLE}, col)"
@@ -219,7 +212,6 @@ def disagreement(conn: sqlite3.Connection) -> str | None:
             fts[k] != stored[k] for k in fts.keys() & stored.keys()
         )
         return f"the stored BM25 postings disagree with the BM25 table ({differ} terms differ)"
-    lengths = _lengths(conn)
     total = 0
     for chunk_id, size in conn.execute(f"SELECT id, sz FROM {lexical.FTS_TABLE}_docsize"):
         tokens = sum(_varints(size))
@@ -236,6 +228,9 @@ def _term_totals(rows: list[tuple[str, bytes]]) -> dict[tuple[str, str], tuple[i
     summed in numpy (an index of prose has a row per term and part: tens of thousands)."""
     if not rows:
         return {}
+    for _, blob in rows:
+        if len(blob) % 12:
+            _ints(blob, 3)  # raises, naming the damage
     values = np.frombuffer(b"".join(r[1] for r in rows), "<i4")
     widths = np.array([len(r[1]) // 12 for r in rows], np.int64)  # chunks in each row
     segment = np.repeat(np.arange(3 * len(rows)), np.repeat(widths, 3))  # row * 3 + column
@@ -268,9 +263,7 @@ def _lengths(conn: sqlite3.Connection) -> np.ndarray:
         return np.zeros(0, np.int64)
     out = np.zeros((parts[-1][0] + 1) << PART_BITS, np.int64)
     for part, blob in parts:
-        if len(blob) % 4:
-            raise CorruptIndexError("its stored BM25 lengths are damaged")
-        table = np.frombuffer(blob, "<i4")
+        table = _ints(blob, 1)[0]
         out[part << PART_BITS : (part << PART_BITS) + len(table)] = table
     return out
 
@@ -283,8 +276,6 @@ class Postings:
         self.n_rows = n_rows  # chunks in the FTS5 table (its xRowCount)
         self._lengths: np.ndarray | None = None
         self._avgdl = 0.0
-        self._tokens: dict[str, tuple[str, ...]] = {}
-        self._tokenizer: sqlite3.Connection | None = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -295,32 +286,6 @@ class Postings:
             self._avgdl = float(lengths.sum()) / float(self.n_rows) if self.n_rows else 0.0
             self._lengths = lengths.astype(np.float64)
         return self._lengths
-
-    def tokens(self, entry: str) -> tuple[str, ...]:
-        """The tokens FTS5 makes of a quoted query entry. ASCII is read here (unicode61
-        keeps ASCII letters and digits, folds case and splits on everything else); any
-        other text is tokenized by FTS5 itself."""
-        found = self._tokens.get(entry)
-        if found is None:
-            if entry.isascii():
-                found = tuple(_ASCII_TOKEN.findall(entry.lower()))
-            else:
-                found = self._fts5_tokens(entry)
-            if len(self._tokens) > 4096:
-                self._tokens.clear()
-            self._tokens[entry] = found
-        return found
-
-    def _fts5_tokens(self, text: str) -> tuple[str, ...]:
-        if self._tokenizer is None:
-            self._tokenizer = _scratch()
-        conn = self._tokenizer
-        conn.execute(
-            f"INSERT INTO {lexical.FTS_TABLE}(rowid, text, heading) VALUES (1, ?, '')", (text,)
-        )
-        found = tuple(r[0] for r in conn.execute("SELECT term FROM temp.vocab ORDER BY offset"))
-        conn.execute(f"DELETE FROM {lexical.FTS_TABLE}")
-        return found
 
     def term_scores(self, term: str, heading_weight: float) -> tuple[np.ndarray, np.ndarray]:
         """(ids, float64 bm25 of `term` alone) for every chunk holding it, as FTS5 computes
@@ -343,7 +308,3 @@ class Postings:
         size = lengths[ids]
         score = idf * ((freq * (K1 + 1.0)) / (freq + K1 * (1 - B + B * size / self._avgdl)))
         return ids, score
-
-    def close(self) -> None:
-        if self._tokenizer is not None:
-            self._tokenizer.close()

@@ -81,10 +81,8 @@ class IndexSnapshot:
         self._hnsw: hnswlib.Index | None = None
         # The snapshot's chunks never change (`renew` keeps it only while meta, and so the
         # generation, is the same): what FTS5 answered once holds.
-        self._postings = None
-        if postings.agree(self.meta):  # else FTS5 scores them
-            self._postings = postings.Postings(self.conn, self.n_chunks)
-        self._searcher = lexical.Searcher(self.conn, self._postings)
+        stored = postings.Postings(self.conn, self.n_chunks) if postings.agree(self.meta) else None
+        self._searcher = lexical.Searcher(self.conn, stored)  # without postings: FTS5 scores
         vec_path = folder / "vectors.f32"
         expected = self.n_vectors * self.dim * 4
         size = vec_path.stat().st_size if vec_path.exists() else -1
@@ -131,6 +129,11 @@ class IndexSnapshot:
         for chunk_id, ordinal in self.conn.execute("SELECT id, ordinal FROM chunks"):
             table[chunk_id] = ordinal
         return table
+
+    @property
+    def uses_postings(self) -> bool:
+        """Whether BM25 is scored from the stored postings (else by FTS5: postings.py)."""
+        return self._searcher.stored is not None
 
     def bm25(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(chunk ids, BM25 scores) of every chunk matching any of `words` (read-only
@@ -214,8 +217,6 @@ class IndexSnapshot:
 
     def close(self) -> None:
         self.release()
-        if self._postings is not None:
-            self._postings.close()
         self.conn.close()
 
 

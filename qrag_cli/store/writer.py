@@ -26,7 +26,6 @@ from qrag_cli.files import atomic_output, atomic_write
 from qrag_cli.store.check import (
     Damage,
     check_lexical,
-    check_postings,
     clearly_damaged,
     graph_rows,
     inspect_vectors,
@@ -221,7 +220,7 @@ class IndexWriter:
         """Count the stored postings from the chunks when they are missing (an index from
         before them), behind (an older qrag wrote since) or damaged."""
         behind = not postings.agree(meta)
-        damage = None if behind or self._lexical_damaged else check_postings(self.conn, meta)
+        damage = None if behind or self._lexical_damaged else postings.disagreement(self.conn)
         if behind or self._lexical_damaged or damage:
             postings.rebuild(self.conn)
             self.conn.executemany(
